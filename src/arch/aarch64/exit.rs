@@ -1,0 +1,123 @@
+//! Rust side of the exception vectors: the guest-exit entry point and the fatal handler for
+//! exceptions taken at EL2.
+
+use aarch64_cpu::registers::{ELR_EL2, ESR_EL2, FAR_EL2, HPFAR_EL2, SPSR_EL2};
+use tock_registers::interfaces::Readable;
+
+use super::esr::Esr;
+use super::vectors::{EXIT_FIQ, EXIT_IRQ, EXIT_SERROR, EXIT_SYNC};
+use crate::vm::vcpu::{GuestRegs, Vcpu};
+
+/// Kind of guest exit.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ExitKind {
+    Sync(Esr),
+    Irq,
+    Fiq,
+    SError(Esr),
+}
+
+/// Called by the lower-EL vectors with the running vCPU's frame (see vectors.rs).
+#[unsafe(no_mangle)]
+extern "C" fn elvisor_exit(regs: *mut GuestRegs, kind: u64) -> *mut GuestRegs {
+    // SAFETY: `regs` is what SP_EL2 pointed at while the guest ran, which `enter_guest`'s
+    // contract makes the frame of a live vCPU; `GuestRegs` is the first field of the
+    // `#[repr(C)]` `Vcpu` (asserted in vm::vcpu), so the cast recovers the vCPU. Nothing else
+    // references that vCPU while its guest is off the CPU: only this CPU runs it.
+    let vcpu = unsafe { &mut *regs.cast::<Vcpu>() };
+    let kind = match kind {
+        EXIT_SYNC => ExitKind::Sync(Esr(ESR_EL2.get())),
+        EXIT_IRQ => ExitKind::Irq,
+        EXIT_FIQ => ExitKind::Fiq,
+        EXIT_SERROR => ExitKind::SError(Esr(ESR_EL2.get())),
+        _ => ExitKind::Irq,
+    };
+    let next: &mut Vcpu = crate::kernel::handle_exit(vcpu, kind);
+    &mut next.regs
+}
+
+/// Registers pushed by the fatal vector.
+#[repr(C)]
+pub struct FatalFrame {
+    pub x: [u64; 31],
+    pub pad: u64,
+}
+
+/// An exception taken at EL2: a hypervisor bug. Report and park.
+#[unsafe(no_mangle)]
+extern "C" fn elvisor_el2_fatal(frame: *const FatalFrame, kind: u64) -> ! {
+    // SAFETY: the fatal vector passes the frame it just pushed on the exception stack.
+    let f = unsafe { &*frame };
+    let what = ["synchronous", "IRQ", "FIQ", "SError"]
+        .get(kind as usize)
+        .copied()
+        .unwrap_or("?");
+    log::error!(
+        "FATAL: {} exception at EL2: ESR_EL2={:#x} ELR_EL2={:#x} FAR_EL2={:#x} HPFAR_EL2={:#x} SPSR_EL2={:#x}",
+        what,
+        ESR_EL2.get(),
+        ELR_EL2.get(),
+        FAR_EL2.get(),
+        HPFAR_EL2.get(),
+        SPSR_EL2.get()
+    );
+    for (i, pair) in f.x.chunks(2).enumerate() {
+        match pair {
+            [a, b] => log::error!("  x{:<2}={:#018x} x{:<2}={:#018x}", 2 * i, a, 2 * i + 1, b),
+            [a] => log::error!("  x{:<2}={:#018x}", 2 * i, a),
+            _ => {}
+        }
+    }
+    backtrace(f.x[29]);
+    super::cpu::park()
+}
+
+/// Walks the AArch64 frame-pointer chain (each frame: [fp, lr]) from `fp`, printing return
+/// addresses. Only follows frames inside the image's stack area, so a corrupt chain ends the
+/// walk instead of faulting.
+pub fn backtrace(mut fp: u64) {
+    unsafe extern "C" {
+        static __stacks_start: u8;
+        static __stacks_end: u8;
+    }
+    let lo = core::ptr::addr_of!(__stacks_start) as u64;
+    let hi = core::ptr::addr_of!(__stacks_end) as u64;
+    log::error!("backtrace:");
+    for depth in 0..32 {
+        if fp < lo || fp.saturating_add(16) > hi || fp & 7 != 0 {
+            break;
+        }
+        // SAFETY: `fp` is 8-byte aligned and inside the stacks region, which is mapped
+        // (guard pages would fault, but a frame record never lives in one).
+        let (next, lr) = unsafe {
+            let p = fp as *const u64;
+            (p.read_volatile(), p.add(1).read_volatile())
+        };
+        if lr == 0 {
+            break;
+        }
+        log::error!("  #{depth:<2} {:#x}", lr);
+        if next <= fp {
+            break;
+        }
+        fp = next;
+    }
+}
+
+/// Current frame pointer, for a backtrace from Rust code (the panic handler).
+pub fn frame_pointer() -> u64 {
+    let fp: u64;
+    // SAFETY: reads x29 only.
+    unsafe { core::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags)) };
+    fp
+}
+
+/// The syndrome registers, for the panic report.
+pub fn fault_registers() -> [(&'static str, u64); 4] {
+    [
+        ("ESR_EL2", ESR_EL2.get()),
+        ("ELR_EL2", ELR_EL2.get()),
+        ("FAR_EL2", FAR_EL2.get()),
+        ("HPFAR_EL2", HPFAR_EL2.get()),
+    ]
+}

@@ -1,0 +1,306 @@
+//! Guest-facing CPU state: the per-vCPU trap configuration and stage 2 (written on vCPU load,
+//! never per exit), the guest's EL1 system registers, exception injection, and fault
+//! addresses.
+//!
+//! Under VHE (E2H=1) an `_EL1` register name used at EL2 means the EL2 register, so the
+//! guest's EL1 registers are reached through the `_EL12` aliases; without VHE the `_EL1`
+//! names are the guest's. The aliases are written as raw encodings (S3_5_...) so the
+//! assembler needs no ARMv8.1 flag.
+
+use core::arch::asm;
+
+use aarch64_cpu::registers::{FAR_EL2, HPFAR_EL2};
+use tock_registers::interfaces::Readable;
+
+use crate::mm::GuestPhysAddr;
+use crate::vm::exit::Fault;
+use crate::vm::vcpu::{El1Context, GuestRegs};
+
+/// HCR_EL2 bits.
+pub mod hcr {
+    pub const VM: u64 = 1 << 0;
+    pub const SWIO: u64 = 1 << 1;
+    pub const FMO: u64 = 1 << 3;
+    pub const IMO: u64 = 1 << 4;
+    pub const AMO: u64 = 1 << 5;
+    pub const FB: u64 = 1 << 9;
+    pub const BSU_IS: u64 = 1 << 10;
+    pub const TSC: u64 = 1 << 19;
+    pub const TIDCP: u64 = 1 << 20;
+    pub const RW: u64 = 1 << 31;
+    pub const E2H: u64 = 1 << 34;
+    pub const APK: u64 = 1 << 40;
+    pub const API: u64 = 1 << 41;
+}
+
+/// MDCR_EL2: trap PMU (TPM, TPMCR) and debug (TDA, TDOSA, TDRA) registers.
+pub const MDCR_EL2_GUEST: u64 = (1 << 5) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11);
+
+/// The hypervisor-owned configuration of a vCPU, loaded when it takes a physical CPU.
+#[derive(Clone, Debug)]
+pub struct VcpuHwConfig {
+    pub hcr: u64,
+    pub vttbr: u64,
+    pub vtcr: u64,
+    pub vmpidr: u64,
+    pub vpidr: u64,
+    pub cnthctl: u64,
+    pub cntvoff: u64,
+    pub mdcr: u64,
+    pub cptr: u64,
+}
+
+/// Whether the kernel runs with E2H=1. Set once at boot, before any vCPU exists.
+static VHE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+pub fn set_vhe(on: bool) {
+    VHE.store(on, core::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn vhe() -> bool {
+    VHE.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// HCR_EL2 for guests: stage 2 on, physical IRQ/FIQ/SError routed to EL2, SMC trapped,
+/// implementation-defined registers trapped, AArch64 EL1, pointer-auth keys and
+/// instructions not trapped (they are part of the guest's EL1 state).
+pub fn guest_hcr() -> u64 {
+    let base = hcr::VM
+        | hcr::SWIO
+        | hcr::FMO
+        | hcr::IMO
+        | hcr::AMO
+        | hcr::FB
+        | hcr::BSU_IS
+        | hcr::TSC
+        | hcr::TIDCP
+        | hcr::RW
+        | hcr::APK
+        | hcr::API;
+    if vhe() { base | hcr::E2H } else { base }
+}
+
+/// CNTHCTL_EL2 letting EL1 read the physical counter and use the physical timer. The bit
+/// positions differ: with E2H=1, EL1PCTEN/EL1PCEN are bits 10/11 (bits 0/1 mean EL0 access
+/// in the EL2&0 regime); with E2H=0 they are bits 0/1.
+pub fn guest_cnthctl() -> u64 {
+    if vhe() { (1 << 10) | (1 << 11) } else { (1 << 0) | (1 << 1) }
+}
+
+/// CPTR_EL2 for guests: FP/SIMD not trapped; SVE/SME trapped (turned into UNDEFINED).
+pub fn guest_cptr() -> u64 {
+    if vhe() {
+        super::mmu::CPTR_EL2_VHE
+    } else {
+        super::boot::CPTR_EL2_NVHE
+    }
+}
+
+/// VTCR_EL2 for a stage-2 table: 4K granule, inner-shareable write-back walks, 8-bit VMID.
+pub fn vtcr(ipa_bits: u32, root_level: usize, pa_bits: u32) -> u64 {
+    let sl0: u64 = match root_level {
+        0 => 0b10,
+        1 => 0b01,
+        _ => 0b00,
+    };
+    (1 << 31)
+        | (super::mmu::ps_field(pa_bits) << 16)
+        | (0b11 << 12)
+        | (0b01 << 10)
+        | (0b01 << 8)
+        | (sl0 << 6)
+        | (64 - ipa_bits as u64)
+}
+
+/// Writes a vCPU's trap configuration and stage 2 to this CPU, and invalidates stage-1/2 TLB
+/// entries for its VMID (a VMID may have been used by a VM that was reset).
+pub fn load_config(c: &VcpuHwConfig) {
+    // SAFETY: only EL2 control registers for the lower ELs change; the kernel's own
+    // translation (TTBR0_EL2) is untouched. Ordering per ARM ARM D8.13: VTTBR written and
+    // synchronised before the TLBI that uses its VMID.
+    unsafe {
+        asm!(
+            "msr hcr_el2, {hcr}",
+            "msr vtcr_el2, {vtcr}",
+            "msr vttbr_el2, {vttbr}",
+            "msr vmpidr_el2, {vmpidr}",
+            "msr vpidr_el2, {vpidr}",
+            "msr cnthctl_el2, {cnthctl}",
+            "msr cntvoff_el2, {cntvoff}",
+            "msr mdcr_el2, {mdcr}",
+            "msr cptr_el2, {cptr}",
+            "isb",
+            "tlbi vmalls12e1",
+            "dsb nsh",
+            "ic iallu",
+            "dsb nsh",
+            "isb",
+            hcr = in(reg) c.hcr,
+            vtcr = in(reg) c.vtcr,
+            vttbr = in(reg) c.vttbr,
+            vmpidr = in(reg) c.vmpidr,
+            vpidr = in(reg) c.vpidr,
+            cnthctl = in(reg) c.cnthctl,
+            cntvoff = in(reg) c.cntvoff,
+            mdcr = in(reg) c.mdcr,
+            cptr = in(reg) c.cptr,
+            options(nostack, preserves_flags),
+        )
+    };
+}
+
+/// Reads (`$read`) or writes the EL1 register whose non-VHE name is `$nvhe` and VHE alias
+/// encoding is `$vhe`.
+macro_rules! el1_rw {
+    (read $nvhe:literal, $vhe:literal) => {{
+        let v: u64;
+        if vhe() {
+            // SAFETY: reading a guest EL1 register through its EL12 alias has no side effects.
+            unsafe { asm!(concat!("mrs {}, ", $vhe), out(reg) v, options(nomem, nostack, preserves_flags)) };
+        } else {
+            // SAFETY: with E2H=0 the EL1 name is the guest's register; no side effects.
+            unsafe { asm!(concat!("mrs {}, ", $nvhe), out(reg) v, options(nomem, nostack, preserves_flags)) };
+        }
+        v
+    }};
+    (write $nvhe:literal, $vhe:literal, $v:expr) => {{
+        let v: u64 = $v;
+        if vhe() {
+            // SAFETY: writes guest EL1 state only; it takes effect when the guest runs.
+            unsafe { asm!(concat!("msr ", $vhe, ", {}"), in(reg) v, options(nomem, nostack, preserves_flags)) };
+        } else {
+            // SAFETY: as above, through the EL1 name (E2H=0).
+            unsafe { asm!(concat!("msr ", $nvhe, ", {}"), in(reg) v, options(nomem, nostack, preserves_flags)) };
+        }
+    }};
+}
+
+macro_rules! plain_rw {
+    (read $name:literal) => {{
+        let v: u64;
+        // SAFETY: reading a register that is the guest's in both E2H modes; no side effects.
+        unsafe { asm!(concat!("mrs {}, ", $name), out(reg) v, options(nomem, nostack, preserves_flags)) };
+        v
+    }};
+    (write $name:literal, $v:expr) => {{
+        let v: u64 = $v;
+        // SAFETY: writes guest state only; it takes effect when the guest runs.
+        unsafe { asm!(concat!("msr ", $name, ", {}"), in(reg) v, options(nomem, nostack, preserves_flags)) };
+    }};
+}
+
+/// Loads a guest's EL1/EL0 context into the CPU (slow path: vCPU load).
+pub fn load_el1(c: &El1Context) {
+    el1_rw!(write "sctlr_el1", "s3_5_c1_c0_0", c.sctlr);
+    el1_rw!(write "cpacr_el1", "s3_5_c1_c0_2", c.cpacr);
+    el1_rw!(write "ttbr0_el1", "s3_5_c2_c0_0", c.ttbr0);
+    el1_rw!(write "ttbr1_el1", "s3_5_c2_c0_1", c.ttbr1);
+    el1_rw!(write "tcr_el1", "s3_5_c2_c0_2", c.tcr);
+    el1_rw!(write "esr_el1", "s3_5_c5_c2_0", c.esr);
+    el1_rw!(write "afsr0_el1", "s3_5_c5_c1_0", c.afsr0);
+    el1_rw!(write "afsr1_el1", "s3_5_c5_c1_1", c.afsr1);
+    el1_rw!(write "far_el1", "s3_5_c6_c0_0", c.far);
+    el1_rw!(write "mair_el1", "s3_5_c10_c2_0", c.mair);
+    el1_rw!(write "amair_el1", "s3_5_c10_c3_0", c.amair);
+    el1_rw!(write "vbar_el1", "s3_5_c12_c0_0", c.vbar);
+    el1_rw!(write "contextidr_el1", "s3_5_c13_c0_1", c.contextidr);
+    el1_rw!(write "cntkctl_el1", "s3_5_c14_c1_0", c.cntkctl);
+    el1_rw!(write "elr_el1", "s3_5_c4_c0_1", c.elr_el1);
+    el1_rw!(write "spsr_el1", "s3_5_c4_c0_0", c.spsr_el1);
+    plain_rw!(write "actlr_el1", c.actlr);
+    plain_rw!(write "tpidr_el1", c.tpidr_el1);
+    plain_rw!(write "tpidr_el0", c.tpidr_el0);
+    plain_rw!(write "tpidrro_el0", c.tpidrro_el0);
+    plain_rw!(write "sp_el0", c.sp_el0);
+    plain_rw!(write "sp_el1", c.sp_el1);
+    plain_rw!(write "par_el1", c.par);
+    plain_rw!(write "csselr_el1", c.csselr);
+    // SAFETY: barrier only.
+    unsafe { asm!("isb", options(nostack, preserves_flags)) };
+}
+
+/// Saves the guest's EL1/EL0 context from the CPU (slow path: vCPU put).
+pub fn save_el1(c: &mut El1Context) {
+    c.sctlr = el1_rw!(read "sctlr_el1", "s3_5_c1_c0_0");
+    c.cpacr = el1_rw!(read "cpacr_el1", "s3_5_c1_c0_2");
+    c.ttbr0 = el1_rw!(read "ttbr0_el1", "s3_5_c2_c0_0");
+    c.ttbr1 = el1_rw!(read "ttbr1_el1", "s3_5_c2_c0_1");
+    c.tcr = el1_rw!(read "tcr_el1", "s3_5_c2_c0_2");
+    c.esr = el1_rw!(read "esr_el1", "s3_5_c5_c2_0");
+    c.afsr0 = el1_rw!(read "afsr0_el1", "s3_5_c5_c1_0");
+    c.afsr1 = el1_rw!(read "afsr1_el1", "s3_5_c5_c1_1");
+    c.far = el1_rw!(read "far_el1", "s3_5_c6_c0_0");
+    c.mair = el1_rw!(read "mair_el1", "s3_5_c10_c2_0");
+    c.amair = el1_rw!(read "amair_el1", "s3_5_c10_c3_0");
+    c.vbar = el1_rw!(read "vbar_el1", "s3_5_c12_c0_0");
+    c.contextidr = el1_rw!(read "contextidr_el1", "s3_5_c13_c0_1");
+    c.cntkctl = el1_rw!(read "cntkctl_el1", "s3_5_c14_c1_0");
+    c.elr_el1 = el1_rw!(read "elr_el1", "s3_5_c4_c0_1");
+    c.spsr_el1 = el1_rw!(read "spsr_el1", "s3_5_c4_c0_0");
+    c.actlr = plain_rw!(read "actlr_el1");
+    c.tpidr_el1 = plain_rw!(read "tpidr_el1");
+    c.tpidr_el0 = plain_rw!(read "tpidr_el0");
+    c.tpidrro_el0 = plain_rw!(read "tpidrro_el0");
+    c.sp_el0 = plain_rw!(read "sp_el0");
+    c.sp_el1 = plain_rw!(read "sp_el1");
+    c.par = plain_rw!(read "par_el1");
+    c.csselr = plain_rw!(read "csselr_el1");
+}
+
+/// The faulting addresses of the current stage-2 abort.
+pub fn fault() -> Fault {
+    let far = FAR_EL2.get();
+    // HPFAR_EL2.FIPA holds IPA[51:12] in bits [43:4] (ARM ARM D24.2.60).
+    let fipa = (HPFAR_EL2.get() >> 4) & ((1 << 40) - 1);
+    Fault {
+        far,
+        ipa: GuestPhysAddr((fipa << 12) | (far & 0xfff)),
+    }
+}
+
+/// FEAT_PAN (ID_AA64MMFR1_EL1.PAN).
+fn has_pan() -> bool {
+    use aarch64_cpu::registers::ID_AA64MMFR1_EL1;
+    ID_AA64MMFR1_EL1.read(ID_AA64MMFR1_EL1::PAN) != 0
+}
+
+/// True if the guest was in EL0 when it exited (SPSR_EL2.M[3:2] == 0, or AArch32).
+pub fn from_el0(regs: &GuestRegs) -> bool {
+    regs.spsr & 0b1100 == 0 || regs.spsr & (1 << 4) != 0
+}
+
+/// Injects a synchronous exception with syndrome `esr` (and `far`, if any) into the guest's
+/// EL1, as the hardware would take it (ARM ARM D1.3.1): ESR/FAR/ELR/SPSR_EL1 are written,
+/// and the guest resumes at VBAR_EL1 + the vector offset for where it was, in EL1h with DAIF
+/// masked.
+pub fn inject_sync(regs: &mut GuestRegs, esr: u64, far: Option<u64>) {
+    let offset = if regs.spsr & (1 << 4) != 0 {
+        0x600 // lower EL, AArch32
+    } else {
+        match regs.spsr & 0b1111 {
+            0b0101 => 0x200, // EL1h: current EL with SP_ELx
+            0b0100 => 0x000, // EL1t: current EL with SP_EL0
+            _ => 0x400,      // EL0t: lower EL, AArch64
+        }
+    };
+    el1_rw!(write "esr_el1", "s3_5_c5_c2_0", esr);
+    if let Some(f) = far {
+        el1_rw!(write "far_el1", "s3_5_c6_c0_0", f);
+    }
+    el1_rw!(write "elr_el1", "s3_5_c4_c0_1", regs.elr);
+    el1_rw!(write "spsr_el1", "s3_5_c4_c0_0", regs.spsr);
+    let vbar = el1_rw!(read "vbar_el1", "s3_5_c12_c0_0");
+    let sctlr = el1_rw!(read "sctlr_el1", "s3_5_c1_c0_0");
+    // PSTATE on exception entry: EL1h, DAIF set; PAN set when SCTLR_EL1.SPAN == 0 and the
+    // guest had PAN available (we keep the guest's PAN bit otherwise).
+    let mut spsr = 0x3c5;
+    if !has_pan() {
+        // PSTATE.PAN does not exist (ARMv8.0, e.g. Cortex-A72): bit 22 is RES0.
+    } else if sctlr & (1 << 23) == 0 {
+        spsr |= 1 << 22;
+    } else {
+        spsr |= regs.spsr & (1 << 22);
+    }
+    regs.spsr = spsr;
+    regs.elr = vbar.wrapping_add(offset);
+}

@@ -1,0 +1,26 @@
+//! AArch64 support: the only home of assembly, system registers, barriers, TLB and cache
+//! maintenance. `esr` and `tables` are pure and also build on the host for unit tests.
+
+pub mod esr;
+pub mod tables;
+
+#[cfg(target_os = "none")]
+pub mod boot;
+#[cfg(target_os = "none")]
+pub mod cache;
+#[cfg(target_os = "none")]
+pub mod cpu;
+#[cfg(target_os = "none")]
+pub mod exit;
+#[cfg(target_os = "none")]
+pub mod firmware;
+#[cfg(target_os = "none")]
+pub mod guest;
+#[cfg(target_os = "none")]
+pub mod mmio;
+#[cfg(target_os = "none")]
+pub mod mmu;
+#[cfg(target_os = "none")]
+pub mod vectors;
+#[cfg(target_os = "none")]
+pub mod ram;

@@ -1,0 +1,166 @@
+//! Owned physical memory: guest RAM taken from the frame allocator, and the read-only
+//! module images (guest kernels, ramdisks) the loader left in reserved host memory.
+//!
+//! The EL2 map is an identity map, so a physical range is directly addressable; these types
+//! are the only way kernel code gets a slice of physical memory, and they only hand out
+//! memory the kernel owns.
+
+use crate::mm::frame::FrameAllocator;
+use crate::mm::{PhysAddr, PhysRange};
+
+use super::cache;
+
+/// RAM obtained from the frame allocator, exclusively owned.
+pub struct RamRegion {
+    range: PhysRange,
+    align: u64,
+}
+
+impl RamRegion {
+    /// Allocates `size_bytes` aligned to `align` (and to its power-of-two size).
+    pub fn alloc(frames: &mut FrameAllocator, size_bytes: u64, align: u64) -> Option<Self> {
+        frames
+            .alloc(size_bytes, align)
+            .map(|range| Self { range, align })
+    }
+
+    pub fn range(&self) -> PhysRange {
+        self.range
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the range came from the frame allocator, which hands each frame out once;
+        // it is RAM, identity-mapped read/write in the EL2 map, and `self` owns it, so this
+        // is the only live reference (`&mut self`).
+        unsafe {
+            core::slice::from_raw_parts_mut(self.range.base.0 as *mut u8, self.range.size_bytes as usize)
+        }
+    }
+
+    /// Zeroes the whole region.
+    pub fn zero(&mut self) {
+        self.bytes_mut().fill(0);
+    }
+
+    /// Copies `data` to `offset`. Returns false (copying nothing) if it does not fit.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> bool {
+        let mem = self.bytes_mut();
+        let Some(end) = (offset as usize).checked_add(data.len()) else {
+            return false;
+        };
+        match mem.get_mut(offset as usize..end) {
+            Some(dst) => {
+                dst.copy_from_slice(data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reads a little-endian u32 at `offset` (for tests and diagnostics).
+    pub fn read_u32(&mut self, offset: u64) -> Option<u32> {
+        let mem = self.bytes_mut();
+        mem.get(offset as usize..offset as usize + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// Cleans and invalidates the region to the Point of Coherency, so a guest running with
+    /// its MMU off (non-cacheable accesses) sees exactly what the kernel wrote.
+    pub fn clean_to_poc(&self) {
+        cache::clean_invalidate_to_poc(self.range.base.0, self.range.size_bytes);
+    }
+
+    /// Returns the memory to the allocator.
+    pub fn free(self, frames: &mut FrameAllocator) {
+        frames.free(self.range, self.align);
+    }
+}
+
+/// A module image in reserved host memory (read-only to the kernel).
+#[derive(Clone, Copy)]
+pub struct Module {
+    range: PhysRange,
+}
+
+impl Module {
+    /// Accepts `range` only if it lies inside host RAM and inside one of the reserved ranges
+    /// (the platform reserves every module so the frame allocator never hands it out).
+    pub fn new(range: PhysRange, ram: &[PhysRange], reserved: &[PhysRange]) -> Option<Self> {
+        let inside = |set: &[PhysRange]| {
+            set.iter()
+                .any(|r| r.contains(range.base) && range.end().0 <= r.end().0)
+        };
+        (range.size_bytes > 0 && inside(ram) && inside(reserved)).then_some(Self { range })
+    }
+
+    pub fn bytes(&self) -> &'static [u8] {
+        // SAFETY: `new` checked the range is RAM (identity-mapped, readable) and reserved:
+        // the frame allocator never hands it out, so nothing writes it while we read.
+        unsafe {
+            core::slice::from_raw_parts(self.range.base.0 as *const u8, self.range.size_bytes as usize)
+        }
+    }
+}
+
+/// The flattened device tree the firmware passed in x0, as a slice. Checks the FDT magic
+/// and caps the size, so a bad x0 gives `None` instead of a wild slice.
+pub fn boot_dtb(pa: u64) -> Option<&'static [u8]> {
+    const MAX_DTB_BYTES: u32 = 2 << 20;
+    if pa == 0 || pa & 7 != 0 {
+        return None;
+    }
+    let p = pa as *const u32;
+    // SAFETY: the boot protocol puts a DTB at x0 in RAM, 8-byte aligned; the header's first
+    // two words are read with the MMU off (all memory readable) before anything else
+    // depends on them.
+    let (magic, size) = unsafe { (p.read_volatile(), p.add(1).read_volatile()) };
+    let (magic, size) = (u32::from_be(magic), u32::from_be(size));
+    if magic != 0xd00d_feed || !(40..=MAX_DTB_BYTES).contains(&size) {
+        return None;
+    }
+    // SAFETY: as above; the blob's totalsize bytes belong to the DTB, which the platform
+    // reserves so nothing overwrites it.
+    Some(unsafe { core::slice::from_raw_parts(pa as *const u8, size as usize) })
+}
+
+/// Hands the image's heap area to the global allocator.
+pub fn init_heap(heap: &buddy_system_allocator::LockedHeap<32>) -> PhysRange {
+    unsafe extern "C" {
+        static __heap_start: u8;
+        static __heap_end: u8;
+    }
+    let start = core::ptr::addr_of!(__heap_start) as usize;
+    let end = core::ptr::addr_of!(__heap_end) as usize;
+    // SAFETY: [__heap_start, __heap_end) is a NOLOAD section of the image reserved for the
+    // heap by linker.ld and used by nothing else; this runs once, on the boot CPU.
+    unsafe { heap.lock().init(start, end - start) };
+    PhysRange::new(PhysAddr(start as u64), (end - start) as u64)
+}
+
+/// The image's sections, for the EL2 map and the reserved list.
+pub struct ImageLayout {
+    pub image: PhysRange,
+    pub text: PhysRange,
+    pub rodata: PhysRange,
+    /// .data, .bss, stacks and heap.
+    pub rw: PhysRange,
+}
+
+pub fn image_layout() -> ImageLayout {
+    unsafe extern "C" {
+        static __image_start: u8;
+        static __text_end: u8;
+        static __rodata_end: u8;
+        static __image_end: u8;
+    }
+    let s = core::ptr::addr_of!(__image_start) as u64;
+    let t = core::ptr::addr_of!(__text_end) as u64;
+    let r = core::ptr::addr_of!(__rodata_end) as u64;
+    let e = core::ptr::addr_of!(__image_end) as u64;
+    ImageLayout {
+        image: PhysRange::new(PhysAddr(s), e - s),
+        text: PhysRange::new(PhysAddr(s), t - s),
+        rodata: PhysRange::new(PhysAddr(t), r - t),
+        rw: PhysRange::new(PhysAddr(r), e - r),
+    }
+}

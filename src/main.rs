@@ -1,0 +1,28 @@
+//! Entry glue: the global allocator, the panic handler, and the jump into the kernel.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(target_os = "none")]
+mod bare_metal {
+    use buddy_system_allocator::LockedHeap;
+
+    /// The kernel heap; its memory is the image's .heap section (see linker.ld).
+    #[global_allocator]
+    static HEAP: LockedHeap<32> = LockedHeap::empty();
+
+    /// Called by the boot code (arch/aarch64/boot.rs) with the DTB address and CurrentEL.
+    #[unsafe(no_mangle)]
+    extern "C" fn elvisor_primary_main(dtb_pa: u64, el: u64) -> ! {
+        elvisor::kernel::primary_main(dtb_pa, el, &HEAP)
+    }
+
+    #[panic_handler]
+    fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+        elvisor::kernel::panic(info)
+    }
+}
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("elvisor is a bare-metal image: build it with scripts/build");
+    std::process::exit(2);
+}

@@ -1,0 +1,136 @@
+//! Emulated devices: pure state machines driven by trapped guest MMIO accesses.
+//!
+//! Every model implements [`MmioDevice`]; [`MmioBus`] dispatches an access by guest physical
+//! address to the device that owns it. Nothing here touches hardware, so it all runs in host
+//! unit tests. Side effects (console output, interrupt lines) go through small traits.
+#![forbid(unsafe_code)]
+
+pub mod pl011;
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use crate::mm::GuestPhysAddr;
+
+/// Width of a guest MMIO access, as decoded from the data-abort syndrome (ESR_EL2.ISS.SAS).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AccessWidth {
+    Byte = 1,
+    Half = 2,
+    Word = 4,
+    Double = 8,
+}
+
+impl AccessWidth {
+    /// Size of the access in bytes.
+    pub const fn bytes(self) -> u64 {
+        self as u64
+    }
+    /// Mask covering the access's bits.
+    pub const fn mask(self) -> u64 {
+        match self {
+            AccessWidth::Double => u64::MAX,
+            w => (1u64 << (8 * w as u64)) - 1,
+        }
+    }
+    /// From the SAS field (0 = byte ... 3 = doubleword).
+    pub const fn from_sas(sas: u8) -> Self {
+        match sas & 3 {
+            0 => AccessWidth::Byte,
+            1 => AccessWidth::Half,
+            2 => AccessWidth::Word,
+            _ => AccessWidth::Double,
+        }
+    }
+}
+
+/// Why an emulated access could not be completed. The caller turns this into an external abort
+/// injected into the guest, never into a hypervisor panic.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MmioError {
+    /// The device does not accept accesses of this width (or alignment) at this offset.
+    BadAccess,
+}
+
+/// A device model behind a range of guest physical addresses.
+pub trait MmioDevice: Send {
+    /// Short name for diagnostics ("pl011", "gicd", ...).
+    fn name(&self) -> &'static str;
+    /// Size of the device's register window in bytes.
+    fn size_bytes(&self) -> u64;
+    /// A guest read of `width` at `offset` bytes into the window. The value is zero-extended.
+    fn read(&mut self, offset: u64, width: AccessWidth) -> Result<u64, MmioError>;
+    /// A guest write of `value` (already masked to `width`) at `offset`.
+    fn write(&mut self, offset: u64, width: AccessWidth, value: u64) -> Result<(), MmioError>;
+    /// Returns the device to its reset state (VM reset).
+    fn reset(&mut self) {}
+}
+
+/// One registered device window.
+struct Region {
+    base: GuestPhysAddr,
+    size_bytes: u64,
+    device: Box<dyn MmioDevice>,
+}
+
+/// Dispatches guest MMIO accesses by address. Regions never overlap (checked on insert).
+#[derive(Default)]
+pub struct MmioBus {
+    regions: Vec<Region>,
+}
+
+/// Error from [`MmioBus::add`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct OverlapError;
+
+impl MmioBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `device` at `base`. Fails if the window overlaps one already registered or
+    /// wraps the address space.
+    pub fn add(
+        &mut self,
+        base: GuestPhysAddr,
+        device: Box<dyn MmioDevice>,
+    ) -> Result<(), OverlapError> {
+        let size_bytes = device.size_bytes();
+        let end = base.0.checked_add(size_bytes).ok_or(OverlapError)?;
+        if self
+            .regions
+            .iter()
+            .any(|r| base.0 < r.base.0 + r.size_bytes && r.base.0 < end)
+        {
+            return Err(OverlapError);
+        }
+        self.regions.push(Region {
+            base,
+            size_bytes,
+            device,
+        });
+        Ok(())
+    }
+
+    /// Finds the device covering `addr`, returning it with the offset into its window.
+    pub fn find(&mut self, addr: GuestPhysAddr) -> Option<(&mut (dyn MmioDevice + 'static), u64)> {
+        self.regions
+            .iter_mut()
+            .find(|r| addr.0 >= r.base.0 && addr.0 - r.base.0 < r.size_bytes)
+            .map(|r| (r.device.as_mut(), addr.0 - r.base.0))
+    }
+
+    /// Resets every device (VM reset).
+    pub fn reset_all(&mut self) {
+        for r in &mut self.regions {
+            r.device.reset();
+        }
+    }
+
+    /// Iterates over `(base, size, name)` of every window, e.g. for the guest device tree.
+    pub fn windows(&self) -> impl Iterator<Item = (GuestPhysAddr, u64, &'static str)> + '_ {
+        self.regions
+            .iter()
+            .map(|r| (r.base, r.size_bytes, r.device.name()))
+    }
+}

@@ -1,0 +1,31 @@
+//! VM configuration as data: one /chosen node per VM (in the spirit of Xen's dom0less).
+//!
+//! See docs/configuration.md for the binding. Parsing lives in [`crate::platform`], which owns
+//! the host device tree; this file holds the resulting types.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::mm::PhysRange;
+
+/// One VM, as described by a `compatible = "elvisor,vm"` node under /chosen.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct VmConfig {
+    /// Human-readable name (property `elvisor,name`, else the node name).
+    pub name: String,
+    /// Full path of the node, for diagnostics.
+    pub node_path: String,
+    /// Number of vCPUs (property `cpus`).
+    pub vcpus: u32,
+    /// Physical CPU (index into the host /cpus list) for each vCPU (property
+    /// `elvisor,cpu-affinity`); empty means "vCPU n on pCPU n".
+    pub cpu_affinity: Vec<u32>,
+    /// Guest RAM size in bytes (property `memory`, one 64-bit value in two cells).
+    pub memory_bytes: u64,
+    /// Guest command line (property `bootargs`), empty if absent.
+    pub bootargs: String,
+    /// The kernel module: where the loader (QEMU, U-Boot) put the image in host memory.
+    pub kernel: PhysRange,
+    /// Optional initial ramdisk module.
+    pub ramdisk: Option<PhysRange>,
+}

@@ -1,0 +1,316 @@
+//! The exit dispatcher: a decoded syndrome in, an action out.
+//!
+//! Pure logic over the vCPU's register frame and the VM's device bus, so that every path a
+//! hostile guest can take is unit-tested on the host. The arch layer reads the syndrome and
+//! fault registers, calls [`handle_sync`], and carries out the returned [`Action`]
+//! (injecting exceptions needs the CPU's EL1 registers, which only it may touch).
+
+use log::warn;
+
+use super::psci::{self, Call};
+use super::sysreg::{self, DebugShadow, SysRegResult};
+use super::vcpu::GuestRegs;
+use crate::arch::aarch64::esr::{self, DataAbort, Esr, Exit, fsc};
+use crate::mm::GuestPhysAddr;
+use crate::vdev::MmioBus;
+
+/// What to do after handling an exit.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Action {
+    /// Return to the guest.
+    Resume,
+    /// Inject a synchronous external data abort at `far` (the guest VA).
+    InjectDataAbort { far: u64, write: bool },
+    /// Inject a synchronous external instruction abort at `far`.
+    InjectInstrAbort { far: u64 },
+    /// Inject UNDEFINED at the trapping instruction.
+    InjectUndef,
+    /// A PSCI call that needs VM-level state (power, other vCPUs).
+    Psci(Call),
+    /// WFI/WFE: the vCPU has nothing to do until an interrupt.
+    Wait { wfe: bool },
+    /// The guest did something we cannot continue from; stop the VM with this diagnostic.
+    Stop(&'static str),
+}
+
+/// Fault addresses, read by the arch layer only for aborts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Fault {
+    /// FAR_EL2: the faulting virtual address (guest VA).
+    pub far: u64,
+    /// The faulting IPA (HPFAR_EL2.FIPA << 8 | FAR[11:0]).
+    pub ipa: GuestPhysAddr,
+}
+
+/// Everything of the VM a synchronous exit may touch.
+pub struct ExitCtx<'a> {
+    pub regs: &'a mut GuestRegs,
+    pub mmio: &'a spin::Mutex<MmioBus>,
+    pub debug: &'a mut DebugShadow,
+    /// For diagnostics.
+    pub vm_name: &'a str,
+}
+
+/// Handles a synchronous exit from the guest. `fault` is only called for aborts.
+pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Fault) -> Action {
+    match esr::decode(esr) {
+        Exit::Hvc { imm } => smccc(ctx.regs, imm),
+        Exit::Smc { imm } => {
+            // A trapped SMC reports the SMC itself in ELR_EL2; step over it.
+            ctx.regs.elr = ctx.regs.elr.wrapping_add(4);
+            smccc(ctx.regs, imm)
+        }
+        Exit::DataAbort(da) => data_abort(ctx, esr, da, fault()),
+        Exit::InstrAbort(_) => {
+            // Instruction fetch from an IPA with no RAM behind it (devices are never executable).
+            let f = fault();
+            warn!(
+                "{}: instruction fetch from unbacked IPA {:#x} (pc {:#x}); injecting abort",
+                ctx.vm_name, f.ipa.0, ctx.regs.elr
+            );
+            Action::InjectInstrAbort { far: f.far }
+        }
+        Exit::SysReg(acc) => {
+            let value = ctx.regs.get(acc.rt);
+            match sysreg::emulate(&acc, value, ctx.debug) {
+                SysRegResult::Read(v) => {
+                    ctx.regs.set(acc.rt, v);
+                    ctx.regs.elr = ctx.regs.elr.wrapping_add(4);
+                    Action::Resume
+                }
+                SysRegResult::Written => {
+                    ctx.regs.elr = ctx.regs.elr.wrapping_add(4);
+                    Action::Resume
+                }
+                SysRegResult::Undefined => {
+                    log::debug!(
+                        "{}: undefined sysreg access op0={} op1={} CRn={} CRm={} op2={} at pc {:#x}",
+                        ctx.vm_name, acc.op0, acc.op1, acc.crn, acc.crm, acc.op2, ctx.regs.elr
+                    );
+                    Action::InjectUndef
+                }
+            }
+        }
+        Exit::Wfx { wfe } => {
+            ctx.regs.elr = ctx.regs.elr.wrapping_add(esr.insn_len());
+            Action::Wait { wfe }
+        }
+        Exit::Other { ec } => match ec {
+            // Traps we configure but do not emulate (SVE/SME access, ...): UNDEFINED.
+            esr::ec::FP_ASIMD | esr::ec::SVE | esr::ec::UNKNOWN => Action::InjectUndef,
+            _ => {
+                warn!(
+                    "{}: unexpected exit EC {:#x} (ESR {:#x}) at pc {:#x}",
+                    ctx.vm_name, ec, esr.0, ctx.regs.elr
+                );
+                Action::Stop("unexpected exception class")
+            }
+        },
+    }
+}
+
+fn smccc(regs: &mut GuestRegs, imm: u16) -> Action {
+    let call = psci::dispatch(imm, [regs.x[0], regs.x[1], regs.x[2], regs.x[3]]);
+    match call {
+        Call::Return(r) => {
+            for (i, v) in r.0.iter().enumerate() {
+                if let Some(v) = v {
+                    regs.x[i] = *v;
+                }
+            }
+            Action::Resume
+        }
+        other => Action::Psci(other),
+    }
+}
+
+fn data_abort(ctx: &mut ExitCtx<'_>, esr: Esr, da: DataAbort, f: Fault) -> Action {
+    let abort = Action::InjectDataAbort {
+        far: f.far,
+        write: da.write,
+    };
+    // Only translation faults can be emulated MMIO: RAM is mapped RW, so a permission or
+    // access-flag fault, or a fault on the guest's own table walk, means the guest touched
+    // something it may not.
+    if !fsc::is_translation(da.fsc) || da.s1ptw {
+        warn!(
+            "{}: stage-2 abort at IPA {:#x} (DFSC {:#x}{}); injecting abort",
+            ctx.vm_name,
+            f.ipa.0,
+            da.fsc,
+            if da.s1ptw { ", stage-1 walk" } else { "" }
+        );
+        return abort;
+    }
+    let mut bus = ctx.mmio.lock();
+    let Some((dev, offset)) = bus.find(f.ipa) else {
+        warn!(
+            "{}: {} of unbacked IPA {:#x} at pc {:#x}; injecting external abort",
+            ctx.vm_name,
+            if da.write { "write" } else { "read" },
+            f.ipa.0,
+            ctx.regs.elr
+        );
+        return abort;
+    };
+    if !da.isv || da.cache_maintenance {
+        // Load/store pair, writeback addressing, SIMD registers...: no syndrome to emulate
+        // from, and decoding the guest's instruction would mean reading its memory through
+        // its own stage 1. Real hardware raises an external abort here too.
+        warn!(
+            "{}: {} access to {} at IPA {:#x} has no valid syndrome (ISV=0) at pc {:#x}; \
+             injecting external abort",
+            ctx.vm_name,
+            if da.write { "write" } else { "read" },
+            dev.name(),
+            f.ipa.0,
+            ctx.regs.elr
+        );
+        return abort;
+    }
+    let width = da.width;
+    let result = if da.write {
+        let v = ctx.regs.get(da.srt) & width.mask();
+        dev.write(offset, width, v).map(|_| ())
+    } else {
+        dev.read(offset, width).map(|v| {
+            let v = v & width.mask();
+            let v = if da.sign_extend {
+                let shift = 64 - 8 * width.bytes();
+                (((v << shift) as i64) >> shift) as u64
+            } else {
+                v
+            };
+            let v = if da.sixty_four { v } else { v & 0xffff_ffff };
+            ctx.regs.set(da.srt, v);
+        })
+    };
+    drop(bus);
+    match result {
+        Ok(()) => {
+            ctx.regs.elr = ctx.regs.elr.wrapping_add(esr.insn_len());
+            Action::Resume
+        }
+        Err(_) => {
+            warn!(
+                "{}: bad {}-byte access at IPA {:#x}; injecting external abort",
+                ctx.vm_name,
+                width.bytes(),
+                f.ipa.0
+            );
+            abort
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vdev::{AccessWidth, MmioDevice, MmioError};
+    use alloc::boxed::Box;
+
+    /// A 16-byte scratch device: word registers only at 0 and 4; byte access anywhere.
+    struct Scratch([u8; 16]);
+    impl MmioDevice for Scratch {
+        fn name(&self) -> &'static str {
+            "scratch"
+        }
+        fn size_bytes(&self) -> u64 {
+            16
+        }
+        fn read(&mut self, off: u64, w: AccessWidth) -> Result<u64, MmioError> {
+            if w == AccessWidth::Double {
+                return Err(MmioError::BadAccess);
+            }
+            let mut v = 0u64;
+            for i in 0..w.bytes() {
+                v |= (*self.0.get((off + i) as usize).ok_or(MmioError::BadAccess)? as u64) << (8 * i);
+            }
+            Ok(v)
+        }
+        fn write(&mut self, off: u64, w: AccessWidth, v: u64) -> Result<(), MmioError> {
+            for i in 0..w.bytes() {
+                *self.0.get_mut((off + i) as usize).ok_or(MmioError::BadAccess)? = (v >> (8 * i)) as u8;
+            }
+            Ok(())
+        }
+    }
+
+    fn setup() -> (GuestRegs, spin::Mutex<MmioBus>, DebugShadow) {
+        let mut bus = MmioBus::new();
+        bus.add(GuestPhysAddr(0x0900_0000), Box::new(Scratch([0; 16]))).unwrap();
+        let mut regs = GuestRegs::default();
+        regs.elr = 0x4008_0000;
+        (regs, spin::Mutex::new(bus), DebugShadow::default())
+    }
+
+    fn dabt(isv: bool, sas: u64, sse: bool, srt: u64, sf: bool, write: bool, fsc: u64) -> Esr {
+        Esr((0x24 << 26)
+            | (1 << 25)
+            | ((isv as u64) << 24)
+            | (sas << 22)
+            | ((sse as u64) << 21)
+            | (srt << 16)
+            | ((sf as u64) << 15)
+            | ((write as u64) << 6)
+            | fsc)
+    }
+
+    fn run(regs: &mut GuestRegs, bus: &spin::Mutex<MmioBus>, dbg: &mut DebugShadow, esr: Esr, ipa: u64) -> Action {
+        let mut ctx = ExitCtx { regs, mmio: bus, debug: dbg, vm_name: "t" };
+        handle_sync(&mut ctx, esr, || Fault { far: ipa, ipa: GuestPhysAddr(ipa) })
+    }
+
+    #[test]
+    fn mmio_write_then_sign_extended_read() {
+        let (mut regs, bus, mut dbg) = setup();
+        regs.x[5] = 0xffff_ff80;
+        assert_eq!(run(&mut regs, &bus, &mut dbg, dabt(true, 2, false, 5, false, true, 7), 0x0900_0004), Action::Resume);
+        assert_eq!(regs.elr, 0x4008_0004);
+        // ldrsb x3, [..#4] -> 0xffff_ffff_ffff_ff80
+        run(&mut regs, &bus, &mut dbg, dabt(true, 0, true, 3, true, false, 7), 0x0900_0004);
+        assert_eq!(regs.x[3], 0xffff_ffff_ffff_ff80);
+        // ldrsb w3 -> upper 32 bits clear
+        run(&mut regs, &bus, &mut dbg, dabt(true, 0, true, 3, false, false, 7), 0x0900_0004);
+        assert_eq!(regs.x[3], 0xffff_ff80);
+        // ldr wzr: discarded, x31 never written (no panic on index 31)
+        run(&mut regs, &bus, &mut dbg, dabt(true, 2, false, 31, false, false, 7), 0x0900_0004);
+        assert_eq!(regs.elr, 0x4008_0010);
+    }
+
+    #[test]
+    fn unbacked_isv0_and_bad_width_inject_aborts() {
+        let (mut regs, bus, mut dbg) = setup();
+        let a = run(&mut regs, &bus, &mut dbg, dabt(true, 2, false, 1, false, false, 7), 0x2000_0000);
+        assert_eq!(a, Action::InjectDataAbort { far: 0x2000_0000, write: false });
+        let a = run(&mut regs, &bus, &mut dbg, dabt(false, 0, false, 0, false, true, 7), 0x0900_0000);
+        assert_eq!(a, Action::InjectDataAbort { far: 0x0900_0000, write: true });
+        let a = run(&mut regs, &bus, &mut dbg, dabt(true, 3, false, 1, true, false, 7), 0x0900_0000);
+        assert!(matches!(a, Action::InjectDataAbort { .. }));
+        // Permission fault: never emulated.
+        let a = run(&mut regs, &bus, &mut dbg, dabt(true, 2, false, 1, false, true, 0x0f), 0x0900_0000);
+        assert!(matches!(a, Action::InjectDataAbort { .. }));
+        assert_eq!(regs.elr, 0x4008_0000, "aborts do not step the PC");
+    }
+
+    #[test]
+    fn hvc_smc_and_sysreg() {
+        let (mut regs, bus, mut dbg) = setup();
+        regs.x[0] = 0x8400_0000;
+        assert_eq!(run(&mut regs, &bus, &mut dbg, Esr(0x5a00_0000), 0), Action::Resume);
+        assert_eq!((regs.x[0], regs.elr), (0x10001, 0x4008_0000));
+        regs.x[0] = 0xc300_0000;
+        assert_eq!(run(&mut regs, &bus, &mut dbg, Esr(0x5e00_0000), 0), Action::Resume);
+        assert_eq!((regs.x[0] as i64, regs.elr), (-1, 0x4008_0004));
+        regs.x[0] = 0x8400_0008;
+        assert_eq!(run(&mut regs, &bus, &mut dbg, Esr(0x5a00_0000), 0), Action::Psci(Call::SystemOff));
+        // mrs x0, mdccsr_el0 -> undef, PC unchanged
+        let iss = (2 << 20) | (3 << 14) | (1 << 1) | 1;
+        assert_eq!(run(&mut regs, &bus, &mut dbg, Esr((0x18 << 26) | (1 << 25) | iss), 0), Action::InjectUndef);
+        assert_eq!(regs.elr, 0x4008_0004);
+        // mrs x2, oslsr_el1 -> emulated
+        let iss = (2 << 20) | (1 << 10) | (1 << 1) | (4 << 17) | (2 << 5) | 1;
+        assert_eq!(run(&mut regs, &bus, &mut dbg, Esr((0x18 << 26) | (1 << 25) | iss), 0), Action::Resume);
+        assert_eq!((regs.x[2], regs.elr), (8, 0x4008_0008));
+    }
+}

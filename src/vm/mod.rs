@@ -1,0 +1,48 @@
+//! Virtual machines: configuration, vCPUs, the exit dispatcher, SMCCC/PSCI, guest images and
+//! guest device trees.
+
+pub mod config;
+pub mod exit;
+pub mod fdt;
+pub mod loader;
+pub mod psci;
+pub mod sysreg;
+pub mod vcpu;
+
+use core::fmt;
+
+/// Index of a VM (its position in the configuration).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct VmId(pub u16);
+
+/// Index of a vCPU inside its VM.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct VcpuId(pub u16);
+
+impl fmt::Display for VmId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "vm{}", self.0)
+    }
+}
+
+/// The guest physical memory map every VM sees (QEMU virt-like, so guests need no changes).
+///
+/// ```text
+///   0x0800_0000  GIC distributor (and GICR / GICC)      (interrupt issue)
+///   0x0900_0000  PL011 UART (emulated), 4 KiB, SPI 1
+///   0x4000_0000  RAM, `memory` bytes from the VM node
+///                  +0x8_0000 (or the Image header's text_offset): kernel image
+///                  top - 2 MiB: device tree (2 MiB slot)
+///                  below the DTB: initrd, if any
+/// ```
+pub mod layout {
+    use crate::mm::GuestPhysAddr;
+
+    pub const UART_BASE: GuestPhysAddr = GuestPhysAddr(0x0900_0000);
+    pub const UART_SIZE: u64 = 0x1000;
+    /// INTID of the UART's SPI (SPI 1).
+    pub const UART_INTID: u32 = 33;
+    pub const RAM_BASE: GuestPhysAddr = GuestPhysAddr(0x4000_0000);
+    /// Room reserved at the top of RAM for the device tree.
+    pub const FDT_SLOT: u64 = 2 << 20;
+}

@@ -1,0 +1,229 @@
+//! SMCCC (DEN0028) and PSCI (DEN0022) as seen by guests: function-id decoding and the
+//! answers that need no VM state. The exit path calls [`dispatch`] for every HVC, and for
+//! every SMC trapped by HCR_EL2.TSC.
+//!
+//! Unknown function ids return NOT_SUPPORTED (-1) and the guest goes on, per SMCCC 1.1 §5.
+
+/// SMCCC / PSCI return codes.
+pub mod ret {
+    pub const SUCCESS: i64 = 0;
+    pub const NOT_SUPPORTED: i64 = -1;
+    pub const INVALID_PARAMETERS: i64 = -2;
+    pub const DENIED: i64 = -3;
+    pub const ALREADY_ON: i64 = -4;
+    pub const ON_PENDING: i64 = -5;
+    pub const INTERNAL_FAILURE: i64 = -6;
+    pub const NOT_PRESENT: i64 = -7;
+    pub const DISABLED: i64 = -8;
+    pub const INVALID_ADDRESS: i64 = -9;
+}
+
+/// Function ids (SMC32 / SMC64 fast calls).
+pub mod fid {
+    pub const SMCCC_VERSION: u32 = 0x8000_0000;
+    pub const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
+    pub const SMCCC_ARCH_WORKAROUND_1: u32 = 0x8000_8000;
+    pub const SMCCC_ARCH_WORKAROUND_2: u32 = 0x8000_7fff;
+    pub const SMCCC_ARCH_WORKAROUND_3: u32 = 0x8000_3fff;
+
+    pub const PSCI_VERSION: u32 = 0x8400_0000;
+    pub const PSCI_CPU_SUSPEND_32: u32 = 0x8400_0001;
+    pub const PSCI_CPU_SUSPEND_64: u32 = 0xc400_0001;
+    pub const PSCI_CPU_OFF: u32 = 0x8400_0002;
+    pub const PSCI_CPU_ON_32: u32 = 0x8400_0003;
+    pub const PSCI_CPU_ON_64: u32 = 0xc400_0003;
+    pub const PSCI_AFFINITY_INFO_32: u32 = 0x8400_0004;
+    pub const PSCI_AFFINITY_INFO_64: u32 = 0xc400_0004;
+    pub const PSCI_MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
+    pub const PSCI_SYSTEM_OFF: u32 = 0x8400_0008;
+    pub const PSCI_SYSTEM_RESET: u32 = 0x8400_0009;
+    pub const PSCI_FEATURES: u32 = 0x8400_000a;
+
+    /// Vendor-specific hypervisor service (owner 6): standard queries.
+    pub const VENDOR_HYP_CALL_COUNT: u32 = 0x8600_ff00;
+    pub const VENDOR_HYP_CALL_UID: u32 = 0x8600_ff01;
+    pub const VENDOR_HYP_REVISION: u32 = 0x8600_ff03;
+}
+
+/// SMCCC version we implement: 1.1.
+pub const SMCCC_VERSION: u64 = 0x1_0001;
+/// PSCI version we implement: 1.1.
+pub const PSCI_VERSION: u64 = 0x1_0001;
+/// MIGRATE_INFO_TYPE: "Trusted OS not present or does not require migration".
+pub const MIGRATE_INFO_TYPE_NONE: u64 = 2;
+
+/// elvisor's vendor hypervisor UID (a random UUID, 61a9c2f4-3e4e-4b6f-9d0e-6c7576697361),
+/// returned as four 32-bit words in w0..w3 per SMCCC §6.
+pub const ELVISOR_UID: [u32; 4] = [0xf4c2_a961, 0x6f4b_4e3e, 0x7576_0e9d, 0x6173_6976];
+/// Revision of our vendor hypervisor interface (major.minor in w0/w1).
+pub const ELVISOR_REVISION: (u32, u32) = (0, 1);
+
+/// What the VM layer must do with a call.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Call {
+    /// Return these values in x0..x3 (x1..x3 only where given).
+    Return(Ret),
+    /// PSCI SYSTEM_OFF: stop this VM.
+    SystemOff,
+    /// PSCI SYSTEM_RESET: restart this VM from fresh images and RAM.
+    SystemReset,
+    /// PSCI CPU_ON(target MPIDR, entry, context id).
+    CpuOn { target: u64, entry: u64, context: u64 },
+    /// PSCI CPU_OFF for the calling vCPU.
+    CpuOff,
+    /// PSCI AFFINITY_INFO(target, lowest level).
+    AffinityInfo { target: u64, level: u64 },
+    /// PSCI CPU_SUSPEND: standby/powerdown; treated like WFI.
+    CpuSuspend { entry: u64, context: u64 },
+}
+
+/// Values for x0..x3; `None` leaves the register as it was.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Ret(pub [Option<u64>; 4]);
+
+impl Ret {
+    pub const fn x0(v: i64) -> Self {
+        Ret([Some(v as u64), None, None, None])
+    }
+}
+
+/// Decodes an SMCCC call from x0..x3. `imm` is the HVC/SMC immediate: SMCCC calls use #0;
+/// anything else is not an SMCCC call and gets NOT_SUPPORTED.
+pub fn dispatch(imm: u16, x: [u64; 4]) -> Call {
+    if imm != 0 {
+        return Call::Return(Ret::x0(ret::NOT_SUPPORTED));
+    }
+    // Bit 31 = fast call. SMC32 ids ignore the upper 32 bits of x0 (SMCCC §2.6); for SMC64
+    // ids the id is still the low 32 bits.
+    let id = x[0] as u32;
+    let is64 = id & (1 << 30) != 0;
+    // SMC32 arguments are the low 32 bits of each register.
+    let arg = |n: usize| if is64 { x[n] } else { x[n] & 0xffff_ffff };
+    match id {
+        fid::SMCCC_VERSION => Call::Return(Ret::x0(SMCCC_VERSION as i64)),
+        fid::SMCCC_ARCH_FEATURES => Call::Return(Ret::x0(arch_features(arg(1) as u32))),
+        fid::PSCI_VERSION => Call::Return(Ret::x0(PSCI_VERSION as i64)),
+        fid::PSCI_FEATURES => Call::Return(Ret::x0(psci_features(arg(1) as u32))),
+        fid::PSCI_MIGRATE_INFO_TYPE => {
+            Call::Return(Ret::x0(MIGRATE_INFO_TYPE_NONE as i64))
+        }
+        fid::PSCI_SYSTEM_OFF => Call::SystemOff,
+        fid::PSCI_SYSTEM_RESET => Call::SystemReset,
+        fid::PSCI_CPU_OFF => Call::CpuOff,
+        fid::PSCI_CPU_ON_32 | fid::PSCI_CPU_ON_64 => Call::CpuOn {
+            target: arg(1),
+            entry: arg(2),
+            context: arg(3),
+        },
+        fid::PSCI_AFFINITY_INFO_32 | fid::PSCI_AFFINITY_INFO_64 => Call::AffinityInfo {
+            target: arg(1),
+            level: arg(2),
+        },
+        fid::PSCI_CPU_SUSPEND_32 | fid::PSCI_CPU_SUSPEND_64 => Call::CpuSuspend {
+            entry: arg(2),
+            context: arg(3),
+        },
+        fid::VENDOR_HYP_CALL_UID => Call::Return(Ret([
+            Some(ELVISOR_UID[0] as u64),
+            Some(ELVISOR_UID[1] as u64),
+            Some(ELVISOR_UID[2] as u64),
+            Some(ELVISOR_UID[3] as u64),
+        ])),
+        fid::VENDOR_HYP_REVISION => Call::Return(Ret([
+            Some(ELVISOR_REVISION.0 as u64),
+            Some(ELVISOR_REVISION.1 as u64),
+            None,
+            None,
+        ])),
+        fid::VENDOR_HYP_CALL_COUNT => Call::Return(Ret::x0(3)),
+        _ => Call::Return(Ret::x0(ret::NOT_SUPPORTED)),
+    }
+}
+
+/// PSCI_FEATURES: 0 for every function we implement, NOT_SUPPORTED otherwise. CPU_SUSPEND
+/// reports the original (not extended) StateID format, no OS-initiated mode.
+pub fn psci_features(id: u32) -> i64 {
+    match id {
+        fid::PSCI_VERSION
+        | fid::PSCI_CPU_SUSPEND_32
+        | fid::PSCI_CPU_SUSPEND_64
+        | fid::PSCI_CPU_OFF
+        | fid::PSCI_CPU_ON_32
+        | fid::PSCI_CPU_ON_64
+        | fid::PSCI_AFFINITY_INFO_32
+        | fid::PSCI_AFFINITY_INFO_64
+        | fid::PSCI_MIGRATE_INFO_TYPE
+        | fid::PSCI_SYSTEM_OFF
+        | fid::PSCI_SYSTEM_RESET
+        | fid::PSCI_FEATURES
+        | fid::SMCCC_VERSION => ret::SUCCESS,
+        _ => ret::NOT_SUPPORTED,
+    }
+}
+
+/// SMCCC_ARCH_FEATURES. The Spectre workarounds are firmware services we do not provide to
+/// guests: NOT_SUPPORTED tells Linux not to call them.
+pub fn arch_features(id: u32) -> i64 {
+    match id {
+        fid::SMCCC_VERSION | fid::SMCCC_ARCH_FEATURES => ret::SUCCESS,
+        fid::SMCCC_ARCH_WORKAROUND_1 | fid::SMCCC_ARCH_WORKAROUND_2 | fid::SMCCC_ARCH_WORKAROUND_3 => {
+            ret::NOT_SUPPORTED
+        }
+        _ => ret::NOT_SUPPORTED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn x0(c: Call) -> i64 {
+        match c {
+            Call::Return(Ret([Some(v), ..])) => v as i64,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn versions_and_features() {
+        assert_eq!(x0(dispatch(0, [0x8000_0000, 0, 0, 0])), 0x10001);
+        assert_eq!(x0(dispatch(0, [0x8400_0000, 0, 0, 0])), 0x10001);
+        assert_eq!(x0(dispatch(0, [0x8400_000a, 0x8400_0008, 0, 0])), 0);
+        assert_eq!(x0(dispatch(0, [0x8400_000a, 0x8400_00ff, 0, 0])), -1);
+        assert_eq!(x0(dispatch(0, [0x8400_000a, 0x8000_0000, 0, 0])), 0);
+        assert_eq!(x0(dispatch(0, [0x8000_0001, 0x8000_8000, 0, 0])), -1);
+        assert_eq!(x0(dispatch(0, [0x8400_0006, 0, 0, 0])), 2);
+    }
+
+    #[test]
+    fn smc32_ignores_upper_bits() {
+        // Upper half of x0 is ignored for the function id; args truncated to 32 bits.
+        assert_eq!(x0(dispatch(0, [0xffff_ffff_8400_0000, 0, 0, 0])), 0x10001);
+        assert_eq!(
+            dispatch(0, [0x8400_0003, 0xdead_0000_0000_0001, 0x1_4008_0000, 7]),
+            Call::CpuOn { target: 1, entry: 0x4008_0000, context: 7 }
+        );
+        assert_eq!(
+            dispatch(0, [0xc400_0003, 0x1_0000_0001, 0x1_4008_0000, 7]),
+            Call::CpuOn { target: 0x1_0000_0001, entry: 0x1_4008_0000, context: 7 }
+        );
+    }
+
+    #[test]
+    fn power_and_unknown() {
+        assert_eq!(dispatch(0, [0x8400_0008, 0, 0, 0]), Call::SystemOff);
+        assert_eq!(dispatch(0, [0x8400_0009, 0, 0, 0]), Call::SystemReset);
+        for id in [0x8200_1234u64, 0xc300_0000, 0, 0xffff_ffff, 0x8400_00ff] {
+            assert_eq!(x0(dispatch(0, [id, 1, 2, 3])), -1, "{id:#x}");
+        }
+        // A non-zero immediate is not an SMCCC call.
+        assert_eq!(x0(dispatch(1, [0x8400_0000, 0, 0, 0])), -1);
+    }
+
+    #[test]
+    fn vendor_uid() {
+        let Call::Return(Ret(r)) = dispatch(0, [0x8600_ff01, 0, 0, 0]) else { panic!() };
+        assert_eq!(r[0], Some(ELVISOR_UID[0] as u64));
+        assert!(r.iter().all(|v| v.is_some()));
+    }
+}

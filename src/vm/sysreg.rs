@@ -1,0 +1,107 @@
+//! Trapped system-register emulation (ESR EC 0x18).
+//!
+//! The hypervisor traps the debug registers (MDCR_EL2.TDA/TDOSA/TDRA) and the PMU
+//! (MDCR_EL2.TPM/TPMCR): guests get no self-hosted debug or PMU, but the OS-lock and
+//! breakpoint registers Linux touches at boot behave (RAZ/WI, OS lock tracked). Every other
+//! trapped register is UNDEFINED in the guest.
+
+use crate::arch::aarch64::esr::{SysRegAccess, sysreg_key as key};
+
+/// Per-vCPU shadow of the trapped debug registers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DebugShadow {
+    pub mdscr: u64,
+    pub os_lock: bool,
+}
+
+/// Outcome of an emulated access.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SysRegResult {
+    /// A read: put this value in Rt.
+    Read(u64),
+    /// A write that was applied or ignored.
+    Written,
+    /// Not a register we emulate: inject UNDEFINED.
+    Undefined,
+}
+
+const OSLAR_EL1: u32 = key(2, 0, 1, 0, 4);
+const OSLSR_EL1: u32 = key(2, 0, 1, 1, 4);
+const OSDLR_EL1: u32 = key(2, 0, 1, 3, 4);
+const MDRAR_EL1: u32 = key(2, 0, 1, 0, 0);
+const MDSCR_EL1: u32 = key(2, 0, 0, 2, 2);
+const MDCCINT_EL1: u32 = key(2, 0, 0, 2, 0);
+const DBGPRCR_EL1: u32 = key(2, 0, 1, 4, 4);
+const DBGCLAIMSET_EL1: u32 = key(2, 0, 7, 8, 6);
+const DBGCLAIMCLR_EL1: u32 = key(2, 0, 7, 9, 6);
+const DBGAUTHSTATUS_EL1: u32 = key(2, 0, 7, 14, 6);
+
+/// Emulates `acc` with write value `value` (ignored for reads).
+pub fn emulate(acc: &SysRegAccess, value: u64, dbg: &mut DebugShadow) -> SysRegResult {
+    use SysRegResult::*;
+    let k = acc.key();
+    // DBGB{V,C}R<n>_EL1 and DBGW{V,C}R<n>_EL1: op0=2 op1=0 CRn=0 CRm=n op2=4..7.
+    let is_bp_wp = acc.op0 == 2 && acc.op1 == 0 && acc.crn == 0 && acc.op2 >= 4;
+    match (k, acc.read) {
+        (OSLAR_EL1, false) => {
+            dbg.os_lock = value & 1 != 0;
+            Written
+        }
+        // OSLM = 0b10 (OS lock implemented, bit 3), OSLK in bit 1.
+        (OSLSR_EL1, true) => Read((1 << 3) | ((dbg.os_lock as u64) << 1)),
+        (MDSCR_EL1, true) => Read(dbg.mdscr),
+        (MDSCR_EL1, false) => {
+            dbg.mdscr = value;
+            Written
+        }
+        (OSDLR_EL1 | MDCCINT_EL1 | DBGPRCR_EL1 | DBGCLAIMSET_EL1 | DBGCLAIMCLR_EL1, true) => {
+            Read(0)
+        }
+        (OSDLR_EL1 | MDCCINT_EL1 | DBGPRCR_EL1 | DBGCLAIMSET_EL1 | DBGCLAIMCLR_EL1, false) => {
+            Written
+        }
+        (MDRAR_EL1 | DBGAUTHSTATUS_EL1, true) => Read(0),
+        _ if is_bp_wp => {
+            if acc.read {
+                Read(0)
+            } else {
+                Written
+            }
+        }
+        _ => Undefined,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acc(op0: u8, op1: u8, crn: u8, crm: u8, op2: u8, read: bool) -> SysRegAccess {
+        SysRegAccess { op0, op1, crn, crm, op2, rt: 0, read }
+    }
+
+    #[test]
+    fn os_lock_round_trip() {
+        let mut d = DebugShadow::default();
+        assert_eq!(emulate(&acc(2, 0, 1, 1, 4, true), 0, &mut d), SysRegResult::Read(8));
+        assert_eq!(emulate(&acc(2, 0, 1, 0, 4, false), 1, &mut d), SysRegResult::Written);
+        assert_eq!(emulate(&acc(2, 0, 1, 1, 4, true), 0, &mut d), SysRegResult::Read(0xa));
+    }
+
+    #[test]
+    fn breakpoints_raz_wi_and_mdscr_stored() {
+        let mut d = DebugShadow::default();
+        assert_eq!(emulate(&acc(2, 0, 0, 5, 5, false), 0x1e7, &mut d), SysRegResult::Written);
+        assert_eq!(emulate(&acc(2, 0, 0, 5, 5, true), 0, &mut d), SysRegResult::Read(0));
+        emulate(&acc(2, 0, 0, 2, 2, false), 0x8000, &mut d);
+        assert_eq!(emulate(&acc(2, 0, 0, 2, 2, true), 0, &mut d), SysRegResult::Read(0x8000));
+    }
+
+    #[test]
+    fn unknown_is_undefined() {
+        let mut d = DebugShadow::default();
+        // MDCCSR_EL0 (DCC status) and PMCR_EL0.
+        assert_eq!(emulate(&acc(2, 3, 0, 1, 0, true), 0, &mut d), SysRegResult::Undefined);
+        assert_eq!(emulate(&acc(3, 3, 9, 12, 0, true), 0, &mut d), SysRegResult::Undefined);
+    }
+}

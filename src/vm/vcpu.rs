@@ -1,0 +1,140 @@
+//! vCPU state: the general-register frame the exit path saves, and the EL1 system-register
+//! context that only moves when a different vCPU takes a physical CPU.
+
+use core::mem::offset_of;
+
+/// The frame the exception vector fills on every exit, and restores before `eret`.
+///
+/// While the guest runs, SP_EL2 points at this frame, so the vector saves x0..x30 with no
+/// scratch register; `host_sp` is then the hypervisor stack to switch to. The layout is
+/// pinned by the asserts below because the assembly uses these offsets.
+#[repr(C, align(16))]
+#[derive(Clone, Debug, Default)]
+pub struct GuestRegs {
+    pub x: [u64; 31],
+    pub elr: u64,
+    pub spsr: u64,
+    /// Top of the stack the exit handler runs on (this physical CPU's kernel stack).
+    pub host_sp: u64,
+}
+
+pub const REGS_X0: usize = offset_of!(GuestRegs, x);
+pub const REGS_ELR: usize = offset_of!(GuestRegs, elr);
+pub const REGS_SPSR: usize = offset_of!(GuestRegs, spsr);
+pub const REGS_HOST_SP: usize = offset_of!(GuestRegs, host_sp);
+const _: () = assert!(REGS_X0 == 0);
+const _: () = assert!(REGS_ELR == 248, "x30 and ELR are saved with one stp at 240");
+const _: () = assert!(REGS_SPSR == 256);
+const _: () = assert!(REGS_HOST_SP == 264);
+
+impl GuestRegs {
+    /// Reads Xn where 31 means XZR.
+    pub fn get(&self, n: u8) -> u64 {
+        self.x.get(n as usize).copied().unwrap_or(0)
+    }
+    /// Writes Xn; writes to 31 (XZR) are discarded.
+    pub fn set(&mut self, n: u8, v: u64) {
+        if let Some(r) = self.x.get_mut(n as usize) {
+            *r = v;
+        }
+    }
+}
+
+/// SPSR value for entering a guest: EL1h, D, A, I, F masked.
+pub const SPSR_EL1H_DAIF: u64 = 0x3c5;
+/// SCTLR_EL1 at reset per the Linux boot protocol: MMU and caches off, RES1 bits set.
+pub const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
+
+/// Guest EL1 (and EL0) system-register context. Loaded into the CPU when the vCPU is put on
+/// a physical CPU, saved when it is taken off; never touched on an ordinary exit.
+#[repr(C)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct El1Context {
+    pub sctlr: u64,
+    pub actlr: u64,
+    pub cpacr: u64,
+    pub ttbr0: u64,
+    pub ttbr1: u64,
+    pub tcr: u64,
+    pub esr: u64,
+    pub afsr0: u64,
+    pub afsr1: u64,
+    pub far: u64,
+    pub mair: u64,
+    pub amair: u64,
+    pub vbar: u64,
+    pub contextidr: u64,
+    pub tpidr_el1: u64,
+    pub tpidr_el0: u64,
+    pub tpidrro_el0: u64,
+    pub sp_el0: u64,
+    pub sp_el1: u64,
+    pub elr_el1: u64,
+    pub spsr_el1: u64,
+    pub par: u64,
+    pub cntkctl: u64,
+    pub csselr: u64,
+    pub mdscr: u64,
+}
+
+impl El1Context {
+    /// The state a vCPU starts (and restarts) in.
+    pub fn reset() -> Self {
+        Self {
+            sctlr: SCTLR_EL1_RESET,
+            ..Self::default()
+        }
+    }
+}
+
+/// Why a vCPU is not running.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum VcpuState {
+    Running,
+    Off,
+}
+
+/// A virtual CPU. `regs` must stay the first field: the exit vector hands the kernel a
+/// pointer to it, and the kernel recovers the vCPU from that pointer.
+#[repr(C)]
+pub struct Vcpu {
+    pub regs: GuestRegs,
+    pub el1: El1Context,
+    pub debug: super::sysreg::DebugShadow,
+    pub id: super::VcpuId,
+    /// MPIDR the guest sees (VMPIDR_EL2 without the RES1 bit): Aff0 = vCPU index.
+    pub mpidr: u64,
+    pub state: VcpuState,
+}
+const _: () = assert!(offset_of!(Vcpu, regs) == 0);
+
+impl Vcpu {
+    /// A vCPU about to run from `entry` with `x0` as its first argument (the DTB for the boot
+    /// vCPU, per the Linux arm64 boot protocol).
+    pub fn new(id: super::VcpuId, mpidr: u64) -> Self {
+        Self {
+            regs: GuestRegs::default(),
+            el1: El1Context::reset(),
+            debug: Default::default(),
+            id,
+            mpidr,
+            state: VcpuState::Off,
+        }
+    }
+
+    /// Puts the vCPU in its architectural reset state, ready to enter at `entry` with `x0`.
+    /// `host_sp` is preserved.
+    pub fn reset(&mut self, entry: u64, x0: u64) {
+        let host_sp = self.regs.host_sp;
+        self.regs = GuestRegs {
+            host_sp,
+            ..Default::default()
+        };
+        self.regs.x[0] = x0;
+        self.regs.elr = entry;
+        self.regs.spsr = SPSR_EL1H_DAIF;
+        self.el1 = El1Context::reset();
+        self.debug = Default::default();
+        self.state = VcpuState::Running;
+    }
+}
