@@ -462,6 +462,7 @@ pub fn handle_exit(vcpu: &'static mut Vcpu, kind: ExitKind) -> &'static mut Vcpu
                     regs: &mut vcpu.regs,
                     mmio: &vm.mmio,
                     debug: &mut vcpu.debug,
+                    vcpu: vcpu.id,
                     vm_name: &vm.name,
                 };
                 crate::vm::exit::handle_sync(&mut ctx, esr, guest::fault)

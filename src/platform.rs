@@ -5,12 +5,12 @@
 //! the PSCI conduit and the VM configuration nodes under /chosen. A DTB that lacks something
 //! required fails with a [`PlatformError`] that names the node and the property.
 //!
-//! The blob is untrusted input, read by the small zero-copy reader below ([`Dtb`], [`Node`])
+//! The blob is untrusted input, read by the small zero-copy reader below (`Dtb`, `Node`)
 //! rather than the `fdt` crate: fdt 0.1.5 `assert`s, `unwrap`s and slices unchecked on
 //! malformed blobs, and it cannot walk `FDT_NOP` tokens between nodes. Those are legal, and QEMU
 //! leaves hundreds of them in the DTB it hands a `raspi4b` guest (it deletes the nodes of
 //! devices it does not model with libfdt's `fdt_nop_node`): fdt 0.1.5 panics iterating that
-//! tree's root. The reader checks the header and every token once ([`Dtb::new`]), then
+//! tree's root. The reader checks the header and every token once (`Dtb::new`), then
 //! bounds-checks every read anyway. The tests keep the `fdt` crate as an independent oracle.
 //!
 //! Addresses are translated to CPU physical addresses through every ancestor's `ranges`
@@ -191,9 +191,9 @@ pub fn early_bootargs(dtb: &[u8]) -> Option<&str> {
 /// `image` the hypervisor image; both are added to [`Platform::reserved`], as are the
 /// /memreserve/ entries, the /reserved-memory children and every VM module.
 pub fn parse(dtb: &[u8], dtb_pa: PhysAddr, image: PhysRange) -> Result<Platform, PlatformError> {
-    let fdt = Dtb::new(dtb).map_err(|problem| PlatformError::new("/", "", problem))?;
-    let blob = fdt.blob;
-    let root = Lineage::root(&fdt).ok_or_else(|| PlatformError::new("/", "", "no root node"))?;
+    let dt = Dtb::new(dtb).map_err(|problem| PlatformError::new("/", "", problem))?;
+    let blob = dt.blob;
+    let root = Lineage::root(&dt).ok_or_else(|| PlatformError::new("/", "", "no root node"))?;
 
     let ram = parse_memory(&root)?;
     let dtb_range = PhysRange::new(dtb_pa, blob.len() as u64);
@@ -201,32 +201,34 @@ pub fn parse(dtb: &[u8], dtb_pa: PhysAddr, image: PhysRange) -> Result<Platform,
     let mut reserved = memreserve(blob).map_err(|problem| {
         PlatformError::new("/", "", format!("memory reservation block: {problem}"))
     })?;
-    parse_reserved_memory(&fdt, &mut reserved)?;
+    parse_reserved_memory(&dt, &mut reserved)?;
+    // A VM module must not overlap anything reserved so far.
+    let mut forbidden: Vec<(PhysRange, &'static str)> = reserved
+        .iter()
+        .map(|r| (*r, "memory reserved by the host device tree"))
+        .collect();
+    forbidden.push((dtb_range, "the host device tree"));
+    forbidden.push((image, "the hypervisor image"));
     reserved.push(dtb_range);
     reserved.push(image);
 
-    let cpus = parse_cpus(&fdt)?;
+    let cpus = parse_cpus(&dt)?;
     let (gic, gic_node) = parse_gic(&root)?;
     let timer = parse_timer(&root, &gic_node)?;
-    let uart = parse_uart(&fdt, &gic_node)?;
-    let psci = parse_psci(&fdt)?;
+    let uart = parse_uart(&dt, &gic_node)?;
+    let psci = parse_psci(&dt)?;
 
-    let mut bootargs = String::new();
-    let chosen = lookup(&fdt, "/chosen");
-    if let Some(chosen) = &chosen {
-        if let Some(args) = str_prop(chosen.node(), "bootargs")
+    let chosen = lookup(&dt, "/chosen");
+    let bootargs = match &chosen {
+        Some(chosen) => str_prop(chosen.node(), "bootargs")
             .map_err(|problem| PlatformError::new("/chosen", "bootargs", problem))?
-        {
-            bootargs = args.to_string();
-        }
-    }
+            .unwrap_or("")
+            .to_string(),
+        None => String::new(),
+    };
 
     let mut vms: Vec<VmConfig> = Vec::new();
     if let Some(chosen) = &chosen {
-        let forbidden = [
-            (dtb_range, "the host device tree"),
-            (image, "the hypervisor image"),
-        ];
         let limits = VmLimits {
             host_cpus: cpus.len(),
             ram: &ram,
@@ -629,7 +631,7 @@ fn memreserve(blob: &[u8]) -> Result<Vec<PhysRange>, &'static str> {
 // Navigation: a node together with its ancestors
 // ---------------------------------------------------------------------------------------------
 
-/// A node and all its ancestors, root first. The `fdt` crate's nodes do not know their parent,
+/// A node and all its ancestors, root first. Nodes do not know their parent,
 /// and `ranges` translation and inherited `interrupt-parent` need the whole chain.
 #[derive(Clone, Copy)]
 struct Lineage<'a> {
@@ -734,24 +736,24 @@ fn descend<'a>(lin: &mut Lineage<'a>, path: &str) -> bool {
 }
 
 /// The node at an absolute path.
-fn lookup<'a>(fdt: &Dtb<'a>, path: &str) -> Option<Lineage<'a>> {
+fn lookup<'a>(dt: &Dtb<'a>, path: &str) -> Option<Lineage<'a>> {
     if !path.starts_with('/') {
         return None;
     }
-    let mut lin = Lineage::root(fdt)?;
+    let mut lin = Lineage::root(dt)?;
     descend(&mut lin, path).then_some(lin)
 }
 
 /// A path as used by `stdout-path`: absolute, or an alias optionally followed by `/more`.
 /// Aliases are looked up once (an alias naming another alias is not followed).
-fn resolve_path<'a>(fdt: &Dtb<'a>, path: &str) -> Option<Lineage<'a>> {
+fn resolve_path<'a>(dt: &Dtb<'a>, path: &str) -> Option<Lineage<'a>> {
     if path.starts_with('/') {
-        return lookup(fdt, path);
+        return lookup(dt, path);
     }
     let (alias, rest) = path.split_once('/').unwrap_or((path, ""));
-    let aliases = lookup(fdt, "/aliases")?;
+    let aliases = lookup(dt, "/aliases")?;
     let target = str_prop(aliases.node(), alias).ok()??;
-    let mut lin = lookup(fdt, target)?;
+    let mut lin = lookup(dt, target)?;
     descend(&mut lin, rest).then_some(lin)
 }
 
@@ -897,7 +899,7 @@ fn translate(lin: &Lineage<'_>, bus: usize, addr: u64, size: u64) -> Result<u64,
             let size_cells = cells_of(lin, bus, "#size-cells")?;
             let parent_cells = cells_of(lin, bus - 1, "#address-cells")?;
             let entry_cells = child_cells + parent_cells + size_cells;
-            if entry_cells == 0 || ranges.len() % (entry_cells * 4) != 0 {
+            if entry_cells == 0 || !ranges.len().is_multiple_of(entry_cells * 4) {
                 return Err(fault("length is not a whole number of entries"));
             }
             let mut translated = None;
@@ -944,7 +946,7 @@ fn reg_layout<'a>(lin: &Lineage<'a>) -> Result<Option<RegLayout<'a>>, Fault> {
     let address_cells = cells_of(lin, bus, "#address-cells")?;
     let size_cells = cells_of(lin, bus, "#size-cells")?;
     let entry_bytes = (address_cells + size_cells) * 4;
-    if address_cells == 0 || value.len() % entry_bytes != 0 {
+    if address_cells == 0 || !value.len().is_multiple_of(entry_bytes) {
         return Err(Fault {
             level,
             property: "reg",
@@ -992,7 +994,7 @@ fn reg_count(lin: &Lineage<'_>) -> Result<usize, Fault> {
 /// Decodes entry `index` of a 3-cell GIC interrupt specifier list (GIC DT binding:
 /// type 0 = SPI n -> INTID 32 + n, type 1 = PPI n -> INTID 16 + n).
 fn gic_intid(spec: &[u8], index: usize) -> Result<Option<u32>, &'static str> {
-    if spec.len() % 12 != 0 {
+    if !spec.len().is_multiple_of(12) {
         return Err("length is not a whole number of 3-cell specifiers");
     }
     let (Some(kind), Some(number)) = (be32(spec, index * 12), be32(spec, index * 12 + 4)) else {
@@ -1069,8 +1071,8 @@ fn parse_memory(root: &Lineage<'_>) -> Result<Vec<PhysRange>, PlatformError> {
     Ok(ram)
 }
 
-fn parse_reserved_memory(fdt: &Dtb<'_>, out: &mut Vec<PhysRange>) -> Result<(), PlatformError> {
-    let Some(mut lin) = lookup(fdt, "/reserved-memory") else {
+fn parse_reserved_memory(dt: &Dtb<'_>, out: &mut Vec<PhysRange>) -> Result<(), PlatformError> {
+    let Some(mut lin) = lookup(dt, "/reserved-memory") else {
         return Ok(());
     };
     for child in lin.node().children() {
@@ -1097,8 +1099,8 @@ fn parse_reserved_memory(fdt: &Dtb<'_>, out: &mut Vec<PhysRange>) -> Result<(), 
 /// MPIDR_EL1 affinity fields: Aff3 (39:32) and Aff2..Aff0 (23:0).
 const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
 
-fn parse_cpus(fdt: &Dtb<'_>) -> Result<Vec<Cpu>, PlatformError> {
-    let mut lin = lookup(fdt, "/cpus").ok_or_else(|| PlatformError::new("/cpus", "", "missing"))?;
+fn parse_cpus(dt: &Dtb<'_>) -> Result<Vec<Cpu>, PlatformError> {
+    let mut lin = lookup(dt, "/cpus").ok_or_else(|| PlatformError::new("/cpus", "", "missing"))?;
     let address_cells = cells_of(&lin, lin.last(), "#address-cells").map_err(|f| lin.error(f))?;
     if !(1..=2).contains(&address_cells) {
         return Err(PlatformError::new(
@@ -1356,21 +1358,21 @@ fn is_pl011(node: Node<'_>) -> bool {
 /// The console node: /chosen `stdout-path` (or `linux,stdout-path`), options after ':'
 /// stripped, aliases resolved. When it names something other than a PL011, the enabled PL011
 /// with the lowest `serialN` alias is used instead. Errors are (property, problem).
-fn console_node<'a>(fdt: &Dtb<'a>) -> Result<Lineage<'a>, (&'static str, &'static str)> {
+fn console_node<'a>(dt: &Dtb<'a>) -> Result<Lineage<'a>, (&'static str, &'static str)> {
     const STDOUT: &str = "stdout-path";
-    let chosen = lookup(fdt, "/chosen").ok_or((STDOUT, "missing (there is no /chosen node)"))?;
+    let chosen = lookup(dt, "/chosen").ok_or((STDOUT, "missing (there is no /chosen node)"))?;
     let (property, value) = ["stdout-path", "linux,stdout-path"]
         .into_iter()
         .find_map(|name| prop(chosen.node(), name).map(|v| (name, v)))
         .ok_or((STDOUT, "missing (and no linux,stdout-path)"))?;
     let spec = as_string(value).ok_or((property, "not a NUL-terminated UTF-8 string"))?;
     let path = spec.split(':').next().unwrap_or(spec);
-    let node = resolve_path(fdt, path).ok_or((property, "names no node (nor an alias of one)"))?;
+    let node = resolve_path(dt, path).ok_or((property, "names no node (nor an alias of one)"))?;
     if is_pl011(node.node()) {
         return Ok(node);
     }
     let mut best: Option<(u32, Lineage<'a>)> = None;
-    if let Some(aliases) = lookup(fdt, "/aliases") {
+    if let Some(aliases) = lookup(dt, "/aliases") {
         for alias in aliases.node().properties() {
             let Some(n) = alias
                 .name
@@ -1382,7 +1384,7 @@ fn console_node<'a>(fdt: &Dtb<'a>) -> Result<Lineage<'a>, (&'static str, &'stati
             if best.as_ref().is_some_and(|(m, _)| *m <= n) {
                 continue;
             }
-            if let Some(target) = as_string(alias.value).and_then(|t| lookup(fdt, t))
+            if let Some(target) = as_string(alias.value).and_then(|t| lookup(dt, t))
                 && is_pl011(target.node())
                 && is_enabled(target.node())
             {
@@ -1397,8 +1399,8 @@ fn console_node<'a>(fdt: &Dtb<'a>) -> Result<Lineage<'a>, (&'static str, &'stati
     ))
 }
 
-fn parse_uart(fdt: &Dtb<'_>, gic: &GicNode<'_>) -> Result<Uart, PlatformError> {
-    let lin = console_node(fdt)
+fn parse_uart(dt: &Dtb<'_>, gic: &GicNode<'_>) -> Result<Uart, PlatformError> {
+    let lin = console_node(dt)
         .map_err(|(property, problem)| PlatformError::new("/chosen", property, problem))?;
     let path = lin.path();
     let (base, size) = reg(&lin, 0)
@@ -1418,8 +1420,8 @@ fn parse_uart(fdt: &Dtb<'_>, gic: &GicNode<'_>) -> Result<Uart, PlatformError> {
     })
 }
 
-fn parse_psci(fdt: &Dtb<'_>) -> Result<Option<PsciConduit>, PlatformError> {
-    let Some(lin) = lookup(fdt, "/psci") else {
+fn parse_psci(dt: &Dtb<'_>) -> Result<Option<PsciConduit>, PlatformError> {
+    let Some(lin) = lookup(dt, "/psci") else {
         return Ok(None);
     };
     let path = lin.path();
@@ -1472,7 +1474,7 @@ fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmConfig, Platfo
 
     let mut cpu_affinity = Vec::new();
     if let Some(value) = prop(node, "elvisor,cpu-affinity") {
-        if value.len() % 4 != 0 || value.len() / 4 != vcpus as usize {
+        if value.len() != vcpus as usize * 4 {
             return Err(err(
                 "elvisor,cpu-affinity",
                 format!("must list one host CPU index per vCPU ({vcpus})"),
@@ -1512,7 +1514,7 @@ fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmConfig, Platfo
             ));
         }
     };
-    if memory_bytes == 0 || memory_bytes % BLOCK_2M != 0 {
+    if memory_bytes == 0 || !memory_bytes.is_multiple_of(BLOCK_2M) {
         return Err(err(
             "memory",
             format!("{memory_bytes:#x} bytes is not a nonzero multiple of 2 MiB"),
@@ -2124,6 +2126,52 @@ mod tests {
         assert_error(&dtb, "/chosen/vm@1", "elvisor,name");
     }
 
+    #[test]
+    fn reserved_memory() {
+        let extra = |w: &mut FdtWriter| -> FdtWriterResult<()> {
+            let rm = w.begin_node("reserved-memory")?;
+            w.property_u32("#address-cells", 2)?;
+            w.property_u32("#size-cells", 2)?;
+            w.property_null("ranges")?;
+            for (name, base, status) in [
+                ("fw@60000000", 0x6000_0000u64, "okay"),
+                ("off@70000000", 0x7000_0000, "disabled"),
+            ] {
+                let n = w.begin_node(name)?;
+                w.property_array_u64("reg", &[base, 0x10_0000])?;
+                w.property_string("status", status)?;
+                w.end_node(n)?;
+            }
+            let n = w.begin_node("pool")?;
+            w.property_string("compatible", "shared-dma-pool")?;
+            w.property_u32("size", 0x40_0000)?;
+            w.end_node(n)?;
+            w.end_node(rm)
+        };
+        let p = parse_ok(&host_dt_with(true, &extra, &stdout));
+        assert_eq!(
+            p.reserved,
+            [
+                IMAGE,
+                range(DTB_PA.0, p.reserved[1].size_bytes),
+                range(0x6000_0000, 0x10_0000)
+            ]
+        );
+        // A kernel module placed over the firmware's reservation.
+        let dtb = host_dt_with(true, &extra, &|w| {
+            stdout(w)?;
+            let vm = w.begin_node("vm-a")?;
+            w.property_string("compatible", "elvisor,vm")?;
+            good_vm(w)?;
+            let k = w.begin_node("kernel")?;
+            w.property_string("compatible", "multiboot,kernel")?;
+            w.property_array_u64("reg", &[0x6008_0000, 0x1000])?;
+            w.end_node(k)?;
+            w.end_node(vm)
+        });
+        assert_error(&dtb, "/chosen/vm-a/kernel", "reg");
+    }
+
     /// A Raspberry-Pi-like /soc bus holding a second PL011 at bus address 0x7e20_1000.
     fn soc(ranges: Option<&'static [u32]>) -> impl Fn(&mut FdtWriter) -> FdtWriterResult<()> {
         move |w| {
@@ -2260,6 +2308,9 @@ mod tests {
         assert_eq!(early_bootargs(&bad), None);
     }
 
+    /// A node's name and its properties' names and values.
+    type NodeDump = (String, Vec<(String, Vec<u8>)>);
+
     /// The `fdt` crate, as an independent reader, sees the same nodes and properties as ours
     /// on the blobs it can read (those without FDT_NOP tokens).
     #[test]
@@ -2279,7 +2330,7 @@ mod tests {
                 ours.push((name.to_string(), props));
                 ControlFlow::Continue(())
             });
-            let theirs: Vec<(String, Vec<(String, Vec<u8>)>)> = theirs
+            let theirs: Vec<NodeDump> = theirs
                 .all_nodes()
                 .map(|n| {
                     let props = n

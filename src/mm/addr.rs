@@ -117,7 +117,7 @@ mod tests {
         assert_eq!(a.align_down(0x1000), PhysAddr(0x4008_1000));
         assert_eq!(a.align_up(0x1000), PhysAddr(0x4008_2000));
         assert!(PhysAddr(0x4020_0000).is_aligned(0x20_0000));
-        assert_eq!(PhysAddr(u64::MAX).align_up(0x1000), PhysAddr(u64::MAX & !0xfff));
+        assert_eq!(PhysAddr(u64::MAX).align_up(0x1000), PhysAddr(!0xfff));
         assert_eq!(PhysAddr(u64::MAX).checked_add(1), None);
     }
 

@@ -11,6 +11,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use crate::mm::GuestPhysAddr;
+pub use crate::vm::VcpuId;
 
 /// Width of a guest MMIO access, as decoded from the data-abort syndrome (ESR_EL2.ISS.SAS).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -58,10 +59,17 @@ pub trait MmioDevice: Send {
     fn name(&self) -> &'static str;
     /// Size of the device's register window in bytes.
     fn size_bytes(&self) -> u64;
-    /// A guest read of `width` at `offset` bytes into the window. The value is zero-extended.
-    fn read(&mut self, offset: u64, width: AccessWidth) -> Result<u64, MmioError>;
-    /// A guest write of `value` (already masked to `width`) at `offset`.
-    fn write(&mut self, offset: u64, width: AccessWidth, value: u64) -> Result<(), MmioError>;
+    /// A guest read of `width` at `offset` bytes into the window by vCPU `vcpu` (banked
+    /// registers depend on it). The value is zero-extended.
+    fn read(&mut self, vcpu: VcpuId, offset: u64, width: AccessWidth) -> Result<u64, MmioError>;
+    /// A guest write of `value` (already masked to `width`) at `offset` by vCPU `vcpu`.
+    fn write(
+        &mut self,
+        vcpu: VcpuId,
+        offset: u64,
+        width: AccessWidth,
+        value: u64,
+    ) -> Result<(), MmioError>;
     /// Returns the device to its reset state (VM reset).
     fn reset(&mut self) {}
 }

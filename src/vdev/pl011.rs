@@ -50,7 +50,7 @@ use alloc::boxed::Box;
 use tock_registers::fields::Field;
 use tock_registers::{LocalRegisterCopy, RegisterLongName, register_bitfields};
 
-use super::{AccessWidth, MmioDevice, MmioError};
+use super::{AccessWidth, MmioDevice, MmioError, VcpuId};
 
 /// Where transmitted bytes go. The hypervisor prints them on the physical console with a
 /// per-VM prefix; tests collect them.
@@ -665,17 +665,27 @@ impl MmioDevice for Pl011 {
         "pl011"
     }
 
+    fn reset(&mut self) {
+        Pl011::reset(self);
+    }
+
     fn size_bytes(&self) -> u64 {
         WINDOW_SIZE_BYTES
     }
 
-    fn read(&mut self, offset: u64, width: AccessWidth) -> Result<u64, MmioError> {
+    fn read(&mut self, _vcpu: VcpuId, offset: u64, width: AccessWidth) -> Result<u64, MmioError> {
         let (word_offset, shift) = decode_access(offset, width)?;
         let reg = self.read_reg(Reg::decode(word_offset));
         Ok(u64::from(reg.checked_shr(shift).unwrap_or(0)) & width.mask())
     }
 
-    fn write(&mut self, offset: u64, width: AccessWidth, value: u64) -> Result<(), MmioError> {
+    fn write(
+        &mut self,
+        _vcpu: VcpuId,
+        offset: u64,
+        width: AccessWidth,
+        value: u64,
+    ) -> Result<(), MmioError> {
         let (word_offset, shift) = decode_access(offset, width)?;
         let lanes = lane_mask(width, shift);
         // Masked to the width, so it fits in 32 bits.
@@ -689,6 +699,8 @@ impl MmioDevice for Pl011 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const V0: VcpuId = VcpuId(0);
     use std::sync::{Arc, Mutex};
     use std::vec::Vec;
 
@@ -708,11 +720,11 @@ mod tests {
     }
 
     fn rd(u: &mut Pl011, off: u64) -> u32 {
-        u32::try_from(u.read(off, Word).unwrap()).unwrap()
+        u32::try_from(u.read(V0, off, Word).unwrap()).unwrap()
     }
 
     fn wr(u: &mut Pl011, off: u64, value: u32) {
-        u.write(off, Word, u64::from(value)).unwrap();
+        u.write(V0, off, Word, u64::from(value)).unwrap();
     }
 
     const FEN: u32 = 1 << 4;
@@ -735,8 +747,8 @@ mod tests {
         for (i, &id) in expected.iter().enumerate() {
             let off = 0xFE0 + 4 * i as u64;
             assert_eq!(rd(&mut u, off), id, "offset {off:#x}");
-            assert_eq!(u.read(off, Byte).unwrap(), u64::from(id));
-            assert_eq!(u.read(off + 1, Byte).unwrap(), 0);
+            assert_eq!(u.read(V0, off, Byte).unwrap(), u64::from(id));
+            assert_eq!(u.read(V0, off + 1, Byte).unwrap(), 0);
             // Read-only.
             wr(&mut u, off, 0xFFFF_FFFF);
             assert_eq!(rd(&mut u, off), id);
@@ -793,13 +805,13 @@ mod tests {
         let (mut u, sent) = uart();
         wr(&mut u, 0x030, 0x301);
         wr(&mut u, 0x000, u32::from(b'h'));
-        u.write(0x000, Byte, u64::from(b'i')).unwrap();
-        u.write(0x000, Half, 0x0F00 | u64::from(b'!')).unwrap();
+        u.write(V0, 0x000, Byte, u64::from(b'i')).unwrap();
+        u.write(V0, 0x000, Half, 0x0F00 | u64::from(b'!')).unwrap();
         // Bits above the data byte are ignored.
         wr(&mut u, 0x000, 0xFFFF_FF00 | u32::from(b'\n'));
         // A write that does not cover the data byte transmits nothing.
-        u.write(0x001, Byte, 0x41).unwrap();
-        u.write(0x002, Half, 0x41).unwrap();
+        u.write(V0, 0x001, Byte, 0x41).unwrap();
+        u.write(V0, 0x002, Half, 0x41).unwrap();
         assert_eq!(sent.lock().unwrap().as_slice(), b"hi!\n");
     }
 
@@ -821,7 +833,7 @@ mod tests {
         let (mut u, sent) = uart();
         for &c in b"[    0.000000] Booting" {
             assert_eq!(rd(&mut u, 0x018) & TXFF, 0);
-            u.write(0x000, Byte, u64::from(c)).unwrap();
+            u.write(V0, 0x000, Byte, u64::from(c)).unwrap();
             assert_eq!(rd(&mut u, 0x018) & BUSY, 0);
         }
         assert_eq!(sent.lock().unwrap().as_slice(), b"[    0.000000] Booting");
@@ -1032,13 +1044,13 @@ mod tests {
     #[test]
     fn bad_widths_and_alignment() {
         let (mut u, sent) = uart();
-        assert_eq!(u.read(0x000, Double), Err(MmioError::BadAccess));
-        assert_eq!(u.write(0x000, Double, 0x41), Err(MmioError::BadAccess));
-        assert_eq!(u.read(0x031, Half), Err(MmioError::BadAccess));
-        assert_eq!(u.read(0x032, Word), Err(MmioError::BadAccess));
-        assert_eq!(u.write(0x001, Word, 0x41), Err(MmioError::BadAccess));
-        assert_eq!(u.read(0x1000, Byte), Err(MmioError::BadAccess));
-        assert_eq!(u.write(u64::MAX, Byte, 0), Err(MmioError::BadAccess));
+        assert_eq!(u.read(V0, 0x000, Double), Err(MmioError::BadAccess));
+        assert_eq!(u.write(V0, 0x000, Double, 0x41), Err(MmioError::BadAccess));
+        assert_eq!(u.read(V0, 0x031, Half), Err(MmioError::BadAccess));
+        assert_eq!(u.read(V0, 0x032, Word), Err(MmioError::BadAccess));
+        assert_eq!(u.write(V0, 0x001, Word, 0x41), Err(MmioError::BadAccess));
+        assert_eq!(u.read(V0, 0x1000, Byte), Err(MmioError::BadAccess));
+        assert_eq!(u.write(V0, u64::MAX, Byte, 0), Err(MmioError::BadAccess));
         assert!(sent.lock().unwrap().is_empty());
         assert_eq!(rd(&mut u, 0x030), 0x300);
     }
@@ -1046,19 +1058,19 @@ mod tests {
     #[test]
     fn sub_word_accesses() {
         let (mut u, _) = uart();
-        assert_eq!(u.read(0x030, Half).unwrap(), 0x300);
-        assert_eq!(u.read(0x030, Byte).unwrap(), 0x00);
-        assert_eq!(u.read(0x031, Byte).unwrap(), 0x03);
-        assert_eq!(u.read(0x032, Half).unwrap(), 0);
+        assert_eq!(u.read(V0, 0x030, Half).unwrap(), 0x300);
+        assert_eq!(u.read(V0, 0x030, Byte).unwrap(), 0x00);
+        assert_eq!(u.read(V0, 0x031, Byte).unwrap(), 0x03);
+        assert_eq!(u.read(V0, 0x032, Half).unwrap(), 0);
         // A byte write only changes its lane.
-        u.write(0x030, Byte, 0x01).unwrap();
+        u.write(V0, 0x030, Byte, 0x01).unwrap();
         assert_eq!(rd(&mut u, 0x030), 0x301);
-        u.write(0x031, Byte, 0x00).unwrap();
+        u.write(V0, 0x031, Byte, 0x00).unwrap();
         assert_eq!(rd(&mut u, 0x030), 0x001);
         // Register widths: IBRD 16 bits, FBRD 6 bits, CR reserved bits 6:3.
         wr(&mut u, 0x024, 0xFFFF_FFFF);
         assert_eq!(rd(&mut u, 0x024), 0xFFFF);
-        u.write(0x025, Byte, 0x12).unwrap();
+        u.write(V0, 0x025, Byte, 0x12).unwrap();
         assert_eq!(rd(&mut u, 0x024), 0x12FF);
         wr(&mut u, 0x028, 0xFFFF_FFFF);
         assert_eq!(rd(&mut u, 0x028), 0x3F);
@@ -1074,18 +1086,18 @@ mod tests {
         wr(&mut u, 0x020, 0xFFFF_FFFF);
         assert_eq!(rd(&mut u, 0x020), 0xFF);
         // Linux writes LCR_H with 16-bit accesses.
-        u.write(0x02C, Half, 0x70).unwrap();
-        assert_eq!(u.read(0x02C, Half).unwrap(), 0x70);
+        u.write(V0, 0x02C, Half, 0x70).unwrap();
+        assert_eq!(u.read(V0, 0x02C, Half).unwrap(), 0x70);
         // A byte of UARTICR clears only the bits in its lane.
         wr(&mut u, 0x000, 0);
         assert_eq!(rd(&mut u, 0x03C), TXI);
-        u.write(0x045, Byte, 0xFF).unwrap();
+        u.write(V0, 0x045, Byte, 0xFF).unwrap();
         assert_eq!(rd(&mut u, 0x03C), TXI);
-        u.write(0x044, Byte, u64::from(TXI)).unwrap();
+        u.write(V0, 0x044, Byte, u64::from(TXI)).unwrap();
         assert_eq!(rd(&mut u, 0x03C), 0);
         // The error bits of a received byte at UARTDR+1 (the whole word is popped).
         u.push_rx(b'q');
-        assert_eq!(u.read(0x001, Byte).unwrap(), 0);
+        assert_eq!(u.read(V0, 0x001, Byte).unwrap(), 0);
         assert_eq!(rd(&mut u, 0x018) & RXFE, RXFE);
     }
 
@@ -1097,10 +1109,10 @@ mod tests {
         ];
         for off in reserved {
             wr(&mut u, off, 0xFFFF_FFFF);
-            u.write(off + 2, Half, 0xFFFF).unwrap();
-            u.write(off + 3, Byte, 0xFF).unwrap();
+            u.write(V0, off + 2, Half, 0xFFFF).unwrap();
+            u.write(V0, off + 3, Byte, 0xFF).unwrap();
             assert_eq!(rd(&mut u, off), 0, "offset {off:#x}");
-            assert_eq!(u.read(off + 1, Byte).unwrap(), 0);
+            assert_eq!(u.read(V0, off + 1, Byte).unwrap(), 0);
         }
         assert!(sent.lock().unwrap().is_empty());
         assert_eq!(rd(&mut u, 0x030), 0x300);
@@ -1162,10 +1174,10 @@ mod tests {
             };
             match (r >> 4) & 3 {
                 0 => {
-                    let _ = u.read(off, width);
+                    let _ = u.read(V0, off, width);
                 }
                 1 | 2 => {
-                    let _ = u.write(off, width, next());
+                    let _ = u.write(V0, off, width, next());
                 }
                 _ => {
                     u.push_rx(u8::try_from(r >> 56).unwrap());

@@ -47,6 +47,8 @@ pub struct ExitCtx<'a> {
     pub regs: &'a mut GuestRegs,
     pub mmio: &'a spin::Mutex<MmioBus>,
     pub debug: &'a mut DebugShadow,
+    /// The exiting vCPU (banked device registers depend on it).
+    pub vcpu: crate::vm::VcpuId,
     /// For diagnostics.
     pub vm_name: &'a str,
 }
@@ -171,9 +173,9 @@ fn data_abort(ctx: &mut ExitCtx<'_>, esr: Esr, da: DataAbort, f: Fault) -> Actio
     let width = da.width;
     let result = if da.write {
         let v = ctx.regs.get(da.srt) & width.mask();
-        dev.write(offset, width, v).map(|_| ())
+        dev.write(ctx.vcpu, offset, width, v).map(|_| ())
     } else {
-        dev.read(offset, width).map(|v| {
+        dev.read(ctx.vcpu, offset, width).map(|v| {
             let v = v & width.mask();
             let v = if da.sign_extend {
                 let shift = 64 - 8 * width.bytes();
@@ -206,7 +208,7 @@ fn data_abort(ctx: &mut ExitCtx<'_>, esr: Esr, da: DataAbort, f: Fault) -> Actio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vdev::{AccessWidth, MmioDevice, MmioError};
+    use crate::vdev::{AccessWidth, MmioDevice, MmioError, VcpuId};
     use alloc::boxed::Box;
 
     /// A 16-byte scratch device: word registers only at 0 and 4; byte access anywhere.
@@ -218,7 +220,7 @@ mod tests {
         fn size_bytes(&self) -> u64 {
             16
         }
-        fn read(&mut self, off: u64, w: AccessWidth) -> Result<u64, MmioError> {
+        fn read(&mut self, _v: VcpuId, off: u64, w: AccessWidth) -> Result<u64, MmioError> {
             if w == AccessWidth::Double {
                 return Err(MmioError::BadAccess);
             }
@@ -228,7 +230,7 @@ mod tests {
             }
             Ok(v)
         }
-        fn write(&mut self, off: u64, w: AccessWidth, v: u64) -> Result<(), MmioError> {
+        fn write(&mut self, _v: VcpuId, off: u64, w: AccessWidth, v: u64) -> Result<(), MmioError> {
             for i in 0..w.bytes() {
                 *self.0.get_mut((off + i) as usize).ok_or(MmioError::BadAccess)? = (v >> (8 * i)) as u8;
             }
@@ -239,8 +241,10 @@ mod tests {
     fn setup() -> (GuestRegs, spin::Mutex<MmioBus>, DebugShadow) {
         let mut bus = MmioBus::new();
         bus.add(GuestPhysAddr(0x0900_0000), Box::new(Scratch([0; 16]))).unwrap();
-        let mut regs = GuestRegs::default();
-        regs.elr = 0x4008_0000;
+        let regs = GuestRegs {
+            elr: 0x4008_0000,
+            ..Default::default()
+        };
         (regs, spin::Mutex::new(bus), DebugShadow::default())
     }
 
@@ -257,7 +261,7 @@ mod tests {
     }
 
     fn run(regs: &mut GuestRegs, bus: &spin::Mutex<MmioBus>, dbg: &mut DebugShadow, esr: Esr, ipa: u64) -> Action {
-        let mut ctx = ExitCtx { regs, mmio: bus, debug: dbg, vm_name: "t" };
+        let mut ctx = ExitCtx { regs, mmio: bus, debug: dbg, vcpu: VcpuId(0), vm_name: "t" };
         handle_sync(&mut ctx, esr, || Fault { far: ipa, ipa: GuestPhysAddr(ipa) })
     }
 

@@ -326,3 +326,337 @@ fn write_gic(w: &mut FdtWriter, gic: &GuestGic) -> Result<(), FdtGenError> {
     w.end_node(timer)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mm::{PhysAddr, PhysRange};
+    use crate::platform::{self, EnableMethod, PsciConduit};
+
+    const MPIDRS: [u64; 2] = [0, 1];
+
+    fn spec_v3() -> GuestFdt<'static> {
+        GuestFdt {
+            ram_base: GuestPhysAddr(0x4000_0000),
+            ram_bytes: 0x1000_0000,
+            mpidrs: &MPIDRS,
+            uart: Some(GuestUart {
+                base: GuestPhysAddr(0x0900_0000),
+                size_bytes: 0x1000,
+                intid: Some(33),
+            }),
+            gic: Some(GuestGic {
+                version: GicVersion::V3,
+                gicd: (GuestPhysAddr(0x0800_0000), 0x1_0000),
+                gicr_or_gicc: (GuestPhysAddr(0x080a_0000), 0x4_0000),
+                maintenance_intid: Some(25),
+            }),
+            bootargs: "console=ttyAMA0 earlycon",
+            initrd: Some((GuestPhysAddr(0x4800_0000), 0x10_0000)),
+            reset_count: 3,
+        }
+    }
+
+    fn spec_v2() -> GuestFdt<'static> {
+        GuestFdt {
+            gic: Some(GuestGic {
+                version: GicVersion::V2,
+                gicd: (GuestPhysAddr(0x0800_0000), 0x1_0000),
+                gicr_or_gicc: (GuestPhysAddr(0x0801_0000), 0x1_0000),
+                maintenance_intid: Some(25),
+            }),
+            ..spec_v3()
+        }
+    }
+
+    fn node<'b, 'a>(fdt: &'b fdt::Fdt<'a>, path: &str) -> fdt::node::FdtNode<'b, 'a> {
+        fdt.find_node(path)
+            .unwrap_or_else(|| panic!("no node {path}"))
+    }
+
+    fn value<'a>(fdt: &fdt::Fdt<'a>, path: &str, name: &str) -> &'a [u8] {
+        node(fdt, path)
+            .property(name)
+            .unwrap_or_else(|| panic!("no property {path} {name}"))
+            .value
+    }
+
+    fn cells(fdt: &fdt::Fdt<'_>, path: &str, name: &str) -> Vec<u32> {
+        value(fdt, path, name)
+            .chunks(4)
+            .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    fn strs<'a>(fdt: &fdt::Fdt<'a>, path: &str, name: &str) -> Vec<&'a str> {
+        let v = value(fdt, path, name);
+        core::str::from_utf8(&v[..v.len() - 1])
+            .unwrap()
+            .split('\0')
+            .collect()
+    }
+
+    fn has(fdt: &fdt::Fdt<'_>, path: &str, name: &str) -> bool {
+        fdt.find_node(path).and_then(|n| n.property(name)).is_some()
+    }
+
+    #[test]
+    fn gicv3_tree() {
+        let blob = generate(&spec_v3()).unwrap();
+        let fdt = fdt::Fdt::new(&blob).unwrap();
+
+        assert_eq!(cells(&fdt, "/", "#address-cells"), [2]);
+        assert_eq!(cells(&fdt, "/", "#size-cells"), [2]);
+        assert_eq!(strs(&fdt, "/", "compatible"), ["elvisor,vm"]);
+        assert_eq!(strs(&fdt, "/", "model"), ["elvisor virtual machine"]);
+        assert_eq!(cells(&fdt, "/", "interrupt-parent"), [GIC_PHANDLE]);
+
+        assert_eq!(
+            strs(&fdt, "/chosen", "bootargs"),
+            ["console=ttyAMA0 earlycon"]
+        );
+        assert_eq!(strs(&fdt, "/chosen", "stdout-path"), ["/pl011@9000000"]);
+        assert_eq!(
+            cells(&fdt, "/chosen", "linux,initrd-start"),
+            [0, 0x4800_0000]
+        );
+        assert_eq!(cells(&fdt, "/chosen", "linux,initrd-end"), [0, 0x4810_0000]);
+        assert_eq!(cells(&fdt, "/chosen", "elvisor,reset-count"), [3]);
+
+        assert_eq!(strs(&fdt, "/memory@40000000", "device_type"), ["memory"]);
+        assert_eq!(
+            cells(&fdt, "/memory@40000000", "reg"),
+            [0, 0x4000_0000, 0, 0x1000_0000]
+        );
+
+        assert_eq!(cells(&fdt, "/cpus", "#address-cells"), [2]);
+        assert_eq!(cells(&fdt, "/cpus", "#size-cells"), [0]);
+        for (i, path) in ["/cpus/cpu@0", "/cpus/cpu@1"].iter().enumerate() {
+            assert_eq!(strs(&fdt, path, "device_type"), ["cpu"]);
+            assert_eq!(strs(&fdt, path, "compatible"), ["arm,armv8"]);
+            assert_eq!(cells(&fdt, path, "reg"), [0, i as u32]);
+            assert_eq!(strs(&fdt, path, "enable-method"), ["psci"]);
+        }
+
+        assert_eq!(
+            strs(&fdt, "/psci", "compatible"),
+            ["arm,psci-1.0", "arm,psci-0.2"]
+        );
+        assert_eq!(strs(&fdt, "/psci", "method"), ["hvc"]);
+
+        let gic = "/intc@8000000";
+        assert_eq!(strs(&fdt, gic, "compatible"), ["arm,gic-v3"]);
+        assert_eq!(
+            cells(&fdt, gic, "reg"),
+            [0, 0x0800_0000, 0, 0x1_0000, 0, 0x080a_0000, 0, 0x4_0000]
+        );
+        assert_eq!(cells(&fdt, gic, "#redistributor-regions"), [1]);
+        assert_eq!(cells(&fdt, gic, "#interrupt-cells"), [3]);
+        assert!(value(&fdt, gic, "interrupt-controller").is_empty());
+        assert_eq!(cells(&fdt, gic, "#address-cells"), [2]);
+        assert_eq!(cells(&fdt, gic, "#size-cells"), [2]);
+        assert!(value(&fdt, gic, "ranges").is_empty());
+        assert_eq!(cells(&fdt, gic, "phandle"), [GIC_PHANDLE]);
+        assert_eq!(cells(&fdt, gic, "interrupts"), [1, 9, 4]);
+
+        assert_eq!(strs(&fdt, "/timer", "compatible"), ["arm,armv8-timer"]);
+        assert_eq!(
+            cells(&fdt, "/timer", "interrupts"),
+            [1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4]
+        );
+        assert!(has(&fdt, "/timer", "always-on"));
+
+        assert_eq!(strs(&fdt, "/apb-pclk", "compatible"), ["fixed-clock"]);
+        assert_eq!(cells(&fdt, "/apb-pclk", "#clock-cells"), [0]);
+        assert_eq!(cells(&fdt, "/apb-pclk", "clock-frequency"), [24_000_000]);
+        assert_eq!(cells(&fdt, "/apb-pclk", "phandle"), [CLOCK_PHANDLE]);
+
+        let uart = "/pl011@9000000";
+        assert_eq!(
+            strs(&fdt, uart, "compatible"),
+            ["arm,pl011", "arm,primecell"]
+        );
+        assert_eq!(cells(&fdt, uart, "reg"), [0, 0x0900_0000, 0, 0x1000]);
+        assert_eq!(cells(&fdt, uart, "clocks"), [CLOCK_PHANDLE, CLOCK_PHANDLE]);
+        assert_eq!(strs(&fdt, uart, "clock-names"), ["uartclk", "apb_pclk"]);
+        assert_eq!(cells(&fdt, uart, "interrupts"), [0, 1, 4]);
+    }
+
+    /// Our own host-side parser reads a generated GICv3 tree back to the same facts.
+    #[test]
+    fn gicv3_tree_round_trips_through_platform_parser() {
+        let blob = generate(&spec_v3()).unwrap();
+        let image = PhysRange::new(PhysAddr(0x4008_0000), 0x10_0000);
+        let p = platform::parse(&blob, PhysAddr(0x4400_0000), image).unwrap();
+        assert_eq!(p.ram, [PhysRange::new(PhysAddr(0x4000_0000), 0x1000_0000)]);
+        assert_eq!(p.cpus.len(), 2);
+        assert_eq!(p.cpus[1].mpidr, 1);
+        assert!(p.cpus.iter().all(|c| c.enable_method == EnableMethod::Psci));
+        assert_eq!(p.gic.version, GicVersion::V3);
+        assert_eq!(
+            p.gic.gicr,
+            [PhysRange::new(PhysAddr(0x080a_0000), 0x4_0000)]
+        );
+        assert_eq!(p.gic.maintenance_intid, Some(25));
+        assert_eq!(
+            (
+                p.timer.phys_intid,
+                p.timer.virt_intid,
+                p.timer.hyp_virt_intid
+            ),
+            (30, 27, None)
+        );
+        assert_eq!(p.uart.base, PhysAddr(0x0900_0000));
+        assert_eq!(p.uart.intid, Some(33));
+        assert_eq!(p.psci, Some(PsciConduit::Hvc));
+        assert_eq!(p.bootargs, "console=ttyAMA0 earlycon");
+        assert_eq!(platform::early_console(&blob), Some(PhysAddr(0x0900_0000)));
+    }
+
+    #[test]
+    fn gicv2_tree() {
+        let blob = generate(&spec_v2()).unwrap();
+        let fdt = fdt::Fdt::new(&blob).unwrap();
+        let gic = "/intc@8000000";
+        assert_eq!(strs(&fdt, gic, "compatible"), ["arm,cortex-a15-gic"]);
+        assert_eq!(
+            cells(&fdt, gic, "reg"),
+            [0, 0x0800_0000, 0, 0x1_0000, 0, 0x0801_0000, 0, 0x1_0000]
+        );
+        assert!(!has(&fdt, gic, "#redistributor-regions"));
+        assert_eq!(cells(&fdt, gic, "interrupts"), [1, 9, 0xf04]);
+        assert_eq!(
+            cells(&fdt, "/timer", "interrupts"),
+            [1, 13, 0xf04, 1, 14, 0xf04, 1, 11, 0xf04, 1, 10, 0xf04]
+        );
+        // SPIs carry no CPU mask.
+        assert_eq!(cells(&fdt, "/pl011@9000000", "interrupts"), [0, 1, 4]);
+    }
+
+    #[test]
+    fn optional_parts_left_out() {
+        let spec = GuestFdt {
+            gic: None,
+            initrd: None,
+            bootargs: "",
+            ..spec_v3()
+        };
+        let blob = generate(&spec).unwrap();
+        let fdt = fdt::Fdt::new(&blob).unwrap();
+        assert!(!has(&fdt, "/", "interrupt-parent"));
+        assert!(fdt.find_node("/timer").is_none());
+        assert!(fdt.find_node("/intc").is_none());
+        assert!(!has(&fdt, "/pl011@9000000", "interrupts"));
+        assert!(!has(&fdt, "/chosen", "linux,initrd-start"));
+        assert_eq!(value(&fdt, "/chosen", "bootargs"), b"\0");
+
+        let spec = GuestFdt {
+            uart: None,
+            ..spec_v3()
+        };
+        let blob = generate(&spec).unwrap();
+        let fdt = fdt::Fdt::new(&blob).unwrap();
+        assert!(!has(&fdt, "/chosen", "stdout-path"));
+        assert!(fdt.find_node("/pl011").is_none());
+        assert!(fdt.find_node("/apb-pclk").is_none());
+        assert!(fdt.find_node("/timer").is_some());
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let check = |spec: GuestFdt<'_>, expected: FdtGenError| {
+            let e = generate(&spec).unwrap_err();
+            assert!(!e.to_string().is_empty());
+            assert_eq!(e, expected);
+        };
+        check(
+            GuestFdt {
+                ram_bytes: 0,
+                ..spec_v3()
+            },
+            FdtGenError::NoRam,
+        );
+        check(
+            GuestFdt {
+                ram_base: GuestPhysAddr(u64::MAX - 0xfff),
+                ..spec_v3()
+            },
+            FdtGenError::BadRegion("RAM"),
+        );
+        check(
+            GuestFdt {
+                mpidrs: &[],
+                ..spec_v3()
+            },
+            FdtGenError::NoCpus,
+        );
+        check(
+            GuestFdt {
+                mpidrs: &[0, 0x8000_0000],
+                ..spec_v3()
+            },
+            FdtGenError::BadMpidr(0x8000_0000),
+        );
+        check(
+            GuestFdt {
+                mpidrs: &[0x100, 0x100],
+                ..spec_v3()
+            },
+            FdtGenError::DuplicateMpidr(0x100),
+        );
+        check(
+            GuestFdt {
+                uart: Some(GuestUart {
+                    base: GuestPhysAddr(0x0900_0000),
+                    size_bytes: 0x1000,
+                    intid: Some(27),
+                }),
+                ..spec_v3()
+            },
+            FdtGenError::BadIntid {
+                what: "UART (an SPI)",
+                intid: 27,
+            },
+        );
+        check(
+            GuestFdt {
+                gic: Some(GuestGic {
+                    maintenance_intid: Some(33),
+                    ..spec_v3().gic.unwrap()
+                }),
+                ..spec_v3()
+            },
+            FdtGenError::BadIntid {
+                what: "GIC maintenance interrupt (a PPI)",
+                intid: 33,
+            },
+        );
+        check(
+            GuestFdt {
+                initrd: Some((GuestPhysAddr(0x4800_0000), 0)),
+                ..spec_v3()
+            },
+            FdtGenError::BadRegion("initrd"),
+        );
+        check(
+            GuestFdt {
+                bootargs: "nul\0inside",
+                ..spec_v3()
+            },
+            FdtGenError::Writer(vm_fdt::Error::InvalidString),
+        );
+    }
+
+    #[test]
+    fn multi_cluster_mpidrs() {
+        let mpidrs = [0x0, 0x1, 0x100, 0x1_0000_0000];
+        let blob = generate(&GuestFdt {
+            mpidrs: &mpidrs,
+            ..spec_v3()
+        })
+        .unwrap();
+        let fdt = fdt::Fdt::new(&blob).unwrap();
+        assert_eq!(cells(&fdt, "/cpus/cpu@100", "reg"), [0, 0x100]);
+        assert_eq!(cells(&fdt, "/cpus/cpu@100000000", "reg"), [1, 0]);
+    }
+}

@@ -15,6 +15,8 @@ pub mod exit;
 #[cfg(target_os = "none")]
 pub mod firmware;
 #[cfg(target_os = "none")]
+pub mod gic;
+#[cfg(target_os = "none")]
 pub mod guest;
 #[cfg(target_os = "none")]
 pub mod mmio;

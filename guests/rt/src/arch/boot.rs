@@ -14,8 +14,10 @@
 //! 5. installs the vector table in VBAR_EL1 and `isb`s so a fault in Rust is reported;
 //! 6. calls `rt_start(dtb)`, which never returns.
 //!
-//! Linker-script symbols used: `__image_size`, `__bss_start`, `__bss_end`, `__stack_top`, and
-//! the `.text.head` section placed first.
+//! Linker-script symbols used: `__image_size`, `__bss_start`, `__bss_end`, `__stack_top`,
+//! `__image_start` and `__image_end` (see `arch::image_range`), and the `.text.head` section
+//! placed first. The image is linked at its load address (0x4008_0000 for elvisor's guest RAM
+//! at 0x4000_0000) and is not relocatable.
 
 use core::arch::global_asm;
 

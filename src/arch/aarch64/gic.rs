@@ -1,0 +1,413 @@
+//! The physical GIC and the virtualization interface.
+//!
+//! The distributor and redistributors are driven through the `arm-gic` crate. The CPU
+//! interface at EL2 runs with EOImode = 1 (priority drop and deactivation split), so an
+//! interrupt forwarded to a guest with the HW bit (the virtual timer) stays active until the
+//! guest deactivates it. The virtual CPU interface is ours: GICv3's ICH_* system registers,
+//! or GICv2's GICH block (list registers) with GICV mapped at the guest's GICC address.
+
+use core::arch::asm;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+use arm_gic::gicv2::GicV2;
+use arm_gic::gicv3::GicV3;
+use arm_gic::gicv3::registers::{Gicd as GicdV3, GicrSgi};
+use arm_gic::gicv2::registers::{Gicc, Gicd as GicdV2};
+use arm_gic::{IntId, Trigger, UniqueMmioPointer};
+use spin::Mutex;
+use tock_registers::interfaces::{Readable, Writeable};
+use tock_registers::register_structs;
+use tock_registers::registers::{ReadOnly, ReadWrite};
+
+use crate::platform::{Gic as GicInfo, GicVersion};
+
+register_structs! {
+    /// GICv2 virtual interface control (GICH), IHI 0048B §5.3.
+    pub GichRegs {
+        (0x000 => hcr: ReadWrite<u32>),
+        (0x004 => vtr: ReadOnly<u32>),
+        (0x008 => vmcr: ReadWrite<u32>),
+        (0x00c => _r0),
+        (0x010 => misr: ReadOnly<u32>),
+        (0x014 => _r1),
+        (0x020 => eisr0: ReadOnly<u32>),
+        (0x024 => _r2),
+        (0x030 => elrsr0: ReadOnly<u32>),
+        (0x034 => _r3),
+        (0x0f0 => apr: ReadWrite<u32>),
+        (0x0f4 => _r4),
+        (0x100 => lr: [ReadWrite<u32>; 64]),
+        (0x200 => @END),
+    }
+}
+
+register_structs! {
+    /// The GICv2 CPU-interface registers arm-gic's driver does not expose: CTLR.EOImode and DIR.
+    pub GiccExtra {
+        (0x0000 => ctlr: ReadWrite<u32>),
+        (0x0004 => _r0),
+        (0x1000 => dir: ReadWrite<u32>),
+        (0x1004 => @END),
+    }
+}
+
+enum Driver {
+    V3(GicV3<'static>),
+    V2 {
+        gic: GicV2<'static>,
+        gicc: &'static GiccExtra,
+        gich: &'static GichRegs,
+    },
+}
+
+// SAFETY: the driver only holds MMIO pointers; every use goes through the `GIC` mutex.
+unsafe impl Send for Driver {}
+
+static GIC: Mutex<Option<Driver>> = Mutex::new(None);
+/// 0 = none, 2 or 3: the version, readable without the lock on the exit path.
+static VERSION: AtomicU8 = AtomicU8::new(0);
+static NR_LRS: AtomicUsize = AtomicUsize::new(0);
+/// GICH base for lock-free list-register access on GICv2 (per-CPU banked at the same address).
+static GICH: AtomicUsize = AtomicUsize::new(0);
+
+/// ICC_CTLR_EL1.EOImode.
+const ICC_CTLR_EOIMODE: u64 = 1 << 1;
+/// GICC_CTLR: EnableGrp0 | EnableGrp1 | EOImodeNS.
+const GICC_CTLR_EL2: u32 = (1 << 0) | (1 << 1) | (1 << 9);
+
+/// Brings up the distributor (and redistributors) and this CPU's interface. `cpus` is the
+/// number of physical CPUs (redistributor frames). The GIC regions must be mapped.
+pub fn init(info: &GicInfo, cpus: usize) -> Result<(), &'static str> {
+    let driver = match info.version {
+        GicVersion::V3 => {
+            let gicr = info.gicr.first().ok_or("GICv3 without a redistributor region")?;
+            let gicd = NonNull::new(info.gicd.base.0 as *mut GicdV3).ok_or("GICD at 0")?;
+            let gicr = NonNull::new(gicr.base.0 as *mut GicrSgi).ok_or("GICR at 0")?;
+            // SAFETY: the addresses come from the host device tree's GIC node and are mapped
+            // as Device memory by the EL2 map; this is the only driver instance.
+            let mut gic = unsafe { GicV3::new(UniqueMmioPointer::new(gicd), gicr, cpus) }
+                .map_err(|_| "GICv3 redistributor frames not found")?;
+            gic.setup(0);
+            arm_gic::gicv3::GicCpuInterface::enable_system_register_el2(true);
+            Driver::V3(gic)
+        }
+        GicVersion::V2 => {
+            let gicc_r = info.gicc.ok_or("GICv2 without GICC")?;
+            let gich_r = info.gich.ok_or("GICv2 without GICH")?;
+            // SAFETY: as above for GICD/GICC. `GiccExtra` aliases GICC only for CTLR and DIR,
+            // which the arm-gic driver never writes after `setup`; both are volatile MMIO on
+            // the same lock.
+            let (gic, gicc, gich) = unsafe {
+                let mut gic = GicV2::new(
+                    info.gicd.base.0 as *mut GicdV2,
+                    gicc_r.base.0 as *mut Gicc,
+                );
+                gic.setup();
+                (
+                    gic,
+                    &*(gicc_r.base.0 as *const GiccExtra),
+                    &*(gich_r.base.0 as *const GichRegs),
+                )
+            };
+            GICH.store(gich_r.base.0 as usize, Ordering::Relaxed);
+            Driver::V2 { gic, gicc, gich }
+        }
+    };
+    *GIC.lock() = Some(driver);
+    VERSION.store(
+        match info.version {
+            GicVersion::V3 => 3,
+            GicVersion::V2 => 2,
+        },
+        Ordering::Relaxed,
+    );
+    init_cpu();
+    Ok(())
+}
+
+/// Per-CPU interface setup: priority mask open, group 1 on, EOImode = 1, virtual interface on.
+pub fn init_cpu() {
+    match &mut *GIC.lock() {
+        Some(Driver::V3(_)) => {
+            arm_gic::gicv3::GicCpuInterface::enable_system_register_el2(true);
+            arm_gic::gicv3::GicCpuInterface::set_priority_mask(0xff);
+            // SAFETY: sets EOImode in this CPU's physical interface; only the kernel acks.
+            unsafe {
+                let mut ctlr: u64;
+                asm!("mrs {}, icc_ctlr_el1", out(reg) ctlr, options(nomem, nostack));
+                ctlr |= ICC_CTLR_EOIMODE;
+                asm!("msr icc_ctlr_el1, {}", "isb", in(reg) ctlr, options(nomem, nostack));
+            }
+            arm_gic::gicv3::GicCpuInterface::enable_group1(true);
+            let vtr: u64;
+            // SAFETY: reads ICH_VTR_EL2; no side effects.
+            unsafe { asm!("mrs {}, ich_vtr_el2", out(reg) vtr, options(nomem, nostack)) };
+            NR_LRS.store(((vtr & 0x1f) + 1) as usize, Ordering::Relaxed);
+            write_hcr(HCR_EN);
+        }
+        Some(Driver::V2 { gic, gicc, gich }) => {
+            gic.set_priority_mask(0xff);
+            gicc.ctlr.set(GICC_CTLR_EL2);
+            NR_LRS.store(((gich.vtr.get() & 0x3f) + 1) as usize, Ordering::Relaxed);
+            write_hcr(HCR_EN);
+        }
+        None => {}
+    }
+}
+
+fn int_id(intid: u32) -> IntId {
+    match intid {
+        0..=15 => IntId::sgi(intid),
+        16..=31 => IntId::ppi(intid - 16),
+        _ => IntId::spi(intid - 32),
+    }
+}
+
+/// Enables a physical interrupt routed to the kernel (SGIs and PPIs on this CPU).
+pub fn enable(intid: u32, priority: u8, level: bool) {
+    let id = int_id(intid);
+    let trig = if level { Trigger::Level } else { Trigger::Edge };
+    match &mut *GIC.lock() {
+        Some(Driver::V3(g)) => {
+            let cpu = if intid < 32 { Some(0) } else { None };
+            let _ = g.set_interrupt_priority(id, cpu, priority);
+            if intid >= 16 {
+                let _ = g.set_trigger(id, cpu, trig);
+            }
+            let _ = g.enable_interrupt(id, cpu, true);
+        }
+        Some(Driver::V2 { gic, .. }) => {
+            gic.set_interrupt_priority(id, priority);
+            if intid >= 16 {
+                gic.set_trigger(id, trig);
+            }
+            let _ = gic.enable_interrupt(id, true);
+        }
+        None => {}
+    }
+}
+
+/// Acknowledges the highest-priority pending physical interrupt (IAR), if any.
+pub fn ack() -> Option<u32> {
+    let id = match VERSION.load(Ordering::Relaxed) {
+        3 => {
+            let v: u64;
+            // SAFETY: ICC_IAR1_EL1 read acknowledges one interrupt; the caller handles it.
+            unsafe { asm!("mrs {}, icc_iar1_el1", out(reg) v, options(nomem, nostack)) };
+            v as u32 & 0xff_ffff
+        }
+        2 => match &mut *GIC.lock() {
+            Some(Driver::V2 { gic, .. }) => gic
+                .get_and_acknowledge_interrupt(arm_gic::InterruptGroup::Group0)
+                .map(|i| i.raw_value())
+                .unwrap_or(1023),
+            _ => 1023,
+        },
+        _ => 1023,
+    };
+    (id < 1020).then_some(id)
+}
+
+/// Priority drop (EOImode = 1: the interrupt stays active).
+pub fn eoi(intid: u32) {
+    match VERSION.load(Ordering::Relaxed) {
+        // SAFETY: EOIR1 for an interrupt this CPU acknowledged.
+        3 => unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) intid as u64, options(nomem, nostack)) },
+        2 => {
+            if let Some(Driver::V2 { gic, .. }) = &mut *GIC.lock() {
+                gic.end_interrupt(int_id(intid), arm_gic::InterruptGroup::Group0);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Deactivation (after [`eoi`]) of an interrupt the kernel handled itself.
+pub fn deactivate(intid: u32) {
+    match VERSION.load(Ordering::Relaxed) {
+        // SAFETY: DIR for an interrupt this CPU acknowledged and priority-dropped.
+        3 => unsafe { asm!("msr icc_dir_el1, {}", "isb", in(reg) intid as u64, options(nomem, nostack)) },
+        2 => {
+            if let Some(Driver::V2 { gicc, .. }) = &*GIC.lock() {
+                gicc.dir.set(intid);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// GIC version in use (2 or 3), 0 before `init`.
+pub fn version() -> u8 {
+    VERSION.load(Ordering::Relaxed)
+}
+
+/// Number of list registers.
+pub fn nr_lrs() -> usize {
+    NR_LRS.load(Ordering::Relaxed)
+}
+
+/// ICH_HCR_EL2 / GICH_HCR bits (same positions in both).
+pub const HCR_EN: u32 = 1 << 0;
+pub const HCR_UIE: u32 = 1 << 1;
+pub const HCR_LRENPIE: u32 = 1 << 2;
+pub const HCR_NPIE: u32 = 1 << 3;
+
+fn gich() -> &'static GichRegs {
+    // SAFETY: set once in `init` to the GICH base from the device tree (mapped as Device);
+    // GICH is banked per CPU at this address, so each CPU only sees its own interface.
+    unsafe { &*(GICH.load(Ordering::Relaxed) as *const GichRegs) }
+}
+
+macro_rules! ich_lr_access {
+    ($n:expr, read) => {{
+        let v: u64;
+        match $n {
+            0 => unsafe { asm!("mrs {}, ich_lr0_el2", out(reg) v, options(nomem, nostack)) },
+            1 => unsafe { asm!("mrs {}, ich_lr1_el2", out(reg) v, options(nomem, nostack)) },
+            2 => unsafe { asm!("mrs {}, ich_lr2_el2", out(reg) v, options(nomem, nostack)) },
+            3 => unsafe { asm!("mrs {}, ich_lr3_el2", out(reg) v, options(nomem, nostack)) },
+            4 => unsafe { asm!("mrs {}, ich_lr4_el2", out(reg) v, options(nomem, nostack)) },
+            5 => unsafe { asm!("mrs {}, ich_lr5_el2", out(reg) v, options(nomem, nostack)) },
+            6 => unsafe { asm!("mrs {}, ich_lr6_el2", out(reg) v, options(nomem, nostack)) },
+            7 => unsafe { asm!("mrs {}, ich_lr7_el2", out(reg) v, options(nomem, nostack)) },
+            8 => unsafe { asm!("mrs {}, ich_lr8_el2", out(reg) v, options(nomem, nostack)) },
+            9 => unsafe { asm!("mrs {}, ich_lr9_el2", out(reg) v, options(nomem, nostack)) },
+            10 => unsafe { asm!("mrs {}, ich_lr10_el2", out(reg) v, options(nomem, nostack)) },
+            11 => unsafe { asm!("mrs {}, ich_lr11_el2", out(reg) v, options(nomem, nostack)) },
+            12 => unsafe { asm!("mrs {}, ich_lr12_el2", out(reg) v, options(nomem, nostack)) },
+            13 => unsafe { asm!("mrs {}, ich_lr13_el2", out(reg) v, options(nomem, nostack)) },
+            14 => unsafe { asm!("mrs {}, ich_lr14_el2", out(reg) v, options(nomem, nostack)) },
+            _ => unsafe { asm!("mrs {}, ich_lr15_el2", out(reg) v, options(nomem, nostack)) },
+        }
+        v
+    }};
+    ($n:expr, write, $v:expr) => {{
+        let v: u64 = $v;
+        match $n {
+            0 => unsafe { asm!("msr ich_lr0_el2, {}", in(reg) v, options(nomem, nostack)) },
+            1 => unsafe { asm!("msr ich_lr1_el2, {}", in(reg) v, options(nomem, nostack)) },
+            2 => unsafe { asm!("msr ich_lr2_el2, {}", in(reg) v, options(nomem, nostack)) },
+            3 => unsafe { asm!("msr ich_lr3_el2, {}", in(reg) v, options(nomem, nostack)) },
+            4 => unsafe { asm!("msr ich_lr4_el2, {}", in(reg) v, options(nomem, nostack)) },
+            5 => unsafe { asm!("msr ich_lr5_el2, {}", in(reg) v, options(nomem, nostack)) },
+            6 => unsafe { asm!("msr ich_lr6_el2, {}", in(reg) v, options(nomem, nostack)) },
+            7 => unsafe { asm!("msr ich_lr7_el2, {}", in(reg) v, options(nomem, nostack)) },
+            8 => unsafe { asm!("msr ich_lr8_el2, {}", in(reg) v, options(nomem, nostack)) },
+            9 => unsafe { asm!("msr ich_lr9_el2, {}", in(reg) v, options(nomem, nostack)) },
+            10 => unsafe { asm!("msr ich_lr10_el2, {}", in(reg) v, options(nomem, nostack)) },
+            11 => unsafe { asm!("msr ich_lr11_el2, {}", in(reg) v, options(nomem, nostack)) },
+            12 => unsafe { asm!("msr ich_lr12_el2, {}", in(reg) v, options(nomem, nostack)) },
+            13 => unsafe { asm!("msr ich_lr13_el2, {}", in(reg) v, options(nomem, nostack)) },
+            14 => unsafe { asm!("msr ich_lr14_el2, {}", in(reg) v, options(nomem, nostack)) },
+            _ => unsafe { asm!("msr ich_lr15_el2, {}", in(reg) v, options(nomem, nostack)) },
+        }
+    }};
+}
+
+/// Reads list register `n` in its native layout (ICH_LR<n>_EL2, or GICH_LR<n> zero-extended).
+#[allow(clippy::undocumented_unsafe_blocks)] // SAFETY (all arms): reading ICH_LR<n>_EL2 has no side effects.
+pub fn read_lr(n: usize) -> u64 {
+    if version() == 3 {
+        ich_lr_access!(n, read)
+    } else {
+        gich().lr.get(n).map(|r| r.get() as u64).unwrap_or(0)
+    }
+}
+
+/// Writes list register `n` in its native layout.
+#[allow(clippy::undocumented_unsafe_blocks)] // SAFETY (all arms): list registers only affect the guest's virtual interface.
+pub fn write_lr(n: usize, v: u64) {
+    if version() == 3 {
+        ich_lr_access!(n, write, v)
+    } else if let Some(r) = gich().lr.get(n) {
+        r.set(v as u32);
+    }
+}
+
+/// Empty list-register status: bit n set when LR n holds no interrupt.
+pub fn elrsr() -> u64 {
+    if version() == 3 {
+        let v: u64;
+        // SAFETY: reading ICH_ELRSR_EL2 has no side effects.
+        unsafe { asm!("mrs {}, ich_elrsr_el2", out(reg) v, options(nomem, nostack)) };
+        v
+    } else {
+        gich().elrsr0.get() as u64
+    }
+}
+
+/// Maintenance interrupt status (ICH_MISR_EL2 / GICH_MISR).
+pub fn misr() -> u64 {
+    if version() == 3 {
+        let v: u64;
+        // SAFETY: reading ICH_MISR_EL2 has no side effects.
+        unsafe { asm!("mrs {}, ich_misr_el2", out(reg) v, options(nomem, nostack)) };
+        v
+    } else {
+        gich().misr.get() as u64
+    }
+}
+
+/// Writes ICH_HCR_EL2 / GICH_HCR.
+pub fn write_hcr(v: u32) {
+    if version() == 3 {
+        // SAFETY: controls only the guest's virtual CPU interface and maintenance interrupts.
+        unsafe { asm!("msr ich_hcr_el2, {}", "isb", in(reg) v as u64, options(nomem, nostack)) };
+    } else if GICH.load(Ordering::Relaxed) != 0 {
+        gich().hcr.set(v);
+    }
+}
+
+/// The virtual CPU interface state of a vCPU that is not in the list registers: VMCR and the
+/// active-priority registers. Saved and restored only when the vCPU on a CPU changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VifState {
+    pub vmcr: u64,
+    pub apr: [u64; 4],
+}
+
+/// Reads the virtual machine control register (ICH_VMCR_EL2 / GICH_VMCR).
+pub fn read_vmcr() -> u64 {
+    if version() == 3 {
+        let v: u64;
+        // SAFETY: reading ICH_VMCR_EL2 has no side effects.
+        unsafe { asm!("mrs {}, ich_vmcr_el2", out(reg) v, options(nomem, nostack)) };
+        v
+    } else {
+        gich().vmcr.get() as u64
+    }
+}
+
+/// Writes the virtual machine control register.
+pub fn write_vmcr(v: u64) {
+    if version() == 3 {
+        // SAFETY: guest virtual CPU interface state only.
+        unsafe { asm!("msr ich_vmcr_el2, {}", in(reg) v, options(nomem, nostack)) };
+    } else {
+        gich().vmcr.set(v as u32);
+    }
+}
+
+/// Saves VMCR and APRs.
+pub fn save_vif(s: &mut VifState) {
+    s.vmcr = read_vmcr();
+    if version() == 3 {
+        // SAFETY: reading ICH_AP1R0_EL2 has no side effects. (QEMU and the Cortex-A cores
+        // implement 5 priority bits: only AP1R0 exists.)
+        unsafe { asm!("mrs {}, ich_ap1r0_el2", out(reg) s.apr[0], options(nomem, nostack)) };
+    } else {
+        s.apr[0] = gich().apr.get() as u64;
+    }
+}
+
+/// Restores VMCR and APRs.
+pub fn restore_vif(s: &VifState) {
+    write_vmcr(s.vmcr);
+    if version() == 3 {
+        // SAFETY: guest virtual CPU interface state only.
+        unsafe { asm!("msr ich_ap1r0_el2, {}", in(reg) s.apr[0], options(nomem, nostack)) };
+    } else {
+        gich().apr.set(s.apr[0] as u32);
+    }
+}
