@@ -18,22 +18,32 @@ use spin::{Mutex, Once};
 use crate::arch::aarch64::esr::{self, Esr};
 use crate::arch::aarch64::exit::ExitKind;
 use crate::arch::aarch64::ram::{Module, RamRegion};
-use crate::arch::aarch64::{cpu, exit as arch_exit, firmware, guest, mmio, mmu, ram, vectors};
+use crate::arch::aarch64::{
+    cpu, exit as arch_exit, firmware, gic, guest, mmio, mmu, ram, timer, vectors,
+};
 use crate::drivers::pl011::{Pl011, Pl011Regs};
 use crate::mm::frame::FrameAllocator;
 use crate::mm::pagetable::{El2Kind, El2Table, S2Kind, Stage2Table};
 use crate::mm::{BLOCK_2M, GuestPhysAddr, PhysAddr, PhysRange};
 use crate::platform::{self, Platform, PsciConduit};
 use crate::vdev::MmioBus;
+use crate::vdev::vgic::{self, Lr, Vgic, VgicConfig};
+use crate::vdev::vgic_mmio::{GicdWindow, GicrWindow};
+use crate::vm::timer::{PTIMER_INTID, VTIMER_INTID};
+use alloc::sync::Arc;
 use crate::vdev::pl011::Pl011 as VPl011;
 use crate::vm::config::VmConfig;
 use crate::vm::exit::{Action, ExitCtx};
-use crate::vm::fdt::{GuestFdt, GuestUart};
+use crate::vm::fdt::{GuestFdt, GuestGic, GuestUart};
 use crate::vm::psci::{self, Call, Ret};
 use crate::vm::vcpu::{Vcpu, VcpuState};
 use crate::vm::{VcpuId, VmId, layout, loader};
 
 static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator::new());
+/// The vGIC maintenance interrupt when the DT names none (PPI 9).
+const MAINT_INTID: u32 = 25;
+/// SPIs each VM's virtual GIC has (INTIDs 32..96).
+const VM_SPIS: u32 = 64;
 static PLATFORM: Once<Platform> = Once::new();
 static RUNNING_VMS: AtomicUsize = AtomicUsize::new(0);
 
@@ -46,6 +56,8 @@ pub struct Vm {
     pub ram: Mutex<RamRegion>,
     pub stage2: Stage2Table,
     pub mmio: Mutex<MmioBus>,
+    /// The virtual GIC, shared with its MMIO windows on the bus.
+    pub vgic: Arc<Mutex<Vgic>>,
     pub hw: guest::VcpuHwConfig,
     pub reset_count: AtomicU32,
     kernel: Module,
@@ -160,6 +172,17 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     }));
     cpu::set_percpu(percpu);
 
+    if let Err(e) = gic::init(&plat.gic, plat.cpus.len()) {
+        error!("GIC: {e}");
+        power_off();
+    }
+    // The kernel's own interrupts: the guest virtual timer (forwarded with the HW bit), the
+    // EL2 timer (emulated guest physical timers) and the vGIC maintenance interrupt.
+    gic::enable(VTIMER_INTID, 0xa0, true);
+    gic::enable(timer::HYP_TIMER_INTID, 0xa0, true);
+    gic::enable(plat.gic.maintenance_intid.unwrap_or(MAINT_INTID), 0xa0, true);
+    info!("GIC up: {} list registers", gic::nr_lrs());
+
     if plat.vms.is_empty() {
         error!(
             "device tree node /chosen: no VM nodes (compatible = \"elvisor,vm\"); nothing to run"
@@ -175,6 +198,7 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
         );
     }
     crate::console::set_vm_prefixes(false);
+    let heap_before = heap.lock().stats_alloc_actual();
     let vm = match build_vm(VmId(0), &plat.vms[0], plat, pa_bits) {
         Ok(vm) => vm,
         Err(e) => {
@@ -187,12 +211,20 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     vcpu.regs.host_sp = percpu.stack_top;
     vcpu.reset(vm.entry_ipa(), vm.fdt_ipa());
     VCPU_VM.call_once(|| vm);
+    // Kernel memory this VM costs beyond its RAM: vCPU, stage-2 tables, device and vGIC
+    // state, configuration (all from the heap).
+    info!(
+        "{} ({}): overhead {} bytes",
+        vm.id,
+        vm.name,
+        heap.lock().stats_alloc_actual().saturating_sub(heap_before)
+    );
     info!(
         "{} ({}): entering at {:#x}, dtb at {:#x}",
         vm.id, vm.name, vcpu.regs.elr, vcpu.regs.x[0]
     );
-    guest::load_config(&vm.hw);
-    guest::load_el1(&vcpu.el1);
+    vcpu_load(vm, vcpu);
+    vgic_flush(vm, vcpu);
     // SAFETY: the vCPU is leaked ('static, never moved); its EL1 context, trap configuration
     // and stage 2 were just loaded on this CPU, and host_sp is this CPU's stack top.
     unsafe { vectors::enter_guest(&mut vcpu.regs) }
@@ -225,7 +257,16 @@ fn build_el2_map(
     for g in cpu::guard_pages() {
         t.unmap(g.base, g.size_bytes)?;
     }
-    // Devices the kernel drives.
+    // Devices the kernel drives: the GIC (distributor, redistributors or CPU interface and
+    // GICH) and the console UART.
+    let g = &plat.gic;
+    for r in core::iter::once(&g.gicd)
+        .chain(g.gicr.iter())
+        .chain(g.gicc.iter())
+        .chain(g.gich.iter())
+    {
+        t.identity_map(r.base.align_down(0x1000), r.size_bytes.max(0x1000), El2Kind::Device)?;
+    }
     let u = &plat.uart;
     t.identity_map(u.base.align_down(0x1000), u.size_bytes.max(0x1000), El2Kind::Device)?;
     mmio::register_device(PhysRange::new(u.base, u.size_bytes.max(0x1000)));
@@ -362,10 +403,49 @@ fn build_vm(
         .map(layout::RAM_BASE, ram.range().base, ram_bytes, S2Kind::Ram)
         .map_err(|e| vm_err(cfg, "memory", alloc::format!("stage-2 map failed: {e:?}")))?;
 
+    let mpidrs = [0u64];
+    let version = match plat.gic.version {
+        platform::GicVersion::V3 => vgic::GicVersion::V3,
+        platform::GicVersion::V2 => vgic::GicVersion::V2,
+    };
+    let mut vg = Vgic::new(&VgicConfig {
+        version,
+        nr_spis: VM_SPIS,
+        mpidrs: &mpidrs,
+    })
+    .map_err(|e| vm_err(cfg, "cpus", alloc::format!("virtual GIC: {e}")))?;
+    // The virtual timer is forwarded with the HW bit: the guest's deactivation deactivates
+    // the physical PPI.
+    let _ = vg.set_hw(VTIMER_INTID, VcpuId(0), Some(VTIMER_INTID));
+    let vgic = Arc::new(Mutex::new(vg));
+
+    let overlap = |_| vm_err(cfg, "compatible", "device windows overlap");
     let mut bus = MmioBus::new();
     let console = crate::console::VmConsole::new(&cfg.name);
-    bus.add(layout::UART_BASE, Box::new(VPl011::new(Box::new(console))))
-        .map_err(|_| vm_err(cfg, "compatible", "device windows overlap"))?;
+    bus.add_with_irq(
+        layout::UART_BASE,
+        Box::new(VPl011::new(Box::new(console))),
+        Some(layout::UART_INTID),
+    )
+    .map_err(overlap)?;
+    bus.add(layout::GICD_BASE, Box::new(GicdWindow::new(vgic.clone())))
+        .map_err(overlap)?;
+    match plat.gic.version {
+        platform::GicVersion::V3 => {
+            bus.add(layout::GICR_BASE, Box::new(GicrWindow::new(vgic.clone(), 1)))
+                .map_err(overlap)?;
+        }
+        platform::GicVersion::V2 => {
+            // The hardware virtual CPU interface (GICV) appears at the guest's GICC address.
+            let gicv = plat
+                .gic
+                .gicv
+                .ok_or_else(|| vm_err(cfg, "compatible", "GICv2 host without GICV"))?;
+            stage2
+                .map(layout::GICC_BASE, gicv.base, layout::GICC_SIZE, S2Kind::Device)
+                .map_err(|e| vm_err(cfg, "memory", alloc::format!("stage-2 GICV map: {e:?}")))?;
+        }
+    }
 
     let vmid = id.0 as u64 + 1;
     let hw = guest::VcpuHwConfig {
@@ -375,7 +455,8 @@ fn build_vm(
         vmpidr: 1 << 31,
         vpidr: cpu::midr(),
         cnthctl: guest::guest_cnthctl(),
-        cntvoff: 0,
+        // Each VM's virtual counter starts near zero at its creation.
+        cntvoff: timer::now(),
         mdcr: guest::MDCR_EL2_GUEST,
         cptr: guest::guest_cptr(),
     };
@@ -386,6 +467,7 @@ fn build_vm(
         ram: Mutex::new(ram),
         stage2,
         mmio: Mutex::new(bus),
+        vgic,
         hw,
         reset_count: AtomicU32::new(0),
         kernel,
@@ -427,9 +509,22 @@ fn load_images(vm: &Vm) -> Result<(), String> {
         uart: Some(GuestUart {
             base: layout::UART_BASE,
             size_bytes: layout::UART_SIZE,
-            intid: None,
+            intid: Some(layout::UART_INTID),
         }),
-        gic: None,
+        gic: Some(match vm.vgic.lock().version() {
+            vgic::GicVersion::V3 => GuestGic {
+                version: platform::GicVersion::V3,
+                gicd: (layout::GICD_BASE, layout::GICD_SIZE),
+                gicr_or_gicc: (layout::GICR_BASE, layout::GICR_STRIDE),
+                maintenance_intid: None,
+            },
+            vgic::GicVersion::V2 => GuestGic {
+                version: platform::GicVersion::V2,
+                gicd: (layout::GICD_BASE, layout::GICD_V2_SIZE),
+                gicr_or_gicc: (layout::GICC_BASE, layout::GICC_SIZE),
+                maintenance_intid: None,
+            },
+        }),
         bootargs: &vm.config.bootargs,
         initrd,
         reset_count: vm.reset_count.load(Ordering::Relaxed),
@@ -455,6 +550,16 @@ pub fn handle_exit(vcpu: &'static mut Vcpu, kind: ExitKind) -> &'static mut Vcpu
         error!("exit with no VM");
         power_off();
     };
+    // List registers only move when they hold something (never on a plain hypercall).
+    if vcpu.lr_used != 0 {
+        vgic_sync(vm, vcpu);
+    }
+    let next = dispatch_exit(vm, vcpu, kind);
+    vgic_flush(vm, next);
+    next
+}
+
+fn dispatch_exit(vm: &'static Vm, vcpu: &'static mut Vcpu, kind: ExitKind) -> &'static mut Vcpu {
     match kind {
         ExitKind::Sync(esr) => {
             let action = {
@@ -462,17 +567,20 @@ pub fn handle_exit(vcpu: &'static mut Vcpu, kind: ExitKind) -> &'static mut Vcpu
                     regs: &mut vcpu.regs,
                     mmio: &vm.mmio,
                     debug: &mut vcpu.debug,
+                    ptimer: &mut vcpu.ptimer,
+                    counter: timer::now,
                     vcpu: vcpu.id,
                     vm_name: &vm.name,
                 };
                 crate::vm::exit::handle_sync(&mut ctx, esr, guest::fault)
             };
+            if esr.ec() == esr::ec::DABT_LOWER {
+                sample_device_lines(vm, vcpu);
+            }
             apply(vm, vcpu, esr, action)
         }
         ExitKind::Irq | ExitKind::Fiq => {
-            // No physical interrupt is enabled yet (the GIC arrives with interrupt
-            // virtualization); an IRQ here is spurious.
-            log::debug!("spurious physical interrupt exit");
+            handle_irqs(vm, vcpu);
             vcpu
         }
         ExitKind::SError(esr) => {
@@ -485,7 +593,20 @@ pub fn handle_exit(vcpu: &'static mut Vcpu, kind: ExitKind) -> &'static mut Vcpu
 fn apply(vm: &'static Vm, vcpu: &'static mut Vcpu, esr: Esr, action: Action) -> &'static mut Vcpu {
     let el0 = guest::from_el0(&vcpu.regs);
     match action {
-        Action::Resume | Action::Wait { .. } => vcpu,
+        Action::Resume | Action::Wait { wfe: true } => vcpu,
+        Action::Wait { wfe: false } => {
+            block(vm, vcpu);
+            vcpu
+        }
+        Action::TimerChanged => {
+            update_ptimer(vm, vcpu);
+            vcpu
+        }
+        Action::Sgi { value, group1 } => {
+            let mut vg = vm.vgic.lock();
+            let _kicks = vg.sgi(vcpu.id, value, group1);
+            vcpu
+        }
         Action::InjectDataAbort { far, write } => {
             guest::inject_sync(&mut vcpu.regs, esr::inject::data_abort(el0, write), Some(far));
             vcpu
@@ -552,14 +673,22 @@ fn reset_vm(vm: &'static Vm, vcpu: &mut Vcpu) {
     let n = vm.reset_count.fetch_add(1, Ordering::Relaxed) + 1;
     info!("{} ({}): PSCI SYSTEM_RESET (reset #{n})", vm.id, vm.name);
     vm.mmio.lock().reset_all();
+    {
+        let mut vg = vm.vgic.lock();
+        vg.reset();
+        let _ = vg.set_hw(VTIMER_INTID, VcpuId(0), Some(VTIMER_INTID));
+        while let Some(p) = vg.take_hw_deactivation() {
+            gic::deactivate(p);
+        }
+    }
     if let Err(e) = load_images(vm) {
         error!("{} ({}): reset failed: {e}", vm.id, vm.name);
         vcpu.state = VcpuState::Off;
         return;
     }
     vcpu.reset(vm.entry_ipa(), vm.fdt_ipa());
-    guest::load_config(&vm.hw);
-    guest::load_el1(&vcpu.el1);
+    timer::disarm();
+    vcpu_load(vm, vcpu);
 }
 
 /// Stops a VM; when it was the last one, powers the machine off.
@@ -596,4 +725,150 @@ pub fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     }
     arch_exit::backtrace(arch_exit::frame_pointer());
     cpu::park()
+}
+
+/// Puts a vCPU on this CPU: trap configuration, stage 2, EL1 context, virtual CPU interface
+/// state and an empty set of list registers. The slow path: only on first entry, reset, or
+/// (with SMP scheduling) when a different vCPU takes the CPU.
+fn vcpu_load(vm: &Vm, vcpu: &mut Vcpu) {
+    guest::load_config(&vm.hw);
+    guest::load_el1(&vcpu.el1);
+    gic::load_guest_sre();
+    gic::restore_vif(&vcpu.vif);
+    for i in 0..gic::nr_lrs() {
+        gic::write_lr(i, 0);
+    }
+    vcpu.lrs = [Lr::INVALID; 16];
+    vcpu.lr_used = 0;
+    gic::write_hcr(gic::HCR_EN);
+    vcpu.hcr = gic::HCR_EN;
+}
+
+fn encode_lr(lr: &Lr) -> u64 {
+    if gic::version() == 3 {
+        vgic::encode_v3(lr)
+    } else {
+        vgic::encode_v2(lr) as u64
+    }
+}
+
+fn decode_lr(v: u64) -> Lr {
+    if gic::version() == 3 {
+        vgic::decode_v3(v)
+    } else {
+        vgic::decode_v2(v as u32)
+    }
+}
+
+/// Fills the list registers before entering the guest, if the vGIC has news for this vCPU.
+fn vgic_flush(vm: &Vm, vcpu: &mut Vcpu) {
+    let mut vg = vm.vgic.lock();
+    if !vg.needs_flush(vcpu.id) {
+        return;
+    }
+    let n = gic::nr_lrs().min(vcpu.lrs.len());
+    let r = vg.flush(vcpu.id, &mut vcpu.lrs[..n]);
+    for i in 0..n {
+        if r.changed & (1 << i) != 0 {
+            gic::write_lr(i, encode_lr(&vcpu.lrs[i]));
+        }
+    }
+    vcpu.lr_used = r.live;
+    // More deliverable than fits: ask for the underflow maintenance interrupt to refill.
+    let hcr = gic::HCR_EN | if r.overflow { gic::HCR_UIE } else { 0 };
+    if hcr != vcpu.hcr {
+        gic::write_hcr(hcr);
+        vcpu.hcr = hcr;
+    }
+    while let Some(p) = vg.take_hw_deactivation() {
+        gic::deactivate(p);
+    }
+}
+
+/// Folds the hardware list registers back into the vGIC after an exit.
+fn vgic_sync(vm: &Vm, vcpu: &mut Vcpu) {
+    let n = gic::nr_lrs().min(vcpu.lrs.len());
+    let used = vcpu.lr_used;
+    for i in 0..n {
+        if used & (1 << i) != 0 {
+            vcpu.lrs[i] = decode_lr(gic::read_lr(i));
+        }
+    }
+    let mut vg = vm.vgic.lock();
+    vg.sync(vcpu.id, &mut vcpu.lrs[..n]);
+    let live = vg.live_lrs(vcpu.id);
+    // Empty the slots the guest finished with (an invalid LR with its EOI bit set would keep
+    // the EOI maintenance interrupt asserted).
+    for i in 0..n {
+        if used & !live & (1 << i) != 0 {
+            gic::write_lr(i, 0);
+        }
+    }
+    vcpu.lr_used = live;
+    while let Some(p) = vg.take_hw_deactivation() {
+        gic::deactivate(p);
+    }
+}
+
+/// After an MMIO access: propagate device interrupt outputs (the PL011's SPI) to the vGIC.
+fn sample_device_lines(vm: &Vm, vcpu: &Vcpu) {
+    let bus = vm.mmio.lock();
+    let mut vg = vm.vgic.lock();
+    for (intid, level) in bus.irq_lines() {
+        let _ = vg.set_level(intid, vcpu.id, level);
+    }
+    let _ = vg.take_kicks();
+}
+
+/// Re-evaluates the emulated EL1 physical timer: its interrupt line and the EL2 timer.
+fn update_ptimer(vm: &Vm, vcpu: &mut Vcpu) {
+    let now = timer::now();
+    let level = vcpu.ptimer.level(now);
+    let _ = vm.vgic.lock().set_level(PTIMER_INTID, vcpu.id, level);
+    match vcpu.ptimer.deadline(now) {
+        Some(d) => timer::arm(d),
+        None => timer::disarm(),
+    }
+}
+
+/// Acknowledges and routes every pending physical interrupt.
+fn handle_irqs(vm: &Vm, vcpu: &mut Vcpu) {
+    let maint = PLATFORM
+        .get()
+        .and_then(|p| p.gic.maintenance_intid)
+        .unwrap_or(MAINT_INTID);
+    while let Some(intid) = gic::ack() {
+        gic::eoi(intid);
+        if intid == VTIMER_INTID {
+            // Stays active until the guest deactivates the HW-linked virtual interrupt.
+            let _ = vm.vgic.lock().inject_edge(VTIMER_INTID, vcpu.id);
+            continue;
+        }
+        gic::deactivate(intid);
+        if intid == timer::HYP_TIMER_INTID {
+            update_ptimer(vm, vcpu);
+        } else if intid == maint {
+            // Underflow (UIE): the list registers ran low. The exit already synced them,
+            // which marks the vCPU for a refill; the condition is level-sensitive, so turn
+            // UIE off now or it fires again at once. The flush on the way back in refills
+            // the registers and sets UIE again only if interrupts are still waiting.
+            gic::write_hcr(gic::HCR_EN);
+            vcpu.hcr = gic::HCR_EN;
+        } else {
+            log::debug!("unexpected physical interrupt {intid}");
+        }
+    }
+}
+
+/// WFI with nothing to deliver: idle this physical CPU until an interrupt for the vCPU
+/// arrives (its virtual timer's PPI, the EL2 timer for its physical timer, ...).
+fn block(vm: &Vm, vcpu: &mut Vcpu) {
+    loop {
+        update_ptimer(vm, vcpu);
+        if vm.vgic.lock().has_deliverable(vcpu.id) {
+            return;
+        }
+        timer::wait_for_interrupt();
+        handle_irqs(vm, vcpu);
+    }
 }

@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 
 pub mod pl011;
+pub mod vgic;
+pub mod vgic_mmio;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -72,6 +74,10 @@ pub trait MmioDevice: Send {
     ) -> Result<(), MmioError>;
     /// Returns the device to its reset state (VM reset).
     fn reset(&mut self) {}
+    /// The level of the device's interrupt output (for devices wired to an SPI).
+    fn irq_level(&self) -> bool {
+        false
+    }
 }
 
 /// One registered device window.
@@ -79,6 +85,8 @@ struct Region {
     base: GuestPhysAddr,
     size_bytes: u64,
     device: Box<dyn MmioDevice>,
+    /// The interrupt (INTID) the device's output is wired to, if any.
+    irq: Option<u32>,
 }
 
 /// Dispatches guest MMIO accesses by address. Regions never overlap (checked on insert).
@@ -103,6 +111,16 @@ impl MmioBus {
         base: GuestPhysAddr,
         device: Box<dyn MmioDevice>,
     ) -> Result<(), OverlapError> {
+        self.add_with_irq(base, device, None)
+    }
+
+    /// Registers `device` at `base` with its interrupt output wired to `irq`.
+    pub fn add_with_irq(
+        &mut self,
+        base: GuestPhysAddr,
+        device: Box<dyn MmioDevice>,
+        irq: Option<u32>,
+    ) -> Result<(), OverlapError> {
         let size_bytes = device.size_bytes();
         let end = base.0.checked_add(size_bytes).ok_or(OverlapError)?;
         if self
@@ -116,6 +134,7 @@ impl MmioBus {
             base,
             size_bytes,
             device,
+            irq,
         });
         Ok(())
     }
@@ -126,6 +145,13 @@ impl MmioBus {
             .iter_mut()
             .find(|r| addr.0 >= r.base.0 && addr.0 - r.base.0 < r.size_bytes)
             .map(|r| (r.device.as_mut(), addr.0 - r.base.0))
+    }
+
+    /// `(intid, level)` of every device whose output is wired to an interrupt.
+    pub fn irq_lines(&self) -> impl Iterator<Item = (u32, bool)> + '_ {
+        self.regions
+            .iter()
+            .filter_map(|r| r.irq.map(|i| (i, r.device.irq_level())))
     }
 
     /// Resets every device (VM reset).

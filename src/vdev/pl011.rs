@@ -669,6 +669,10 @@ impl MmioDevice for Pl011 {
         Pl011::reset(self);
     }
 
+    fn irq_level(&self) -> bool {
+        Pl011::irq_level(self)
+    }
+
     fn size_bytes(&self) -> u64 {
         WINDOW_SIZE_BYTES
     }

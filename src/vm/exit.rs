@@ -9,6 +9,7 @@ use log::warn;
 
 use super::psci::{self, Call};
 use super::sysreg::{self, DebugShadow, SysRegResult};
+use super::timer::PhysTimer;
 use super::vcpu::GuestRegs;
 use crate::arch::aarch64::esr::{self, DataAbort, Esr, Exit, fsc};
 use crate::mm::GuestPhysAddr;
@@ -29,6 +30,11 @@ pub enum Action {
     Psci(Call),
     /// WFI/WFE: the vCPU has nothing to do until an interrupt.
     Wait { wfe: bool },
+    /// The guest changed its emulated physical timer: re-evaluate its interrupt line and the
+    /// kernel's EL2 timer.
+    TimerChanged,
+    /// A trapped ICC_SGI1R_EL1 (or ICC_ASGI1R_EL1 / ICC_SGI0R_EL1) write: generate SGIs.
+    Sgi { value: u64, group1: bool },
     /// The guest did something we cannot continue from; stop the VM with this diagnostic.
     Stop(&'static str),
 }
@@ -47,6 +53,10 @@ pub struct ExitCtx<'a> {
     pub regs: &'a mut GuestRegs,
     pub mmio: &'a spin::Mutex<MmioBus>,
     pub debug: &'a mut DebugShadow,
+    /// The vCPU's emulated EL1 physical timer.
+    pub ptimer: &'a mut PhysTimer,
+    /// Reads the physical counter (only called for timer accesses).
+    pub counter: fn() -> u64,
     /// The exiting vCPU (banked device registers depend on it).
     pub vcpu: crate::vm::VcpuId,
     /// For diagnostics.
@@ -74,6 +84,25 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
         }
         Exit::SysReg(acc) => {
             let value = ctx.regs.get(acc.rt);
+            if PhysTimer::handles(&acc) {
+                if let Some(v) = ctx.ptimer.access(&acc, value, (ctx.counter)()) {
+                    ctx.regs.set(acc.rt, v);
+                }
+                ctx.regs.elr = ctx.regs.elr.wrapping_add(4);
+                return Action::TimerChanged;
+            }
+            // ICC_SGI1R_EL1 / ICC_ASGI1R_EL1 / ICC_SGI0R_EL1 writes trap with HCR_EL2.IMO set.
+            if !acc.read && acc.op0 == 3 && acc.op1 == 0 && acc.crn == 12 && acc.crm == 11 {
+                let group1 = match acc.op2 {
+                    5 | 6 => Some(true),
+                    7 => Some(false),
+                    _ => None,
+                };
+                if let Some(group1) = group1 {
+                    ctx.regs.elr = ctx.regs.elr.wrapping_add(4);
+                    return Action::Sgi { value, group1 };
+                }
+            }
             match sysreg::emulate(&acc, value, ctx.debug) {
                 SysRegResult::Read(v) => {
                     ctx.regs.set(acc.rt, v);
@@ -238,6 +267,10 @@ mod tests {
         }
     }
 
+    fn counter() -> u64 {
+        1000
+    }
+
     fn setup() -> (GuestRegs, spin::Mutex<MmioBus>, DebugShadow) {
         let mut bus = MmioBus::new();
         bus.add(GuestPhysAddr(0x0900_0000), Box::new(Scratch([0; 16]))).unwrap();
@@ -261,7 +294,16 @@ mod tests {
     }
 
     fn run(regs: &mut GuestRegs, bus: &spin::Mutex<MmioBus>, dbg: &mut DebugShadow, esr: Esr, ipa: u64) -> Action {
-        let mut ctx = ExitCtx { regs, mmio: bus, debug: dbg, vcpu: VcpuId(0), vm_name: "t" };
+        let mut pt = PhysTimer::default();
+        let mut ctx = ExitCtx {
+            regs,
+            mmio: bus,
+            debug: dbg,
+            ptimer: &mut pt,
+            counter,
+            vcpu: VcpuId(0),
+            vm_name: "t",
+        };
         handle_sync(&mut ctx, esr, || Fault { far: ipa, ipa: GuestPhysAddr(ipa) })
     }
 
@@ -316,5 +358,19 @@ mod tests {
         let iss = (2 << 20) | (1 << 10) | (1 << 1) | (4 << 17) | (2 << 5) | 1;
         assert_eq!(run(&mut regs, &bus, &mut dbg, Esr((0x18 << 26) | (1 << 25) | iss), 0), Action::Resume);
         assert_eq!((regs.x[2], regs.elr), (8, 0x4008_0008));
+        // msr icc_sgi1r_el1, x3 -> Sgi
+        regs.x[3] = 0x0500_0001;
+        let iss = (3 << 20) | (5 << 17) | (12 << 10) | (3 << 5) | (11 << 1);
+        assert_eq!(
+            run(&mut regs, &bus, &mut dbg, Esr((0x18 << 26) | (1 << 25) | iss), 0),
+            Action::Sgi { value: 0x0500_0001, group1: true }
+        );
+        // msr cntp_tval_el0, x4 -> TimerChanged
+        regs.x[4] = 10;
+        let iss = (3 << 20) | (3 << 14) | (14 << 10) | (4 << 5) | (2 << 1);
+        assert_eq!(
+            run(&mut regs, &bus, &mut dbg, Esr((0x18 << 26) | (1 << 25) | iss), 0),
+            Action::TimerChanged
+        );
     }
 }

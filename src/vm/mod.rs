@@ -7,6 +7,7 @@ pub mod fdt;
 pub mod loader;
 pub mod psci;
 pub mod sysreg;
+pub mod timer;
 pub mod vcpu;
 
 use core::fmt;
@@ -28,7 +29,9 @@ impl fmt::Display for VmId {
 /// The guest physical memory map every VM sees (QEMU virt-like, so guests need no changes).
 ///
 /// ```text
-///   0x0800_0000  GIC distributor (and GICR / GICC)      (interrupt issue)
+///   0x0800_0000  GIC distributor (emulated)
+///   0x0801_0000  GICv2 CPU interface (hardware GICV via stage 2)
+///   0x080A_0000  GICv3 redistributors (emulated), 128 KiB per vCPU
 ///   0x0900_0000  PL011 UART (emulated), 4 KiB, SPI 1
 ///   0x4000_0000  RAM, `memory` bytes from the VM node
 ///                  +0x8_0000 (or the Image header's text_offset): kernel image
@@ -38,6 +41,16 @@ impl fmt::Display for VmId {
 pub mod layout {
     use crate::mm::GuestPhysAddr;
 
+    /// GIC distributor (GICv3: 64 KiB; GICv2: 4 KiB in the guest's device tree).
+    pub const GICD_BASE: GuestPhysAddr = GuestPhysAddr(0x0800_0000);
+    pub const GICD_SIZE: u64 = 0x1_0000;
+    pub const GICD_V2_SIZE: u64 = 0x1000;
+    /// GICv2 CPU interface: the hardware GICV, mapped by stage 2 (8 KiB: GICC_DIR is at 0x1000).
+    pub const GICC_BASE: GuestPhysAddr = GuestPhysAddr(0x0801_0000);
+    pub const GICC_SIZE: u64 = 0x2000;
+    /// GICv3 redistributors, one 128 KiB frame pair (RD_base + SGI_base) per vCPU.
+    pub const GICR_BASE: GuestPhysAddr = GuestPhysAddr(0x080a_0000);
+    pub const GICR_STRIDE: u64 = 0x2_0000;
     pub const UART_BASE: GuestPhysAddr = GuestPhysAddr(0x0900_0000);
     pub const UART_SIZE: u64 = 0x1000;
     /// INTID of the UART's SPI (SPI 1).

@@ -87,6 +87,14 @@ impl El1Context {
     }
 }
 
+/// The virtual CPU interface state that is not in the list registers: VMCR and the active
+/// priorities. Moves only when the vCPU on a physical CPU changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VifState {
+    pub vmcr: u64,
+    pub apr: [u64; 4],
+}
+
 /// Why a vCPU is not running.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum VcpuState {
@@ -102,6 +110,16 @@ pub struct Vcpu {
     pub el1: El1Context,
     pub debug: super::sysreg::DebugShadow,
     pub id: super::VcpuId,
+    /// The emulated EL1 physical timer.
+    pub ptimer: super::timer::PhysTimer,
+    /// Virtual CPU interface state outside the list registers (VMCR, active priorities).
+    pub vif: VifState,
+    /// List registers in use (bit n = LR n holds an interrupt), mirrored in `lrs`.
+    pub lr_used: u64,
+    /// The list registers' contents as last written or synced.
+    pub lrs: [crate::vdev::vgic::Lr; 16],
+    /// ICH_HCR_EL2 / GICH_HCR as last written (written only when it changes).
+    pub hcr: u32,
     /// MPIDR the guest sees (VMPIDR_EL2 without the RES1 bit): Aff0 = vCPU index.
     pub mpidr: u64,
     pub state: VcpuState,
@@ -117,6 +135,11 @@ impl Vcpu {
             el1: El1Context::reset(),
             debug: Default::default(),
             id,
+            ptimer: Default::default(),
+            vif: Default::default(),
+            lr_used: 0,
+            lrs: [crate::vdev::vgic::Lr::INVALID; 16],
+            hcr: 0,
             mpidr,
             state: VcpuState::Off,
         }
@@ -135,6 +158,10 @@ impl Vcpu {
         self.regs.spsr = SPSR_EL1H_DAIF;
         self.el1 = El1Context::reset();
         self.debug = Default::default();
+        self.ptimer = Default::default();
+        self.vif = Default::default();
+        self.lr_used = 0;
+        self.lrs = [crate::vdev::vgic::Lr::INVALID; 16];
         self.state = VcpuState::Running;
     }
 }

@@ -6,9 +6,12 @@
 //! test failure: it is printed with ESR/ELR/FAR as `<PREFIX> FAIL: unexpected-exception: ...`
 //! and the guest powers off (no RESULT line, so the run counts as failed).
 //!
-//! The guest is single-CPU and never unmasks interrupts, so the state here is a handful of
-//! atomics used only with plain loads and stores (no exclusives, which need not work on the
-//! Device memory every access is while the MMU is off).
+//! IRQs taken at EL1 go to the handler a guest installed with [`crate::arch::irq::set_handler`];
+//! without one, an IRQ is unexpected like any other exception. FIQs are always unexpected.
+//!
+//! The guest is single-CPU, and the state here is a handful of atomics used only with plain
+//! loads and stores (no exclusives, which need not work on the Device memory every access is
+//! while the MMU is off). IRQ handlers do not touch it.
 
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -223,6 +226,16 @@ pub(crate) fn dispatch(kind: usize, esr: u64, far: u64, elr: u64, frame: &mut Tr
         far,
         elr,
     };
+
+    if matches!(
+        kind,
+        ExceptionKind::CurrentSpxIrq | ExceptionKind::CurrentSp0Irq
+    ) && let Some(handler) = crate::arch::irq::handler()
+    {
+        // The vector code restores the whole interrupted context, ELR included.
+        handler();
+        return;
+    }
 
     let armed = ARMED.load(Ordering::SeqCst);
     let in_current_el = matches!(

@@ -13,6 +13,10 @@
 //! - [`exception`]: fault records and the "expected exception" facility the probes use.
 //! - [`report`]: `<PREFIX> PASS/FAIL/RESULT` lines, parsed by the QEMU system tests.
 //! - [`mem`] (= `arch::mem`): safe access to free guest RAM outside the image and the DTB.
+//! - [`dt`]: device-tree lookups by `compatible`, `reg` ranges, GIC interrupt specifiers.
+//! - [`gic`]: GICv2/GICv3 discovery, bring-up and the operations interrupt tests need.
+//! - [`timer`]: the EL1 virtual and physical timers and their INTIDs; IRQ masking, `wfi` and
+//!   the IRQ handler slot are in [`arch::irq`].
 //!
 //! A guest binary is `#![no_std] #![no_main]`, links with a linker script that provides the
 //! symbols listed in [`arch::boot`], and names its main function with [`entry!`]:
@@ -31,9 +35,12 @@
 pub mod arch;
 pub mod boot;
 pub mod console;
+pub mod dt;
 pub mod exception;
+pub mod gic;
 pub mod report;
 pub mod smccc;
+pub mod timer;
 
 mod panic;
 

@@ -359,14 +359,6 @@ pub fn write_hcr(v: u32) {
     }
 }
 
-/// The virtual CPU interface state of a vCPU that is not in the list registers: VMCR and the
-/// active-priority registers. Saved and restored only when the vCPU on a CPU changes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct VifState {
-    pub vmcr: u64,
-    pub apr: [u64; 4],
-}
-
 /// Reads the virtual machine control register (ICH_VMCR_EL2 / GICH_VMCR).
 pub fn read_vmcr() -> u64 {
     if version() == 3 {
@@ -390,7 +382,7 @@ pub fn write_vmcr(v: u64) {
 }
 
 /// Saves VMCR and APRs.
-pub fn save_vif(s: &mut VifState) {
+pub fn save_vif(s: &mut crate::vm::vcpu::VifState) {
     s.vmcr = read_vmcr();
     if version() == 3 {
         // SAFETY: reading ICH_AP1R0_EL2 has no side effects. (QEMU and the Cortex-A cores
@@ -402,12 +394,22 @@ pub fn save_vif(s: &mut VifState) {
 }
 
 /// Restores VMCR and APRs.
-pub fn restore_vif(s: &VifState) {
+pub fn restore_vif(s: &crate::vm::vcpu::VifState) {
     write_vmcr(s.vmcr);
     if version() == 3 {
         // SAFETY: guest virtual CPU interface state only.
         unsafe { asm!("msr ich_ap1r0_el2, {}", in(reg) s.apr[0], options(nomem, nostack)) };
     } else {
         gich().apr.set(s.apr[0] as u32);
+    }
+}
+
+/// GICv3 guests: make the guest's ICC_SRE_EL1 report the system-register interface (SRE),
+/// with IRQ/FIQ bypass disabled (DIB, DFB), as the vCPU is loaded.
+pub fn load_guest_sre() {
+    if version() == 3 {
+        // SAFETY: ICC_SRE_EL1 as seen from EL2 is the guest's register (there is no EL12
+        // alias); setting SRE/DFB/DIB only affects how the guest's interface is presented.
+        unsafe { asm!("msr icc_sre_el1, {}", "isb", in(reg) 0x7u64, options(nomem, nostack)) };
     }
 }

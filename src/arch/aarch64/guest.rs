@@ -25,6 +25,7 @@ pub mod hcr {
     pub const AMO: u64 = 1 << 5;
     pub const FB: u64 = 1 << 9;
     pub const BSU_IS: u64 = 1 << 10;
+    pub const TWI: u64 = 1 << 13;
     pub const TSC: u64 = 1 << 19;
     pub const TIDCP: u64 = 1 << 20;
     pub const RW: u64 = 1 << 31;
@@ -61,7 +62,7 @@ pub fn vhe() -> bool {
     VHE.load(core::sync::atomic::Ordering::Relaxed)
 }
 
-/// HCR_EL2 for guests: stage 2 on, physical IRQ/FIQ/SError routed to EL2, SMC trapped,
+/// HCR_EL2 for guests: stage 2 on, physical IRQ/FIQ/SError routed to EL2, WFI and SMC trapped,
 /// implementation-defined registers trapped, AArch64 EL1, pointer-auth keys and
 /// instructions not trapped (they are part of the guest's EL1 state).
 pub fn guest_hcr() -> u64 {
@@ -72,6 +73,7 @@ pub fn guest_hcr() -> u64 {
         | hcr::AMO
         | hcr::FB
         | hcr::BSU_IS
+        | hcr::TWI
         | hcr::TSC
         | hcr::TIDCP
         | hcr::RW
@@ -80,11 +82,12 @@ pub fn guest_hcr() -> u64 {
     if vhe() { base | hcr::E2H } else { base }
 }
 
-/// CNTHCTL_EL2 letting EL1 read the physical counter and use the physical timer. The bit
-/// positions differ: with E2H=1, EL1PCTEN/EL1PCEN are bits 10/11 (bits 0/1 mean EL0 access
-/// in the EL2&0 regime); with E2H=0 they are bits 0/1.
+/// CNTHCTL_EL2 for guests: EL1 may read the physical counter (EL1PCTEN) but its physical
+/// timer registers trap (EL1PCEN / EL1PTEN = 0) and are emulated. The bit positions differ
+/// (ARM ARM D24.10.3): with E2H=1, EL1PCTEN is bit 10 and EL1PTEN bit 11 (bits 0/1 then mean
+/// EL0 access in the EL2&0 regime); with E2H=0, EL1PCTEN is bit 0 and EL1PCEN bit 1.
 pub fn guest_cnthctl() -> u64 {
-    if vhe() { (1 << 10) | (1 << 11) } else { (1 << 0) | (1 << 1) }
+    if vhe() { 1 << 10 } else { 1 << 0 }
 }
 
 /// CPTR_EL2 for guests: FP/SIMD not trapped; SVE/SME trapped (turned into UNDEFINED).

@@ -26,3 +26,5 @@ pub mod mmu;
 pub mod vectors;
 #[cfg(target_os = "none")]
 pub mod ram;
+#[cfg(target_os = "none")]
+pub mod timer;

@@ -33,13 +33,24 @@ impl Region {
         self.base
     }
 
+    /// The block's size in bytes.
+    pub fn len_bytes(&self) -> usize {
+        self.len_bytes
+    }
+
     fn addr(&self, offset: usize) -> usize {
+        self.addr_sized(offset, 4)
+    }
+
+    /// The address of the `width_bytes` register at `offset`, which must be naturally aligned
+    /// and inside the block.
+    fn addr_sized(&self, offset: usize, width_bytes: usize) -> usize {
         assert!(
-            offset.is_multiple_of(4)
+            offset.is_multiple_of(width_bytes)
                 && offset
-                    .checked_add(4)
+                    .checked_add(width_bytes)
                     .is_some_and(|end| end <= self.len_bytes),
-            "MMIO offset {offset:#x} outside a {:#x}-byte block",
+            "MMIO offset {offset:#x} (width {width_bytes}) outside a {:#x}-byte block",
             self.len_bytes
         );
         self.base + offset
@@ -63,6 +74,28 @@ impl Region {
         // SAFETY: as in `read32`: the store reaches a device register, never Rust memory.
         unsafe {
             asm!("str {v:w}, [{a}]", a = in(reg) addr, v = in(reg) value, options(nostack, preserves_flags))
+        };
+    }
+
+    /// Reads the 64-bit register at `offset` with one `ldr x` (GICv3 GICR_TYPER, GICD_IROUTER:
+    /// registers Linux reads 64 bits wide). Panics if `offset` is misaligned or out of range.
+    pub fn read64(&self, offset: usize) -> u64 {
+        let addr = self.addr_sized(offset, 8);
+        let value: u64;
+        // SAFETY: as in `read32`: an aligned load from a device block outside all Rust objects.
+        unsafe {
+            asm!("ldr {v}, [{a}]", a = in(reg) addr, v = out(reg) value, options(nostack, preserves_flags))
+        };
+        value
+    }
+
+    /// Writes the 64-bit register at `offset` with one `str x`. Panics if `offset` is
+    /// misaligned or out of range.
+    pub fn write64(&self, offset: usize, value: u64) {
+        let addr = self.addr_sized(offset, 8);
+        // SAFETY: as in `read32`: the store reaches a device register, never Rust memory.
+        unsafe {
+            asm!("str {v}, [{a}]", a = in(reg) addr, v = in(reg) value, options(nostack, preserves_flags))
         };
     }
 }

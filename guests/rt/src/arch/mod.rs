@@ -1,14 +1,18 @@
 //! Everything that touches the CPU directly: entry code, exception vectors, SMCCC conduits,
-//! MMIO accessors, fault probes and the few system registers the runtime reads.
+//! MMIO accessors, fault probes, IRQ masking, the generic timers, the GICv3 CPU interface and
+//! the few other system registers the runtime reads.
 //!
 //! The rest of the runtime and every guest binary stay free of `asm!`; each `unsafe` block in
 //! here says why it is sound.
 
 pub mod boot;
 pub mod conduit;
+pub mod gicv3;
+pub mod irq;
 pub mod mem;
 pub mod mmio;
 pub mod probe;
+pub mod timer;
 pub mod vectors;
 
 use core::arch::asm;
@@ -30,6 +34,15 @@ pub fn midr() -> u64 {
     // SAFETY: reading MIDR_EL1 has no side effects and is permitted at EL1.
     unsafe { asm!("mrs {}, midr_el1", out(reg) midr, options(nomem, nostack, preserves_flags)) };
     midr
+}
+
+/// MPIDR_EL1 (VMPIDR_EL2 under a hypervisor): this CPU's affinity, Aff3 in bits `[39:32]`,
+/// Aff2..Aff0 in bits `[23:0]`.
+pub fn mpidr() -> u64 {
+    let mpidr: u64;
+    // SAFETY: reading MPIDR_EL1 has no side effects and is permitted at EL1.
+    unsafe { asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack, preserves_flags)) };
+    mpidr
 }
 
 /// Sleeps forever (after SYSTEM_OFF failed, or in a panic that cannot power off).

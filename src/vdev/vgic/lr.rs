@@ -1,0 +1,642 @@
+//! List-register management: which interrupts a vCPU's list registers hold, in which order
+//! they are loaded, and how the hardware's view is folded back after an exit.
+//!
+//! The LRs are modelled as plain [`Lr`] values, independent of the GIC version; the arch code
+//! converts them to and from ICH_LR<n>_EL2 ([`encode_v3`] / [`decode_v3`]) or GICH_LR<n>
+//! ([`encode_v2`] / [`decode_v2`]). The contract with the arch side, per vCPU:
+//!
+//! ```text
+//!   exit ──> if live_lrs(v) != 0: read those LRs from hardware into `lrs`, sync(v, lrs)
+//!        ──> handle the exit (MMIO, SGIs, device inputs; they kick / dirty vCPUs)
+//!        ──> if needs_flush(v): r = flush(v, lrs); write the LRs in r.changed to hardware;
+//!            ICH_HCR_EL2.UIE (GICH_HCR.UIE) = r.overflow
+//!        ──> enter the guest
+//! ```
+//!
+//! `lrs` is the vCPU's shadow of its hardware LRs, the same length (the number of implemented
+//! LRs, at most [`MAX_LRS`]) on every call. `sync` must run after every exit where LRs were live
+//! and before `flush`, or `flush` would act on stale state. Maintenance interrupts:
+//!
+//! * `Lr::eoi_maint` (ICH_LR.EOI / GICH_LR.EOI) is set on level-sensitive interrupts without a
+//!   hardware link, so their line is re-sampled after the guest deactivates them, and on GICv2
+//!   SGIs with further sources pending, so the next source's instance follows.
+//! * [`FlushResult::overflow`]: interrupts are left out for want of LRs. Underflow (UIE: at most
+//!   one LR valid) brings the vCPU back to refill. Every LR is in use when this is set, so with
+//!   more than one LR the maintenance interrupt cannot fire at once.
+//!
+//! Order: active interrupts first (their deactivation must find an LR), then by priority (lowest
+//! value first), then by INTID. When no LR is free, a pending arrival with a strictly higher
+//! priority evicts the lowest-priority *pending* (never active) entry back to software, so four
+//! LRs still deliver in priority order.
+
+use super::regs::{GICH_LR, ICH_LR};
+use super::state::{
+    BitIter, GicVersion, Irq, KickSet, NR_PRIVATE, NR_SGIS, PRIORITY_MASK, Vgic, low_bits,
+};
+use crate::vdev::VcpuId;
+
+/// Most list registers handled (GICH_VTR.ListRegs allows 64; ICH_VTR_EL2 16).
+pub const MAX_LRS: usize = 64;
+
+/// State of a list register entry.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum LrState {
+    #[default]
+    Invalid,
+    Pending,
+    Active,
+    PendingActive,
+}
+
+impl LrState {
+    /// The two-bit State field (both layouts use the same encoding).
+    pub const fn bits(self) -> u8 {
+        match self {
+            Self::Invalid => 0,
+            Self::Pending => 1,
+            Self::Active => 2,
+            Self::PendingActive => 3,
+        }
+    }
+    pub const fn from_bits(bits: u8) -> Self {
+        match bits & 3 {
+            0 => Self::Invalid,
+            1 => Self::Pending,
+            2 => Self::Active,
+            _ => Self::PendingActive,
+        }
+    }
+    pub const fn from_flags(pending: bool, active: bool) -> Self {
+        match (pending, active) {
+            (false, false) => Self::Invalid,
+            (true, false) => Self::Pending,
+            (false, true) => Self::Active,
+            (true, true) => Self::PendingActive,
+        }
+    }
+    pub const fn pending(self) -> bool {
+        matches!(self, Self::Pending | Self::PendingActive)
+    }
+    pub const fn active(self) -> bool {
+        matches!(self, Self::Active | Self::PendingActive)
+    }
+}
+
+/// One list register, independent of the GIC version.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Lr {
+    /// Virtual INTID.
+    pub intid: u32,
+    /// Priority (the low three bits are zero).
+    pub priority: u8,
+    pub state: LrState,
+    /// Group 1 (else group 0).
+    pub group1: bool,
+    /// HW bit: the physical INTID the guest's deactivation also deactivates.
+    pub hw: Option<u32>,
+    /// Request a maintenance interrupt when the guest deactivates it (only without `hw`).
+    pub eoi_maint: bool,
+    /// GICv2 SGIs: the source CPU (GICH_LR.CPUID); zero otherwise.
+    pub source: u8,
+}
+
+impl Lr {
+    /// An empty list register.
+    pub const INVALID: Self = Self {
+        intid: 0,
+        priority: 0,
+        state: LrState::Invalid,
+        group1: false,
+        hw: None,
+        eoi_maint: false,
+        source: 0,
+    };
+}
+
+/// ICH_LR<n>_EL2 image of `lr`: vINTID 31:0, pINTID 44:32 (HW = 1) or EOI 41 (HW = 0),
+/// Priority 55:48, Group 60, HW 61, State 63:62.
+pub fn encode_v3(lr: &Lr) -> u64 {
+    let mut v = ICH_LR::vINTID.val(u64::from(lr.intid))
+        + ICH_LR::Priority.val(u64::from(lr.priority))
+        + ICH_LR::Group.val(u64::from(lr.group1))
+        + ICH_LR::State.val(u64::from(lr.state.bits()));
+    match lr.hw {
+        Some(p) => v += ICH_LR::HW::SET + ICH_LR::pINTID.val(u64::from(p)),
+        None => v += ICH_LR::EOI.val(u64::from(lr.eoi_maint)),
+    }
+    v.value
+}
+
+/// The [`Lr`] an ICH_LR<n>_EL2 value describes.
+pub fn decode_v3(value: u64) -> Lr {
+    let hw = ICH_LR::HW.is_set(value);
+    Lr {
+        intid: u32::try_from(ICH_LR::vINTID.read(value)).unwrap_or(0),
+        priority: u8::try_from(ICH_LR::Priority.read(value)).unwrap_or(0),
+        state: LrState::from_bits(u8::try_from(ICH_LR::State.read(value)).unwrap_or(0)),
+        group1: ICH_LR::Group.is_set(value),
+        hw: hw.then(|| u32::try_from(ICH_LR::pINTID.read(value)).unwrap_or(0)),
+        eoi_maint: !hw && ICH_LR::EOI.is_set(value),
+        source: 0,
+    }
+}
+
+/// GICH_LR<n> image of `lr`: VirtualID 9:0, PhysicalID 19:10 (HW = 1) or CPUID 12:10 and EOI 19
+/// (HW = 0), Priority 27:23 (the top five bits of the priority), State 29:28, Grp1 30, HW 31.
+pub fn encode_v2(lr: &Lr) -> u32 {
+    let mut v = GICH_LR::VirtualID.val(lr.intid & GICH_LR::VirtualID.mask)
+        + GICH_LR::Priority.val(u32::from(lr.priority >> 3))
+        + GICH_LR::State.val(u32::from(lr.state.bits()))
+        + GICH_LR::Grp1.val(u32::from(lr.group1));
+    match lr.hw {
+        Some(p) => v += GICH_LR::HW::SET + GICH_LR::PhysicalID.val(p & GICH_LR::PhysicalID.mask),
+        None => {
+            v += GICH_LR::CPUID.val(u32::from(lr.source) & GICH_LR::CPUID.mask)
+                + GICH_LR::EOI.val(u32::from(lr.eoi_maint));
+        }
+    }
+    v.value
+}
+
+/// The [`Lr`] a GICH_LR<n> value describes.
+pub fn decode_v2(value: u32) -> Lr {
+    let hw = GICH_LR::HW.is_set(value);
+    Lr {
+        intid: GICH_LR::VirtualID.read(value),
+        priority: u8::try_from(GICH_LR::Priority.read(value) << 3).unwrap_or(0),
+        state: LrState::from_bits(u8::try_from(GICH_LR::State.read(value)).unwrap_or(0)),
+        group1: GICH_LR::Grp1.is_set(value),
+        hw: hw.then(|| GICH_LR::PhysicalID.read(value)),
+        eoi_maint: !hw && GICH_LR::EOI.is_set(value),
+        source: if hw {
+            0
+        } else {
+            u8::try_from(GICH_LR::CPUID.read(value)).unwrap_or(0)
+        },
+    }
+}
+
+/// What [`Vgic::flush`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct FlushResult {
+    /// Deliverable interrupts did not fit: enable the underflow maintenance interrupt
+    /// (ICH_HCR_EL2.UIE / GICH_HCR.UIE) to come back and refill.
+    pub overflow: bool,
+    /// LRs that hold an interrupt now (bit n = LR n).
+    pub live: u64,
+    /// LRs whose contents changed and must be written to hardware.
+    pub changed: u64,
+    /// Other vCPUs to kick: an interrupt retracted from this vCPU's LRs (disabled, re-routed)
+    /// may now be delivered to them.
+    pub kick: KickSet,
+}
+
+/// A candidate for an LR: its sort key (lower is better) and INTID.
+#[derive(Clone, Copy)]
+struct Candidate {
+    key: u64,
+    intid: u32,
+}
+
+/// The best `cap` candidates seen so far, sorted best first.
+struct TopK {
+    items: [Candidate; MAX_LRS],
+    len: usize,
+    cap: usize,
+}
+
+impl TopK {
+    fn new(cap: usize) -> Self {
+        Self {
+            items: [Candidate { key: 0, intid: 0 }; MAX_LRS],
+            len: 0,
+            cap: cap.min(MAX_LRS),
+        }
+    }
+
+    fn offer(&mut self, c: Candidate) {
+        let mut pos = if self.len < self.cap {
+            self.len += 1;
+            self.len - 1
+        } else {
+            match self.items.get(self.cap.wrapping_sub(1)) {
+                Some(worst) if c.key < worst.key => self.cap - 1,
+                _ => return,
+            }
+        };
+        // Insertion: shift worse entries down one place.
+        while pos > 0 {
+            let Some(&prev) = self.items.get(pos - 1) else {
+                break;
+            };
+            if prev.key <= c.key {
+                break;
+            }
+            if let Some(slot) = self.items.get_mut(pos) {
+                *slot = prev;
+            }
+            pos -= 1;
+        }
+        if let Some(slot) = self.items.get_mut(pos) {
+            *slot = c;
+        }
+    }
+
+    fn as_slice(&self) -> &[Candidate] {
+        self.items.get(..self.len).unwrap_or(&[])
+    }
+}
+
+/// Sort key: active first, then priority, then INTID.
+fn candidate_key(irq: &Irq, intid: u32) -> u64 {
+    (u64::from(!irq.active) << 48) | (u64::from(irq.priority) << 32) | u64::from(intid)
+}
+
+/// Writes `new` into slot `i` of `lrs`, noting a change.
+fn set_slot(lrs: &mut [Lr], i: usize, new: Lr, changed: &mut u64) {
+    if let Some(slot) = lrs.get_mut(i)
+        && *slot != new
+    {
+        *slot = new;
+        *changed |= 1u64 << i;
+    }
+}
+
+impl Vgic {
+    fn is_v2_sgi(&self, intid: u32) -> bool {
+        self.version == GicVersion::V2 && intid < NR_SGIS
+    }
+
+    /// Whether `intid` may now be *delivered* (not just held active) to `v`: enabled, its group
+    /// enabled in the distributor, and targeted at `v`.
+    fn deliverable_to(&self, intid: u32, irq: &Irq, v: usize) -> bool {
+        irq.enabled && self.group_enabled(irq) && self.targets(intid, v, irq, v)
+    }
+
+    /// Fills `vcpu`'s list registers before it enters the guest. See the module documentation.
+    pub fn flush(&mut self, vcpu: VcpuId, lrs: &mut [Lr]) -> FlushResult {
+        let Some(v) = self.vcpu_index(vcpu) else {
+            return FlushResult::default();
+        };
+        let n = lrs.len().min(MAX_LRS);
+        let all = low_bits(n);
+        let (mut live, scrub) = self
+            .vcpus
+            .get(v)
+            .map_or((0, false), |s| (s.lr_live & all, s.scrub));
+        let mut changed = 0;
+        if scrub {
+            // The hardware LRs hold unknown values: rewrite every one.
+            changed = all;
+            for i in BitIter(all & !live) {
+                set_slot(lrs, i, Lr::INVALID, &mut changed);
+            }
+        }
+
+        // 1. Merge requests into the LRs we hold; retract what may no longer be delivered.
+        let mut kick = KickSet::EMPTY;
+        for i in BitIter(live) {
+            if let Some(intid) = self.reconcile(v, i, lrs, &mut live, &mut changed) {
+                kick = kick.union(self.touch(intid, v));
+            }
+        }
+
+        // 2. The best candidates not in an LR.
+        let mut best = TopK::new(n);
+        let mut total = 0usize;
+        let private = (0..NR_PRIVATE).map(|intid| (intid, v));
+        let shared = (NR_PRIVATE..self.nr_intids()).map(|intid| (intid, 0));
+        for (intid, bank) in private.chain(shared) {
+            let Some(irq) = self.irq(intid, bank) else {
+                continue;
+            };
+            if !self.wants_lr(irq) || !self.targets(intid, bank, irq, v) {
+                continue;
+            }
+            if !irq.active && !self.deliverable_to(intid, irq, v) {
+                continue;
+            }
+            total += 1;
+            best.offer(Candidate {
+                key: candidate_key(irq, intid),
+                intid,
+            });
+        }
+
+        // 3. Place them, best first, evicting lower-priority pending entries when full.
+        let mut overflow = false;
+        let mut placed = 0usize;
+        for c in best.as_slice() {
+            let slot = match BitIter(all & !live).next() {
+                Some(free) => free,
+                None => match self.victim(lrs, live, c) {
+                    Some(victim) => {
+                        self.evict(v, victim, lrs, &mut live, &mut changed);
+                        overflow = true;
+                        victim
+                    }
+                    None => {
+                        overflow = true;
+                        break;
+                    }
+                },
+            };
+            self.place(v, c.intid, slot, lrs, &mut changed);
+            live |= 1u64 << slot;
+            placed += 1;
+        }
+        if total > placed {
+            overflow = true;
+        }
+
+        if let Some(s) = self.vcpus.get_mut(v) {
+            s.lr_live = live;
+            s.dirty = false;
+            s.scrub = false;
+        }
+        FlushResult {
+            overflow,
+            live,
+            changed,
+            kick: KickSet(kick.0 & !KickSet::single(v).0),
+        }
+    }
+
+    /// The LR to give up for candidate `c` when all are full: the lowest-priority entry that is
+    /// only pending and has a strictly lower priority than `c` (any pending one if `c` is
+    /// active, which must get an LR).
+    fn victim(&self, lrs: &[Lr], live: u64, c: &Candidate) -> Option<usize> {
+        let c_active = c.key >> 48 == 0;
+        let c_priority = u8::try_from((c.key >> 32) & 0xFF).unwrap_or(u8::MAX);
+        BitIter(live)
+            .filter_map(|i| lrs.get(i).map(|lr| (i, lr)))
+            .filter(|(_, lr)| lr.state == LrState::Pending)
+            .filter(|(_, lr)| c_active || lr.priority > c_priority)
+            .max_by_key(|(_, lr)| (lr.priority, lr.intid))
+            .map(|(i, _)| i)
+    }
+
+    /// Returns the pending-only entry in slot `i` to the software state.
+    fn evict(&mut self, v: usize, i: usize, lrs: &mut [Lr], live: &mut u64, changed: &mut u64) {
+        let Some(&lr) = lrs.get(i) else {
+            return;
+        };
+        let v2_sgi = self.is_v2_sgi(lr.intid);
+        if let Some(irq) = self.irq_mut(lr.intid, v)
+            && irq.owner == Some(vcpu_u16(v))
+        {
+            if v2_sgi {
+                irq.sgi_sources |= 1u8.checked_shl(lr.source.into()).unwrap_or(0);
+            } else if !irq.level_sw() {
+                irq.latch = true;
+            }
+            // Level-sensitive: the latch and line never left software.
+            irq.owner = None;
+            irq.lr_state = LrState::Invalid;
+            irq.unpend_req = false;
+        }
+        set_slot(lrs, i, Lr::INVALID, changed);
+        *live &= !(1u64 << i);
+    }
+
+    /// Loads `intid` (bank `v` if private) into free slot `i`, moving its pending state there.
+    fn place(&mut self, v: usize, intid: u32, i: usize, lrs: &mut [Lr], changed: &mut u64) {
+        let v2_sgi = self.is_v2_sgi(intid);
+        let Some(irq) = self.irq_mut(intid, v) else {
+            return;
+        };
+        let active = irq.active;
+        let hw = if irq.hw_active { irq.hw } else { None };
+        let mut source = 0;
+        let pending = if v2_sgi {
+            // One source per LR, lowest first; the others wait for this one's EOI.
+            if irq.sgi_sources == 0 {
+                false
+            } else {
+                source = u8::try_from(irq.sgi_sources.trailing_zeros()).unwrap_or(0);
+                irq.sgi_sources &= !(1u8 << (source & 7));
+                true
+            }
+        } else if irq.level_sw() {
+            // The latch stays until the guest acknowledges; the line keeps being followed.
+            irq.latch || irq.line
+        } else if hw.is_some() && active {
+            // Never pending+active with HW: the physical side holds the pending state.
+            false
+        } else {
+            core::mem::take(&mut irq.latch)
+        };
+        let state = LrState::from_flags(pending, active);
+        let lr = Lr {
+            intid,
+            priority: irq.priority & PRIORITY_MASK,
+            state,
+            group1: irq.group1,
+            hw,
+            eoi_maint: hw.is_none() && (irq.level_sw() || (v2_sgi && irq.sgi_sources != 0)),
+            source,
+        };
+        irq.owner = Some(vcpu_u16(v));
+        irq.lr_state = state;
+        irq.lr_source = source;
+        irq.unpend_req = false;
+        irq.active_req = None;
+        set_slot(lrs, i, lr, changed);
+    }
+
+    /// Merges the requests recorded against the interrupt in live slot `i` into the LR, and
+    /// retracts it if it is only pending and may no longer be delivered here. Returns the INTID
+    /// of a retracted interrupt (it may be deliverable elsewhere now).
+    fn reconcile(
+        &mut self,
+        v: usize,
+        i: usize,
+        lrs: &mut [Lr],
+        live: &mut u64,
+        changed: &mut u64,
+    ) -> Option<u32> {
+        let Some(&lr) = lrs.get(i) else {
+            *live &= !(1u64 << i);
+            return None;
+        };
+        let v2_sgi = self.is_v2_sgi(lr.intid);
+        let owned = self
+            .irq(lr.intid, v)
+            .is_some_and(|irq| irq.owner == Some(vcpu_u16(v)));
+        if !owned {
+            // Not ours (stale after a reset): drop it.
+            set_slot(lrs, i, Lr::INVALID, changed);
+            *live &= !(1u64 << i);
+            return None;
+        }
+        let deliverable = self
+            .irq(lr.intid, v)
+            .is_some_and(|irq| self.deliverable_to(lr.intid, irq, v));
+        let Some(irq) = self.irq_mut(lr.intid, v) else {
+            return None;
+        };
+        let mut pending = lr.state.pending();
+        let mut active = lr.state.active();
+        if let Some(req) = irq.active_req.take() {
+            active = req;
+        }
+        if v2_sgi {
+            if irq.unpend_req {
+                pending = false;
+            }
+            let bit = 1u8.checked_shl(lr.source.into()).unwrap_or(0);
+            if irq.sgi_sources & bit != 0 {
+                irq.sgi_sources &= !bit;
+                pending = true;
+            }
+        } else if irq.level_sw() {
+            pending = irq.latch || irq.line;
+        } else {
+            if irq.unpend_req {
+                pending = false;
+            }
+            if irq.latch && !(lr.hw.is_some() && active) {
+                irq.latch = false;
+                pending = true;
+            }
+        }
+        irq.unpend_req = false;
+
+        let mut hw_done = None;
+        let mut retracted = None;
+        let new = if pending && !active && !deliverable {
+            retracted = Some(lr.intid);
+            // Retract: the pending state goes back to software.
+            if v2_sgi {
+                irq.sgi_sources |= 1u8.checked_shl(lr.source.into()).unwrap_or(0);
+            } else if !irq.level_sw() {
+                irq.latch = true;
+            }
+            None
+        } else if !pending && !active {
+            // Cleared by ICPENDR / ICACTIVER. A HW link whose physical interrupt is still active
+            // needs the hypervisor to deactivate it now.
+            if lr.hw.is_some() && irq.hw_active {
+                irq.hw_active = false;
+                hw_done = irq.hw;
+            }
+            irq.active = false;
+            None
+        } else {
+            let state = LrState::from_flags(pending, active);
+            Some(Lr {
+                priority: irq.priority & PRIORITY_MASK,
+                group1: irq.group1,
+                state,
+                eoi_maint: lr.hw.is_none() && (irq.level_sw() || (v2_sgi && irq.sgi_sources != 0)),
+                ..lr
+            })
+        };
+        match new {
+            Some(new) => {
+                irq.lr_state = new.state;
+                irq.active = new.state.active();
+                set_slot(lrs, i, new, changed);
+            }
+            None => {
+                irq.owner = None;
+                irq.lr_state = LrState::Invalid;
+                set_slot(lrs, i, Lr::INVALID, changed);
+                *live &= !(1u64 << i);
+            }
+        }
+        self.hw_deactivate.extend(hw_done);
+        retracted
+    }
+
+    /// Folds the hardware's view of `vcpu`'s LRs back after an exit: entries the guest
+    /// deactivated leave the LRs (a level-sensitive interrupt whose line is still high is
+    /// pending again: the resample on EOI), acknowledged ones are recorded as active, and a
+    /// hardware-linked entry the guest deactivated has deactivated its physical interrupt.
+    /// Slots the guest emptied are reset to [`Lr::INVALID`] in `lrs` (no hardware write needed).
+    pub fn sync(&mut self, vcpu: VcpuId, lrs: &mut [Lr]) {
+        let Some(v) = self.vcpu_index(vcpu) else {
+            return;
+        };
+        let n = lrs.len().min(MAX_LRS);
+        let mut live = self.vcpus.get(v).map_or(0, |s| s.lr_live) & low_bits(n);
+        let mut freed = false;
+        let mut ignored = 0;
+        for i in BitIter(live) {
+            let Some(&lr) = lrs.get(i) else {
+                continue;
+            };
+            let irq = self
+                .irq_mut(lr.intid, v)
+                .filter(|irq| irq.owner == Some(vcpu_u16(v)));
+            let Some(irq) = irq else {
+                set_slot(lrs, i, Lr::INVALID, &mut ignored);
+                live &= !(1u64 << i);
+                freed = true;
+                continue;
+            };
+            if irq.lr_state.pending() && !lr.state.pending() {
+                // Acknowledged: that consumes a level-sensitive interrupt's ISPENDR latch, and
+                // makes a clear request moot.
+                if irq.level_sw() {
+                    irq.latch = false;
+                }
+                irq.unpend_req = false;
+            }
+            if lr.state == LrState::Invalid {
+                irq.owner = None;
+                irq.lr_state = LrState::Invalid;
+                irq.active = irq.active_req.take() == Some(true);
+                irq.unpend_req = false;
+                if lr.hw.is_some() {
+                    irq.hw_active = false;
+                }
+                set_slot(lrs, i, Lr::INVALID, &mut ignored);
+                live &= !(1u64 << i);
+                freed = true;
+            } else {
+                irq.lr_state = lr.state;
+                irq.active = lr.state.active();
+            }
+        }
+        if let Some(s) = self.vcpus.get_mut(v) {
+            s.lr_live = live;
+            s.dirty |= freed;
+        }
+    }
+
+    /// The interrupts that are pending for `vcpu`: in its LRs (as of the last sync), or
+    /// deliverable to it from software. Yields priorities.
+    fn pending_priorities(&self, vcpu: VcpuId) -> impl Iterator<Item = u8> + '_ {
+        let v = self.vcpu_index(vcpu);
+        let private = (0..NR_PRIVATE).map(move |intid| (intid, v.unwrap_or(usize::MAX)));
+        let shared = (NR_PRIVATE..self.nr_intids()).map(|intid| (intid, 0));
+        private.chain(shared).filter_map(move |(intid, bank)| {
+            let v = v?;
+            let irq = self.irq(intid, bank)?;
+            let in_lr = irq.owner == Some(vcpu_u16(v)) && irq.lr_state.pending();
+            let in_sw =
+                irq.owner.is_none() && irq.pending_sw() && self.deliverable_to(intid, irq, v);
+            (in_lr || in_sw).then_some(irq.priority)
+        })
+    }
+
+    /// Whether an interrupt is pending for `vcpu` (in an LR, or deliverable from software):
+    /// a vCPU in WFI with one must not block. The CPU interface's priority mask and group
+    /// enables (ICH_VMCR_EL2) are the caller's to apply, with
+    /// [`Vgic::highest_pending_priority`].
+    pub fn has_deliverable(&self, vcpu: VcpuId) -> bool {
+        self.pending_priorities(vcpu).next().is_some()
+    }
+
+    /// The highest priority (lowest value) among the interrupts [`Vgic::has_deliverable`]
+    /// counts.
+    pub fn highest_pending_priority(&self, vcpu: VcpuId) -> Option<u8> {
+        self.pending_priorities(vcpu).min()
+    }
+}
+
+/// `v` as the `u16` of a [`VcpuId`] (vCPU indices are below 64).
+fn vcpu_u16(v: usize) -> u16 {
+    u16::try_from(v).unwrap_or(u16::MAX)
+}
