@@ -13,6 +13,67 @@ use spin::{Mutex, Once};
 /// A byte sink: the physical console UART.
 pub trait ConsoleUart: Sync {
     fn put_byte(&self, b: u8);
+    /// A received byte, if one is waiting.
+    fn get_byte(&self) -> Option<u8>;
+}
+
+/// Reads one received byte from the console UART.
+pub fn get_byte() -> Option<u8> {
+    UART.get().and_then(|u| u.get_byte())
+}
+
+/// Ctrl-A: pressed three times in a row, it moves console input to the next VM (as Xen).
+pub const ESCAPE: u8 = 0x01;
+
+/// Where a received byte goes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Input {
+    /// Deliver to VM number `vm` (index into the running VMs).
+    ToVm { vm: usize, byte: u8 },
+    /// Focus moved to VM `vm`.
+    Focus { vm: usize },
+    /// Held back (part of a possible escape sequence).
+    Held,
+}
+
+/// Routes console input to the VM with focus; three Ctrl-A in a row switch focus. Ctrl-A
+/// bytes that turn out not to be an escape are delivered.
+#[derive(Clone, Debug, Default)]
+pub struct InputRouter {
+    focus: usize,
+    escapes: u8,
+}
+
+impl InputRouter {
+    pub const fn new() -> Self {
+        Self { focus: 0, escapes: 0 }
+    }
+
+    pub fn focus(&self) -> usize {
+        self.focus
+    }
+
+    /// Feeds one byte; `vms` is how many VMs can take input. Calls `out` for each event
+    /// (a broken escape sequence releases the held Ctrl-A bytes first).
+    pub fn feed(&mut self, byte: u8, vms: usize, mut out: impl FnMut(Input)) {
+        let vms = vms.max(1);
+        self.focus %= vms;
+        if byte == ESCAPE {
+            self.escapes += 1;
+            if self.escapes == 3 {
+                self.escapes = 0;
+                self.focus = (self.focus + 1) % vms;
+                out(Input::Focus { vm: self.focus });
+            } else {
+                out(Input::Held);
+            }
+            return;
+        }
+        for _ in 0..core::mem::take(&mut self.escapes) {
+            out(Input::ToVm { vm: self.focus, byte: ESCAPE });
+        }
+        out(Input::ToVm { vm: self.focus, byte });
+    }
 }
 
 static UART: Once<&'static dyn ConsoleUart> = Once::new();
@@ -168,6 +229,36 @@ pub fn bootarg<'a>(bootargs: &'a str, key: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn input_router_escape() {
+        let mut r = InputRouter::default();
+        let mut ev = alloc::vec::Vec::new();
+        for b in [b'a', ESCAPE, ESCAPE, b'b', ESCAPE, ESCAPE, ESCAPE, b'c'] {
+            r.feed(b, 2, |e| ev.push(e));
+        }
+        assert_eq!(
+            ev,
+            [
+                Input::ToVm { vm: 0, byte: b'a' },
+                Input::Held,
+                Input::Held,
+                Input::ToVm { vm: 0, byte: ESCAPE },
+                Input::ToVm { vm: 0, byte: ESCAPE },
+                Input::ToVm { vm: 0, byte: b'b' },
+                Input::Held,
+                Input::Held,
+                Input::Focus { vm: 1 },
+                Input::ToVm { vm: 1, byte: b'c' },
+            ]
+        );
+        // One VM: focus stays.
+        let mut r = InputRouter::default();
+        for _ in 0..3 {
+            r.feed(ESCAPE, 1, |_| {});
+        }
+        assert_eq!(r.focus(), 0);
+    }
 
     #[test]
     fn log_level_and_bootargs() {

@@ -94,8 +94,11 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
         .and_then(platform::early_console)
         .and_then(mmio::claim_boot_console::<Pl011Regs>);
     let heap_range = ram::init_heap(heap);
-    if let Some(regs) = uart {
-        crate::console::init(Box::leak(Box::new(Pl011::new(regs))));
+    let console_uart: Option<&'static Pl011> =
+        uart.map(|regs| &*Box::leak(Box::new(Pl011::new(regs))));
+    if let Some(u) = console_uart {
+        crate::console::init(u);
+        CONSOLE_UART.call_once(|| u);
     }
     if el != 2 {
         crate::println!(
@@ -182,6 +185,14 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     gic::enable(timer::HYP_TIMER_INTID, 0xa0, true);
     gic::enable(plat.gic.maintenance_intid.unwrap_or(MAINT_INTID), 0xa0, true);
     info!("GIC up: {} list registers", gic::nr_lrs());
+    // Console input: the UART's receive interrupt, forwarded to the VM with focus.
+    if let (Some(intid), Some(u)) = (plat.uart.intid, console_uart) {
+        gic::enable(intid, 0xc0, true);
+        if intid >= 32 {
+            gic::route_to_this_cpu(intid);
+        }
+        u.set_rx_interrupt(true);
+    }
 
     if plat.vms.is_empty() {
         error!(
@@ -576,6 +587,7 @@ fn dispatch_exit(vm: &'static Vm, vcpu: &'static mut Vcpu, kind: ExitKind) -> &'
             };
             if esr.ec() == esr::ec::DABT_LOWER {
                 sample_device_lines(vm, vcpu);
+                console_unthrottle(vm);
             }
             apply(vm, vcpu, esr, action)
         }
@@ -845,7 +857,9 @@ fn handle_irqs(vm: &Vm, vcpu: &mut Vcpu) {
             continue;
         }
         gic::deactivate(intid);
-        if intid == timer::HYP_TIMER_INTID {
+        if Some(intid) == PLATFORM.get().and_then(|p| p.uart.intid) {
+            console_input(vm, vcpu);
+        } else if intid == timer::HYP_TIMER_INTID {
             update_ptimer(vm, vcpu);
         } else if intid == maint {
             // Underflow (UIE): the list registers ran low. The exit already synced them,
@@ -856,6 +870,54 @@ fn handle_irqs(vm: &Vm, vcpu: &mut Vcpu) {
             vcpu.hcr = gic::HCR_EN;
         } else {
             log::debug!("unexpected physical interrupt {intid}");
+        }
+    }
+}
+
+static INPUT: Mutex<crate::console::InputRouter> =
+    Mutex::new(crate::console::InputRouter::new());
+static CONSOLE_UART: Once<&'static Pl011> = Once::new();
+/// Set while console input waits in the physical UART because the VM's FIFO is full.
+static RX_THROTTLED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Moves console input from the physical UART into the VM with focus (its emulated PL011's
+/// receive FIFO), only as far as that FIFO has room: the rest stays in the physical UART,
+/// whose receive interrupt is masked until the guest reads (flow control, so nothing typed
+/// is lost however small the guest's FIFO is).
+fn console_input(vm: &Vm, vcpu: &Vcpu) {
+    use crate::console::Input;
+    let mut router = INPUT.lock();
+    loop {
+        // Room for a pending escape sequence's held bytes plus this one.
+        if vm.mmio.lock().console_room() < 3 {
+            if let Some(u) = CONSOLE_UART.get() {
+                u.set_rx_interrupt(false);
+            }
+            RX_THROTTLED.store(true, Ordering::Relaxed);
+            break;
+        }
+        let Some(b) = crate::console::get_byte() else {
+            break;
+        };
+        router.feed(b, 1, |ev| match ev {
+            Input::ToVm { byte, .. } => {
+                let _ = vm.mmio.lock().console_input(byte);
+            }
+            Input::Focus { .. } => info!("console input goes to {} ({})", vm.id, vm.name),
+            Input::Held => {}
+        });
+    }
+    drop(router);
+    sample_device_lines(vm, vcpu);
+}
+
+/// After a guest MMIO access: if input was held back, let the UART interrupt again once
+/// the VM's FIFO has room.
+fn console_unthrottle(vm: &Vm) {
+    if RX_THROTTLED.load(Ordering::Relaxed) && vm.mmio.lock().console_room() >= 3 {
+        RX_THROTTLED.store(false, Ordering::Relaxed);
+        if let Some(u) = CONSOLE_UART.get() {
+            u.set_rx_interrupt(true);
         }
     }
 }

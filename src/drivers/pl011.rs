@@ -15,12 +15,18 @@ register_structs! {
         (0x004 => _reserved0),
         (0x018 => fr: ReadOnly<u32>),
         (0x01c => _reserved1),
+        (0x038 => imsc: ReadWrite<u32>),
+        (0x03c => _reserved2),
         (0x1000 => @END),
     }
 }
 
 /// UARTFR.TXFF: transmit FIFO full.
 const FR_TXFF: u32 = 1 << 5;
+/// UARTFR.RXFE: receive FIFO empty.
+const FR_RXFE: u32 = 1 << 4;
+/// UARTIMSC.RXIM and RTIM: receive and receive-timeout interrupts.
+const IMSC_RX: u32 = (1 << 4) | (1 << 6);
 
 /// The console UART.
 pub struct Pl011 {
@@ -33,7 +39,20 @@ impl Pl011 {
     }
 }
 
+impl Pl011 {
+    /// Unmasks (or masks) the receive interrupts. The kernel forwards console input to VMs
+    /// and masks them while the VM's receive FIFO is full, leaving the bytes in this UART.
+    pub fn set_rx_interrupt(&self, on: bool) {
+        let v = self.regs.imsc.get();
+        self.regs.imsc.set(if on { v | IMSC_RX } else { v & !IMSC_RX });
+    }
+}
+
 impl ConsoleUart for Pl011 {
+    fn get_byte(&self) -> Option<u8> {
+        (self.regs.fr.get() & FR_RXFE == 0).then(|| self.regs.dr.get() as u8)
+    }
+
     fn put_byte(&self, b: u8) {
         // Bounded wait: a wedged UART must not hang the hypervisor forever.
         for _ in 0..1_000_000 {

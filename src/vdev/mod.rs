@@ -78,6 +78,15 @@ pub trait MmioDevice: Send {
     fn irq_level(&self) -> bool {
         false
     }
+    /// Console input for a device that is a VM's console; false if not taken (not a
+    /// console, or its receive FIFO is full).
+    fn console_input(&mut self, _byte: u8) -> bool {
+        false
+    }
+    /// How many console input bytes the device can take now (0 if not a console).
+    fn console_room(&self) -> usize {
+        0
+    }
 }
 
 /// One registered device window.
@@ -152,6 +161,16 @@ impl MmioBus {
         self.regions
             .iter()
             .filter_map(|r| r.irq.map(|i| (i, r.device.irq_level())))
+    }
+
+    /// Room for console input in the VM's console device.
+    pub fn console_room(&self) -> usize {
+        self.regions.iter().map(|r| r.device.console_room()).max().unwrap_or(0)
+    }
+
+    /// Gives a console input byte to the first device that takes it.
+    pub fn console_input(&mut self, byte: u8) -> bool {
+        self.regions.iter_mut().any(|r| r.device.console_input(byte))
     }
 
     /// Resets every device (VM reset).

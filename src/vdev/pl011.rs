@@ -673,6 +673,14 @@ impl MmioDevice for Pl011 {
         Pl011::irq_level(self)
     }
 
+    fn console_input(&mut self, byte: u8) -> bool {
+        self.push_rx(byte)
+    }
+
+    fn console_room(&self) -> usize {
+        self.rx_free_slots()
+    }
+
     fn size_bytes(&self) -> u64 {
         WINDOW_SIZE_BYTES
     }

@@ -61,6 +61,7 @@ fn main(boot: &BootInfo) {
     uart_regs(&mut report);
     unbacked_accesses(&mut report);
     undef_sysreg(&mut report);
+    uart_rx(&mut report, boot);
     system_reset(&mut report, boot);
 
     report.finish();
@@ -292,6 +293,52 @@ fn unbacked_accesses(report: &mut Report) {
             format_args!("not branching to {UNBACKED_IPA:#x}: a data read there did not abort"),
         ),
     }
+}
+
+/// Console input, when the VM's bootargs ask for it with `smoke.expect-input=TEXT`: the
+/// bytes typed on the host console (the test harness pipes them into QEMU) must arrive in
+/// order through the emulated PL011, polled with a bounded wait. Checked on the last boot
+/// only, so a SYSTEM_RESET test run does not consume the input early.
+fn uart_rx(report: &mut Report, boot: &BootInfo) {
+    const NAME: &str = "uart-rx";
+    let want = boot
+        .fdt
+        .as_ref()
+        .and_then(|f| elvisor_guest_rt::boot::find_node(f, "/chosen"))
+        .and_then(|n| n.property("bootargs"))
+        .and_then(|p| p.as_str())
+        .and_then(|a| {
+            a.split_ascii_whitespace()
+                .find_map(|w| w.strip_prefix("smoke.expect-input="))
+        });
+    let Some(want) = want else {
+        return;
+    };
+    if boot.reset_count == Some(0) {
+        return;
+    }
+    let Some(uart) = console::console() else {
+        report.fail(NAME, format_args!("no usable console PL011"));
+        return;
+    };
+    // UARTLCR_H.FEN: the 32-entry FIFO (the hypervisor holds input back while it is full).
+    uart.write(0x2c, uart.read(0x2c) | (1 << 4));
+    let freq = arch::timer::frequency_hz().max(1);
+    let deadline = arch::timer::physical_count() + freq * 20;
+    let mut got = [0u8; 64];
+    let mut n = 0;
+    while n < want.len().min(got.len()) && arch::timer::physical_count() < deadline {
+        if uart.read(0x18) & (1 << 4) == 0 {
+            got[n] = uart.read(0) as u8;
+            n += 1;
+        }
+    }
+    let text = core::str::from_utf8(&got[..n]).unwrap_or("<non-UTF-8>");
+    report.check(
+        NAME,
+        text == want,
+        format_args!("read {text:?} from the console, want {want:?}"),
+    );
 }
 
 fn undef_sysreg(report: &mut Report) {

@@ -43,6 +43,15 @@ register_structs! {
 }
 
 register_structs! {
+    /// GICv2 ITARGETSR, which arm-gic's driver does not expose.
+    pub GicdTargets {
+        (0x000 => _r0),
+        (0x800 => itargetsr: [ReadWrite<u8>; 1024]),
+        (0xc00 => @END),
+    }
+}
+
+register_structs! {
     /// The GICv2 CPU-interface registers arm-gic's driver does not expose: CTLR.EOImode and DIR.
     pub GiccExtra {
         (0x0000 => ctlr: ReadWrite<u32>),
@@ -56,6 +65,7 @@ enum Driver {
     V3(GicV3<'static>),
     V2 {
         gic: GicV2<'static>,
+        gicd_targets: &'static GicdTargets,
         gicc: &'static GiccExtra,
         gich: &'static GichRegs,
     },
@@ -98,7 +108,7 @@ pub fn init(info: &GicInfo, cpus: usize) -> Result<(), &'static str> {
             // SAFETY: as above for GICD/GICC. `GiccExtra` aliases GICC only for CTLR and DIR,
             // which the arm-gic driver never writes after `setup`; both are volatile MMIO on
             // the same lock.
-            let (gic, gicc, gich) = unsafe {
+            let (gic, gicd_targets, gicc, gich) = unsafe {
                 let mut gic = GicV2::new(
                     info.gicd.base.0 as *mut GicdV2,
                     gicc_r.base.0 as *mut Gicc,
@@ -106,12 +116,18 @@ pub fn init(info: &GicInfo, cpus: usize) -> Result<(), &'static str> {
                 gic.setup();
                 (
                     gic,
+                    &*(info.gicd.base.0 as *const GicdTargets),
                     &*(gicc_r.base.0 as *const GiccExtra),
                     &*(gich_r.base.0 as *const GichRegs),
                 )
             };
             GICH.store(gich_r.base.0 as usize, Ordering::Relaxed);
-            Driver::V2 { gic, gicc, gich }
+            Driver::V2 {
+                gic,
+                gicd_targets,
+                gicc,
+                gich,
+            }
         }
     };
     *GIC.lock() = Some(driver);
@@ -146,7 +162,7 @@ pub fn init_cpu() {
             NR_LRS.store(((vtr & 0x1f) + 1) as usize, Ordering::Relaxed);
             write_hcr(HCR_EN);
         }
-        Some(Driver::V2 { gic, gicc, gich }) => {
+        Some(Driver::V2 { gic, gicc, gich, .. }) => {
             gic.set_priority_mask(0xff);
             gicc.ctlr.set(GICC_CTLR_EL2);
             NR_LRS.store(((gich.vtr.get() & 0x3f) + 1) as usize, Ordering::Relaxed);
@@ -183,6 +199,23 @@ pub fn enable(intid: u32, priority: u8, level: bool) {
                 gic.set_trigger(id, trig);
             }
             let _ = gic.enable_interrupt(id, true);
+        }
+        None => {}
+    }
+}
+
+/// Routes SPI `intid` to this CPU.
+pub fn route_to_this_cpu(intid: u32) {
+    match &mut *GIC.lock() {
+        Some(Driver::V3(g)) => {
+            let _ = g.distributor().set_routing(int_id(intid), Some(super::cpu::mpidr()));
+        }
+        Some(Driver::V2 { gicd_targets, .. }) => {
+            // ITARGETSR0..7 (SGIs) read back this CPU's own target bit.
+            let me = gicd_targets.itargetsr[0].get();
+            if let Some(t) = gicd_targets.itargetsr.get(intid as usize) {
+                t.set(me);
+            }
         }
         None => {}
     }

@@ -5,7 +5,7 @@
 //!
 //! Width policy (IHI 0069 and IHI 0048B, "memory-mapped register access"): every register
 //! takes aligned 32-bit accesses; IPRIORITYR, ITARGETSR, CPENDSGIR and SPENDSGIR also take byte
-//! accesses; the 64-bit registers (GICD_IROUTER<n>, GICR_TYPER) take 64-bit accesses and 32-bit
+//! accesses; the 64-bit registers (`GICD_IROUTER<n>`, GICR_TYPER) take 64-bit accesses and 32-bit
 //! accesses to either half. Anything else the specification leaves UNPREDICTABLE, and we refuse it
 //! with [`MmioError::BadAccess`] (an external abort in the guest, which makes a driver bug
 //! visible): misaligned accesses, halfword accesses anywhere, byte accesses to word-only registers,
@@ -232,7 +232,7 @@ impl Vgic {
         kicks
     }
 
-    /// ICFGR word for INTIDs `first..first + 16`: Int_config[1] = edge; Int_config[0] RAZ.
+    /// ICFGR word for INTIDs `first..first + 16`: `Int_config[1]` = edge; `Int_config[0]` RAZ.
     pub(super) fn read_config(&self, first: u32, bank: usize) -> u32 {
         (0..16u32).fold(0, |acc, k| {
             let edge = first

@@ -57,7 +57,7 @@ mod offset {
     pub const CPENDSGIR_END: u64 = 0x0F1C;
     pub const SPENDSGIR: u64 = 0x0F20;
     pub const SPENDSGIR_END: u64 = 0x0F2C;
-    /// IROUTER<n> is at 0x6000 + 8n; n < 32 is reserved.
+    /// `IROUTER<n>` is at 0x6000 + 8n; n < 32 is reserved.
     pub const IROUTER_BASE: u64 = 0x6000;
     pub const IROUTER_END: u64 = 0x7FDC;
     pub const ID_V3: u64 = 0xFFD0;
@@ -102,7 +102,7 @@ enum DistReg {
         set: bool,
         first: u32,
     },
-    /// IROUTER<n> of INTID n (GICv3).
+    /// `IROUTER<n>` of INTID n (GICv3).
     Router(u32),
     /// An identification register.
     Id(u8),
@@ -288,7 +288,7 @@ impl Vgic {
         let own = KickSet::single(sender).0;
         let targets = match GICD_SGIR::TargetListFilter.read_as_enum(value) {
             Some(Value::List) => list,
-            Some(Value::AllButSelf) => u64::MAX & !own,
+            Some(Value::AllButSelf) => !own,
             Some(Value::SelfOnly) => own,
             // 0b11 is reserved: no SGI.
             None => 0,

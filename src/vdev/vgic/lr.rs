@@ -2,11 +2,12 @@
 //! they are loaded, and how the hardware's view is folded back after an exit.
 //!
 //! The LRs are modelled as plain [`Lr`] values, independent of the GIC version; the arch code
-//! converts them to and from ICH_LR<n>_EL2 ([`encode_v3`] / [`decode_v3`]) or GICH_LR<n>
+//! converts them to and from `ICH_LR<n>_EL2` ([`encode_v3`] / [`decode_v3`]) or `GICH_LR<n>`
 //! ([`encode_v2`] / [`decode_v2`]). The contract with the arch side, per vCPU:
 //!
 //! ```text
-//!   exit ──> if live_lrs(v) != 0: read those LRs from hardware into `lrs`, sync(v, lrs)
+//!   exit ──> if live_lrs(v) != 0: read those LRs from hardware into `lrs`;
+//!            freed = sync(v, lrs); write zero to the LRs in `freed`
 //!        ──> handle the exit (MMIO, SGIs, device inputs; they kick / dirty vCPUs)
 //!        ──> if needs_flush(v): r = flush(v, lrs); write the LRs in r.changed to hardware;
 //!            ICH_HCR_EL2.UIE (GICH_HCR.UIE) = r.overflow
@@ -113,7 +114,7 @@ impl Lr {
     };
 }
 
-/// ICH_LR<n>_EL2 image of `lr`: vINTID 31:0, pINTID 44:32 (HW = 1) or EOI 41 (HW = 0),
+/// `ICH_LR<n>_EL2` image of `lr`: vINTID 31:0, pINTID 44:32 (HW = 1) or EOI 41 (HW = 0),
 /// Priority 55:48, Group 60, HW 61, State 63:62.
 pub fn encode_v3(lr: &Lr) -> u64 {
     let mut v = ICH_LR::vINTID.val(u64::from(lr.intid))
@@ -127,7 +128,7 @@ pub fn encode_v3(lr: &Lr) -> u64 {
     v.value
 }
 
-/// The [`Lr`] an ICH_LR<n>_EL2 value describes.
+/// The [`Lr`] an `ICH_LR<n>_EL2` value describes.
 pub fn decode_v3(value: u64) -> Lr {
     let hw = ICH_LR::HW.is_set(value);
     Lr {
@@ -141,7 +142,7 @@ pub fn decode_v3(value: u64) -> Lr {
     }
 }
 
-/// GICH_LR<n> image of `lr`: VirtualID 9:0, PhysicalID 19:10 (HW = 1) or CPUID 12:10 and EOI 19
+/// `GICH_LR<n>` image of `lr`: VirtualID 9:0, PhysicalID 19:10 (HW = 1) or CPUID 12:10 and EOI 19
 /// (HW = 0), Priority 27:23 (the top five bits of the priority), State 29:28, Grp1 30, HW 31.
 pub fn encode_v2(lr: &Lr) -> u32 {
     let mut v = GICH_LR::VirtualID.val(lr.intid & GICH_LR::VirtualID.mask)
@@ -158,7 +159,7 @@ pub fn encode_v2(lr: &Lr) -> u32 {
     v.value
 }
 
-/// The [`Lr`] a GICH_LR<n> value describes.
+/// The [`Lr`] a `GICH_LR<n>` value describes.
 pub fn decode_v2(value: u32) -> Lr {
     let hw = GICH_LR::HW.is_set(value);
     Lr {
@@ -472,9 +473,7 @@ impl Vgic {
         let deliverable = self
             .irq(lr.intid, v)
             .is_some_and(|irq| self.deliverable_to(lr.intid, irq, v));
-        let Some(irq) = self.irq_mut(lr.intid, v) else {
-            return None;
-        };
+        let irq = self.irq_mut(lr.intid, v)?;
         let mut pending = lr.state.pending();
         let mut active = lr.state.active();
         if let Some(req) = irq.active_req.take() {
@@ -553,14 +552,17 @@ impl Vgic {
     /// deactivated leave the LRs (a level-sensitive interrupt whose line is still high is
     /// pending again: the resample on EOI), acknowledged ones are recorded as active, and a
     /// hardware-linked entry the guest deactivated has deactivated its physical interrupt.
-    /// Slots the guest emptied are reset to [`Lr::INVALID`] in `lrs` (no hardware write needed).
-    pub fn sync(&mut self, vcpu: VcpuId, lrs: &mut [Lr]) {
+    ///
+    /// Returns the LRs that left use (bit n = LR n): they are reset to [`Lr::INVALID`] in `lrs`
+    /// and must be written to hardware as zero, because an invalid LR whose EOI bit is set stays
+    /// flagged in ICH_EISR_EL2 (GICH_EISR) and keeps the maintenance interrupt asserted.
+    pub fn sync(&mut self, vcpu: VcpuId, lrs: &mut [Lr]) -> u64 {
         let Some(v) = self.vcpu_index(vcpu) else {
-            return;
+            return 0;
         };
         let n = lrs.len().min(MAX_LRS);
-        let mut live = self.vcpus.get(v).map_or(0, |s| s.lr_live) & low_bits(n);
-        let mut freed = false;
+        let before = self.vcpus.get(v).map_or(0, |s| s.lr_live) & low_bits(n);
+        let mut live = before;
         let mut ignored = 0;
         for i in BitIter(live) {
             let Some(&lr) = lrs.get(i) else {
@@ -572,7 +574,6 @@ impl Vgic {
             let Some(irq) = irq else {
                 set_slot(lrs, i, Lr::INVALID, &mut ignored);
                 live &= !(1u64 << i);
-                freed = true;
                 continue;
             };
             if irq.lr_state.pending() && !lr.state.pending() {
@@ -593,16 +594,17 @@ impl Vgic {
                 }
                 set_slot(lrs, i, Lr::INVALID, &mut ignored);
                 live &= !(1u64 << i);
-                freed = true;
             } else {
                 irq.lr_state = lr.state;
                 irq.active = lr.state.active();
             }
         }
+        let freed = before & !live;
         if let Some(s) = self.vcpus.get_mut(v) {
             s.lr_live = live;
-            s.dirty |= freed;
+            s.dirty |= freed != 0;
         }
+        freed
     }
 
     /// The interrupts that are pending for `vcpu`: in its LRs (as of the last sync), or

@@ -1,7 +1,7 @@
 //! The virtual GIC: a software distributor (and GICv3 redistributors) per VM, and the
 //! list-register management that injects its interrupts through the hardware's virtual CPU
-//! interface. Pure logic; the arch code moves [`Lr`] values in and out of ICH_LR<n>_EL2 /
-//! GICH_LR<n> and sets the maintenance-interrupt controls.
+//! interface. Pure logic; the arch code moves [`Lr`] values in and out of `ICH_LR<n>_EL2` /
+//! `GICH_LR<n>` and sets the maintenance-interrupt controls.
 //!
 //! What the guest sees (guest physical addresses are the hypervisor's choice; these are ours):
 //!

@@ -59,7 +59,7 @@ register_bitfields! [u32,
         ProcessorSleep OFFSET(1) NUMBITS(1) [],
         ChildrenAsleep OFFSET(2) NUMBITS(1) []
     ],
-    /// GICH_LR<n> (GICv2 virtual interface control) (IHI 0048B).
+    /// `GICH_LR<n>` (GICv2 virtual interface control) (IHI 0048B).
     pub GICH_LR [
         VirtualID OFFSET(0) NUMBITS(10) [],
         PhysicalID OFFSET(10) NUMBITS(10) [],
@@ -87,7 +87,7 @@ register_bitfields! [u64,
         PPInum OFFSET(27) NUMBITS(5) [],
         Affinity_Value OFFSET(32) NUMBITS(32) []
     ],
-    /// GICD_IROUTER<n> (IHI 0069). The affinity fields sit where MPIDR_EL1 has them.
+    /// `GICD_IROUTER<n>` (IHI 0069). The affinity fields sit where MPIDR_EL1 has them.
     pub IROUTER [
         Aff0 OFFSET(0) NUMBITS(8) [],
         Aff1 OFFSET(8) NUMBITS(8) [],
@@ -105,7 +105,7 @@ register_bitfields! [u64,
         RS OFFSET(44) NUMBITS(4) [],
         Aff3 OFFSET(48) NUMBITS(8) []
     ],
-    /// ICH_LR<n>_EL2 (IHI 0069).
+    /// `ICH_LR<n>_EL2` (IHI 0069).
     pub ICH_LR [
         vINTID OFFSET(0) NUMBITS(32) [],
         pINTID OFFSET(32) NUMBITS(13) [],
@@ -126,5 +126,5 @@ pub(super) const fn bits64<R: RegisterLongName>(field: Field<u64, R>) -> u64 {
 /// IROUTER / MPIDR affinity bits: Aff3 39:32, Aff2 23:16, Aff1 15:8, Aff0 7:0.
 pub(super) const AFFINITY_MASK: u64 =
     bits64(IROUTER::Aff0) | bits64(IROUTER::Aff1) | bits64(IROUTER::Aff2) | bits64(IROUTER::Aff3);
-/// Every implemented bit of GICD_IROUTER<n>: the affinity and IRM.
+/// Every implemented bit of `GICD_IROUTER<n>`: the affinity and IRM.
 pub(super) const IROUTER_MASK: u64 = AFFINITY_MASK | bits64(IROUTER::IRM);

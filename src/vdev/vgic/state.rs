@@ -166,7 +166,7 @@ pub(super) struct Irq {
     pub enabled: bool,
     /// GICD_IGROUPR: true = group 1.
     pub group1: bool,
-    /// GICD_ICFGR Int_config[1]: true = edge-triggered, false = level-sensitive.
+    /// GICD_ICFGR `Int_config[1]`: true = edge-triggered, false = level-sensitive.
     pub edge: bool,
     /// GICD_IPRIORITYR, low three bits always zero.
     pub priority: u8,
@@ -204,7 +204,7 @@ pub(super) struct Irq {
 impl Irq {
     /// Power-on state of INTID `intid`. Everything is zero (group 0, priority 0, disabled,
     /// level-sensitive, not pending) except: SGIs are edge-triggered, and GICv2 SGIs are
-    /// permanently enabled (GICD_ISENABLER0[15:0] RAO/WI, as on the GIC-400).
+    /// permanently enabled (`GICD_ISENABLER0[15:0]` RAO/WI, as on the GIC-400).
     fn reset(intid: u32, version: GicVersion, hw: Option<u32>) -> Self {
         let sgi = intid < NR_SGIS;
         Self {
@@ -632,7 +632,9 @@ impl Vgic {
 
     /// Links PPI or SPI `intid` (for a PPI, `vcpu`'s) to physical INTID `pintid`, or unlinks it.
     /// Its list registers then carry the HW bit, so the guest's EOI deactivates the physical
-    /// interrupt. Meant for VM construction, while the interrupt is idle.
+    /// interrupt. Meant for VM construction, while the interrupt is idle; changing the link of
+    /// an interrupt whose physical side was taken and is not in an LR hands the old physical
+    /// INTID to [`Vgic::take_hw_deactivation`].
     pub fn set_hw(
         &mut self,
         intid: u32,
@@ -648,10 +650,15 @@ impl Vgic {
         let irq = self
             .irq_mut(intid, bank)
             .ok_or(VgicError::BadIntid(intid))?;
-        irq.hw = pintid;
-        if pintid.is_none() {
+        if irq.hw == pintid {
+            return Ok(());
+        }
+        let old = irq.hw.filter(|_| irq.hw_active && irq.owner.is_none());
+        if irq.owner.is_none() || pintid.is_none() {
             irq.hw_active = false;
         }
+        irq.hw = pintid;
+        self.hw_deactivate.extend(old);
         Ok(())
     }
 

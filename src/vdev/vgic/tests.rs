@@ -690,10 +690,10 @@ fn v2_itargetsr() {
     wr(&mut g, V1, 0x800, 0);
     assert_eq!(rd(&mut g, V1, 0x800), 0x0202_0202);
     // SPIs: writable, bits beyond the CPUs ignored.
-    wr(&mut g, V0, 0x820, 0xFF_0403_02);
-    assert_eq!(rd(&mut g, V0, 0x820), 0x07_0403_02);
+    wr(&mut g, V0, 0x820, 0xFF04_0302);
+    assert_eq!(rd(&mut g, V0, 0x820), 0x0704_0302);
     g.dist_write(V0, 0x821, Byte, 0x01).unwrap();
-    assert_eq!(rd(&mut g, V0, 0x820), 0x07_0401_02);
+    assert_eq!(rd(&mut g, V0, 0x820), 0x0704_0102);
     // Delivery follows the targets: SPI 33 -> CPU 0, SPI 35 -> any of three.
     setup_spi(&mut g, 33, 0x80, true);
     g.inject_edge(33, V0).unwrap();
@@ -1195,7 +1195,7 @@ fn higher_priority_arrival_evicts_pending_entry() {
     assert!(!g.flush(V0, &mut l).overflow);
     // The guest takes one (now active), then a high-priority interrupt arrives.
     let (first, _) = guest_ack(&mut l).unwrap();
-    g.sync(V0, &mut l);
+    assert_eq!(g.sync(V0, &mut l), 0, "nothing left the LRs");
     g.inject_edge(50, V0).unwrap();
     let r = g.flush(V0, &mut l);
     assert!(r.overflow, "the evicted one waits");
@@ -1272,7 +1272,12 @@ fn level_resample_on_eoi() {
     );
     // Guest handles it but the device keeps the line high: pending again after the EOI.
     assert_eq!(guest_drain(&mut l), vec![(33, 0)]);
-    g.sync(V0, &mut l);
+    assert_eq!(
+        g.sync(V0, &mut l),
+        1,
+        "LR 0 must be zeroed (its EOI bit is set)"
+    );
+    assert_eq!(l[0], Lr::INVALID);
     assert!(g.needs_flush(V0));
     assert!(g.has_deliverable(V0));
     g.flush(V0, &mut l);
@@ -1364,6 +1369,14 @@ fn hw_linked_interrupt() {
     // Reset: the physical interrupt taken for the guest is handed back.
     g.reset();
     assert_eq!(g.take_hw_deactivation(), Some(27));
+    // Re-linking an idle interrupt whose physical side was taken hands the old one back.
+    g.inject_edge(27, V0).unwrap();
+    g.set_hw(27, V0, Some(27)).unwrap();
+    assert_eq!(g.take_hw_deactivation(), None, "same link: nothing changes");
+    g.set_hw(27, V0, Some(26)).unwrap();
+    assert_eq!(g.take_hw_deactivation(), Some(27));
+    g.set_hw(27, V0, None).unwrap();
+    assert_eq!(g.take_hw_deactivation(), None);
 }
 
 #[test]
