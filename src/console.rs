@@ -46,7 +46,10 @@ pub struct InputRouter {
 
 impl InputRouter {
     pub const fn new() -> Self {
-        Self { focus: 0, escapes: 0 }
+        Self {
+            focus: 0,
+            escapes: 0,
+        }
     }
 
     pub fn focus(&self) -> usize {
@@ -70,9 +73,15 @@ impl InputRouter {
             return;
         }
         for _ in 0..core::mem::take(&mut self.escapes) {
-            out(Input::ToVm { vm: self.focus, byte: ESCAPE });
+            out(Input::ToVm {
+                vm: self.focus,
+                byte: ESCAPE,
+            });
         }
-        out(Input::ToVm { vm: self.focus, byte });
+        out(Input::ToVm {
+            vm: self.focus,
+            byte,
+        });
     }
 }
 
@@ -243,8 +252,14 @@ mod tests {
                 Input::ToVm { vm: 0, byte: b'a' },
                 Input::Held,
                 Input::Held,
-                Input::ToVm { vm: 0, byte: ESCAPE },
-                Input::ToVm { vm: 0, byte: ESCAPE },
+                Input::ToVm {
+                    vm: 0,
+                    byte: ESCAPE
+                },
+                Input::ToVm {
+                    vm: 0,
+                    byte: ESCAPE
+                },
                 Input::ToVm { vm: 0, byte: b'b' },
                 Input::Held,
                 Input::Held,
@@ -263,7 +278,10 @@ mod tests {
     #[test]
     fn log_level_and_bootargs() {
         assert_eq!(level_from_bootargs(""), Ok(LevelFilter::Info));
-        assert_eq!(level_from_bootargs("console=x elvisor.log=debug"), Ok(LevelFilter::Debug));
+        assert_eq!(
+            level_from_bootargs("console=x elvisor.log=debug"),
+            Ok(LevelFilter::Debug)
+        );
         assert_eq!(level_from_bootargs("elvisor.log=loud"), Err("loud"));
         assert_eq!(bootarg("a=1 elvisor.vhe=off", "elvisor.vhe"), Some("off"));
         assert_eq!(bootarg("elvisor.vhex=1", "elvisor.vhe"), None);

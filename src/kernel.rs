@@ -27,17 +27,16 @@ use crate::mm::pagetable::{El2Kind, El2Table, S2Kind, Stage2Table};
 use crate::mm::{BLOCK_2M, GuestPhysAddr, PhysAddr, PhysRange};
 use crate::platform::{self, Platform, PsciConduit};
 use crate::vdev::MmioBus;
-use crate::vdev::vgic::{self, Lr, Vgic, VgicConfig};
-use crate::vdev::vgic_mmio::{GicdWindow, GicrWindow};
-use crate::vm::timer::{PTIMER_INTID, VTIMER_INTID};
-use alloc::sync::Arc;
 use crate::vdev::pl011::Pl011 as VPl011;
+use crate::vdev::vgic::{self, GicdWindow, GicrWindow, Lr, Vgic, VgicConfig};
 use crate::vm::config::VmConfig;
 use crate::vm::exit::{Action, ExitCtx};
 use crate::vm::fdt::{GuestFdt, GuestGic, GuestUart};
 use crate::vm::psci::{self, Call, Ret};
+use crate::vm::timer::{PTIMER_INTID, VTIMER_INTID};
 use crate::vm::vcpu::{Vcpu, VcpuState};
 use crate::vm::{VcpuId, VmId, layout, loader};
+use alloc::sync::Arc;
 
 static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator::new());
 /// The vGIC maintenance interrupt when the DT names none (PPI 9).
@@ -156,7 +155,10 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
             // Everything written so far went to memory with the MMU off; drop any stale
             // cache lines for it before caches are turned on (booting.rst: the loader only
             // cleaned the image to PoC).
-            crate::arch::aarch64::cache::invalidate_to_poc(image.image.base.0, image.image.size_bytes);
+            crate::arch::aarch64::cache::invalidate_to_poc(
+                image.image.base.0,
+                image.image.size_bytes,
+            );
             // SAFETY-free call: `enable` is unsafe; see below.
             enable_mmu(root, vhe, pa_bits);
         }
@@ -183,7 +185,11 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     // EL2 timer (emulated guest physical timers) and the vGIC maintenance interrupt.
     gic::enable(VTIMER_INTID, 0xa0, true);
     gic::enable(timer::HYP_TIMER_INTID, 0xa0, true);
-    gic::enable(plat.gic.maintenance_intid.unwrap_or(MAINT_INTID), 0xa0, true);
+    gic::enable(
+        plat.gic.maintenance_intid.unwrap_or(MAINT_INTID),
+        0xa0,
+        true,
+    );
     info!("GIC up: {} list registers", gic::nr_lrs());
     // Console input: the UART's receive interrupt, forwarded to the VM with focus.
     if let (Some(intid), Some(u)) = (plat.uart.intid, console_uart) {
@@ -276,10 +282,18 @@ fn build_el2_map(
         .chain(g.gicc.iter())
         .chain(g.gich.iter())
     {
-        t.identity_map(r.base.align_down(0x1000), r.size_bytes.max(0x1000), El2Kind::Device)?;
+        t.identity_map(
+            r.base.align_down(0x1000),
+            r.size_bytes.max(0x1000),
+            El2Kind::Device,
+        )?;
     }
     let u = &plat.uart;
-    t.identity_map(u.base.align_down(0x1000), u.size_bytes.max(0x1000), El2Kind::Device)?;
+    t.identity_map(
+        u.base.align_down(0x1000),
+        u.size_bytes.max(0x1000),
+        El2Kind::Device,
+    )?;
     mmio::register_device(PhysRange::new(u.base, u.size_bytes.max(0x1000)));
     let root = t.root_pa();
     // The table lives as long as the kernel.
@@ -289,7 +303,12 @@ fn build_el2_map(
 
 fn log_platform(p: &Platform, image: PhysRange, heap: PhysRange) {
     for r in &p.ram {
-        info!("ram: {:#x}..{:#x} ({} MiB)", r.base.0, r.end().0, r.size_bytes >> 20);
+        info!(
+            "ram: {:#x}..{:#x} ({} MiB)",
+            r.base.0,
+            r.end().0,
+            r.size_bytes >> 20
+        );
     }
     info!(
         "image: {:#x}..{:#x}, heap {} KiB",
@@ -375,7 +394,10 @@ fn build_vm(
         return Err(vm_err(
             cfg,
             "cpus",
-            alloc::format!("{} vCPUs requested; this build supports 1 until SMP lands", cfg.vcpus),
+            alloc::format!(
+                "{} vCPUs requested; this build supports 1 until SMP lands",
+                cfg.vcpus
+            ),
         ));
     }
     let kernel = Module::new(cfg.kernel, &plat.ram, &plat.reserved)
@@ -397,7 +419,11 @@ fn build_vm(
     let initrd_slot = initrd_bytes.div_ceil(BLOCK_2M) * BLOCK_2M;
     let top_reserved = layout::FDT_SLOT + initrd_slot;
     let placement = loader::place(kernel.bytes(), ram_bytes, top_reserved).map_err(|e| {
-        vm_err(cfg, "memory", alloc::format!("the kernel image does not fit: {e:?}"))
+        vm_err(
+            cfg,
+            "memory",
+            alloc::format!("the kernel image does not fit: {e:?}"),
+        )
     })?;
     let fdt_offset = ram_bytes - layout::FDT_SLOT;
     let initrd_offset = ramdisk.map(|_| fdt_offset - initrd_slot);
@@ -428,7 +454,7 @@ fn build_vm(
     // The virtual timer is forwarded with the HW bit: the guest's deactivation deactivates
     // the physical PPI.
     let _ = vg.set_hw(VTIMER_INTID, VcpuId(0), Some(VTIMER_INTID));
-    let vgic = Arc::new(Mutex::new(vg));
+    let vgic: vgic::SharedVgic = Arc::new(Mutex::new(vg));
 
     let overlap = |_| vm_err(cfg, "compatible", "device windows overlap");
     let mut bus = MmioBus::new();
@@ -443,7 +469,7 @@ fn build_vm(
         .map_err(overlap)?;
     match plat.gic.version {
         platform::GicVersion::V3 => {
-            bus.add(layout::GICR_BASE, Box::new(GicrWindow::new(vgic.clone(), 1)))
+            bus.add(layout::GICR_BASE, Box::new(GicrWindow::new(vgic.clone())))
                 .map_err(overlap)?;
         }
         platform::GicVersion::V2 => {
@@ -453,7 +479,12 @@ fn build_vm(
                 .gicv
                 .ok_or_else(|| vm_err(cfg, "compatible", "GICv2 host without GICV"))?;
             stage2
-                .map(layout::GICC_BASE, gicv.base, layout::GICC_SIZE, S2Kind::Device)
+                .map(
+                    layout::GICC_BASE,
+                    gicv.base,
+                    layout::GICC_SIZE,
+                    S2Kind::Device,
+                )
                 .map_err(|e| vm_err(cfg, "memory", alloc::format!("stage-2 GICV map: {e:?}")))?;
         }
     }
@@ -496,7 +527,11 @@ fn build_vm(
         vm.ram.lock().range().base.0,
         ipa_bits,
         vmid,
-        if placement.is_linux_image { "arm64 Image" } else { "raw" },
+        if placement.is_linux_image {
+            "arm64 Image"
+        } else {
+            "raw"
+        },
         placement.load_offset
     );
     Ok(vm)
@@ -542,7 +577,10 @@ fn load_images(vm: &Vm) -> Result<(), String> {
     })
     .map_err(|e| alloc::format!("cannot generate the guest device tree: {e}"))?;
     if blob.len() as u64 > layout::FDT_SLOT {
-        return Err(alloc::format!("guest device tree is {} bytes, over 2 MiB", blob.len()));
+        return Err(alloc::format!(
+            "guest device tree is {} bytes, over 2 MiB",
+            blob.len()
+        ));
     }
     let mut ram = vm.ram.lock();
     ram.zero();
@@ -552,7 +590,11 @@ fn load_images(vm: &Vm) -> Result<(), String> {
     }
     // The guest starts with its MMU off: make RAM coherent with non-cacheable accesses.
     ram.clean_to_poc();
-    if ok { Ok(()) } else { Err("an image does not fit in guest RAM".into()) }
+    if ok {
+        Ok(())
+    } else {
+        Err("an image does not fit in guest RAM".into())
+    }
 }
 
 /// What to run after an exit. Called by the arch exit glue with IRQs masked.
@@ -596,7 +638,10 @@ fn dispatch_exit(vm: &'static Vm, vcpu: &'static mut Vcpu, kind: ExitKind) -> &'
             vcpu
         }
         ExitKind::SError(esr) => {
-            warn!("{} ({}): SError from the guest, ESR {:#x}", vm.id, vm.name, esr.0);
+            warn!(
+                "{} ({}): SError from the guest, ESR {:#x}",
+                vm.id, vm.name, esr.0
+            );
             stop_vm(vm, vcpu, "SError")
         }
     }
@@ -620,7 +665,11 @@ fn apply(vm: &'static Vm, vcpu: &'static mut Vcpu, esr: Esr, action: Action) -> 
             vcpu
         }
         Action::InjectDataAbort { far, write } => {
-            guest::inject_sync(&mut vcpu.regs, esr::inject::data_abort(el0, write), Some(far));
+            guest::inject_sync(
+                &mut vcpu.regs,
+                esr::inject::data_abort(el0, write),
+                Some(far),
+            );
             vcpu
         }
         Action::InjectInstrAbort { far } => {
@@ -707,7 +756,9 @@ fn reset_vm(vm: &'static Vm, vcpu: &mut Vcpu) {
 fn stop_vm(vm: &'static Vm, vcpu: &mut Vcpu, why: &str) -> ! {
     vcpu.state = VcpuState::Off;
     info!("{} ({}) stopped: {}", vm.id, vm.name, why);
-    let left = RUNNING_VMS.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+    let left = RUNNING_VMS
+        .fetch_sub(1, Ordering::Relaxed)
+        .saturating_sub(1);
     if left == 0 {
         info!("all VMs stopped; powering off");
     }
@@ -807,16 +858,15 @@ fn vgic_sync(vm: &Vm, vcpu: &mut Vcpu) {
         }
     }
     let mut vg = vm.vgic.lock();
-    vg.sync(vcpu.id, &mut vcpu.lrs[..n]);
-    let live = vg.live_lrs(vcpu.id);
+    let freed = vg.sync(vcpu.id, &mut vcpu.lrs[..n]);
     // Empty the slots the guest finished with (an invalid LR with its EOI bit set would keep
     // the EOI maintenance interrupt asserted).
     for i in 0..n {
-        if used & !live & (1 << i) != 0 {
+        if freed & (1 << i) != 0 {
             gic::write_lr(i, 0);
         }
     }
-    vcpu.lr_used = live;
+    vcpu.lr_used = vg.live_lrs(vcpu.id);
     while let Some(p) = vg.take_hw_deactivation() {
         gic::deactivate(p);
     }
@@ -874,8 +924,7 @@ fn handle_irqs(vm: &Vm, vcpu: &mut Vcpu) {
     }
 }
 
-static INPUT: Mutex<crate::console::InputRouter> =
-    Mutex::new(crate::console::InputRouter::new());
+static INPUT: Mutex<crate::console::InputRouter> = Mutex::new(crate::console::InputRouter::new());
 static CONSOLE_UART: Once<&'static Pl011> = Once::new();
 /// Set while console input waits in the physical UART because the VM's FIFO is full.
 static RX_THROTTLED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);

@@ -44,7 +44,9 @@ impl Pl011 {
     /// and masks them while the VM's receive FIFO is full, leaving the bytes in this UART.
     pub fn set_rx_interrupt(&self, on: bool) {
         let v = self.regs.imsc.get();
-        self.regs.imsc.set(if on { v | IMSC_RX } else { v & !IMSC_RX });
+        self.regs
+            .imsc
+            .set(if on { v | IMSC_RX } else { v & !IMSC_RX });
     }
 }
 

@@ -28,7 +28,10 @@ impl Default for FrameAllocator {
 pub fn subtract(ram: &[PhysRange], reserved: &[PhysRange]) -> Vec<PhysRange> {
     let mut out = Vec::new();
     for r in ram {
-        let mut pieces = alloc::vec![(r.base.align_up(PAGE_SIZE).0, r.end().align_down(PAGE_SIZE).0)];
+        let mut pieces = alloc::vec![(
+            r.base.align_up(PAGE_SIZE).0,
+            r.end().align_down(PAGE_SIZE).0
+        )];
         for res in reserved {
             let (rs, re) = (
                 res.base.align_down(PAGE_SIZE).0,
@@ -88,7 +91,9 @@ impl FrameAllocator {
         let align_pages = (align / PAGE_SIZE).max(1) as usize;
         let layout = Layout::from_size_align(pages, align_pages.next_power_of_two()).ok()?;
         let frame = self.buddy.alloc_aligned(layout)?;
-        let got = (pages.next_power_of_two().max(align_pages.next_power_of_two())) as u64;
+        let got = (pages
+            .next_power_of_two()
+            .max(align_pages.next_power_of_two())) as u64;
         self.free_bytes -= got * PAGE_SIZE;
         Some(PhysRange::new(
             PhysAddr(frame as u64 * PAGE_SIZE),
@@ -103,7 +108,9 @@ impl FrameAllocator {
         if let Ok(layout) = Layout::from_size_align(pages, align_pages.next_power_of_two()) {
             self.buddy
                 .dealloc_aligned((range.base.0 / PAGE_SIZE) as usize, layout);
-            let got = (pages.next_power_of_two().max(align_pages.next_power_of_two())) as u64;
+            let got = (pages
+                .next_power_of_two()
+                .max(align_pages.next_power_of_two())) as u64;
             self.free_bytes += got * PAGE_SIZE;
         }
     }
@@ -124,9 +131,9 @@ mod tests {
     fn subtract_reservations() {
         let ram = [PhysRange::new(PhysAddr(0x4000_0000), 1024 * MIB)];
         let reserved = [
-            PhysRange::new(PhysAddr(0x4008_0000), 0x90_0000),  // image
-            PhysRange::new(PhysAddr(0x4800_0000), 0x1_0000),   // dtb
-            PhysRange::new(PhysAddr(0x6000_0123), 0x10),       // module, unaligned
+            PhysRange::new(PhysAddr(0x4008_0000), 0x90_0000), // image
+            PhysRange::new(PhysAddr(0x4800_0000), 0x1_0000),  // dtb
+            PhysRange::new(PhysAddr(0x6000_0123), 0x10),      // module, unaligned
         ];
         let free = subtract(&ram, &reserved);
         assert_eq!(free[0], PhysRange::new(PhysAddr(0x4000_0000), 0x8_0000));

@@ -92,7 +92,10 @@ impl Stage2Table {
         size_bytes: u64,
         kind: S2Kind,
     ) -> Result<(), PageTableError> {
-        let end = ipa.0.checked_add(size_bytes).ok_or(PageTableError::OutOfRange)?;
+        let end = ipa
+            .0
+            .checked_add(size_bytes)
+            .ok_or(PageTableError::OutOfRange)?;
         if end > (1u64 << self.ipa_bits) {
             return Err(PageTableError::OutOfRange);
         }
@@ -193,7 +196,9 @@ impl El2Table {
         size_bytes: u64,
         kind: El2Kind,
     ) -> Result<(), PageTableError> {
-        let end = pa.0.checked_add(size_bytes).ok_or(PageTableError::OutOfRange)?;
+        let end =
+            pa.0.checked_add(size_bytes)
+                .ok_or(PageTableError::OutOfRange)?;
         if end > (1u64 << EL2_VA_BITS) {
             return Err(PageTableError::OutOfRange);
         }
@@ -201,9 +206,8 @@ impl El2Table {
         let start = PhysicalAddress(region.start().0);
         match self {
             El2Table::Nvhe(t) => {
-                let mut a = El23Attributes::VALID
-                    | El23Attributes::ACCESSED
-                    | El23Attributes::USER_RES1;
+                let mut a =
+                    El23Attributes::VALID | El23Attributes::ACCESSED | El23Attributes::USER_RES1;
                 a |= match kind {
                     El2Kind::Device => El23Attributes::ATTRIBUTE_INDEX_0,
                     _ => El23Attributes::ATTRIBUTE_INDEX_1 | El23Attributes::INNER_SHAREABLE,
@@ -235,15 +239,23 @@ impl El2Table {
 
     /// Removes the mapping of `[pa, pa + size)` (splitting blocks), e.g. for guard pages.
     pub fn unmap(&mut self, pa: PhysAddr, size_bytes: u64) -> Result<(), PageTableError> {
-        let end = pa.0.checked_add(size_bytes).ok_or(PageTableError::OutOfRange)?;
+        let end =
+            pa.0.checked_add(size_bytes)
+                .ok_or(PageTableError::OutOfRange)?;
         let region = MemoryRegion::new(pa.0 as usize, end as usize);
         match self {
-            El2Table::Nvhe(t) => {
-                t.map_range(&region, PhysicalAddress(0), El23Attributes::empty(), Constraints::empty())?
-            }
-            El2Table::Vhe(t) => {
-                t.map_range(&region, PhysicalAddress(0), El1Attributes::empty(), Constraints::empty())?
-            }
+            El2Table::Nvhe(t) => t.map_range(
+                &region,
+                PhysicalAddress(0),
+                El23Attributes::empty(),
+                Constraints::empty(),
+            )?,
+            El2Table::Vhe(t) => t.map_range(
+                &region,
+                PhysicalAddress(0),
+                El1Attributes::empty(),
+                Constraints::empty(),
+            )?,
         }
         Ok(())
     }
@@ -288,12 +300,25 @@ mod tests {
     #[test]
     fn stage2_gigabyte_block_and_pages() {
         let mut s2 = Stage2Table::new(40);
-        s2.map(GuestPhysAddr(0x4000_0000), PhysAddr(0x8000_0000), 1024 * MIB, S2Kind::Ram)
-            .unwrap();
-        assert_eq!(s2.translate(GuestPhysAddr(0x7fff_0000)).unwrap().1, 1024 * MIB);
+        s2.map(
+            GuestPhysAddr(0x4000_0000),
+            PhysAddr(0x8000_0000),
+            1024 * MIB,
+            S2Kind::Ram,
+        )
+        .unwrap();
+        assert_eq!(
+            s2.translate(GuestPhysAddr(0x7fff_0000)).unwrap().1,
+            1024 * MIB
+        );
         // A 4K device frame at an unaligned spot gets a page.
-        s2.map(GuestPhysAddr(0x0801_0000), PhysAddr(0x0804_0000), 0x2000, S2Kind::Device)
-            .unwrap();
+        s2.map(
+            GuestPhysAddr(0x0801_0000),
+            PhysAddr(0x0804_0000),
+            0x2000,
+            S2Kind::Device,
+        )
+        .unwrap();
         let (pa, size) = s2.translate(GuestPhysAddr(0x0801_1004)).unwrap();
         assert_eq!((pa, size), (PhysAddr(0x0804_1004), PAGE_SIZE));
     }
@@ -302,11 +327,21 @@ mod tests {
     fn stage2_rejects_out_of_range() {
         let mut s2 = Stage2Table::new(36);
         assert_eq!(
-            s2.map(GuestPhysAddr(0xf_ffff_f000), PhysAddr(0), 0x2000, S2Kind::Ram),
+            s2.map(
+                GuestPhysAddr(0xf_ffff_f000),
+                PhysAddr(0),
+                0x2000,
+                S2Kind::Ram
+            ),
             Err(PageTableError::OutOfRange)
         );
         assert_eq!(
-            s2.map(GuestPhysAddr(u64::MAX - 0xfff), PhysAddr(0), 0x2000, S2Kind::Ram),
+            s2.map(
+                GuestPhysAddr(u64::MAX - 0xfff),
+                PhysAddr(0),
+                0x2000,
+                S2Kind::Ram
+            ),
             Err(PageTableError::OutOfRange)
         );
     }
@@ -315,10 +350,14 @@ mod tests {
     fn el2_identity_map_both_regimes() {
         for vhe in [false, true] {
             let mut t = El2Table::new(vhe);
-            t.identity_map(PhysAddr(0x4008_0000), 0x1_0000, El2Kind::Text).unwrap();
-            t.identity_map(PhysAddr(0x4009_0000), 0x1_0000, El2Kind::RoData).unwrap();
-            t.identity_map(PhysAddr(0x4020_0000), 512 * MIB, El2Kind::Data).unwrap();
-            t.identity_map(PhysAddr(0x0900_0000), 0x1000, El2Kind::Device).unwrap();
+            t.identity_map(PhysAddr(0x4008_0000), 0x1_0000, El2Kind::Text)
+                .unwrap();
+            t.identity_map(PhysAddr(0x4009_0000), 0x1_0000, El2Kind::RoData)
+                .unwrap();
+            t.identity_map(PhysAddr(0x4020_0000), 512 * MIB, El2Kind::Data)
+                .unwrap();
+            t.identity_map(PhysAddr(0x0900_0000), 0x1000, El2Kind::Device)
+                .unwrap();
             assert_ne!(t.root_pa(), PhysAddr(0));
         }
     }

@@ -7,7 +7,6 @@
 
 pub mod pl011;
 pub mod vgic;
-pub mod vgic_mmio;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -165,12 +164,18 @@ impl MmioBus {
 
     /// Room for console input in the VM's console device.
     pub fn console_room(&self) -> usize {
-        self.regions.iter().map(|r| r.device.console_room()).max().unwrap_or(0)
+        self.regions
+            .iter()
+            .map(|r| r.device.console_room())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Gives a console input byte to the first device that takes it.
     pub fn console_input(&mut self, byte: u8) -> bool {
-        self.regions.iter_mut().any(|r| r.device.console_input(byte))
+        self.regions
+            .iter_mut()
+            .any(|r| r.device.console_input(byte))
     }
 
     /// Resets every device (VM reset).

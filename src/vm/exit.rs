@@ -116,7 +116,13 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
                 SysRegResult::Undefined => {
                     log::debug!(
                         "{}: undefined sysreg access op0={} op1={} CRn={} CRm={} op2={} at pc {:#x}",
-                        ctx.vm_name, acc.op0, acc.op1, acc.crn, acc.crm, acc.op2, ctx.regs.elr
+                        ctx.vm_name,
+                        acc.op0,
+                        acc.op1,
+                        acc.crn,
+                        acc.crm,
+                        acc.op2,
+                        ctx.regs.elr
                     );
                     Action::InjectUndef
                 }
@@ -255,13 +261,17 @@ mod tests {
             }
             let mut v = 0u64;
             for i in 0..w.bytes() {
-                v |= (*self.0.get((off + i) as usize).ok_or(MmioError::BadAccess)? as u64) << (8 * i);
+                v |= (*self.0.get((off + i) as usize).ok_or(MmioError::BadAccess)? as u64)
+                    << (8 * i);
             }
             Ok(v)
         }
         fn write(&mut self, _v: VcpuId, off: u64, w: AccessWidth, v: u64) -> Result<(), MmioError> {
             for i in 0..w.bytes() {
-                *self.0.get_mut((off + i) as usize).ok_or(MmioError::BadAccess)? = (v >> (8 * i)) as u8;
+                *self
+                    .0
+                    .get_mut((off + i) as usize)
+                    .ok_or(MmioError::BadAccess)? = (v >> (8 * i)) as u8;
             }
             Ok(())
         }
@@ -273,7 +283,8 @@ mod tests {
 
     fn setup() -> (GuestRegs, spin::Mutex<MmioBus>, DebugShadow) {
         let mut bus = MmioBus::new();
-        bus.add(GuestPhysAddr(0x0900_0000), Box::new(Scratch([0; 16]))).unwrap();
+        bus.add(GuestPhysAddr(0x0900_0000), Box::new(Scratch([0; 16])))
+            .unwrap();
         let regs = GuestRegs {
             elr: 0x4008_0000,
             ..Default::default()
@@ -293,7 +304,13 @@ mod tests {
             | fsc)
     }
 
-    fn run(regs: &mut GuestRegs, bus: &spin::Mutex<MmioBus>, dbg: &mut DebugShadow, esr: Esr, ipa: u64) -> Action {
+    fn run(
+        regs: &mut GuestRegs,
+        bus: &spin::Mutex<MmioBus>,
+        dbg: &mut DebugShadow,
+        esr: Esr,
+        ipa: u64,
+    ) -> Action {
         let mut pt = PhysTimer::default();
         let mut ctx = ExitCtx {
             regs,
@@ -304,37 +321,103 @@ mod tests {
             vcpu: VcpuId(0),
             vm_name: "t",
         };
-        handle_sync(&mut ctx, esr, || Fault { far: ipa, ipa: GuestPhysAddr(ipa) })
+        handle_sync(&mut ctx, esr, || Fault {
+            far: ipa,
+            ipa: GuestPhysAddr(ipa),
+        })
     }
 
     #[test]
     fn mmio_write_then_sign_extended_read() {
         let (mut regs, bus, mut dbg) = setup();
         regs.x[5] = 0xffff_ff80;
-        assert_eq!(run(&mut regs, &bus, &mut dbg, dabt(true, 2, false, 5, false, true, 7), 0x0900_0004), Action::Resume);
+        assert_eq!(
+            run(
+                &mut regs,
+                &bus,
+                &mut dbg,
+                dabt(true, 2, false, 5, false, true, 7),
+                0x0900_0004
+            ),
+            Action::Resume
+        );
         assert_eq!(regs.elr, 0x4008_0004);
         // ldrsb x3, [..#4] -> 0xffff_ffff_ffff_ff80
-        run(&mut regs, &bus, &mut dbg, dabt(true, 0, true, 3, true, false, 7), 0x0900_0004);
+        run(
+            &mut regs,
+            &bus,
+            &mut dbg,
+            dabt(true, 0, true, 3, true, false, 7),
+            0x0900_0004,
+        );
         assert_eq!(regs.x[3], 0xffff_ffff_ffff_ff80);
         // ldrsb w3 -> upper 32 bits clear
-        run(&mut regs, &bus, &mut dbg, dabt(true, 0, true, 3, false, false, 7), 0x0900_0004);
+        run(
+            &mut regs,
+            &bus,
+            &mut dbg,
+            dabt(true, 0, true, 3, false, false, 7),
+            0x0900_0004,
+        );
         assert_eq!(regs.x[3], 0xffff_ff80);
         // ldr wzr: discarded, x31 never written (no panic on index 31)
-        run(&mut regs, &bus, &mut dbg, dabt(true, 2, false, 31, false, false, 7), 0x0900_0004);
+        run(
+            &mut regs,
+            &bus,
+            &mut dbg,
+            dabt(true, 2, false, 31, false, false, 7),
+            0x0900_0004,
+        );
         assert_eq!(regs.elr, 0x4008_0010);
     }
 
     #[test]
     fn unbacked_isv0_and_bad_width_inject_aborts() {
         let (mut regs, bus, mut dbg) = setup();
-        let a = run(&mut regs, &bus, &mut dbg, dabt(true, 2, false, 1, false, false, 7), 0x2000_0000);
-        assert_eq!(a, Action::InjectDataAbort { far: 0x2000_0000, write: false });
-        let a = run(&mut regs, &bus, &mut dbg, dabt(false, 0, false, 0, false, true, 7), 0x0900_0000);
-        assert_eq!(a, Action::InjectDataAbort { far: 0x0900_0000, write: true });
-        let a = run(&mut regs, &bus, &mut dbg, dabt(true, 3, false, 1, true, false, 7), 0x0900_0000);
+        let a = run(
+            &mut regs,
+            &bus,
+            &mut dbg,
+            dabt(true, 2, false, 1, false, false, 7),
+            0x2000_0000,
+        );
+        assert_eq!(
+            a,
+            Action::InjectDataAbort {
+                far: 0x2000_0000,
+                write: false
+            }
+        );
+        let a = run(
+            &mut regs,
+            &bus,
+            &mut dbg,
+            dabt(false, 0, false, 0, false, true, 7),
+            0x0900_0000,
+        );
+        assert_eq!(
+            a,
+            Action::InjectDataAbort {
+                far: 0x0900_0000,
+                write: true
+            }
+        );
+        let a = run(
+            &mut regs,
+            &bus,
+            &mut dbg,
+            dabt(true, 3, false, 1, true, false, 7),
+            0x0900_0000,
+        );
         assert!(matches!(a, Action::InjectDataAbort { .. }));
         // Permission fault: never emulated.
-        let a = run(&mut regs, &bus, &mut dbg, dabt(true, 2, false, 1, false, true, 0x0f), 0x0900_0000);
+        let a = run(
+            &mut regs,
+            &bus,
+            &mut dbg,
+            dabt(true, 2, false, 1, false, true, 0x0f),
+            0x0900_0000,
+        );
         assert!(matches!(a, Action::InjectDataAbort { .. }));
         assert_eq!(regs.elr, 0x4008_0000, "aborts do not step the PC");
     }
@@ -343,33 +426,75 @@ mod tests {
     fn hvc_smc_and_sysreg() {
         let (mut regs, bus, mut dbg) = setup();
         regs.x[0] = 0x8400_0000;
-        assert_eq!(run(&mut regs, &bus, &mut dbg, Esr(0x5a00_0000), 0), Action::Resume);
+        assert_eq!(
+            run(&mut regs, &bus, &mut dbg, Esr(0x5a00_0000), 0),
+            Action::Resume
+        );
         assert_eq!((regs.x[0], regs.elr), (0x10001, 0x4008_0000));
         regs.x[0] = 0xc300_0000;
-        assert_eq!(run(&mut regs, &bus, &mut dbg, Esr(0x5e00_0000), 0), Action::Resume);
+        assert_eq!(
+            run(&mut regs, &bus, &mut dbg, Esr(0x5e00_0000), 0),
+            Action::Resume
+        );
         assert_eq!((regs.x[0] as i64, regs.elr), (-1, 0x4008_0004));
         regs.x[0] = 0x8400_0008;
-        assert_eq!(run(&mut regs, &bus, &mut dbg, Esr(0x5a00_0000), 0), Action::Psci(Call::SystemOff));
+        assert_eq!(
+            run(&mut regs, &bus, &mut dbg, Esr(0x5a00_0000), 0),
+            Action::Psci(Call::SystemOff)
+        );
         // mrs x0, mdccsr_el0 -> undef, PC unchanged
         let iss = (2 << 20) | (3 << 14) | (1 << 1) | 1;
-        assert_eq!(run(&mut regs, &bus, &mut dbg, Esr((0x18 << 26) | (1 << 25) | iss), 0), Action::InjectUndef);
+        assert_eq!(
+            run(
+                &mut regs,
+                &bus,
+                &mut dbg,
+                Esr((0x18 << 26) | (1 << 25) | iss),
+                0
+            ),
+            Action::InjectUndef
+        );
         assert_eq!(regs.elr, 0x4008_0004);
         // mrs x2, oslsr_el1 -> emulated
         let iss = (2 << 20) | (1 << 10) | (1 << 1) | (4 << 17) | (2 << 5) | 1;
-        assert_eq!(run(&mut regs, &bus, &mut dbg, Esr((0x18 << 26) | (1 << 25) | iss), 0), Action::Resume);
+        assert_eq!(
+            run(
+                &mut regs,
+                &bus,
+                &mut dbg,
+                Esr((0x18 << 26) | (1 << 25) | iss),
+                0
+            ),
+            Action::Resume
+        );
         assert_eq!((regs.x[2], regs.elr), (8, 0x4008_0008));
         // msr icc_sgi1r_el1, x3 -> Sgi
         regs.x[3] = 0x0500_0001;
         let iss = (3 << 20) | (5 << 17) | (12 << 10) | (3 << 5) | (11 << 1);
         assert_eq!(
-            run(&mut regs, &bus, &mut dbg, Esr((0x18 << 26) | (1 << 25) | iss), 0),
-            Action::Sgi { value: 0x0500_0001, group1: true }
+            run(
+                &mut regs,
+                &bus,
+                &mut dbg,
+                Esr((0x18 << 26) | (1 << 25) | iss),
+                0
+            ),
+            Action::Sgi {
+                value: 0x0500_0001,
+                group1: true
+            }
         );
         // msr cntp_tval_el0, x4 -> TimerChanged
         regs.x[4] = 10;
         let iss = (3 << 20) | (3 << 14) | (14 << 10) | (4 << 5) | (2 << 1);
         assert_eq!(
-            run(&mut regs, &bus, &mut dbg, Esr((0x18 << 26) | (1 << 25) | iss), 0),
+            run(
+                &mut regs,
+                &bus,
+                &mut dbg,
+                Esr((0x18 << 26) | (1 << 25) | iss),
+                0
+            ),
             Action::TimerChanged
         );
     }

@@ -34,7 +34,11 @@ fn le64(b: &[u8], off: usize) -> Option<u64> {
 /// the device tree (and initrd). An arm64 Image goes at its `text_offset` (Linux 5.x+ and our
 /// guests: 0 or 0x80000) from the 2 MiB-aligned RAM base; anything else is a raw binary
 /// loaded and entered at the RAM base.
-pub fn place(image: &[u8], ram_bytes: u64, reserved_top_bytes: u64) -> Result<Placement, LoadError> {
+pub fn place(
+    image: &[u8],
+    ram_bytes: u64,
+    reserved_top_bytes: u64,
+) -> Result<Placement, LoadError> {
     if image.is_empty() {
         return Err(LoadError::Empty);
     }
@@ -87,7 +91,14 @@ mod tests {
     #[test]
     fn linux_image_at_text_offset() {
         let p = place(&header(0x8_0000, 0x10_0000), 64 << 20, 2 << 20).unwrap();
-        assert_eq!(p, Placement { load_offset: 0x8_0000, footprint_bytes: 0x10_0000, is_linux_image: true });
+        assert_eq!(
+            p,
+            Placement {
+                load_offset: 0x8_0000,
+                footprint_bytes: 0x10_0000,
+                is_linux_image: true
+            }
+        );
         // Debian 6.1: text_offset 0.
         let p = place(&header(0, 0x230_0000), 256 << 20, 2 << 20).unwrap();
         assert_eq!(p.load_offset, 0);

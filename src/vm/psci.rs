@@ -68,7 +68,11 @@ pub enum Call {
     /// PSCI SYSTEM_RESET: restart this VM from fresh images and RAM.
     SystemReset,
     /// PSCI CPU_ON(target MPIDR, entry, context id).
-    CpuOn { target: u64, entry: u64, context: u64 },
+    CpuOn {
+        target: u64,
+        entry: u64,
+        context: u64,
+    },
     /// PSCI CPU_OFF for the calling vCPU.
     CpuOff,
     /// PSCI AFFINITY_INFO(target, lowest level).
@@ -104,9 +108,7 @@ pub fn dispatch(imm: u16, x: [u64; 4]) -> Call {
         fid::SMCCC_ARCH_FEATURES => Call::Return(Ret::x0(arch_features(arg(1) as u32))),
         fid::PSCI_VERSION => Call::Return(Ret::x0(PSCI_VERSION as i64)),
         fid::PSCI_FEATURES => Call::Return(Ret::x0(psci_features(arg(1) as u32))),
-        fid::PSCI_MIGRATE_INFO_TYPE => {
-            Call::Return(Ret::x0(MIGRATE_INFO_TYPE_NONE as i64))
-        }
+        fid::PSCI_MIGRATE_INFO_TYPE => Call::Return(Ret::x0(MIGRATE_INFO_TYPE_NONE as i64)),
         fid::PSCI_SYSTEM_OFF => Call::SystemOff,
         fid::PSCI_SYSTEM_RESET => Call::SystemReset,
         fid::PSCI_CPU_OFF => Call::CpuOff,
@@ -166,9 +168,9 @@ pub fn psci_features(id: u32) -> i64 {
 pub fn arch_features(id: u32) -> i64 {
     match id {
         fid::SMCCC_VERSION | fid::SMCCC_ARCH_FEATURES => ret::SUCCESS,
-        fid::SMCCC_ARCH_WORKAROUND_1 | fid::SMCCC_ARCH_WORKAROUND_2 | fid::SMCCC_ARCH_WORKAROUND_3 => {
-            ret::NOT_SUPPORTED
-        }
+        fid::SMCCC_ARCH_WORKAROUND_1
+        | fid::SMCCC_ARCH_WORKAROUND_2
+        | fid::SMCCC_ARCH_WORKAROUND_3 => ret::NOT_SUPPORTED,
         _ => ret::NOT_SUPPORTED,
     }
 }
@@ -201,11 +203,19 @@ mod tests {
         assert_eq!(x0(dispatch(0, [0xffff_ffff_8400_0000, 0, 0, 0])), 0x10001);
         assert_eq!(
             dispatch(0, [0x8400_0003, 0xdead_0000_0000_0001, 0x1_4008_0000, 7]),
-            Call::CpuOn { target: 1, entry: 0x4008_0000, context: 7 }
+            Call::CpuOn {
+                target: 1,
+                entry: 0x4008_0000,
+                context: 7
+            }
         );
         assert_eq!(
             dispatch(0, [0xc400_0003, 0x1_0000_0001, 0x1_4008_0000, 7]),
-            Call::CpuOn { target: 0x1_0000_0001, entry: 0x1_4008_0000, context: 7 }
+            Call::CpuOn {
+                target: 0x1_0000_0001,
+                entry: 0x1_4008_0000,
+                context: 7
+            }
         );
     }
 
@@ -222,7 +232,9 @@ mod tests {
 
     #[test]
     fn vendor_uid() {
-        let Call::Return(Ret(r)) = dispatch(0, [0x8600_ff01, 0, 0, 0]) else { panic!() };
+        let Call::Return(Ret(r)) = dispatch(0, [0x8600_ff01, 0, 0, 0]) else {
+            panic!()
+        };
         assert_eq!(r[0], Some(ELVISOR_UID[0] as u64));
         assert!(r.iter().all(|v| v.is_some()));
     }

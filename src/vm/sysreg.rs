@@ -77,31 +77,63 @@ mod tests {
     use super::*;
 
     fn acc(op0: u8, op1: u8, crn: u8, crm: u8, op2: u8, read: bool) -> SysRegAccess {
-        SysRegAccess { op0, op1, crn, crm, op2, rt: 0, read }
+        SysRegAccess {
+            op0,
+            op1,
+            crn,
+            crm,
+            op2,
+            rt: 0,
+            read,
+        }
     }
 
     #[test]
     fn os_lock_round_trip() {
         let mut d = DebugShadow::default();
-        assert_eq!(emulate(&acc(2, 0, 1, 1, 4, true), 0, &mut d), SysRegResult::Read(8));
-        assert_eq!(emulate(&acc(2, 0, 1, 0, 4, false), 1, &mut d), SysRegResult::Written);
-        assert_eq!(emulate(&acc(2, 0, 1, 1, 4, true), 0, &mut d), SysRegResult::Read(0xa));
+        assert_eq!(
+            emulate(&acc(2, 0, 1, 1, 4, true), 0, &mut d),
+            SysRegResult::Read(8)
+        );
+        assert_eq!(
+            emulate(&acc(2, 0, 1, 0, 4, false), 1, &mut d),
+            SysRegResult::Written
+        );
+        assert_eq!(
+            emulate(&acc(2, 0, 1, 1, 4, true), 0, &mut d),
+            SysRegResult::Read(0xa)
+        );
     }
 
     #[test]
     fn breakpoints_raz_wi_and_mdscr_stored() {
         let mut d = DebugShadow::default();
-        assert_eq!(emulate(&acc(2, 0, 0, 5, 5, false), 0x1e7, &mut d), SysRegResult::Written);
-        assert_eq!(emulate(&acc(2, 0, 0, 5, 5, true), 0, &mut d), SysRegResult::Read(0));
+        assert_eq!(
+            emulate(&acc(2, 0, 0, 5, 5, false), 0x1e7, &mut d),
+            SysRegResult::Written
+        );
+        assert_eq!(
+            emulate(&acc(2, 0, 0, 5, 5, true), 0, &mut d),
+            SysRegResult::Read(0)
+        );
         emulate(&acc(2, 0, 0, 2, 2, false), 0x8000, &mut d);
-        assert_eq!(emulate(&acc(2, 0, 0, 2, 2, true), 0, &mut d), SysRegResult::Read(0x8000));
+        assert_eq!(
+            emulate(&acc(2, 0, 0, 2, 2, true), 0, &mut d),
+            SysRegResult::Read(0x8000)
+        );
     }
 
     #[test]
     fn unknown_is_undefined() {
         let mut d = DebugShadow::default();
         // MDCCSR_EL0 (DCC status) and PMCR_EL0.
-        assert_eq!(emulate(&acc(2, 3, 0, 1, 0, true), 0, &mut d), SysRegResult::Undefined);
-        assert_eq!(emulate(&acc(3, 3, 9, 12, 0, true), 0, &mut d), SysRegResult::Undefined);
+        assert_eq!(
+            emulate(&acc(2, 3, 0, 1, 0, true), 0, &mut d),
+            SysRegResult::Undefined
+        );
+        assert_eq!(
+            emulate(&acc(3, 3, 9, 12, 0, true), 0, &mut d),
+            SysRegResult::Undefined
+        );
     }
 }

@@ -53,9 +53,7 @@ impl PhysTimer {
     /// Emulates a trapped access at counter value `now`. Returns the value for a read.
     pub fn access(&mut self, acc: &SysRegAccess, value: u64, now: u64) -> Option<u64> {
         match (acc.key(), acc.read) {
-            (CNTP_CTL_EL0, true) => {
-                Some(self.ctl | if self.fired(now) { ISTATUS } else { 0 })
-            }
+            (CNTP_CTL_EL0, true) => Some(self.ctl | if self.fired(now) { ISTATUS } else { 0 }),
             (CNTP_CTL_EL0, false) => {
                 self.ctl = value & (ENABLE | IMASK);
                 None
@@ -81,7 +79,15 @@ mod tests {
     use super::*;
 
     fn acc(op2: u8, read: bool) -> SysRegAccess {
-        SysRegAccess { op0: 3, op1: 3, crn: 14, crm: 2, op2, rt: 0, read }
+        SysRegAccess {
+            op0: 3,
+            op1: 3,
+            crn: 14,
+            crm: 2,
+            op2,
+            rt: 0,
+            read,
+        }
     }
 
     #[test]

@@ -50,5 +50,12 @@ dc_range!(
 /// Invalidates the whole instruction cache (to PoU, this PE).
 pub fn invalidate_icache() {
     // SAFETY: instruction-cache invalidation and barriers have no other effect.
-    unsafe { asm!("ic iallu", "dsb nsh", "isb", options(nostack, preserves_flags)) };
+    unsafe {
+        asm!(
+            "ic iallu",
+            "dsb nsh",
+            "isb",
+            options(nostack, preserves_flags)
+        )
+    };
 }

@@ -107,7 +107,11 @@ impl SysRegAccess {
 
 /// Packs a system-register encoding into a key: op0:op1:CRn:CRm:op2.
 pub const fn sysreg_key(op0: u8, op1: u8, crn: u8, crm: u8, op2: u8) -> u32 {
-    ((op0 as u32) << 14) | ((op1 as u32) << 11) | ((crn as u32) << 7) | ((crm as u32) << 3) | op2 as u32
+    ((op0 as u32) << 14)
+        | ((op1 as u32) << 11)
+        | ((crn as u32) << 7)
+        | ((crm as u32) << 3)
+        | op2 as u32
 }
 
 /// Why the guest left EL1/EL0 synchronously, decoded.
@@ -191,12 +195,23 @@ pub mod inject {
 
     /// A synchronous external data abort: EC 0x25 (from EL1) or 0x24 (from EL0).
     pub const fn data_abort(from_el0: bool, write: bool) -> u64 {
-        let class = if from_el0 { ec::DABT_LOWER } else { ec::DABT_CUR };
-        ((class as u64) << 26) | IL | if write { 1 << 6 } else { 0 } | super::fsc::SYNC_EXTERNAL as u64
+        let class = if from_el0 {
+            ec::DABT_LOWER
+        } else {
+            ec::DABT_CUR
+        };
+        ((class as u64) << 26)
+            | IL
+            | if write { 1 << 6 } else { 0 }
+            | super::fsc::SYNC_EXTERNAL as u64
     }
     /// A synchronous external instruction abort: EC 0x21 (from EL1) or 0x20 (from EL0).
     pub const fn instr_abort(from_el0: bool) -> u64 {
-        let class = if from_el0 { ec::IABT_LOWER } else { ec::IABT_CUR };
+        let class = if from_el0 {
+            ec::IABT_LOWER
+        } else {
+            ec::IABT_CUR
+        };
         ((class as u64) << 26) | IL | super::fsc::SYNC_EXTERNAL as u64
     }
     /// UNDEFINED instruction: EC 0x00, IL set for a 32-bit instruction.
@@ -222,22 +237,31 @@ mod tests {
     fn data_abort_fields() {
         // ldr w1, [x0] to an unmapped IPA: ISV=1 SAS=2 SRT=1 SF=0 WnR=0, DFSC=level-3 translation.
         let esr = (0x24u64 << 26) | (1 << 25) | (1 << 24) | (2 << 22) | (1 << 16) | 0x07;
-        let Exit::DataAbort(d) = decode(Esr(esr)) else { panic!() };
+        let Exit::DataAbort(d) = decode(Esr(esr)) else {
+            panic!()
+        };
         assert!(d.isv && !d.write && !d.sign_extend && !d.sixty_four);
         assert_eq!((d.width, d.srt, d.fsc), (AccessWidth::Word, 1, 0x07));
         assert!(fsc::is_translation(d.fsc));
         // strb wzr, [x2]: SAS=0 SRT=31 WnR=1; ldrsh x3: SSE=1 SF=1; stlr: AR=1.
         let esr = (0x24u64 << 26) | (1 << 25) | (1 << 24) | (31 << 16) | (1 << 6) | 0x06;
-        let Exit::DataAbort(d) = decode(Esr(esr)) else { panic!() };
+        let Exit::DataAbort(d) = decode(Esr(esr)) else {
+            panic!()
+        };
         assert_eq!((d.width, d.srt, d.write), (AccessWidth::Byte, 31, true));
-        let esr = (0x24u64 << 26) | (1 << 24) | (1 << 22) | (1 << 21) | (3 << 16) | (1 << 15) | (1 << 14);
-        let Exit::DataAbort(d) = decode(Esr(esr)) else { panic!() };
+        let esr =
+            (0x24u64 << 26) | (1 << 24) | (1 << 22) | (1 << 21) | (3 << 16) | (1 << 15) | (1 << 14);
+        let Exit::DataAbort(d) = decode(Esr(esr)) else {
+            panic!()
+        };
         assert!(d.sign_extend && d.sixty_four && d.acq_rel);
         assert_eq!((d.width, d.srt), (AccessWidth::Half, 3));
         assert_eq!(Esr(esr).insn_len(), 2);
         // ISV=0 (e.g. ldp): the rest is not valid but still decodes without panicking.
         let esr = (0x24u64 << 26) | (1 << 25) | (1 << 7) | 0x05;
-        let Exit::DataAbort(d) = decode(Esr(esr)) else { panic!() };
+        let Exit::DataAbort(d) = decode(Esr(esr)) else {
+            panic!()
+        };
         assert!(!d.isv && d.s1ptw);
     }
 
@@ -245,20 +269,36 @@ mod tests {
     fn sysreg_fields() {
         // mrs x0, mdccsr_el0: op0=2 op1=3 CRn=0 CRm=1 op2=0, Rt=0, read.
         let iss = (2 << 20) | (3 << 14) | (1 << 1) | 1;
-        let Exit::SysReg(s) = decode(Esr((0x18u64 << 26) | (1 << 25) | iss)) else { panic!() };
-        assert_eq!((s.op0, s.op1, s.crn, s.crm, s.op2, s.rt, s.read), (2, 3, 0, 1, 0, 0, true));
+        let Exit::SysReg(s) = decode(Esr((0x18u64 << 26) | (1 << 25) | iss)) else {
+            panic!()
+        };
+        assert_eq!(
+            (s.op0, s.op1, s.crn, s.crm, s.op2, s.rt, s.read),
+            (2, 3, 0, 1, 0, 0, true)
+        );
         assert_eq!(s.key(), sysreg_key(2, 3, 0, 1, 0));
         // msr cntp_ctl_el0, x5: op0=3 op1=3 CRn=14 CRm=2 op2=1 Rt=5, write.
         let iss = (3 << 20) | (1 << 17) | (3 << 14) | (14 << 10) | (5 << 5) | (2 << 1);
-        let Exit::SysReg(s) = decode(Esr((0x18u64 << 26) | iss)) else { panic!() };
-        assert_eq!((s.op0, s.op1, s.crn, s.crm, s.op2, s.rt, s.read), (3, 3, 14, 2, 1, 5, false));
+        let Exit::SysReg(s) = decode(Esr((0x18u64 << 26) | iss)) else {
+            panic!()
+        };
+        assert_eq!(
+            (s.op0, s.op1, s.crn, s.crm, s.op2, s.rt, s.read),
+            (3, 3, 14, 2, 1, 5, false)
+        );
     }
 
     #[test]
     fn other_classes_and_wfx() {
         assert_eq!(decode(Esr(0x0400_0000)), Exit::Wfx { wfe: false });
         assert_eq!(decode(Esr(0x0400_0001)), Exit::Wfx { wfe: true });
-        assert_eq!(decode(Esr(0x8200_0000)), Exit::InstrAbort(InstrAbort { s1ptw: false, fsc: 0 }));
+        assert_eq!(
+            decode(Esr(0x8200_0000)),
+            Exit::InstrAbort(InstrAbort {
+                s1ptw: false,
+                fsc: 0
+            })
+        );
         assert_eq!(decode(Esr(0x1c00_0000)), Exit::Other { ec: 0x07 });
         // Any value decodes.
         for v in [0u64, u64::MAX, 0xdead_beef_dead_beef] {

@@ -108,7 +108,9 @@ pub fn backtrace(mut fp: u64) {
 pub fn frame_pointer() -> u64 {
     let fp: u64;
     // SAFETY: reads x29 only.
-    unsafe { core::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags))
+    };
     fp
 }
 

@@ -11,9 +11,9 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use arm_gic::gicv2::GicV2;
+use arm_gic::gicv2::registers::{Gicc, Gicd as GicdV2};
 use arm_gic::gicv3::GicV3;
 use arm_gic::gicv3::registers::{Gicd as GicdV3, GicrSgi};
-use arm_gic::gicv2::registers::{Gicc, Gicd as GicdV2};
 use arm_gic::{IntId, Trigger, UniqueMmioPointer};
 use spin::Mutex;
 use tock_registers::interfaces::{Readable, Writeable};
@@ -91,7 +91,10 @@ const GICC_CTLR_EL2: u32 = (1 << 0) | (1 << 1) | (1 << 9);
 pub fn init(info: &GicInfo, cpus: usize) -> Result<(), &'static str> {
     let driver = match info.version {
         GicVersion::V3 => {
-            let gicr = info.gicr.first().ok_or("GICv3 without a redistributor region")?;
+            let gicr = info
+                .gicr
+                .first()
+                .ok_or("GICv3 without a redistributor region")?;
             let gicd = NonNull::new(info.gicd.base.0 as *mut GicdV3).ok_or("GICD at 0")?;
             let gicr = NonNull::new(gicr.base.0 as *mut GicrSgi).ok_or("GICR at 0")?;
             // SAFETY: the addresses come from the host device tree's GIC node and are mapped
@@ -109,10 +112,8 @@ pub fn init(info: &GicInfo, cpus: usize) -> Result<(), &'static str> {
             // which the arm-gic driver never writes after `setup`; both are volatile MMIO on
             // the same lock.
             let (gic, gicd_targets, gicc, gich) = unsafe {
-                let mut gic = GicV2::new(
-                    info.gicd.base.0 as *mut GicdV2,
-                    gicc_r.base.0 as *mut Gicc,
-                );
+                let mut gic =
+                    GicV2::new(info.gicd.base.0 as *mut GicdV2, gicc_r.base.0 as *mut Gicc);
                 gic.setup();
                 (
                     gic,
@@ -162,7 +163,9 @@ pub fn init_cpu() {
             NR_LRS.store(((vtr & 0x1f) + 1) as usize, Ordering::Relaxed);
             write_hcr(HCR_EN);
         }
-        Some(Driver::V2 { gic, gicc, gich, .. }) => {
+        Some(Driver::V2 {
+            gic, gicc, gich, ..
+        }) => {
             gic.set_priority_mask(0xff);
             gicc.ctlr.set(GICC_CTLR_EL2);
             NR_LRS.store(((gich.vtr.get() & 0x3f) + 1) as usize, Ordering::Relaxed);
@@ -208,7 +211,9 @@ pub fn enable(intid: u32, priority: u8, level: bool) {
 pub fn route_to_this_cpu(intid: u32) {
     match &mut *GIC.lock() {
         Some(Driver::V3(g)) => {
-            let _ = g.distributor().set_routing(int_id(intid), Some(super::cpu::mpidr()));
+            let _ = g
+                .distributor()
+                .set_routing(int_id(intid), Some(super::cpu::mpidr()));
         }
         Some(Driver::V2 { gicd_targets, .. }) => {
             // ITARGETSR0..7 (SGIs) read back this CPU's own target bit.
@@ -246,7 +251,9 @@ pub fn ack() -> Option<u32> {
 pub fn eoi(intid: u32) {
     match VERSION.load(Ordering::Relaxed) {
         // SAFETY: EOIR1 for an interrupt this CPU acknowledged.
-        3 => unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) intid as u64, options(nomem, nostack)) },
+        3 => unsafe {
+            asm!("msr icc_eoir1_el1, {}", "isb", in(reg) intid as u64, options(nomem, nostack))
+        },
         2 => {
             if let Some(Driver::V2 { gic, .. }) = &mut *GIC.lock() {
                 gic.end_interrupt(int_id(intid), arm_gic::InterruptGroup::Group0);
@@ -260,7 +267,9 @@ pub fn eoi(intid: u32) {
 pub fn deactivate(intid: u32) {
     match VERSION.load(Ordering::Relaxed) {
         // SAFETY: DIR for an interrupt this CPU acknowledged and priority-dropped.
-        3 => unsafe { asm!("msr icc_dir_el1, {}", "isb", in(reg) intid as u64, options(nomem, nostack)) },
+        3 => unsafe {
+            asm!("msr icc_dir_el1, {}", "isb", in(reg) intid as u64, options(nomem, nostack))
+        },
         2 => {
             if let Some(Driver::V2 { gicc, .. }) = &*GIC.lock() {
                 gicc.dir.set(intid);

@@ -81,7 +81,11 @@ pub fn claim<T>(base: PhysAddr) -> Result<DeviceRegs<T>, ClaimError> {
     if r.claimed.iter().flatten().any(|c| c.overlaps(&want)) {
         return Err(ClaimError::Busy);
     }
-    let slot = r.claimed.iter_mut().find(|c| c.is_none()).ok_or(ClaimError::Busy)?;
+    let slot = r
+        .claimed
+        .iter_mut()
+        .find(|c| c.is_none())
+        .ok_or(ClaimError::Busy)?;
     *slot = Some(want);
     // SAFETY: `base..base+size` lies inside a region the host device tree describes as a
     // device, which the EL2 map maps as Device memory (or the MMU is off, when all accesses
@@ -95,8 +99,7 @@ pub fn claim<T>(base: PhysAddr) -> Result<DeviceRegs<T>, ClaimError> {
 pub fn claim_boot_console<T>(base: PhysAddr) -> Option<DeviceRegs<T>> {
     use core::sync::atomic::{AtomicBool, Ordering};
     static TAKEN: AtomicBool = AtomicBool::new(false);
-    if TAKEN.swap(true, Ordering::AcqRel) || !base.is_aligned(core::mem::align_of::<T>() as u64)
-    {
+    if TAKEN.swap(true, Ordering::AcqRel) || !base.is_aligned(core::mem::align_of::<T>() as u64) {
         return None;
     }
     let mut r = REGISTRY.lock();

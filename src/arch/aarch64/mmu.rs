@@ -7,8 +7,8 @@
 
 use core::arch::asm;
 
-use crate::mm::pagetable::mair;
 use crate::mm::PhysAddr;
+use crate::mm::pagetable::mair;
 
 /// CPTR_EL2 in the VHE (CPACR_EL1) layout: FPEN = 0b11 (no FP/SIMD traps), ZEN = SMEN = 0
 /// (SVE and SME trap), TTA = 0.
@@ -58,10 +58,14 @@ pub fn ps_field(pa_bits: u32) -> u64 {
 pub unsafe fn enable(root: PhysAddr, vhe: bool, pa_bits: u32) {
     let ps = ps_field(pa_bits);
     // Inner shareable, write-back read/write-allocate walks, 4K granule, 48-bit VA.
-    let walk = (0b11 << 12) | (0b01 << 10) | (0b01 << 8) | (64 - crate::mm::pagetable::EL2_VA_BITS as u64);
+    let walk =
+        (0b11 << 12) | (0b01 << 10) | (0b01 << 8) | (64 - crate::mm::pagetable::EL2_VA_BITS as u64);
     let (tcr, sctlr) = if vhe {
         // TCR_EL1 layout: EPD1 (bit 23) disables TTBR1 walks; TG1 = 4K (0b10); IPS at 34:32.
-        (walk | (1 << 23) | (0b10 << 30) | (ps << 32), SCTLR_EL2_VHE_ON)
+        (
+            walk | (1 << 23) | (0b10 << 30) | (ps << 32),
+            SCTLR_EL2_VHE_ON,
+        )
     } else {
         // TCR_EL2 layout: RES1 bits 31 and 23; PS at 18:16.
         (walk | (1 << 31) | (1 << 23) | (ps << 16), SCTLR_EL2_NVHE_ON)

@@ -23,8 +23,8 @@ pub mod mmio;
 #[cfg(target_os = "none")]
 pub mod mmu;
 #[cfg(target_os = "none")]
-pub mod vectors;
-#[cfg(target_os = "none")]
 pub mod ram;
 #[cfg(target_os = "none")]
 pub mod timer;
+#[cfg(target_os = "none")]
+pub mod vectors;

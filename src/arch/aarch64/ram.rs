@@ -33,7 +33,10 @@ impl RamRegion {
         // it is RAM, identity-mapped read/write in the EL2 map, and `self` owns it, so this
         // is the only live reference (`&mut self`).
         unsafe {
-            core::slice::from_raw_parts_mut(self.range.base.0 as *mut u8, self.range.size_bytes as usize)
+            core::slice::from_raw_parts_mut(
+                self.range.base.0 as *mut u8,
+                self.range.size_bytes as usize,
+            )
         }
     }
 
@@ -97,7 +100,10 @@ impl Module {
         // SAFETY: `new` checked the range is RAM (identity-mapped, readable) and reserved:
         // the frame allocator never hands it out, so nothing writes it while we read.
         unsafe {
-            core::slice::from_raw_parts(self.range.base.0 as *const u8, self.range.size_bytes as usize)
+            core::slice::from_raw_parts(
+                self.range.base.0 as *const u8,
+                self.range.size_bytes as usize,
+            )
         }
     }
 }

@@ -16,8 +16,7 @@ use crate::mm::PAGE_SIZE;
 #[derive(Debug, Default)]
 pub struct HeapTranslation;
 
-const TABLE_LAYOUT: Layout = match Layout::from_size_align(PAGE_SIZE as usize, PAGE_SIZE as usize)
-{
+const TABLE_LAYOUT: Layout = match Layout::from_size_align(PAGE_SIZE as usize, PAGE_SIZE as usize) {
     Ok(l) => l,
     Err(_) => panic!("bad table layout"),
 };

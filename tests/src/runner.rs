@@ -1,0 +1,318 @@
+//! Running one case: prepare the host DTB with scripts/mkdtb, start QEMU in its own process
+//! group with a hard timeout, capture the serial console to build/test-logs/<case>.log while
+//! watching it, stop QEMU when the case calls for it, and judge the result.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::cases::{ALWAYS_REJECT, Boot, Case, Exit};
+use crate::check::{first_rejected, missing_in_order, shell_quote};
+use crate::sys;
+
+pub const UBOOT_BIN: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
+/// Where U-Boot finds the hypervisor image. Not 0x4008_0000: QEMU's DTB ROM for the firmware
+/// sits at the bottom of RAM; booti moves the image to 0x4008_0000 itself.
+pub const UBOOT_IMAGE_ADDR: &str = "0x40200000";
+/// How long the log is still collected after a kill trigger (pattern seen, forbidden line seen).
+const GRACE: Duration = Duration::from_millis(1000);
+const POLL: Duration = Duration::from_millis(50);
+/// Re-scanned bytes before the new output: longer than any pattern.
+const OVERLAP: usize = 512;
+/// A run that prints more than this is stuck in a loop (an exception storm, say).
+const MAX_LOG_BYTES: usize = 16 << 20;
+
+pub struct Outcome {
+    pub pass: bool,
+    /// Why it failed (empty on success).
+    pub reason: String,
+    pub secs: f64,
+    /// The serial log (lossy UTF-8), empty if QEMU never ran.
+    pub log: String,
+    pub log_path: PathBuf,
+    /// The QEMU command line, shell-quoted, if it got that far.
+    pub command: Option<String>,
+}
+
+/// How the QEMU process ended.
+enum End {
+    Exited(ExitStatus),
+    /// Killed by the harness after this trigger.
+    Killed(Trigger),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Pattern,
+    Rejected,
+    Timeout,
+    Interrupted,
+    TooMuchOutput,
+}
+
+pub fn run(root: &Path, case: &Case) -> Outcome {
+    let start = Instant::now();
+    let log_dir = root.join("build/test-logs");
+    let log_path = log_dir.join(format!("{}.log", case.name));
+    let mut out = Outcome {
+        pass: false,
+        reason: String::new(),
+        secs: 0.0,
+        log: String::new(),
+        log_path: log_path.clone(),
+        command: None,
+    };
+    match run_inner(root, case, &log_dir, &log_path, &mut out) {
+        Ok(()) => {}
+        Err(e) => out.reason = e,
+    }
+    out.pass = out.reason.is_empty();
+    out.secs = start.elapsed().as_secs_f64();
+    out
+}
+
+fn run_inner(
+    root: &Path,
+    case: &Case,
+    log_dir: &Path,
+    log_path: &Path,
+    out: &mut Outcome,
+) -> Result<(), String> {
+    fs::create_dir_all(log_dir).map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
+    let _ = fs::remove_file(log_path);
+    let image = root.join("build/elvisor.img");
+    if !image.is_file() {
+        return Err(format!(
+            "{} is missing (run scripts/build)",
+            image.display()
+        ));
+    }
+
+    let dtb_args = mkdtb(root, case)?;
+
+    // The QEMU command line.
+    let mut args: Vec<String> = case.machine.iter().map(|s| s.to_string()).collect();
+    args.extend(["-nographic", "-no-reboot"].map(String::from));
+    let mut stdin_text = case.console_input.map(String::from);
+    match case.boot {
+        Boot::Direct => {
+            args.push("-kernel".into());
+            args.push(image.display().to_string());
+        }
+        Boot::UBoot => {
+            args.push("-bios".into());
+            args.push(UBOOT_BIN.into());
+            args.push("-device".into());
+            args.push(format!(
+                "loader,file={},addr={UBOOT_IMAGE_ADDR},force-raw=on",
+                image.display()
+            ));
+            stdin_text = Some(uboot_commands() + case.console_input.unwrap_or(""));
+        }
+    }
+    args.extend(dtb_args);
+    let mut shown = String::from("qemu-system-aarch64");
+    for a in &args {
+        shown.push(' ');
+        shown.push_str(&shell_quote(a));
+    }
+
+    let mut cmd = Command::new("qemu-system-aarch64");
+    cmd.args(&args).current_dir(root);
+    match stdin_text {
+        Some(text) => {
+            let path = log_dir.join(format!("{}.stdin", case.name));
+            fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+            let f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            cmd.stdin(f);
+            shown.push_str(&format!(" < {}", shell_quote(&path.display().to_string())));
+        }
+        None => {
+            cmd.stdin(Stdio::null());
+            shown.push_str(" < /dev/null");
+        }
+    }
+    let cmd_path = log_dir.join(format!("{}.cmd", case.name));
+    let _ = fs::write(
+        &cmd_path,
+        format!("cd {}\n{shown}\n", shell_quote(&root.display().to_string())),
+    );
+    out.command = Some(shown);
+
+    // Serial console and QEMU's own messages go into one pipe, in the order they are written.
+    let (reader, writer) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let writer2 = writer.try_clone().map_err(|e| format!("pipe: {e}"))?;
+    cmd.stdout(writer).stderr(writer2);
+    sys::own_group_die_with_parent(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start qemu-system-aarch64: {e}"))?;
+    drop(cmd); // closes our copies of the pipe's write end, so the reader sees EOF at exit
+    let pgid = child.id();
+
+    let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let mut log_file =
+        File::create(log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+    let collector = {
+        let buf = Arc::clone(&buf);
+        let mut reader = reader;
+        thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match reader.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let _ = log_file.write_all(&chunk[..n]);
+                        buf.lock().unwrap().extend_from_slice(&chunk[..n]);
+                    }
+                }
+            }
+        })
+    };
+
+    let rejects: Vec<&str> = ALWAYS_REJECT.iter().chain(case.reject).copied().collect();
+    let started = Instant::now();
+    let timeout = Duration::from_secs(case.timeout_s);
+    let mut trigger: Option<(Trigger, Instant)> = None;
+    let mut scanned = 0usize;
+    let end = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break End::Exited(status);
+        }
+        let now = Instant::now();
+        if let Some((t, deadline)) = trigger
+            && now >= deadline
+        {
+            break kill(&mut child, pgid, t);
+        }
+        if sys::interrupted() {
+            break kill(&mut child, pgid, Trigger::Interrupted);
+        }
+        if now.duration_since(started) >= timeout {
+            break kill(&mut child, pgid, Trigger::Timeout);
+        }
+        if trigger.is_none() {
+            // Scan only what arrived since the last poll (plus an overlap for a line split
+            // between reads), so a chatty run costs no more than a quiet one.
+            let (text, len) = {
+                let b = buf.lock().unwrap();
+                let from = scanned.saturating_sub(OVERLAP);
+                (String::from_utf8_lossy(&b[from..]).into_owned(), b.len())
+            };
+            scanned = len;
+            if len > MAX_LOG_BYTES {
+                break kill(&mut child, pgid, Trigger::TooMuchOutput);
+            }
+            if first_rejected(&text, &rejects).is_some() {
+                trigger = Some((Trigger::Rejected, now + GRACE));
+            } else if let Exit::KillAfter(p) = case.exit
+                && text.contains(p)
+            {
+                trigger = Some((Trigger::Pattern, now + GRACE));
+            }
+        }
+        thread::sleep(POLL);
+    };
+    let _ = collector.join();
+    let log = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+    out.log = log;
+    judge(case, &out.log, &rejects, end)
+}
+
+fn kill(child: &mut std::process::Child, pgid: u32, why: Trigger) -> End {
+    sys::kill_group(pgid);
+    let _ = child.wait();
+    End::Killed(why)
+}
+
+/// Typed at the U-Boot prompt. The key that stops autoboot and the character after it are
+/// swallowed, hence two empty lines first. `fdt print /chosen` shows that U-Boot's control DTB
+/// is ours (the log must show the VM node), then booti hands that DTB to the hypervisor.
+fn uboot_commands() -> String {
+    format!(
+        "\n\nfdt addr ${{fdtcontroladdr}}\nfdt print /chosen\nbooti {UBOOT_IMAGE_ADDR} - ${{fdtcontroladdr}}\n"
+    )
+}
+
+/// scripts/mkdtb for this case; returns the QEMU arguments it prints (-dtb, -device loader...).
+fn mkdtb(root: &Path, case: &Case) -> Result<Vec<String>, String> {
+    let dtb = format!("build/test-dtb/{}.dtb", case.name);
+    let mut cmd = Command::new(root.join("scripts/mkdtb"));
+    cmd.current_dir(root).arg("-o").arg(&dtb);
+    if case.boot == Boot::UBoot {
+        cmd.arg("--uboot");
+    }
+    for vm in case.vms {
+        cmd.arg("--vm").arg(vm);
+    }
+    if let Some(b) = case.bootargs {
+        cmd.arg("--bootargs").arg(b);
+    }
+    cmd.arg("--").args(case.machine).stdin(Stdio::null());
+    let res = cmd
+        .output()
+        .map_err(|e| format!("cannot run scripts/mkdtb: {e}"))?;
+    if !res.status.success() {
+        return Err(format!(
+            "scripts/mkdtb failed ({}): {}",
+            res.status,
+            String::from_utf8_lossy(&res.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&res.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+fn judge(case: &Case, log: &str, rejects: &[&str], end: End) -> Result<(), String> {
+    if let Some((what, line)) = first_rejected(log, rejects) {
+        return Err(format!("log contains {what:?}: {}", line.trim()));
+    }
+    let missing = missing_in_order(log, case.expect);
+    match end {
+        End::Killed(Trigger::Interrupted) => Err("interrupted".into()),
+        End::Killed(Trigger::Timeout) => Err(format!(
+            "timed out after {}s{}",
+            case.timeout_s,
+            missing.map(|m| format!("; {m}")).unwrap_or_default()
+        )),
+        End::Killed(Trigger::Rejected) => Err("forbidden output".into()),
+        End::Killed(Trigger::TooMuchOutput) => Err(format!(
+            "more than {} MiB of output: stuck in a loop?",
+            MAX_LOG_BYTES >> 20
+        )),
+        End::Killed(Trigger::Pattern) => missing.map_or(Ok(()), Err),
+        End::Exited(status) => {
+            if let Some(m) = missing {
+                return Err(format!("QEMU exited ({}); {m}", describe(status)));
+            }
+            let want = match case.exit {
+                Exit::Status(s) => s,
+                Exit::KillAfter(_) => 0,
+            };
+            if status.code() == Some(want) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "QEMU exited with {}, expected status {want}",
+                    describe(status)
+                ))
+            }
+        }
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("status {c}"),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => status.to_string(),
+    }
+}
