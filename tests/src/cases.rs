@@ -202,7 +202,10 @@ pub const CASES: &[Case] = &[
         vms: &["irq"],
         bootargs: Some("elvisor.vhe=off"),
         timeout_s: 90,
-        expect: &["non-VHE mode (E2H=0), forced", "IRQ RESULT: passed=10 failed=0"],
+        expect: &[
+            "non-VHE mode (E2H=0), forced",
+            "IRQ RESULT: passed=10 failed=0",
+        ],
         reject: &["IRQ FAIL"],
         exit: Exit::Status(0),
         console_input: None,

@@ -46,7 +46,7 @@ register_structs! {
     /// GICv2 ITARGETSR, which arm-gic's driver does not expose.
     pub GicdTargets {
         (0x000 => _r0),
-        (0x800 => itargetsr: [ReadWrite<u8>; 1024]),
+        (0x800 => itargetsr: [ReadWrite<u32>; 256]),
         (0xc00 => @END),
     }
 }
@@ -216,10 +216,11 @@ pub fn route_to_this_cpu(intid: u32) {
                 .set_routing(int_id(intid), Some(super::cpu::mpidr()));
         }
         Some(Driver::V2 { gicd_targets, .. }) => {
-            // ITARGETSR0..7 (SGIs) read back this CPU's own target bit.
-            let me = gicd_targets.itargetsr[0].get();
-            if let Some(t) = gicd_targets.itargetsr.get(intid as usize) {
-                t.set(me);
+            // ITARGETSR0..7 (SGIs) read back this CPU's own target bit (byte 0 of word 0).
+            let me = gicd_targets.itargetsr[0].get() & 0xff;
+            if let Some(t) = gicd_targets.itargetsr.get(intid as usize / 4) {
+                let shift = (intid % 4) * 8;
+                t.set((t.get() & !(0xff << shift)) | (me << shift));
             }
         }
         None => {}
