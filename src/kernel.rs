@@ -57,6 +57,8 @@ pub struct Vm {
     pub mmio: Mutex<MmioBus>,
     /// The virtual GIC, shared with its MMIO windows on the bus.
     pub vgic: Arc<Mutex<Vgic>>,
+    /// Physical SPIs passed through to this VM (forwarded with the HW bit).
+    pub passthrough_irqs: Vec<u32>,
     pub hw: guest::VcpuHwConfig,
     pub reset_count: AtomicU32,
     kernel: Module,
@@ -489,6 +491,8 @@ fn build_vm(
         }
     }
 
+    let passthrough_irqs = setup_passthrough(cfg, plat, &bus, &mut stage2, &vgic, ram_bytes)?;
+
     let vmid = id.0 as u64 + 1;
     let hw = guest::VcpuHwConfig {
         hcr: guest::guest_hcr(),
@@ -510,6 +514,7 @@ fn build_vm(
         stage2,
         mmio: Mutex::new(bus),
         vgic,
+        passthrough_irqs,
         hw,
         reset_count: AtomicU32::new(0),
         kernel,
@@ -535,6 +540,77 @@ fn build_vm(
         placement.load_offset
     );
     Ok(vm)
+}
+
+/// Passthrough devices: register windows mapped at the same IPA as Device memory, SPIs
+/// linked to the guest's with the HW bit and routed to this CPU. Refuses anything the
+/// kernel owns (GIC, console UART and its interrupt) or that collides with the guest's
+/// RAM or emulated devices.
+fn setup_passthrough(
+    cfg: &VmConfig,
+    plat: &Platform,
+    bus: &MmioBus,
+    stage2: &mut Stage2Table,
+    vgic: &vgic::SharedVgic,
+    ram_bytes: u64,
+) -> Result<Vec<u32>, VmError> {
+    let mut irqs = Vec::new();
+    let g = &plat.gic;
+    let owned: Vec<PhysRange> = core::iter::once(g.gicd)
+        .chain(g.gicr.iter().copied())
+        .chain(g.gicc)
+        .chain(g.gich)
+        .chain(g.gicv)
+        .chain(core::iter::once(PhysRange::new(plat.uart.base, plat.uart.size_bytes)))
+        .collect();
+    let guest_ram = PhysRange::new(PhysAddr(layout::RAM_BASE.0), ram_bytes);
+    for dev in &cfg.passthrough {
+        let bad = |problem: String| VmError {
+            node: dev.node_path.clone(),
+            property: "elvisor,host-path",
+            problem,
+        };
+        for r in &dev.regs {
+            let r = PhysRange::new(r.base.align_down(0x1000), r.end().align_up(0x1000).0 - r.base.align_down(0x1000).0);
+            if owned.iter().any(|o| o.overlaps(&r)) {
+                return Err(bad(alloc::format!("{} is used by the hypervisor", dev.host_path)));
+            }
+            let clash = r.overlaps(&guest_ram)
+                || bus
+                    .windows()
+                    .any(|(b, sz, _)| PhysRange::new(PhysAddr(b.0), sz).overlaps(&r));
+            if clash {
+                return Err(bad(alloc::format!(
+                    "{} at {:#x} collides with the guest's RAM or emulated devices",
+                    dev.host_path, r.base.0
+                )));
+            }
+            stage2
+                .map(GuestPhysAddr(r.base.0), r.base, r.size_bytes, S2Kind::Device)
+                .map_err(|e| bad(alloc::format!("stage-2 map: {e:?}")))?;
+        }
+        for &(intid, level) in &dev.irqs {
+            if Some(intid) == plat.uart.intid || intid >= 32 + VM_SPIS {
+                return Err(bad(alloc::format!(
+                    "INTID {intid} is the hypervisor's or beyond the VM's {VM_SPIS} SPIs"
+                )));
+            }
+            vgic.lock()
+                .set_hw(intid, VcpuId(0), Some(intid))
+                .map_err(|e| bad(alloc::format!("INTID {intid}: {e}")))?;
+            gic::enable(intid, 0xa0, level);
+            gic::route_to_this_cpu(intid);
+            irqs.push(intid);
+        }
+        info!(
+            "{}: passthrough {} ({} window(s), SPIs {:?})",
+            cfg.name,
+            dev.host_path,
+            dev.regs.len(),
+            dev.irqs.iter().map(|i| i.0).collect::<Vec<_>>()
+        );
+    }
+    Ok(irqs)
 }
 
 /// (Re)writes a VM's RAM from scratch: zeroes it, copies the kernel and initrd modules, and
@@ -574,6 +650,7 @@ fn load_images(vm: &Vm) -> Result<(), String> {
         bootargs: &vm.config.bootargs,
         initrd,
         reset_count: vm.reset_count.load(Ordering::Relaxed),
+        passthrough: &vm.config.passthrough,
     })
     .map_err(|e| alloc::format!("cannot generate the guest device tree: {e}"))?;
     if blob.len() as u64 > layout::FDT_SLOT {
@@ -901,9 +978,10 @@ fn handle_irqs(vm: &Vm, vcpu: &mut Vcpu) {
         .unwrap_or(MAINT_INTID);
     while let Some(intid) = gic::ack() {
         gic::eoi(intid);
-        if intid == VTIMER_INTID {
-            // Stays active until the guest deactivates the HW-linked virtual interrupt.
-            let _ = vm.vgic.lock().inject_edge(VTIMER_INTID, vcpu.id);
+        if intid == VTIMER_INTID || vm.passthrough_irqs.contains(&intid) {
+            // HW-linked: stays active until the guest deactivates its virtual interrupt,
+            // which deactivates this one.
+            let _ = vm.vgic.lock().inject_edge(intid, vcpu.id);
             continue;
         }
         gic::deactivate(intid);

@@ -24,7 +24,7 @@ use core::fmt;
 use core::ops::ControlFlow;
 
 use crate::mm::{BLOCK_2M, PhysAddr, PhysRange};
-use crate::vm::config::VmConfig;
+use crate::vm::config::{Passthrough, VmConfig};
 
 /// How a secondary CPU is started.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -230,6 +230,8 @@ pub fn parse(dtb: &[u8], dtb_pa: PhysAddr, image: PhysRange) -> Result<Platform,
     let mut vms: Vec<VmConfig> = Vec::new();
     if let Some(chosen) = &chosen {
         let limits = VmLimits {
+            dt: &dt,
+            gic: &gic_node,
             host_cpus: cpus.len(),
             ram: &ram,
             forbidden: &forbidden,
@@ -1447,6 +1449,8 @@ pub const MAX_VCPUS: u32 = 64;
 
 /// What a VM node is checked against.
 struct VmLimits<'r> {
+    dt: &'r Dtb<'r>,
+    gic: &'r GicNode<'r>,
     host_cpus: usize,
     ram: &'r [PhysRange],
     /// Ranges a module must not overlap, with a description for the error.
@@ -1527,6 +1531,7 @@ fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmConfig, Platfo
     };
 
     let (kernel, ramdisk) = parse_modules(lin, limits)?;
+    let passthrough = parse_passthrough(lin, limits)?;
     let kernel = kernel.ok_or_else(|| {
         PlatformError::new(
             &path,
@@ -1544,7 +1549,83 @@ fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmConfig, Platfo
         bootargs,
         kernel,
         ramdisk,
+        passthrough,
     })
+}
+
+/// The passthrough subnodes of a VM node: each names a host device by path; its `reg`
+/// windows (translated through the host's `ranges`) and its GIC SPIs go to the VM.
+fn parse_passthrough(
+    vm: &Lineage<'_>,
+    limits: &VmLimits<'_>,
+) -> Result<Vec<Passthrough>, PlatformError> {
+    let vm_path = vm.path();
+    let mut out = Vec::new();
+    for child in vm.node().children() {
+        if !compatible_with(child, &["elvisor,passthrough"]) || !is_enabled(child) {
+            continue;
+        }
+        let path = format!("{vm_path}/{}", child.name);
+        let err = |property: &str, problem: String| PlatformError::new(&path, property, problem);
+        let host_path = match str_prop(child, "elvisor,host-path") {
+            Ok(Some(p)) => p,
+            Ok(None) => return Err(err("elvisor,host-path", "missing".into())),
+            Err(problem) => return Err(err("elvisor,host-path", problem.into())),
+        };
+        let host = resolve_path(limits.dt, host_path)
+            .ok_or_else(|| err("elvisor,host-path", format!("no node {host_path}")))?;
+        if !is_enabled(host.node()) {
+            return Err(err("elvisor,host-path", format!("{host_path} is disabled")));
+        }
+        let compatible = prop(host.node(), "compatible")
+            .map(|v| string_list(v).map(String::from).collect())
+            .unwrap_or_default();
+        let count = reg_count(&host).map_err(|f| host.error(f))?;
+        let mut regs = Vec::new();
+        for i in 0..count {
+            if let Some((base, size)) = reg(&host, i).map_err(|f| host.error(f))? {
+                let r = PhysRange::new(PhysAddr(base), size);
+                if size == 0 || limits.ram.iter().any(|m| m.overlaps(&r)) {
+                    return Err(err(
+                        "elvisor,host-path",
+                        format!("{host_path} reg {r:?} is empty or RAM: only devices pass through"),
+                    ));
+                }
+                regs.push(r);
+            }
+        }
+        let mut irqs = Vec::new();
+        if let Some(spec) = prop(host.node(), "interrupts") {
+            if !limits.gic.is_parent_of(&host) {
+                return Err(err(
+                    "elvisor,host-path",
+                    format!("{host_path}: its interrupts do not go to the GIC"),
+                ));
+            }
+            for idx in 0..spec.len() / 12 {
+                let intid = gic_intid(spec, idx)
+                    .map_err(|p| err("elvisor,host-path", format!("{host_path} interrupts: {p}")))?;
+                let Some(intid) = intid else { continue };
+                if intid < 32 {
+                    return Err(err(
+                        "elvisor,host-path",
+                        format!("{host_path}: INTID {intid} is not an SPI; only SPIs pass through"),
+                    ));
+                }
+                // Flags cell: 1/2 = edge, 4/8 = level.
+                let level = be32(spec, idx * 12 + 8).is_some_and(|f| f & 0xc != 0);
+                irqs.push((intid, level));
+            }
+        }
+        out.push(Passthrough {
+            node_path: path.clone(),
+            host_path: host_path.into(),
+            compatible,
+            regs,
+            irqs,
+        });
+    }
+    Ok(out)
 }
 
 /// The kernel and ramdisk module subnodes of a VM node. Their `reg` is a host physical range in
@@ -1811,6 +1892,7 @@ mod tests {
                 bootargs: "hello".into(),
                 kernel,
                 ramdisk: None,
+                passthrough: Vec::new(),
             }]
         );
         assert!(p.reserved.contains(&kernel));

@@ -28,4 +28,23 @@ pub struct VmConfig {
     pub kernel: PhysRange,
     /// Optional initial ramdisk module.
     pub ramdisk: Option<PhysRange>,
+    /// Host devices passed through to this VM (subnodes compatible "elvisor,passthrough").
+    pub passthrough: Vec<Passthrough>,
+}
+
+/// A host device given to a VM: its registers appear at the same guest physical address,
+/// its SPIs are forwarded with the HW bit (the guest's deactivation deactivates the physical
+/// interrupt), and the guest's device tree gets a copy of the node.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Passthrough {
+    /// The VM's passthrough subnode, for diagnostics.
+    pub node_path: String,
+    /// The host node (property `elvisor,host-path`).
+    pub host_path: String,
+    /// The host node's `compatible` strings.
+    pub compatible: Vec<String>,
+    /// Its register windows (host physical = guest physical).
+    pub regs: Vec<PhysRange>,
+    /// Its interrupts: (INTID, level-sensitive). SPIs only.
+    pub irqs: Vec<(u32, bool)>,
 }

@@ -61,6 +61,8 @@ pub struct GuestFdt<'a> {
     pub initrd: Option<(GuestPhysAddr, u64)>,
     /// How often the VM has been reset (0 on first boot); lets a guest tell a reboot apart.
     pub reset_count: u32,
+    /// Host devices passed through: each gets a copy of its node (same address, SPIs).
+    pub passthrough: &'a [crate::vm::config::Passthrough],
 }
 
 /// Why a guest device tree could not be generated.
@@ -279,6 +281,35 @@ pub fn generate(spec: &GuestFdt<'_>) -> Result<Vec<u8>, FdtGenError> {
         w.end_node(node)?;
     }
 
+    for dev in spec.passthrough {
+        let name = dev.host_path.rsplit('/').next().unwrap_or("device");
+        let node = w.begin_node(name)?;
+        let compat: Vec<&str> = dev.compatible.iter().map(String::as_str).collect();
+        w.property_string_list("compatible", strings(&compat))?;
+        let reg: Vec<u64> = dev
+            .regs
+            .iter()
+            .flat_map(|r| [r.base.as_u64(), r.size_bytes])
+            .collect();
+        w.property_array_u64("reg", &reg)?;
+        if spec.gic.is_some() && !dev.irqs.is_empty() {
+            let irqs: Vec<u32> = dev
+                .irqs
+                .iter()
+                .flat_map(|&(intid, level)| {
+                    [GIC_SPI, intid - 32, if level { IRQ_TYPE_LEVEL_HIGH } else { 1 }]
+                })
+                .collect();
+            w.property_array_u32("interrupts", &irqs)?;
+        }
+        // AMBA (PrimeCell) devices need their bus clock to probe under Linux.
+        if spec.uart.is_some() && compat.contains(&"arm,primecell") {
+            w.property_array_u32("clocks", &[CLOCK_PHANDLE])?;
+            w.property_string("clock-names", "apb_pclk")?;
+        }
+        w.end_node(node)?;
+    }
+
     w.end_node(root)?;
     Ok(w.finish()?)
 }
@@ -354,6 +385,7 @@ mod tests {
             bootargs: "console=ttyAMA0 earlycon",
             initrd: Some((GuestPhysAddr(0x4800_0000), 0x10_0000)),
             reset_count: 3,
+            passthrough: &[],
         }
     }
 

@@ -216,6 +216,18 @@ impl core::fmt::Display for Intids<'_> {
     }
 }
 
+/// A device interrupt the handler acknowledges at the device before its EOI: the INTID and
+/// the MMIO address of the device's interrupt-clear register (written with 1).
+static DEVICE_INTID: AtomicU32 = AtomicU32::new(u32::MAX);
+static DEVICE_CLEAR_ADDR: AtomicUsize = AtomicUsize::new(0);
+
+/// Registers a level-sensitive device interrupt (e.g. a passed-through RTC) whose line the
+/// handler must lower by writing 1 to `clear_addr` before the EOI.
+pub fn set_device_ack(intid: u32, clear_addr: usize) {
+    DEVICE_CLEAR_ADDR.store(clear_addr, Ordering::SeqCst);
+    DEVICE_INTID.store(intid, Ordering::SeqCst);
+}
+
 /// The IRQ handler.
 fn handle() {
     let Some(gic) = gic::installed() else {
@@ -236,6 +248,12 @@ fn handle() {
         (Timer::Virtual.count(), 0)
     };
     record(iar, count, timer_ctl, gic.running_priority());
+    if intid == DEVICE_INTID.load(Ordering::SeqCst) {
+        let addr = DEVICE_CLEAR_ADDR.load(Ordering::SeqCst);
+        if let Some(reg) = elvisor_guest_rt::arch::mmio::Region::new(addr, 4) {
+            reg.write32(0, 1);
+        }
+    }
 
     gic.end_of_interrupt(iar);
     if SPLIT_EOI.load(Ordering::SeqCst) && intid != HOLD_ACTIVE.load(Ordering::SeqCst) {

@@ -34,6 +34,7 @@
 mod findings;
 mod gic_tests;
 mod log;
+mod passthrough;
 mod timer_tests;
 mod wait;
 
@@ -197,6 +198,7 @@ fn main(boot: &BootInfo) {
     timer_tests::timer(&mut report, &ctx, Timer::Virtual, "vtimer");
     timer_tests::timer(&mut report, &ctx, Timer::Physical, "ptimer");
     timer_tests::wfi_wakes(&mut report, &ctx);
+    passthrough::rtc(&mut report, &ctx, fdt);
     cross_vcpu(&report, &ctx);
 
     irq::mask();

@@ -431,6 +431,13 @@ impl Gic {
             Version::V3 => {
                 let want = gicd::CTLR_ARE | gicd::CTLR_ENABLE_GRP1 | gicd::CTLR_ENABLE_GRP0;
                 self.gicd.write32(gicd::CTLR, ctlr | want);
+                // Every SPI in group 1, as Linux's gic_dist_init does (GICv3 guests take
+                // group-1 interrupts as IRQs).
+                let lines = ((self.gicd.read32(gicd::TYPER) & 0x1f) + 1) * 32;
+                for word in 1..lines / 32 {
+                    self.gicd
+                        .write32(gicd::IGROUPR + word as usize * 4, u32::MAX);
+                }
                 self.poll_clear(self.gicd, gicd::CTLR, gicd::CTLR_RWP, "GICD_CTLR.RWP")
             }
             Version::V2 => {
