@@ -15,6 +15,12 @@ mod bare_metal {
         elvisor::kernel::primary_main(dtb_pa, el, &HEAP)
     }
 
+    /// Called by the secondary-CPU entry code with the CPU's index.
+    #[unsafe(no_mangle)]
+    extern "C" fn elvisor_secondary_main(index: u64) -> ! {
+        elvisor::kernel::secondary_main(index as usize)
+    }
+
     #[panic_handler]
     fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         elvisor::kernel::panic(info)

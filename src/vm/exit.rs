@@ -35,6 +35,9 @@ pub enum Action {
     TimerChanged,
     /// A trapped ICC_SGI1R_EL1 (or ICC_ASGI1R_EL1 / ICC_SGI0R_EL1) write: generate SGIs.
     Sgi { value: u64, group1: bool },
+    /// FP/SIMD use trapped because another vCPU owns the FP registers on this CPU: switch
+    /// them and retry the instruction.
+    FpAccess,
     /// The guest did something we cannot continue from; stop the VM with this diagnostic.
     Stop(&'static str),
 }
@@ -57,6 +60,8 @@ pub struct ExitCtx<'a> {
     pub ptimer: &'a mut PhysTimer,
     /// Reads the physical counter (only called for timer accesses).
     pub counter: fn() -> u64,
+    /// Reads the hardware ID register S3_0_C0_C<crm>_<op2> (for trapped ID reads).
+    pub id_read: fn(u8, u8) -> u64,
     /// The exiting vCPU (banked device registers depend on it).
     pub vcpu: crate::vm::VcpuId,
     /// For diagnostics.
@@ -84,6 +89,13 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
         }
         Exit::SysReg(acc) => {
             let value = ctx.regs.get(acc.rt);
+            // ID registers (HCR_EL2.TID3): the hardware's values, minus what guests don't get.
+            if acc.read && acc.op0 == 3 && acc.op1 == 0 && acc.crn == 0 && (1..=7).contains(&acc.crm) {
+                let v = super::idregs::sanitize(acc.crm, acc.op2, (ctx.id_read)(acc.crm, acc.op2));
+                ctx.regs.set(acc.rt, v);
+                ctx.regs.elr = ctx.regs.elr.wrapping_add(4);
+                return Action::Resume;
+            }
             if PhysTimer::handles(&acc) {
                 if let Some(v) = ctx.ptimer.access(&acc, value, (ctx.counter)()) {
                     ctx.regs.set(acc.rt, v);
@@ -134,7 +146,8 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
         }
         Exit::Other { ec } => match ec {
             // Traps we configure but do not emulate (SVE/SME access, ...): UNDEFINED.
-            esr::ec::FP_ASIMD | esr::ec::SVE | esr::ec::UNKNOWN => Action::InjectUndef,
+            esr::ec::FP_ASIMD => Action::FpAccess,
+            esr::ec::SVE | esr::ec::UNKNOWN => Action::InjectUndef,
             _ => {
                 warn!(
                     "{}: unexpected exit EC {:#x} (ESR {:#x}) at pc {:#x}",
@@ -318,6 +331,7 @@ mod tests {
             debug: dbg,
             ptimer: &mut pt,
             counter,
+            id_read: |_, _| 0x1111,
             vcpu: VcpuId(0),
             vm_name: "t",
         };

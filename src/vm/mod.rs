@@ -4,8 +4,11 @@
 pub mod config;
 pub mod exit;
 pub mod fdt;
+pub mod idregs;
 pub mod loader;
+pub mod power;
 pub mod psci;
+pub mod sched;
 pub mod sysreg;
 pub mod timer;
 pub mod vcpu;

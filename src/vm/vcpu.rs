@@ -123,6 +123,14 @@ pub struct Vcpu {
     /// MPIDR the guest sees (VMPIDR_EL2 without the RES1 bit): Aff0 = vCPU index.
     pub mpidr: u64,
     pub state: VcpuState,
+    /// Index of its VM in the kernel's VM table.
+    pub vm_index: usize,
+    /// Its slot in its physical CPU's run queue.
+    pub slot: usize,
+    /// The EL1 virtual timer (CNTV_CTL, CNTV_CVAL) while the vCPU is off its CPU.
+    pub vtimer: (u64, u64),
+    /// FP/SIMD registers while another vCPU owns the FP unit.
+    pub fp: FpState,
 }
 const _: () = assert!(offset_of!(Vcpu, regs) == 0);
 
@@ -142,6 +150,10 @@ impl Vcpu {
             hcr: 0,
             mpidr,
             state: VcpuState::Off,
+            vm_index: 0,
+            slot: 0,
+            vtimer: (0, 0),
+            fp: FpState::default(),
         }
     }
 
@@ -162,6 +174,19 @@ impl Vcpu {
         self.vif = Default::default();
         self.lr_used = 0;
         self.lrs = [crate::vdev::vgic::Lr::INVALID; 16];
+        self.vtimer = (0, 0);
+        self.fp = FpState::default();
         self.state = VcpuState::Running;
     }
 }
+
+/// A vCPU's FP/SIMD registers, saved only when another vCPU needs the FP unit on the same
+/// physical CPU (lazily, on its first trapped FP/SIMD instruction).
+#[repr(C, align(16))]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FpState {
+    pub q: [u128; 32],
+    pub fpsr: u64,
+    pub fpcr: u64,
+}
+const _: () = assert!(core::mem::size_of::<FpState>() == 528);

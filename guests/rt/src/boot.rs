@@ -52,6 +52,25 @@ impl BootInfo {
         }
     }
 
+    /// `/chosen/bootargs`, if the tree has it.
+    pub fn bootargs(&self) -> Option<&'static str> {
+        let fdt = self.fdt.as_ref()?;
+        find_node(fdt, "/chosen")?.property("bootargs")?.as_str()
+    }
+
+    /// The value of `key=value` in `/chosen/bootargs` (the last one if repeated); `Some("")`
+    /// for a bare `key`.
+    pub fn bootarg(&self, key: &str) -> Option<&'static str> {
+        self.bootargs()?
+            .split_ascii_whitespace()
+            .filter_map(|word| match word.split_once('=') {
+                Some((k, v)) if k == key => Some(v),
+                None if word == key => Some(""),
+                _ => None,
+            })
+            .last()
+    }
+
     /// The device tree's bytes as an address range, if there is a valid tree.
     pub fn dtb_range(&self) -> Option<Range<usize>> {
         let fdt = self.fdt.as_ref()?;

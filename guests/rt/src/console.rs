@@ -2,7 +2,8 @@
 //!
 //! Transmit only waits for FR.TXFF to clear and writes DR; no interrupts, no baud setup (the
 //! emulated PL011 has no line, QEMU's ignores the divisors). Line feeds go out as CR LF so a
-//! terminal in raw mode (QEMU `-nographic`) shows clean lines.
+//! terminal in raw mode (QEMU `-nographic`) shows clean lines. Each `print!`/`println!` holds
+//! a [`crate::smp::BakeryLock`], so lines from different CPUs do not interleave.
 
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -127,8 +128,12 @@ pub fn console() -> Option<Pl011> {
     Pl011::new(CONSOLE_BASE.load(Ordering::SeqCst))
 }
 
+/// Keeps the output of one `print!` together when several CPUs print.
+static CONSOLE_LOCK: crate::smp::BakeryLock = crate::smp::BakeryLock::new();
+
 #[doc(hidden)]
 pub fn _print(args: fmt::Arguments<'_>) {
+    let _guard = CONSOLE_LOCK.lock();
     if let Some(mut uart) = console() {
         // Pl011::write_str never fails.
         let _ = fmt::Write::write_fmt(&mut uart, args);

@@ -9,9 +9,10 @@
 //! IRQs taken at EL1 go to the handler a guest installed with [`crate::arch::irq::set_handler`];
 //! without one, an IRQ is unexpected like any other exception. FIQs are always unexpected.
 //!
-//! The guest is single-CPU, and the state here is a handful of atomics used only with plain
-//! loads and stores (no exclusives, which need not work on the Device memory every access is
-//! while the MMU is off). IRQ handlers do not touch it.
+//! The state here is per CPU (indexed by [`crate::arch::cpu_index`], so a probe on one vCPU
+//! never claims another vCPU's exception), a handful of atomics used only with plain loads and
+//! stores (no exclusives, which need not work on the Device memory every access is while the
+//! MMU is off): each CPU's slot is written by that CPU alone. IRQ handlers do not touch it.
 
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -186,32 +187,54 @@ pub enum Recovery {
 
 const DISARMED: u8 = 0;
 
-static ARMED: AtomicU8 = AtomicU8::new(DISARMED);
-static TAKEN: AtomicBool = AtomicBool::new(false);
-static TAKEN_KIND: AtomicU8 = AtomicU8::new(0);
-static TAKEN_ESR: AtomicU64 = AtomicU64::new(0);
-static TAKEN_FAR: AtomicU64 = AtomicU64::new(0);
-static TAKEN_ELR: AtomicU64 = AtomicU64::new(0);
-static IN_HANDLER: AtomicBool = AtomicBool::new(false);
+/// One CPU's expected-exception state, written only by that CPU.
+struct CpuState {
+    armed: AtomicU8,
+    taken: AtomicBool,
+    taken_kind: AtomicU8,
+    taken_esr: AtomicU64,
+    taken_far: AtomicU64,
+    taken_elr: AtomicU64,
+    in_handler: AtomicBool,
+}
+
+static CPU_STATE: [CpuState; crate::arch::MAX_CPUS] = [const {
+    CpuState {
+        armed: AtomicU8::new(DISARMED),
+        taken: AtomicBool::new(false),
+        taken_kind: AtomicU8::new(0),
+        taken_esr: AtomicU64::new(0),
+        taken_far: AtomicU64::new(0),
+        taken_elr: AtomicU64::new(0),
+        in_handler: AtomicBool::new(false),
+    }
+}; crate::arch::MAX_CPUS];
+
+/// This CPU's state.
+fn state() -> &'static CpuState {
+    &CPU_STATE[crate::arch::cpu_index()]
+}
 
 /// Arms the handler for one synchronous exception. Used by `arch::probe` around a single
 /// faulting instruction; pair with [`disarm`].
 pub(crate) fn arm(recovery: Recovery) {
-    TAKEN.store(false, Ordering::SeqCst);
-    ARMED.store(recovery as u8, Ordering::SeqCst);
+    let state = state();
+    state.taken.store(false, Ordering::SeqCst);
+    state.armed.store(recovery as u8, Ordering::SeqCst);
 }
 
 /// Disarms and returns the exception taken since [`arm`], if any.
 pub(crate) fn disarm() -> Option<Fault> {
-    ARMED.store(DISARMED, Ordering::SeqCst);
-    if !TAKEN.load(Ordering::SeqCst) {
+    let state = state();
+    state.armed.store(DISARMED, Ordering::SeqCst);
+    if !state.taken.load(Ordering::SeqCst) {
         return None;
     }
     Some(Fault {
-        kind: ExceptionKind::from_index(TAKEN_KIND.load(Ordering::SeqCst).into())?,
-        esr: Esr(TAKEN_ESR.load(Ordering::SeqCst)),
-        far: TAKEN_FAR.load(Ordering::SeqCst),
-        elr: TAKEN_ELR.load(Ordering::SeqCst),
+        kind: ExceptionKind::from_index(state.taken_kind.load(Ordering::SeqCst).into())?,
+        esr: Esr(state.taken_esr.load(Ordering::SeqCst)),
+        far: state.taken_far.load(Ordering::SeqCst),
+        elr: state.taken_elr.load(Ordering::SeqCst),
     })
 }
 
@@ -237,18 +260,19 @@ pub(crate) fn dispatch(kind: usize, esr: u64, far: u64, elr: u64, frame: &mut Tr
         return;
     }
 
-    let armed = ARMED.load(Ordering::SeqCst);
+    let state = state();
+    let armed = state.armed.load(Ordering::SeqCst);
     let in_current_el = matches!(
         kind,
         ExceptionKind::CurrentSp0Sync | ExceptionKind::CurrentSpxSync
     );
     if armed != DISARMED && in_current_el {
-        ARMED.store(DISARMED, Ordering::SeqCst);
-        TAKEN_KIND.store(kind as u8, Ordering::SeqCst);
-        TAKEN_ESR.store(esr, Ordering::SeqCst);
-        TAKEN_FAR.store(far, Ordering::SeqCst);
-        TAKEN_ELR.store(elr, Ordering::SeqCst);
-        TAKEN.store(true, Ordering::SeqCst);
+        state.armed.store(DISARMED, Ordering::SeqCst);
+        state.taken_kind.store(kind as u8, Ordering::SeqCst);
+        state.taken_esr.store(esr, Ordering::SeqCst);
+        state.taken_far.store(far, Ordering::SeqCst);
+        state.taken_elr.store(elr, Ordering::SeqCst);
+        state.taken.store(true, Ordering::SeqCst);
         frame.elr = if armed == Recovery::ReturnToLr as u8 {
             frame.x[30]
         } else {
@@ -261,12 +285,13 @@ pub(crate) fn dispatch(kind: usize, esr: u64, far: u64, elr: u64, frame: &mut Tr
 
 /// Reports an exception nobody expected and powers off.
 fn unexpected(fault: Option<Fault>, esr: u64, far: u64, elr: u64) -> ! {
-    // One CPU, interrupts masked: a load and a store suffice (no exclusives with the MMU off).
-    if IN_HANDLER.load(Ordering::SeqCst) {
+    // Per CPU, interrupts masked: a load and a store suffice (no exclusives with the MMU off).
+    let state = state();
+    if state.in_handler.load(Ordering::SeqCst) {
         // A fault while reporting a fault (a broken UART, say): stop without printing.
         crate::smccc::psci::system_off();
     }
-    IN_HANDLER.store(true, Ordering::SeqCst);
+    state.in_handler.store(true, Ordering::SeqCst);
     let prefix = crate::report::prefix();
     match fault {
         Some(fault) => crate::println!("{prefix} FAIL: unexpected-exception: {fault}"),

@@ -301,6 +301,9 @@ pub enum SgiTarget {
     /// The CPU with this MPIDR. GICv3: Aff0 must be below 16 (no range selector). GICv2: the
     /// CPU interface number is taken to be Aff0 (true for QEMU `virt` and elvisor's vGIC).
     Mpidr(u64),
+    /// The CPUs with Aff3..Aff1 = 0 and Aff0 bit set in this mask (GICv3: ICC_SGI1R_EL1
+    /// TargetList; GICv2: GICD_SGIR CPUTargetList, bits 8..15 ignored).
+    List(u16),
 }
 
 /// A GIC as this CPU sees it.
@@ -760,6 +763,7 @@ impl Gic {
                     SgiTarget::Current => sgi1r_to(crate::arch::mpidr(), intid),
                     SgiTarget::Mpidr(mpidr) => sgi1r_to(mpidr, intid),
                     SgiTarget::Others => icc_bits::SGI1R_IRM | intid,
+                    SgiTarget::List(mask) => intid | u64::from(mask),
                 };
                 icc::set_sgi1r(value);
             }
@@ -768,6 +772,7 @@ impl Gic {
                     SgiTarget::Current => 0b10 << 24,
                     SgiTarget::Others => 0b01 << 24,
                     SgiTarget::Mpidr(mpidr) => (1 << (mpidr & 7)) << 16,
+                    SgiTarget::List(mask) => u32::from(mask & 0xff) << 16,
                 } | sgi;
                 self.gicd.write32(gicd::SGIR, value);
             }

@@ -17,6 +17,8 @@
 //! - [`gic`]: GICv2/GICv3 discovery, bring-up and the operations interrupt tests need.
 //! - [`timer`]: the EL1 virtual and physical timers and their INTIDs; IRQ masking, `wfi` and
 //!   the IRQ handler slot are in [`arch::irq`].
+//! - [`smp`]: secondary CPUs (PSCI CPU_ON into the runtime's entry code, a stack each), waits
+//!   between CPUs and a lock built from loads and stores (the MMU stays off: no exclusives).
 //!
 //! A guest binary is `#![no_std] #![no_main]`, links with a linker script that provides the
 //! symbols listed in [`arch::boot`], and names its main function with [`entry!`]:
@@ -40,6 +42,7 @@ pub mod exception;
 pub mod gic;
 pub mod report;
 pub mod smccc;
+pub mod smp;
 pub mod timer;
 
 mod panic;

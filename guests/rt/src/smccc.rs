@@ -14,6 +14,14 @@ pub mod fid {
     pub const SMCCC_VERSION: u32 = 0x8000_0000;
     /// PSCI_VERSION.
     pub const PSCI_VERSION: u32 = 0x8400_0000;
+    /// CPU_OFF: powers down the calling CPU; does not return on success.
+    pub const CPU_OFF: u32 = 0x8400_0002;
+    /// CPU_ON (SMC64): x1 target MPIDR, x2 entry point address, x3 context id.
+    pub const CPU_ON: u32 = 0xc400_0003;
+    /// AFFINITY_INFO (SMC64): x1 target affinity, x2 lowest affinity level.
+    pub const AFFINITY_INFO: u32 = 0xc400_0004;
+    /// MIGRATE_INFO_TYPE: 2 = no Trusted OS that needs migrating.
+    pub const MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
     /// SYSTEM_OFF.
     pub const SYSTEM_OFF: u32 = 0x8400_0008;
     /// SYSTEM_RESET.
@@ -30,6 +38,53 @@ pub mod fid {
 
 /// SMCCC/PSCI return value NOT_SUPPORTED (-1), as it comes back in x0.
 pub const NOT_SUPPORTED: i64 = -1;
+
+/// PSCI return codes (DEN0022 5.2.2), as they come back in x0.
+pub mod psci_ret {
+    /// SUCCESS.
+    pub const SUCCESS: i64 = 0;
+    /// NOT_SUPPORTED.
+    pub const NOT_SUPPORTED: i64 = -1;
+    /// INVALID_PARAMETERS: for CPU_ON / AFFINITY_INFO, no CPU with that MPIDR.
+    pub const INVALID_PARAMETERS: i64 = -2;
+    /// DENIED.
+    pub const DENIED: i64 = -3;
+    /// ALREADY_ON: CPU_ON of a CPU that is on.
+    pub const ALREADY_ON: i64 = -4;
+    /// ON_PENDING: CPU_ON of a CPU whose earlier CPU_ON has not completed.
+    pub const ON_PENDING: i64 = -5;
+    /// INTERNAL_FAILURE.
+    pub const INTERNAL_FAILURE: i64 = -6;
+    /// INVALID_ADDRESS: CPU_ON with an entry point the caller may not use.
+    pub const INVALID_ADDRESS: i64 = -9;
+
+    /// The name of a PSCI return code, for messages.
+    pub fn name(code: i64) -> &'static str {
+        match code {
+            SUCCESS => "SUCCESS",
+            NOT_SUPPORTED => "NOT_SUPPORTED",
+            INVALID_PARAMETERS => "INVALID_PARAMETERS",
+            DENIED => "DENIED",
+            ALREADY_ON => "ALREADY_ON",
+            ON_PENDING => "ON_PENDING",
+            INTERNAL_FAILURE => "INTERNAL_FAILURE",
+            -7 => "NOT_PRESENT",
+            -8 => "DISABLED",
+            INVALID_ADDRESS => "INVALID_ADDRESS",
+            _ => "?",
+        }
+    }
+}
+
+/// AFFINITY_INFO results (DEN0022 5.7.2).
+pub mod affinity {
+    /// At least one CPU of the affinity instance is on.
+    pub const ON: i64 = 0;
+    /// Every CPU of the affinity instance is off.
+    pub const OFF: i64 = 1;
+    /// A CPU_ON for it is pending.
+    pub const ON_PENDING: i64 = 2;
+}
 
 /// SMCCC/PSCI version 1.1 as returned by the VERSION calls.
 pub const VERSION_1_1: u64 = 0x1_0001;
@@ -80,6 +135,31 @@ pub mod psci {
     /// PSCI_FEATURES(`function`): 0 (or feature flags) if implemented, NOT_SUPPORTED if not.
     pub fn features(function: u32) -> i64 {
         call(fid::PSCI_FEATURES, function.into(), 0, 0)[0] as i64
+    }
+
+    /// CPU_ON: starts the CPU with MPIDR `target_mpidr` at `entry` (an IPA, MMU off, EL1h)
+    /// with x0 = `context_id`. Returns the PSCI code (see [`super::psci_ret`]).
+    ///
+    /// Raw: `entry` is not checked. [`crate::smp::start_cpu`] starts a CPU in the runtime's
+    /// secondary entry code with its own stack.
+    pub fn cpu_on(target_mpidr: u64, entry: u64, context_id: u64) -> i64 {
+        call(fid::CPU_ON, target_mpidr, entry, context_id)[0] as i64
+    }
+
+    /// CPU_OFF: powers this CPU down. Returns only on failure, with the PSCI code.
+    pub fn cpu_off() -> i64 {
+        call(fid::CPU_OFF, 0, 0, 0)[0] as i64
+    }
+
+    /// AFFINITY_INFO(`target_mpidr`, `lowest_level`): 0 ON, 1 OFF, 2 ON_PENDING, or a
+    /// negative PSCI error (INVALID_PARAMETERS: no such CPU).
+    pub fn affinity_info(target_mpidr: u64, lowest_level: u64) -> i64 {
+        call(fid::AFFINITY_INFO, target_mpidr, lowest_level, 0)[0] as i64
+    }
+
+    /// MIGRATE_INFO_TYPE: 2 when there is no Trusted OS to migrate (what a hypervisor says).
+    pub fn migrate_info_type() -> i64 {
+        call(fid::MIGRATE_INFO_TYPE, 0, 0, 0)[0] as i64
     }
 
     /// SYSTEM_OFF. Does not return; if the call does, the CPU sleeps forever.

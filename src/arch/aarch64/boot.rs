@@ -80,9 +80,47 @@ primary_entry:
     bl      elvisor_primary_main
 5:  wfe
     b       5b
+
+    // Secondary CPUs, started by PSCI CPU_ON with x0 = the CPU's index.
+    .global elvisor_secondary_entry
+elvisor_secondary_entry:
+    mov     x19, x0
+    adrp    x1, __stacks_start
+    add     x1, x1, :lo12:__stacks_start
+    ldr     x2, ={percpu}
+    madd    x1, x19, x2, x1
+    ldr     x2, ={stack_off}
+    add     sp, x1, x2
+    adrp    x1, el2_vectors
+    add     x1, x1, :lo12:el2_vectors
+    msr     vbar_el2, x1
+    msr     tpidr_el2, xzr
+    ldr     x1, ={hcr}
+    msr     hcr_el2, x1
+    ldr     x1, ={sctlr}
+    msr     sctlr_el2, x1
+    ldr     x1, ={cptr}
+    msr     cptr_el2, x1
+    isb
+    mov     x29, xzr
+    mov     x30, xzr
+    mov     x0, x19
+    bl      elvisor_secondary_main
+6:  wfe
+    b       6b
 "#,
+    percpu = const super::cpu::PERCPU_STACKS_BYTES,
     stack_off = const GUARD_BYTES + STACK_BYTES,
     hcr = const HCR_EL2_BOOT,
     sctlr = const SCTLR_EL2_BOOT,
     cptr = const CPTR_EL2_NVHE,
 );
+
+unsafe extern "C" {
+    fn elvisor_secondary_entry();
+}
+
+/// Physical address secondaries start at (PSCI CPU_ON entry point).
+pub fn secondary_entry_pa() -> u64 {
+    elvisor_secondary_entry as *const () as u64
+}

@@ -106,3 +106,63 @@ pub fn park() -> ! {
         aarch64_cpu::asm::wfe();
     }
 }
+
+/// A vCPU placed on a physical CPU's run queue. Only that physical CPU ever dereferences it
+/// (vCPUs are pinned), and only one reference to a vCPU is live at a time: the exit path's,
+/// for the vCPU that was running, or the entry path's, for the vCPU about to run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct VcpuPtr(core::ptr::NonNull<crate::vm::vcpu::Vcpu>);
+
+// SAFETY: a VcpuPtr is handed from the boot CPU (which builds vCPUs) to the physical CPU that
+// owns the vCPU; see the type's documentation for the single-owner discipline.
+unsafe impl Send for VcpuPtr {}
+// SAFETY: as above: sharing the pointer value is harmless, dereferencing is owner-only.
+unsafe impl Sync for VcpuPtr {}
+
+impl VcpuPtr {
+    /// Gives a vCPU a fixed address for the rest of the kernel's life.
+    pub fn leak(v: alloc::boxed::Box<crate::vm::vcpu::Vcpu>) -> Self {
+        Self(core::ptr::NonNull::from(alloc::boxed::Box::leak(v)))
+    }
+
+    /// The pointer of a vCPU the caller holds.
+    pub fn of(v: &mut crate::vm::vcpu::Vcpu) -> Self {
+        Self(core::ptr::NonNull::from(v))
+    }
+
+    /// # Safety
+    /// Only on the vCPU's owning physical CPU, with no other reference to it live.
+    pub(super) unsafe fn get(self) -> &'static mut crate::vm::vcpu::Vcpu {
+        // SAFETY: the pointer came from `leak` (never freed) or `of` on such a vCPU; the
+        // caller guarantees exclusivity.
+        unsafe { &mut *self.0.as_ptr() }
+    }
+}
+
+/// Runs `next` on this CPU: the kernel loads it (`kernel::run::enter`), then the world switch
+/// enters the guest. Used when a CPU starts running vCPUs.
+pub fn run(next: VcpuPtr) -> ! {
+    // SAFETY: called by the owning CPU with no vCPU reference live (boot or idle).
+    let v = unsafe { next.get() };
+    crate::kernel::run::enter(v);
+    // SAFETY: `enter` loaded the vCPU's EL1 context, traps and stage 2 on this CPU and set
+    // host_sp; the vCPU is leaked and never moves.
+    unsafe { super::vectors::enter_guest(&mut v.regs) }
+}
+
+/// Saves a vCPU's FP/SIMD registers into its state while the vCPU is off the CPU (lazy FP
+/// switch: the trapping vCPU takes the FP unit from `owner`).
+pub fn save_fp_of(owner: VcpuPtr) {
+    // SAFETY: the owner is pinned to this CPU and is not the running vCPU (the FP trap came
+    // from another one), so no other reference to it is live.
+    let o = unsafe { owner.get() };
+    super::fp::save(&mut o.fp);
+}
+
+/// Runs `f` on a vCPU that no CPU runs yet (boot: the boot CPU sets it up before any CPU
+/// starts running vCPUs).
+pub fn with_new_vcpu(ptr: VcpuPtr, f: impl FnOnce(&mut crate::vm::vcpu::Vcpu)) {
+    // SAFETY: called by the boot CPU while building vCPUs, before any CPU runs them; no
+    // other reference exists.
+    f(unsafe { ptr.get() })
+}

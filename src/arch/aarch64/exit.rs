@@ -32,7 +32,11 @@ extern "C" fn elvisor_exit(regs: *mut GuestRegs, kind: u64) -> *mut GuestRegs {
         EXIT_SERROR => ExitKind::SError(Esr(ESR_EL2.get())),
         _ => ExitKind::Irq,
     };
-    let next: &mut Vcpu = crate::kernel::handle_exit(vcpu, kind);
+    let next = crate::kernel::run::handle_exit(vcpu, kind);
+    // SAFETY: `handle_exit` returns a vCPU of this CPU's run queue; the reference to the
+    // exiting vCPU is dead by now, so this is the only live one.
+    let next = unsafe { next.get() };
+    crate::kernel::run::enter(next);
     &mut next.regs
 }
 

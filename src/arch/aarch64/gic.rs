@@ -102,7 +102,6 @@ pub fn init(info: &GicInfo, cpus: usize) -> Result<(), &'static str> {
             let mut gic = unsafe { GicV3::new(UniqueMmioPointer::new(gicd), gicr, cpus) }
                 .map_err(|_| "GICv3 redistributor frames not found")?;
             gic.setup(0);
-            arm_gic::gicv3::GicCpuInterface::enable_system_register_el2(true);
             Driver::V3(gic)
         }
         GicVersion::V2 => {
@@ -139,14 +138,22 @@ pub fn init(info: &GicInfo, cpus: usize) -> Result<(), &'static str> {
         },
         Ordering::Relaxed,
     );
-    init_cpu();
+    init_cpu(0);
     Ok(())
 }
 
-/// Per-CPU interface setup: priority mask open, group 1 on, EOImode = 1, virtual interface on.
-pub fn init_cpu() {
+/// Per-CPU interface setup for CPU `cpu` (its index in the host /cpus list, which is also its
+/// redistributor's index): redistributor awake, priority mask open, group 1 on, EOImode = 1,
+/// virtual interface on.
+pub fn init_cpu(cpu: usize) {
     match &mut *GIC.lock() {
-        Some(Driver::V3(_)) => {
+        Some(Driver::V3(g)) => {
+            if cpu != 0 {
+                g.init_cpu(cpu);
+                if let Ok(mut rd) = g.redistributor(cpu) {
+                    rd.configure_default_settings();
+                }
+            }
             arm_gic::gicv3::GicCpuInterface::enable_system_register_el2(true);
             arm_gic::gicv3::GicCpuInterface::set_priority_mask(0xff);
             // SAFETY: sets EOImode in this CPU's physical interface; only the kernel acks.
@@ -183,13 +190,13 @@ fn int_id(intid: u32) -> IntId {
     }
 }
 
-/// Enables a physical interrupt routed to the kernel (SGIs and PPIs on this CPU).
-pub fn enable(intid: u32, priority: u8, level: bool) {
+/// Enables a physical interrupt routed to the kernel (SGIs and PPIs: on CPU `cpu`).
+pub fn enable(intid: u32, priority: u8, level: bool, cpu: usize) {
     let id = int_id(intid);
     let trig = if level { Trigger::Level } else { Trigger::Edge };
     match &mut *GIC.lock() {
         Some(Driver::V3(g)) => {
-            let cpu = if intid < 32 { Some(0) } else { None };
+            let cpu = if intid < 32 { Some(cpu) } else { None };
             let _ = g.set_interrupt_priority(id, cpu, priority);
             if intid >= 16 {
                 let _ = g.set_trigger(id, cpu, trig);
@@ -203,6 +210,36 @@ pub fn enable(intid: u32, priority: u8, level: bool) {
             }
             let _ = gic.enable_interrupt(id, true);
         }
+        None => {}
+    }
+}
+
+/// The SGI the kernel uses to kick another physical CPU (reschedule, deliver, stop).
+pub const KICK_SGI: u32 = 0;
+
+/// Sends the kick SGI to the CPU with affinity `mpidr` and GICv2 CPU-interface number `cpu`.
+pub fn kick(mpidr: u64, cpu: usize) {
+    match &mut *GIC.lock() {
+        Some(Driver::V3(_)) => {
+            let target = arm_gic::gicv3::SgiTarget::List {
+                affinity3: (mpidr >> 32) as u8,
+                affinity2: (mpidr >> 16) as u8,
+                affinity1: (mpidr >> 8) as u8,
+                target_list: 1 << (mpidr & 0xf),
+            };
+            let _ = arm_gic::gicv3::GicCpuInterface::send_sgi(
+                IntId::sgi(KICK_SGI),
+                target,
+                arm_gic::gicv3::SgiTargetGroup::CurrentGroup1,
+            );
+        }
+        Some(Driver::V2 { gic, .. }) => gic.send_sgi(
+            IntId::sgi(KICK_SGI),
+            arm_gic::gicv2::SgiTarget::List {
+                target_list_filter: arm_gic::gicv2::SgiTargetListFilter::CPUTargetList,
+                target_list: 1 << (cpu & 7),
+            },
+        ),
         None => {}
     }
 }

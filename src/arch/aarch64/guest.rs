@@ -26,6 +26,7 @@ pub mod hcr {
     pub const FB: u64 = 1 << 9;
     pub const BSU_IS: u64 = 1 << 10;
     pub const TWI: u64 = 1 << 13;
+    pub const TID3: u64 = 1 << 18;
     pub const TSC: u64 = 1 << 19;
     pub const TIDCP: u64 = 1 << 20;
     pub const RW: u64 = 1 << 31;
@@ -74,6 +75,7 @@ pub fn guest_hcr() -> u64 {
         | hcr::FB
         | hcr::BSU_IS
         | hcr::TWI
+        | hcr::TID3
         | hcr::TSC
         | hcr::TIDCP
         | hcr::RW
@@ -306,4 +308,46 @@ pub fn inject_sync(regs: &mut GuestRegs, esr: u64, far: Option<u64>) {
     }
     regs.spsr = spsr;
     regs.elr = vbar.wrapping_add(offset);
+}
+
+/// Saves the guest's EL1 virtual timer (CTL, CVAL) and disables it, so it cannot fire for
+/// another vCPU. Under VHE the guest's CNTV_* are reached through the `_EL02` aliases.
+pub fn save_vtimer() -> (u64, u64) {
+    let (ctl, cval) = if vhe() {
+        (el1_rw!(read "cntv_ctl_el0", "s3_5_c14_c3_1"), el1_rw!(read "cntv_cval_el0", "s3_5_c14_c3_2"))
+    } else {
+        (plain_rw!(read "cntv_ctl_el0"), plain_rw!(read "cntv_cval_el0"))
+    };
+    if vhe() {
+        el1_rw!(write "cntv_ctl_el0", "s3_5_c14_c3_1", 0);
+    } else {
+        plain_rw!(write "cntv_ctl_el0", 0);
+    }
+    (ctl & 0b11, cval)
+}
+
+/// Restores a guest's EL1 virtual timer (CVAL first, then CTL).
+pub fn restore_vtimer(t: (u64, u64)) {
+    if vhe() {
+        el1_rw!(write "cntv_cval_el0", "s3_5_c14_c3_2", t.1);
+        el1_rw!(write "cntv_ctl_el0", "s3_5_c14_c3_1", t.0);
+    } else {
+        plain_rw!(write "cntv_cval_el0", t.1);
+        plain_rw!(write "cntv_ctl_el0", t.0);
+    }
+}
+
+/// CPTR_EL2 for a guest whose FP/SIMD use must trap (another vCPU owns the FP registers).
+pub fn guest_cptr_fp_trapped() -> u64 {
+    if vhe() {
+        0 // FPEN = 0b00
+    } else {
+        super::boot::CPTR_EL2_NVHE | (1 << 10) // TFP
+    }
+}
+
+/// Writes CPTR_EL2 (FP trap configuration) now.
+pub fn write_cptr(v: u64) {
+    // SAFETY: the kernel never uses FP/SIMD; this only changes what lower ELs trap on.
+    unsafe { asm!("msr cptr_el2, {}", "isb", in(reg) v, options(nomem, nostack, preserves_flags)) };
 }

@@ -15,9 +15,13 @@ pub mod exit;
 #[cfg(target_os = "none")]
 pub mod firmware;
 #[cfg(target_os = "none")]
+pub mod fp;
+#[cfg(target_os = "none")]
 pub mod gic;
 #[cfg(target_os = "none")]
 pub mod guest;
+#[cfg(target_os = "none")]
+pub mod idregs;
 #[cfg(target_os = "none")]
 pub mod mmio;
 #[cfg(target_os = "none")]

@@ -44,6 +44,12 @@ fn range_of(start: &AtomicUsize, end: &AtomicUsize) -> Range<usize> {
     start.load(Ordering::SeqCst)..end.load(Ordering::SeqCst)
 }
 
+/// The device tree's address as recorded at boot, if x0 pointed at a valid one.
+pub(crate) fn dtb_address() -> Option<usize> {
+    let dtb = range_of(&DTB_START, &DTB_END);
+    (!dtb.is_empty()).then_some(dtb.start)
+}
+
 /// Guest RAM from `/memory`, if the device tree named it.
 pub fn guest_ram() -> Option<Range<usize>> {
     let ram = range_of(&RAM_START, &RAM_END);

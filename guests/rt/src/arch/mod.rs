@@ -1,6 +1,7 @@
 //! Everything that touches the CPU directly: entry code, exception vectors, SMCCC conduits,
-//! MMIO accessors, fault probes, IRQ masking, the generic timers, the GICv3 CPU interface and
-//! the few other system registers the runtime reads.
+//! MMIO accessors, fault probes, IRQ masking, the generic timers, the GICv3 CPU interface,
+//! secondary-CPU entry and inter-CPU events, and the few other system registers the runtime
+//! reads.
 //!
 //! The rest of the runtime and every guest binary stay free of `asm!`; each `unsafe` block in
 //! here says why it is sound.
@@ -12,6 +13,7 @@ pub mod irq;
 pub mod mem;
 pub mod mmio;
 pub mod probe;
+pub mod smp;
 pub mod timer;
 pub mod vectors;
 
@@ -43,6 +45,16 @@ pub fn mpidr() -> u64 {
     // SAFETY: reading MPIDR_EL1 has no side effects and is permitted at EL1.
     unsafe { asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack, preserves_flags)) };
     mpidr
+}
+
+/// How many CPUs the runtime supports: per-CPU state (stacks, exception records, the console
+/// lock) is indexed by MPIDR_EL1.Aff0, which elvisor sets to the vCPU index (0..=7).
+pub const MAX_CPUS: usize = 8;
+
+/// This CPU's index for per-CPU state: MPIDR_EL1.Aff0 (the vCPU number under elvisor, the CPU
+/// number on QEMU `virt` with up to 8 CPUs), reduced modulo [`MAX_CPUS`].
+pub fn cpu_index() -> usize {
+    (mpidr() & 0xff) as usize % MAX_CPUS
 }
 
 /// Sleeps forever (after SYSTEM_OFF failed, or in a panic that cannot power off).

@@ -15,11 +15,9 @@ use buddy_system_allocator::LockedHeap;
 use log::{error, info, warn};
 use spin::{Mutex, Once};
 
-use crate::arch::aarch64::esr::{self, Esr};
-use crate::arch::aarch64::exit::ExitKind;
 use crate::arch::aarch64::ram::{Module, RamRegion};
 use crate::arch::aarch64::{
-    cpu, exit as arch_exit, firmware, gic, guest, mmio, mmu, ram, timer, vectors,
+    cpu, exit as arch_exit, firmware, gic, guest, mmio, mmu, ram, timer,
 };
 use crate::drivers::pl011::{Pl011, Pl011Regs};
 use crate::mm::frame::FrameAllocator;
@@ -28,23 +26,66 @@ use crate::mm::{BLOCK_2M, GuestPhysAddr, PhysAddr, PhysRange};
 use crate::platform::{self, Platform, PsciConduit};
 use crate::vdev::MmioBus;
 use crate::vdev::pl011::Pl011 as VPl011;
-use crate::vdev::vgic::{self, GicdWindow, GicrWindow, Lr, Vgic, VgicConfig};
+use crate::vdev::vgic::{self, GicdWindow, GicrWindow, Vgic, VgicConfig};
 use crate::vm::config::VmConfig;
-use crate::vm::exit::{Action, ExitCtx};
 use crate::vm::fdt::{GuestFdt, GuestGic, GuestUart};
-use crate::vm::psci::{self, Call, Ret};
-use crate::vm::timer::{PTIMER_INTID, VTIMER_INTID};
-use crate::vm::vcpu::{Vcpu, VcpuState};
+use crate::vm::timer::VTIMER_INTID;
+use crate::vm::vcpu::Vcpu;
 use crate::vm::{VcpuId, VmId, layout, loader};
+
+pub mod run;
 use alloc::sync::Arc;
 
 static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator::new());
-/// The vGIC maintenance interrupt when the DT names none (PPI 9).
-const MAINT_INTID: u32 = 25;
 /// SPIs each VM's virtual GIC has (INTIDs 32..96).
 const VM_SPIS: u32 = 64;
 static PLATFORM: Once<Platform> = Once::new();
 static RUNNING_VMS: AtomicUsize = AtomicUsize::new(0);
+/// Every VM, in configuration order (index = VmId).
+static VMS: Once<Vec<&'static Vm>> = Once::new();
+static CONSOLE_UART: Once<&'static Pl011> = Once::new();
+/// Root of the EL2 translation table, for the secondary CPUs.
+static EL2_ROOT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// A VM's lifecycle state.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum VmState {
+    Running = 0,
+    Resetting = 1,
+    Stopped = 2,
+}
+
+/// Every VM.
+pub fn vms() -> &'static [&'static Vm] {
+    VMS.get().map(|v| v.as_slice()).unwrap_or(&[])
+}
+
+/// The VM a vCPU belongs to.
+pub fn vm_of(v: &Vcpu) -> &'static Vm {
+    match vms().get(v.vm_index) {
+        Some(vm) => vm,
+        None => {
+            error!("vCPU with no VM");
+            power_off()
+        }
+    }
+}
+
+/// The VM a physical SPI is passed through to.
+pub fn passthrough_owner(intid: u32) -> Option<&'static Vm> {
+    if intid < 32 {
+        return None;
+    }
+    vms().iter().copied().find(|vm| vm.passthrough_irqs.contains(&intid))
+}
+
+/// Masks or unmasks the console UART's receive interrupt (console input flow control).
+pub fn console_uart_rx(on: bool) {
+    if let Some(u) = CONSOLE_UART.get() {
+        u.set_rx_interrupt(on);
+    }
+}
 
 /// A VM: its memory, stage 2, devices and images. Shared by its vCPUs; what changes after
 /// construction is behind a lock or atomic.
@@ -61,6 +102,16 @@ pub struct Vm {
     pub passthrough_irqs: Vec<u32>,
     pub hw: guest::VcpuHwConfig,
     pub reset_count: AtomicU32,
+    /// Lifecycle ([`VmState`]).
+    pub state: core::sync::atomic::AtomicU8,
+    /// MPIDR affinity of each vCPU (Aff0 = index).
+    pub mpidrs: Vec<u64>,
+    /// The physical CPU each vCPU is pinned to.
+    pub placement: Vec<usize>,
+    /// PSCI power state of each vCPU, shared by all physical CPUs.
+    pub power: Vec<crate::vm::power::VcpuPower>,
+    /// Set by a vCPU's physical CPU once it has taken the vCPU off (VM stop/reset handshake).
+    pub parked: Vec<core::sync::atomic::AtomicBool>,
     kernel: Module,
     ramdisk: Option<Module>,
     /// Where things went in guest RAM (offsets from the RAM base), fixed at build time.
@@ -152,7 +203,7 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
 
     // The EL2 identity map, then the MMU.
     let pa_bits = cpu::pa_bits();
-    match build_el2_map(plat, vhe, &image) {
+    let el2_root = match build_el2_map(plat, vhe, &image) {
         Ok(root) => {
             // Everything written so far went to memory with the MMU off; drop any stale
             // cache lines for it before caches are turned on (booting.rst: the loader only
@@ -161,41 +212,28 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
                 image.image.base.0,
                 image.image.size_bytes,
             );
-            // SAFETY-free call: `enable` is unsafe; see below.
             enable_mmu(root, vhe, pa_bits);
+            root
         }
         Err(e) => {
             error!("cannot build the EL2 map: {e:?}");
             power_off();
         }
-    }
+    };
     info!("EL2 MMU on (pa {} bits)", pa_bits);
 
-    let percpu: &'static cpu::PerCpu = Box::leak(Box::new(cpu::PerCpu {
-        exc_sp: cpu::exc_stack_top(0),
-        stack_top: cpu::stack_top(0),
-        index: 0,
-        mpidr: cpu::mpidr(),
-    }));
-    cpu::set_percpu(percpu);
+    set_percpu(0);
+    EL2_ROOT.store(el2_root.0, Ordering::Relaxed);
 
     if let Err(e) = gic::init(&plat.gic, plat.cpus.len()) {
         error!("GIC: {e}");
         power_off();
     }
-    // The kernel's own interrupts: the guest virtual timer (forwarded with the HW bit), the
-    // EL2 timer (emulated guest physical timers) and the vGIC maintenance interrupt.
-    gic::enable(VTIMER_INTID, 0xa0, true);
-    gic::enable(timer::HYP_TIMER_INTID, 0xa0, true);
-    gic::enable(
-        plat.gic.maintenance_intid.unwrap_or(MAINT_INTID),
-        0xa0,
-        true,
-    );
+    enable_kernel_interrupts(0);
     info!("GIC up: {} list registers", gic::nr_lrs());
     // Console input: the UART's receive interrupt, forwarded to the VM with focus.
     if let (Some(intid), Some(u)) = (plat.uart.intid, console_uart) {
-        gic::enable(intid, 0xc0, true);
+        gic::enable(intid, 0xc0, true, 0);
         if intid >= 32 {
             gic::route_to_this_cpu(intid);
         }
@@ -208,49 +246,132 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
         );
         power_off();
     }
-    if plat.vms.len() > 1 {
-        warn!(
-            "{} VMs configured; this build runs one VM per machine until SMP scheduling lands: \
-             running {} only",
-            plat.vms.len(),
-            plat.vms[0].name
-        );
+    let ncpus = plat.cpus.len().min(cpu::MAX_CPUS);
+    if plat.cpus.len() > cpu::MAX_CPUS {
+        warn!("{} CPUs in the device tree; using the first {}", plat.cpus.len(), cpu::MAX_CPUS);
     }
-    crate::console::set_vm_prefixes(false);
-    let heap_before = heap.lock().stats_alloc_actual();
-    let vm = match build_vm(VmId(0), &plat.vms[0], plat, pa_bits) {
-        Ok(vm) => vm,
-        Err(e) => {
-            error!("{e}");
-            power_off();
+    for (i, c) in plat.cpus.iter().take(ncpus).enumerate() {
+        run::CPU_MPIDR[i].store(c.mpidr, Ordering::Relaxed);
+        run::install_sched(i, run::CpuSched::new(i));
+    }
+    crate::console::set_vm_prefixes(plat.vms.len() > 1);
+
+    // Build every VM, then place its vCPUs on their physical CPUs.
+    let mut built: Vec<&'static Vm> = Vec::new();
+    for (n, cfg) in plat.vms.iter().enumerate() {
+        let heap_before = heap.lock().stats_alloc_actual();
+        let vm = match build_vm(VmId(n as u16), cfg, plat, pa_bits, ncpus) {
+            Ok(vm) => vm,
+            Err(e) => {
+                error!("{e}");
+                power_off();
+            }
+        };
+        for (i, &pcpu) in vm.placement.iter().enumerate() {
+            let mut v = Box::new(Vcpu::new(VcpuId(i as u16), vm.mpidrs[i]));
+            v.vm_index = n;
+            v.regs.host_sp = cpu::stack_top(pcpu);
+            let ptr = cpu::VcpuPtr::leak(v);
+            if let Some(s) = run::sched_of(pcpu) {
+                let slot = s.lock().add(ptr, vm, VcpuId(i as u16));
+                set_slot(ptr, slot);
+            }
         }
-    };
-    RUNNING_VMS.store(1, Ordering::Relaxed);
-    let vcpu = Box::leak(Box::new(Vcpu::new(VcpuId(0), 0)));
-    vcpu.regs.host_sp = percpu.stack_top;
-    vcpu.reset(vm.entry_ipa(), vm.fdt_ipa());
-    VCPU_VM.call_once(|| vm);
-    // Kernel memory this VM costs beyond its RAM: vCPU, stage-2 tables, device and vGIC
-    // state, configuration (all from the heap).
-    info!(
-        "{} ({}): overhead {} bytes",
-        vm.id,
-        vm.name,
-        heap.lock().stats_alloc_actual().saturating_sub(heap_before)
-    );
-    info!(
-        "{} ({}): entering at {:#x}, dtb at {:#x}",
-        vm.id, vm.name, vcpu.regs.elr, vcpu.regs.x[0]
-    );
-    vcpu_load(vm, vcpu);
-    vgic_flush(vm, vcpu);
-    // SAFETY: the vCPU is leaked ('static, never moved); its EL1 context, trap configuration
-    // and stage 2 were just loaded on this CPU, and host_sp is this CPU's stack top.
-    unsafe { vectors::enter_guest(&mut vcpu.regs) }
+        // Kernel memory this VM costs beyond its RAM: vCPUs, stage-2 tables, device and vGIC
+        // state, configuration (all from the heap).
+        info!(
+            "{} ({}): overhead {} bytes",
+            vm.id,
+            vm.name,
+            heap.lock().stats_alloc_actual().saturating_sub(heap_before)
+        );
+        info!(
+            "{} ({}): {} vCPU(s) on pCPU {:?}, entry {:#x}, dtb {:#x}",
+            vm.id,
+            vm.name,
+            vm.placement.len(),
+            vm.placement,
+            vm.entry_ipa(),
+            vm.fdt_ipa()
+        );
+        built.push(vm);
+    }
+    RUNNING_VMS.store(built.len(), Ordering::Relaxed);
+    VMS.call_once(|| built);
+    // vCPU 0 of every VM starts at its image with x0 = its device tree.
+    for vm in vms() {
+        let _ = vm.power[0].cpu_on(vm.entry_ipa(), vm.fdt_ipa());
+    }
+
+    // Secondary CPUs: PSCI CPU_ON through the firmware's conduit, entry with x0 = index.
+    for (i, c) in plat.cpus.iter().enumerate().take(ncpus).skip(1) {
+        match (c.enable_method, plat.psci) {
+            (platform::EnableMethod::Psci, Some(conduit)) => {
+                let r = firmware::smccc_call(
+                    conduit,
+                    0xc400_0003,
+                    c.mpidr,
+                    crate::arch::aarch64::boot::secondary_entry_pa(),
+                    i as u64,
+                ) as i64;
+                if r != 0 {
+                    warn!("cpu{i} (MPIDR {:#x}): PSCI CPU_ON failed ({r})", c.mpidr);
+                }
+            }
+            _ => warn!(
+                "cpu{i} (MPIDR {:#x}): spin-table start not supported yet; its vCPUs won't run",
+                c.mpidr
+            ),
+        }
+    }
+    run::run_cpu()
 }
 
-/// The VM of the vCPU(s) on this machine (one VM until SMP scheduling lands).
-static VCPU_VM: Once<&'static Vm> = Once::new();
+/// Installs CPU `index`'s per-CPU data (TPIDR_EL2).
+fn set_percpu(index: usize) {
+    let percpu: &'static cpu::PerCpu = Box::leak(Box::new(cpu::PerCpu {
+        exc_sp: cpu::exc_stack_top(index),
+        stack_top: cpu::stack_top(index),
+        index,
+        mpidr: cpu::mpidr(),
+    }));
+    cpu::set_percpu(percpu);
+}
+
+/// The kernel's own private interrupts on CPU `index`: the guest virtual timer (forwarded
+/// with the HW bit), the EL2 timer (emulated physical timers, time slices), the vGIC
+/// maintenance interrupt, and the kick SGI.
+fn enable_kernel_interrupts(index: usize) {
+    let maint = PLATFORM
+        .get()
+        .and_then(|p| p.gic.maintenance_intid)
+        .unwrap_or(run::MAINT_INTID);
+    gic::enable(VTIMER_INTID, 0xa0, true, index);
+    gic::enable(timer::HYP_TIMER_INTID, 0xa0, true, index);
+    gic::enable(maint, 0xa0, true, index);
+    gic::enable(gic::KICK_SGI, 0x90, false, index);
+}
+
+fn set_slot(ptr: cpu::VcpuPtr, slot: usize) {
+    cpu::with_new_vcpu(ptr, |v| v.slot = slot);
+}
+
+/// Secondary CPU entry from `elvisor_secondary_main` (MMU off, at EL2, own stack).
+pub fn secondary_main(index: usize) -> ! {
+    if guest::vhe() {
+        mmu::enable_vhe();
+    }
+    enable_mmu(
+        PhysAddr(EL2_ROOT.load(Ordering::Relaxed)),
+        guest::vhe(),
+        cpu::pa_bits(),
+    );
+    set_percpu(index);
+    gic::init_cpu(index);
+    enable_kernel_interrupts(index);
+    info!("cpu{index} up (MPIDR {:#x})", cpu::mpidr());
+    run::run_cpu()
+}
 
 fn enable_mmu(root: PhysAddr, vhe: bool, pa_bits: u32) {
     // SAFETY: `root` is the map from `build_el2_map`, which covers the image (text, rodata,
@@ -369,10 +490,10 @@ fn log_platform(p: &Platform, image: PhysRange, heap: PhysRange) {
 }
 
 impl Vm {
-    fn entry_ipa(&self) -> u64 {
+    pub fn entry_ipa(&self) -> u64 {
         layout::RAM_BASE.0 + self.entry_offset
     }
-    fn fdt_ipa(&self) -> u64 {
+    pub fn fdt_ipa(&self) -> u64 {
         layout::RAM_BASE.0 + self.fdt_offset
     }
 }
@@ -391,17 +512,26 @@ fn build_vm(
     cfg: &VmConfig,
     plat: &Platform,
     pa_bits: u32,
+    ncpus: usize,
 ) -> Result<&'static Vm, VmError> {
-    if cfg.vcpus != 1 {
+    let nvcpus = cfg.vcpus as usize;
+    if nvcpus == 0 || nvcpus > vgic::MAX_VCPUS_V2 {
+        return Err(vm_err(cfg, "cpus", alloc::format!("{nvcpus} vCPUs: 1 to 8 supported")));
+    }
+    // Pinning: `elvisor,cpu-affinity`, else vCPU i on physical CPU i mod the CPU count.
+    let pcpus: Vec<usize> = if cfg.cpu_affinity.is_empty() {
+        (0..nvcpus).map(|i| i % ncpus.max(1)).collect()
+    } else {
+        cfg.cpu_affinity.iter().map(|&c| c as usize).collect()
+    };
+    if let Some(bad) = pcpus.iter().find(|&&c| c >= ncpus) {
         return Err(vm_err(
             cfg,
-            "cpus",
-            alloc::format!(
-                "{} vCPUs requested; this build supports 1 until SMP lands",
-                cfg.vcpus
-            ),
+            "elvisor,cpu-affinity",
+            alloc::format!("physical CPU {bad} does not exist (or is beyond {ncpus})"),
         ));
     }
+    let mpidrs: Vec<u64> = (0..nvcpus as u64).collect();
     let kernel = Module::new(cfg.kernel, &plat.ram, &plat.reserved)
         .ok_or_else(|| vm_err(cfg, "reg", "kernel module is not inside host RAM"))?;
     let ramdisk = match cfg.ramdisk {
@@ -442,7 +572,6 @@ fn build_vm(
         .map(layout::RAM_BASE, ram.range().base, ram_bytes, S2Kind::Ram)
         .map_err(|e| vm_err(cfg, "memory", alloc::format!("stage-2 map failed: {e:?}")))?;
 
-    let mpidrs = [0u64];
     let version = match plat.gic.version {
         platform::GicVersion::V3 => vgic::GicVersion::V3,
         platform::GicVersion::V2 => vgic::GicVersion::V2,
@@ -455,7 +584,9 @@ fn build_vm(
     .map_err(|e| vm_err(cfg, "cpus", alloc::format!("virtual GIC: {e}")))?;
     // The virtual timer is forwarded with the HW bit: the guest's deactivation deactivates
     // the physical PPI.
-    let _ = vg.set_hw(VTIMER_INTID, VcpuId(0), Some(VTIMER_INTID));
+    for i in 0..nvcpus {
+        let _ = vg.set_hw(VTIMER_INTID, VcpuId(i as u16), Some(VTIMER_INTID));
+    }
     let vgic: vgic::SharedVgic = Arc::new(Mutex::new(vg));
 
     let overlap = |_| vm_err(cfg, "compatible", "device windows overlap");
@@ -517,6 +648,13 @@ fn build_vm(
         passthrough_irqs,
         hw,
         reset_count: AtomicU32::new(0),
+        state: core::sync::atomic::AtomicU8::new(VmState::Running as u8),
+        power: (0..nvcpus).map(|_| crate::vm::power::VcpuPower::new()).collect(),
+        parked: (0..nvcpus)
+            .map(|_| core::sync::atomic::AtomicBool::new(true))
+            .collect(),
+        mpidrs,
+        placement: pcpus,
         kernel,
         ramdisk,
         entry_offset: placement.load_offset,
@@ -598,7 +736,7 @@ fn setup_passthrough(
             vgic.lock()
                 .set_hw(intid, VcpuId(0), Some(intid))
                 .map_err(|e| bad(alloc::format!("INTID {intid}: {e}")))?;
-            gic::enable(intid, 0xa0, level);
+            gic::enable(intid, 0xa0, level, 0);
             gic::route_to_this_cpu(intid);
             irqs.push(intid);
         }
@@ -616,8 +754,8 @@ fn setup_passthrough(
 /// (Re)writes a VM's RAM from scratch: zeroes it, copies the kernel and initrd modules, and
 /// generates the device tree. Used at build and on SYSTEM_RESET, so nothing of a previous
 /// run survives.
-fn load_images(vm: &Vm) -> Result<(), String> {
-    let mpidrs = [0u64];
+pub fn load_images(vm: &Vm) -> Result<(), String> {
+    let mpidrs = &vm.mpidrs;
     let initrd = vm.initrd_offset.zip(vm.ramdisk).map(|(off, m)| {
         (
             GuestPhysAddr(layout::RAM_BASE.0 + off),
@@ -627,7 +765,7 @@ fn load_images(vm: &Vm) -> Result<(), String> {
     let blob = crate::vm::fdt::generate(&GuestFdt {
         ram_base: layout::RAM_BASE,
         ram_bytes: vm.config.memory_bytes,
-        mpidrs: &mpidrs,
+        mpidrs,
         uart: Some(GuestUart {
             base: layout::UART_BASE,
             size_bytes: layout::UART_SIZE,
@@ -674,174 +812,6 @@ fn load_images(vm: &Vm) -> Result<(), String> {
     }
 }
 
-/// What to run after an exit. Called by the arch exit glue with IRQs masked.
-pub fn handle_exit(vcpu: &'static mut Vcpu, kind: ExitKind) -> &'static mut Vcpu {
-    let Some(&vm) = VCPU_VM.get() else {
-        error!("exit with no VM");
-        power_off();
-    };
-    // List registers only move when they hold something (never on a plain hypercall).
-    if vcpu.lr_used != 0 {
-        vgic_sync(vm, vcpu);
-    }
-    let next = dispatch_exit(vm, vcpu, kind);
-    vgic_flush(vm, next);
-    next
-}
-
-fn dispatch_exit(vm: &'static Vm, vcpu: &'static mut Vcpu, kind: ExitKind) -> &'static mut Vcpu {
-    match kind {
-        ExitKind::Sync(esr) => {
-            let action = {
-                let mut ctx = ExitCtx {
-                    regs: &mut vcpu.regs,
-                    mmio: &vm.mmio,
-                    debug: &mut vcpu.debug,
-                    ptimer: &mut vcpu.ptimer,
-                    counter: timer::now,
-                    vcpu: vcpu.id,
-                    vm_name: &vm.name,
-                };
-                crate::vm::exit::handle_sync(&mut ctx, esr, guest::fault)
-            };
-            if esr.ec() == esr::ec::DABT_LOWER {
-                sample_device_lines(vm, vcpu);
-                console_unthrottle(vm);
-            }
-            apply(vm, vcpu, esr, action)
-        }
-        ExitKind::Irq | ExitKind::Fiq => {
-            handle_irqs(vm, vcpu);
-            vcpu
-        }
-        ExitKind::SError(esr) => {
-            warn!(
-                "{} ({}): SError from the guest, ESR {:#x}",
-                vm.id, vm.name, esr.0
-            );
-            stop_vm(vm, vcpu, "SError")
-        }
-    }
-}
-
-fn apply(vm: &'static Vm, vcpu: &'static mut Vcpu, esr: Esr, action: Action) -> &'static mut Vcpu {
-    let el0 = guest::from_el0(&vcpu.regs);
-    match action {
-        Action::Resume | Action::Wait { wfe: true } => vcpu,
-        Action::Wait { wfe: false } => {
-            block(vm, vcpu);
-            vcpu
-        }
-        Action::TimerChanged => {
-            update_ptimer(vm, vcpu);
-            vcpu
-        }
-        Action::Sgi { value, group1 } => {
-            let mut vg = vm.vgic.lock();
-            let _kicks = vg.sgi(vcpu.id, value, group1);
-            vcpu
-        }
-        Action::InjectDataAbort { far, write } => {
-            guest::inject_sync(
-                &mut vcpu.regs,
-                esr::inject::data_abort(el0, write),
-                Some(far),
-            );
-            vcpu
-        }
-        Action::InjectInstrAbort { far } => {
-            guest::inject_sync(&mut vcpu.regs, esr::inject::instr_abort(el0), Some(far));
-            vcpu
-        }
-        Action::InjectUndef => {
-            guest::inject_sync(&mut vcpu.regs, esr::inject::undefined(esr.il()), None);
-            vcpu
-        }
-        Action::Psci(call) => psci_call(vm, vcpu, call),
-        Action::Stop(why) => stop_vm(vm, vcpu, why),
-    }
-}
-
-fn set_ret(vcpu: &mut Vcpu, v: i64) {
-    let Ret(r) = Ret::x0(v);
-    if let Some(x0) = r[0] {
-        vcpu.regs.x[0] = x0;
-    }
-}
-
-fn psci_call(vm: &'static Vm, vcpu: &'static mut Vcpu, call: Call) -> &'static mut Vcpu {
-    match call {
-        Call::SystemOff => stop_vm(vm, vcpu, "PSCI SYSTEM_OFF"),
-        Call::SystemReset => {
-            reset_vm(vm, vcpu);
-            vcpu
-        }
-        Call::CpuOff => stop_vm(vm, vcpu, "PSCI CPU_OFF of its last vCPU"),
-        Call::CpuOn { target, .. } => {
-            let r = if target & 0xff_00ff_ffff == vcpu.mpidr {
-                psci::ret::ALREADY_ON
-            } else {
-                psci::ret::INVALID_PARAMETERS
-            };
-            set_ret(vcpu, r);
-            vcpu
-        }
-        Call::AffinityInfo { target, level } => {
-            let r = if level != 0 {
-                psci::ret::INVALID_PARAMETERS
-            } else if target & 0xff_00ff_ffff == vcpu.mpidr {
-                0 // ON
-            } else {
-                psci::ret::INVALID_PARAMETERS
-            };
-            set_ret(vcpu, r);
-            vcpu
-        }
-        // Standby returns on any wake-up event; returning at once is a valid wake-up.
-        Call::CpuSuspend { .. } => {
-            set_ret(vcpu, psci::ret::SUCCESS);
-            vcpu
-        }
-        Call::Return(_) => vcpu,
-    }
-}
-
-/// SYSTEM_RESET: fresh RAM, fresh images, fresh device and vCPU state.
-fn reset_vm(vm: &'static Vm, vcpu: &mut Vcpu) {
-    let n = vm.reset_count.fetch_add(1, Ordering::Relaxed) + 1;
-    info!("{} ({}): PSCI SYSTEM_RESET (reset #{n})", vm.id, vm.name);
-    vm.mmio.lock().reset_all();
-    {
-        let mut vg = vm.vgic.lock();
-        vg.reset();
-        let _ = vg.set_hw(VTIMER_INTID, VcpuId(0), Some(VTIMER_INTID));
-        while let Some(p) = vg.take_hw_deactivation() {
-            gic::deactivate(p);
-        }
-    }
-    if let Err(e) = load_images(vm) {
-        error!("{} ({}): reset failed: {e}", vm.id, vm.name);
-        vcpu.state = VcpuState::Off;
-        return;
-    }
-    vcpu.reset(vm.entry_ipa(), vm.fdt_ipa());
-    timer::disarm();
-    vcpu_load(vm, vcpu);
-}
-
-/// Stops a VM; when it was the last one, powers the machine off.
-fn stop_vm(vm: &'static Vm, vcpu: &mut Vcpu, why: &str) -> ! {
-    vcpu.state = VcpuState::Off;
-    info!("{} ({}) stopped: {}", vm.id, vm.name, why);
-    let left = RUNNING_VMS
-        .fetch_sub(1, Ordering::Relaxed)
-        .saturating_sub(1);
-    if left == 0 {
-        info!("all VMs stopped; powering off");
-    }
-    power_off()
-}
-
 /// Powers the machine off through the firmware's PSCI; parks if there is none.
 fn power_off() -> ! {
     firmware::system_off(PLATFORM.get().and_then(|p| p.psci));
@@ -867,197 +837,3 @@ pub fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     cpu::park()
 }
 
-/// Puts a vCPU on this CPU: trap configuration, stage 2, EL1 context, virtual CPU interface
-/// state and an empty set of list registers. The slow path: only on first entry, reset, or
-/// (with SMP scheduling) when a different vCPU takes the CPU.
-fn vcpu_load(vm: &Vm, vcpu: &mut Vcpu) {
-    guest::load_config(&vm.hw);
-    guest::load_el1(&vcpu.el1);
-    gic::load_guest_sre();
-    gic::restore_vif(&vcpu.vif);
-    for i in 0..gic::nr_lrs() {
-        gic::write_lr(i, 0);
-    }
-    vcpu.lrs = [Lr::INVALID; 16];
-    vcpu.lr_used = 0;
-    gic::write_hcr(gic::HCR_EN);
-    vcpu.hcr = gic::HCR_EN;
-}
-
-fn encode_lr(lr: &Lr) -> u64 {
-    if gic::version() == 3 {
-        vgic::encode_v3(lr)
-    } else {
-        vgic::encode_v2(lr) as u64
-    }
-}
-
-fn decode_lr(v: u64) -> Lr {
-    if gic::version() == 3 {
-        vgic::decode_v3(v)
-    } else {
-        vgic::decode_v2(v as u32)
-    }
-}
-
-/// Fills the list registers before entering the guest, if the vGIC has news for this vCPU.
-fn vgic_flush(vm: &Vm, vcpu: &mut Vcpu) {
-    let mut vg = vm.vgic.lock();
-    if !vg.needs_flush(vcpu.id) {
-        return;
-    }
-    let n = gic::nr_lrs().min(vcpu.lrs.len());
-    let r = vg.flush(vcpu.id, &mut vcpu.lrs[..n]);
-    for i in 0..n {
-        if r.changed & (1 << i) != 0 {
-            gic::write_lr(i, encode_lr(&vcpu.lrs[i]));
-        }
-    }
-    vcpu.lr_used = r.live;
-    // More deliverable than fits: ask for the underflow maintenance interrupt to refill.
-    let hcr = gic::HCR_EN | if r.overflow { gic::HCR_UIE } else { 0 };
-    if hcr != vcpu.hcr {
-        gic::write_hcr(hcr);
-        vcpu.hcr = hcr;
-    }
-    while let Some(p) = vg.take_hw_deactivation() {
-        gic::deactivate(p);
-    }
-}
-
-/// Folds the hardware list registers back into the vGIC after an exit.
-fn vgic_sync(vm: &Vm, vcpu: &mut Vcpu) {
-    let n = gic::nr_lrs().min(vcpu.lrs.len());
-    let used = vcpu.lr_used;
-    for i in 0..n {
-        if used & (1 << i) != 0 {
-            vcpu.lrs[i] = decode_lr(gic::read_lr(i));
-        }
-    }
-    let mut vg = vm.vgic.lock();
-    let freed = vg.sync(vcpu.id, &mut vcpu.lrs[..n]);
-    // Empty the slots the guest finished with (an invalid LR with its EOI bit set would keep
-    // the EOI maintenance interrupt asserted).
-    for i in 0..n {
-        if freed & (1 << i) != 0 {
-            gic::write_lr(i, 0);
-        }
-    }
-    vcpu.lr_used = vg.live_lrs(vcpu.id);
-    while let Some(p) = vg.take_hw_deactivation() {
-        gic::deactivate(p);
-    }
-}
-
-/// After an MMIO access: propagate device interrupt outputs (the PL011's SPI) to the vGIC.
-fn sample_device_lines(vm: &Vm, vcpu: &Vcpu) {
-    let bus = vm.mmio.lock();
-    let mut vg = vm.vgic.lock();
-    for (intid, level) in bus.irq_lines() {
-        let _ = vg.set_level(intid, vcpu.id, level);
-    }
-    let _ = vg.take_kicks();
-}
-
-/// Re-evaluates the emulated EL1 physical timer: its interrupt line and the EL2 timer.
-fn update_ptimer(vm: &Vm, vcpu: &mut Vcpu) {
-    let now = timer::now();
-    let level = vcpu.ptimer.level(now);
-    let _ = vm.vgic.lock().set_level(PTIMER_INTID, vcpu.id, level);
-    match vcpu.ptimer.deadline(now) {
-        Some(d) => timer::arm(d),
-        None => timer::disarm(),
-    }
-}
-
-/// Acknowledges and routes every pending physical interrupt.
-fn handle_irqs(vm: &Vm, vcpu: &mut Vcpu) {
-    let maint = PLATFORM
-        .get()
-        .and_then(|p| p.gic.maintenance_intid)
-        .unwrap_or(MAINT_INTID);
-    while let Some(intid) = gic::ack() {
-        gic::eoi(intid);
-        if intid == VTIMER_INTID || vm.passthrough_irqs.contains(&intid) {
-            // HW-linked: stays active until the guest deactivates its virtual interrupt,
-            // which deactivates this one.
-            let _ = vm.vgic.lock().inject_edge(intid, vcpu.id);
-            continue;
-        }
-        gic::deactivate(intid);
-        if Some(intid) == PLATFORM.get().and_then(|p| p.uart.intid) {
-            console_input(vm, vcpu);
-        } else if intid == timer::HYP_TIMER_INTID {
-            update_ptimer(vm, vcpu);
-        } else if intid == maint {
-            // Underflow (UIE): the list registers ran low. The exit already synced them,
-            // which marks the vCPU for a refill; the condition is level-sensitive, so turn
-            // UIE off now or it fires again at once. The flush on the way back in refills
-            // the registers and sets UIE again only if interrupts are still waiting.
-            gic::write_hcr(gic::HCR_EN);
-            vcpu.hcr = gic::HCR_EN;
-        } else {
-            log::debug!("unexpected physical interrupt {intid}");
-        }
-    }
-}
-
-static INPUT: Mutex<crate::console::InputRouter> = Mutex::new(crate::console::InputRouter::new());
-static CONSOLE_UART: Once<&'static Pl011> = Once::new();
-/// Set while console input waits in the physical UART because the VM's FIFO is full.
-static RX_THROTTLED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
-/// Moves console input from the physical UART into the VM with focus (its emulated PL011's
-/// receive FIFO), only as far as that FIFO has room: the rest stays in the physical UART,
-/// whose receive interrupt is masked until the guest reads (flow control, so nothing typed
-/// is lost however small the guest's FIFO is).
-fn console_input(vm: &Vm, vcpu: &Vcpu) {
-    use crate::console::Input;
-    let mut router = INPUT.lock();
-    loop {
-        // Room for a pending escape sequence's held bytes plus this one.
-        if vm.mmio.lock().console_room() < 3 {
-            if let Some(u) = CONSOLE_UART.get() {
-                u.set_rx_interrupt(false);
-            }
-            RX_THROTTLED.store(true, Ordering::Relaxed);
-            break;
-        }
-        let Some(b) = crate::console::get_byte() else {
-            break;
-        };
-        router.feed(b, 1, |ev| match ev {
-            Input::ToVm { byte, .. } => {
-                let _ = vm.mmio.lock().console_input(byte);
-            }
-            Input::Focus { .. } => info!("console input goes to {} ({})", vm.id, vm.name),
-            Input::Held => {}
-        });
-    }
-    drop(router);
-    sample_device_lines(vm, vcpu);
-}
-
-/// After a guest MMIO access: if input was held back, let the UART interrupt again once
-/// the VM's FIFO has room.
-fn console_unthrottle(vm: &Vm) {
-    if RX_THROTTLED.load(Ordering::Relaxed) && vm.mmio.lock().console_room() >= 3 {
-        RX_THROTTLED.store(false, Ordering::Relaxed);
-        if let Some(u) = CONSOLE_UART.get() {
-            u.set_rx_interrupt(true);
-        }
-    }
-}
-
-/// WFI with nothing to deliver: idle this physical CPU until an interrupt for the vCPU
-/// arrives (its virtual timer's PPI, the EL2 timer for its physical timer, ...).
-fn block(vm: &Vm, vcpu: &mut Vcpu) {
-    loop {
-        update_ptimer(vm, vcpu);
-        if vm.vgic.lock().has_deliverable(vcpu.id) {
-            return;
-        }
-        timer::wait_for_interrupt();
-        handle_irqs(vm, vcpu);
-    }
-}

@@ -1,0 +1,88 @@
+//! `guest-compute`: a fixed CPU- and memory-bound workload, to show that a guest that never
+//! exits runs as many instructions under the hypervisor as on the bare machine.
+//!
+//! Over a 64 MiB buffer of guest RAM (starting at the first 2 MiB boundary after the image):
+//!
+//! ```text
+//!   1. fill      every 8th word (one per 64-byte line), 1 Mi stores
+//!   2. stride    every 16th word: read, rotate, xor, write back, 512 Ki times
+//!   3. random    2 Mi read-modify-writes at LCG-chosen words of the filled set
+//!   4. checksum  every 8th word, rotated and xored together
+//! ```
+//!
+//! About 30 million instructions. Only filled words are ever read, so the result does not
+//! depend on what the RAM held before; the checksum is printed so that a run under the
+//! hypervisor can be checked against the native one.
+
+use elvisor_guest_rt::arch::image_range;
+
+use crate::arch::{self, Buffer};
+use crate::results::{Outcome, text};
+
+/// Bytes of the buffer (the bench VM has 128 MiB of RAM).
+pub const BUFFER_BYTES: usize = 64 << 20;
+
+/// Where the buffer starts: the first boundary of this many bytes after the image.
+const BUFFER_ALIGN: usize = 2 << 20;
+
+/// Random read-modify-writes in phase 3.
+const RANDOM_UPDATES: u32 = 2 << 20;
+
+/// Knuth's MMIX LCG (multiplier and increment).
+const LCG_MUL: u64 = 6_364_136_223_846_793_005;
+const LCG_INC: u64 = 1_442_695_040_888_963_407;
+
+/// Runs the workload and reports its instruction (tick) count.
+pub fn guest_compute() -> Outcome {
+    let start = image_range().end.next_multiple_of(BUFFER_ALIGN);
+    let Some(mut buffer) = Buffer::new(start..start + BUFFER_BYTES) else {
+        return Outcome::Skipped(text!(
+            "needs {} MiB of free guest RAM at {start:#x} (outside the image and the DTB)",
+            BUFFER_BYTES >> 20
+        ));
+    };
+    let t0 = arch::now();
+    let checksum = workload(&mut buffer);
+    let t1 = arch::now();
+    Outcome::Measured {
+        iters: 1,
+        total: t1.wrapping_sub(t0) as i64,
+        range: None,
+        extra: text!("bytes={BUFFER_BYTES} base={start:#x} checksum={checksum:#018x}"),
+    }
+}
+
+fn workload(buffer: &mut Buffer) -> u64 {
+    let words = buffer.words();
+    debug_assert!(words.is_power_of_two());
+
+    let mut i = 0;
+    while i < words {
+        buffer.write(i, (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        i += 8;
+    }
+
+    let mut i = 0;
+    while i < words {
+        let value = buffer.read(i);
+        buffer.write(i, value.rotate_left(7) ^ 0x5bd1_e995);
+        i += 16;
+    }
+
+    let mask = (words - 1) & !7;
+    let mut x: u64 = 0x0123_4567_89ab_cdef;
+    for _ in 0..RANDOM_UPDATES {
+        x = x.wrapping_mul(LCG_MUL).wrapping_add(LCG_INC);
+        let index = (x >> 17) as usize & mask;
+        let value = buffer.read(index);
+        buffer.write(index, value.wrapping_add(x));
+    }
+
+    let mut sum = x;
+    let mut i = 0;
+    while i < words {
+        sum = sum.rotate_left(5) ^ buffer.read(i);
+        i += 8;
+    }
+    sum
+}

@@ -1,0 +1,793 @@
+//! Running vCPUs on physical CPUs: exits, the per-CPU scheduler, interrupts, PSCI power and
+//! VM lifecycle.
+//!
+//! ```text
+//!  exit ──> handle_exit ──fast path (resume, inject, emulate)──────────────────> same vCPU
+//!              │ WFI, PSCI power, IRQ, kick, VM stop/reset
+//!              └──> CPU scheduler (lock) ─ requests ─ pick (round-robin) ─ put? ─> next vCPU
+//!                                          └─ nothing runnable: WFI at EL2, take IRQs ─┘
+//!  entry <── enter: load if a different vCPU (EL1, vGIC, vtimer, traps, stage 2), flush LRs
+//! ```
+//!
+//! vCPUs are pinned: each lives in one physical CPU's run queue and only that CPU touches it.
+//! Other CPUs change a vCPU's PSCI power state (atomics in its VM) and send a kick SGI.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+use log::{error, info, warn};
+use spin::{Mutex, Once};
+
+use super::{PLATFORM, Vm, VmState, power_off};
+use crate::arch::aarch64::cpu::{self, MAX_CPUS, VcpuPtr};
+use crate::arch::aarch64::esr::{self, Esr};
+use crate::arch::aarch64::exit::ExitKind;
+use crate::arch::aarch64::{fp, gic, guest, idregs, timer};
+use crate::console::Input;
+use crate::vdev::vgic::{self, KickSet, Lr};
+use crate::vm::VcpuId;
+use crate::vm::exit::{Action, ExitCtx};
+use crate::vm::power;
+use crate::vm::psci::{self, Call, Ret};
+use crate::vm::sched::{RunQueue, RunState};
+use crate::vm::timer::{PTIMER_INTID, PhysTimer, VTIMER_INTID};
+use crate::vm::vcpu::Vcpu;
+
+/// Time slice when several vCPUs share a physical CPU: 10 ms.
+const SLICE_PER_SEC: u64 = 100;
+/// The vGIC maintenance interrupt when the DT names none (PPI 9).
+pub const MAINT_INTID: u32 = 25;
+
+/// A vCPU on this CPU's run queue, with what the scheduler needs while it is off the CPU.
+pub struct Slot {
+    pub ptr: VcpuPtr,
+    pub vm: &'static Vm,
+    pub id: VcpuId,
+    /// Copy of the vCPU's emulated physical timer (kept current).
+    pub ptimer: PhysTimer,
+    /// Physical-counter deadline of its virtual timer while it is off the CPU.
+    pub vtimer_deadline: Option<u64>,
+}
+
+/// One physical CPU's scheduler. Only that CPU locks it.
+pub struct CpuSched {
+    pub index: usize,
+    pub slots: Vec<Slot>,
+    rq: RunQueue,
+    /// The slot whose state is in the CPU (EL1 registers, vGIC interface, virtual timer).
+    loaded: Option<usize>,
+    /// The slot whose FP/SIMD registers are in the CPU.
+    fp_owner: Option<usize>,
+    slice_end: u64,
+}
+
+impl CpuSched {
+    pub fn new(index: usize) -> Self {
+        Self {
+            index,
+            slots: Vec::new(),
+            rq: RunQueue::new(),
+            loaded: None,
+            fp_owner: None,
+            slice_end: 0,
+        }
+    }
+
+    /// Places a vCPU on this CPU; returns its slot.
+    pub fn add(&mut self, ptr: VcpuPtr, vm: &'static Vm, id: VcpuId) -> usize {
+        self.slots.push(Slot {
+            ptr,
+            vm,
+            id,
+            ptimer: PhysTimer::default(),
+            vtimer_deadline: None,
+        });
+        self.rq.add()
+    }
+}
+
+static SCHEDS: [Once<Mutex<CpuSched>>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
+/// MPIDR of each physical CPU, for kicks.
+pub static CPU_MPIDR: [core::sync::atomic::AtomicU64; MAX_CPUS] =
+    [const { core::sync::atomic::AtomicU64::new(0) }; MAX_CPUS];
+/// Physical CPUs that have started running vCPUs.
+pub static CPU_UP: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// Installs CPU `index`'s scheduler (boot CPU, before any CPU runs).
+pub fn install_sched(index: usize, s: CpuSched) {
+    if let Some(slot) = SCHEDS.get(index) {
+        slot.call_once(|| Mutex::new(s));
+    }
+}
+
+/// The scheduler of CPU `index`.
+pub fn sched_of(index: usize) -> Option<&'static Mutex<CpuSched>> {
+    SCHEDS.get(index).and_then(|o| o.get())
+}
+
+fn this_index() -> usize {
+    cpu::this_cpu().map_or(0, |p| p.index)
+}
+
+fn sched() -> &'static Mutex<CpuSched> {
+    match sched_of(this_index()) {
+        Some(s) => s,
+        None => {
+            error!("cpu{}: no scheduler", this_index());
+            cpu::park()
+        }
+    }
+}
+
+/// Starts running vCPUs on this CPU: idles until one is runnable, then enters it.
+pub fn run_cpu() -> ! {
+    let i = this_index();
+    if let Some(up) = CPU_UP.get(i) {
+        up.store(true, Ordering::Release);
+    }
+    let next = {
+        let mut s = sched().lock();
+        schedule(&mut s, None)
+    };
+    cpu::run(next)
+}
+
+// ------------------------------------------------------------------------------------------
+// Exits
+// ------------------------------------------------------------------------------------------
+
+/// What to run after an exit of `v` (called by the arch exit glue, IRQs masked).
+pub fn handle_exit(v: &mut Vcpu, kind: ExitKind) -> VcpuPtr {
+    let vm = super::vm_of(v);
+    // List registers only move when they hold something (never on a plain hypercall).
+    if v.lr_used != 0 {
+        vgic_sync(vm, v);
+    }
+    let resched = match kind {
+        ExitKind::Sync(esr) => {
+            let action = {
+                let mut ctx = ExitCtx {
+                    regs: &mut v.regs,
+                    mmio: &vm.mmio,
+                    debug: &mut v.debug,
+                    ptimer: &mut v.ptimer,
+                    counter: timer::now,
+                    id_read: idregs::read,
+                    vcpu: v.id,
+                    vm_name: &vm.name,
+                };
+                crate::vm::exit::handle_sync(&mut ctx, esr, guest::fault)
+            };
+            let r = apply(vm, v, esr, action);
+            if esr.ec() == esr::ec::DABT_LOWER {
+                sample_device_lines(vm, v.id);
+                console_unthrottle(vm);
+                kick_all(vm, vm.vgic.lock().take_kicks());
+            }
+            r
+        }
+        ExitKind::Irq | ExitKind::Fiq => {
+            let mut s = sched().lock();
+            handle_irqs(&mut s, Some(v));
+            true
+        }
+        ExitKind::SError(esr) => {
+            warn!("{} ({}): SError from the guest, ESR {:#x}", vm.id, vm.name, esr.0);
+            stop_vm(vm, "SError");
+            true
+        }
+    };
+    if !resched {
+        return VcpuPtr::of(v);
+    }
+    let mut s = sched().lock();
+    let slot = v.slot;
+    schedule(&mut s, Some((slot, v)))
+}
+
+/// Carries out an exit's action. Returns true when the scheduler must run.
+fn apply(vm: &'static Vm, v: &mut Vcpu, esr: Esr, action: Action) -> bool {
+    let el0 = guest::from_el0(&v.regs);
+    match action {
+        Action::Resume | Action::Wait { wfe: true } => false,
+        Action::InjectDataAbort { far, write } => {
+            guest::inject_sync(&mut v.regs, esr::inject::data_abort(el0, write), Some(far));
+            false
+        }
+        Action::InjectInstrAbort { far } => {
+            guest::inject_sync(&mut v.regs, esr::inject::instr_abort(el0), Some(far));
+            false
+        }
+        Action::InjectUndef => {
+            guest::inject_sync(&mut v.regs, esr::inject::undefined(esr.il()), None);
+            false
+        }
+        Action::Wait { wfe: false } => block(vm, v),
+        Action::TimerChanged => {
+            update_ptimer(vm, v);
+            let mut s = sched().lock();
+            if let Some(sl) = s.slots.get_mut(v.slot) {
+                sl.ptimer = v.ptimer;
+            }
+            arm_timer(&s, Some(v.slot));
+            false
+        }
+        Action::Sgi { value, group1 } => {
+            let kicks = vm.vgic.lock().sgi(v.id, value, group1);
+            kick_all(vm, kicks)
+        }
+        Action::FpAccess => {
+            fp_switch(v);
+            false
+        }
+        Action::Psci(call) => psci_call(vm, v, call),
+        Action::Stop(why) => {
+            stop_vm(vm, why);
+            true
+        }
+    }
+}
+
+/// WFI: blocks the vCPU unless an interrupt is deliverable (or its timers expired).
+fn block(vm: &Vm, v: &mut Vcpu) -> bool {
+    update_ptimer(vm, v);
+    if vm.vgic.lock().has_deliverable(v.id) {
+        return false;
+    }
+    let mut s = sched().lock();
+    s.rq.set(v.slot, RunState::Blocked);
+    if let Some(sl) = s.slots.get_mut(v.slot) {
+        sl.ptimer = v.ptimer;
+    }
+    true
+}
+
+/// Lazy FP/SIMD switch: the trapping vCPU takes the FP registers from their owner.
+fn fp_switch(v: &mut Vcpu) {
+    let mut s = sched().lock();
+    let owner = s.fp_owner.and_then(|o| s.slots.get(o)).map(|sl| sl.ptr);
+    guest::write_cptr(guest::guest_cptr());
+    if let Some(o) = owner
+        && o != VcpuPtr::of(v)
+    {
+        cpu::save_fp_of(o);
+    }
+    fp::restore(&v.fp);
+    s.fp_owner = Some(v.slot);
+}
+
+// ------------------------------------------------------------------------------------------
+// PSCI and VM lifecycle
+// ------------------------------------------------------------------------------------------
+
+fn set_ret(v: &mut Vcpu, value: i64) {
+    let Ret(r) = Ret::x0(value);
+    if let Some(x0) = r[0] {
+        v.regs.x[0] = x0;
+    }
+}
+
+fn psci_call(vm: &'static Vm, v: &mut Vcpu, call: Call) -> bool {
+    match call {
+        Call::SystemOff => {
+            stop_vm(vm, "PSCI SYSTEM_OFF");
+            true
+        }
+        Call::SystemReset => {
+            reset_vm(vm);
+            true
+        }
+        Call::CpuOff => {
+            vm.power[v.id.0 as usize].off();
+            true
+        }
+        Call::CpuOn {
+            target,
+            entry,
+            context,
+        } => {
+            let ram = super::layout::RAM_BASE.0..super::layout::RAM_BASE.0 + vm.config.memory_bytes;
+            let r = power::check_cpu_on(target, entry, &vm.mpidrs, ram).and_then(|t| {
+                vm.power[t].cpu_on(entry, context)?;
+                Ok(t)
+            });
+            match r {
+                Ok(t) => {
+                    set_ret(v, psci::ret::SUCCESS);
+                    kick_all(vm, KickSet::single(t))
+                }
+                Err(e) => {
+                    set_ret(v, e);
+                    false
+                }
+            }
+        }
+        Call::AffinityInfo { target, level } => {
+            let aff = target & 0xff_00ff_ffff;
+            let r = match vm.mpidrs.iter().position(|&m| m == aff) {
+                Some(t) if level == 0 => vm.power[t].affinity_info(),
+                _ => psci::ret::INVALID_PARAMETERS,
+            };
+            set_ret(v, r);
+            false
+        }
+        // Standby: like WFI. (Power-down states are entered as standby, which PSCI allows.)
+        Call::CpuSuspend { .. } => {
+            set_ret(v, psci::ret::SUCCESS);
+            block(vm, v)
+        }
+        Call::Return(_) => false,
+    }
+}
+
+/// Stops a VM (SYSTEM_OFF, or a fatal guest error): all its vCPUs, on every CPU. When it
+/// was the last VM, powers the machine off.
+pub fn stop_vm(vm: &'static Vm, why: &str) {
+    if vm
+        .state
+        .compare_exchange(VmState::Running as u8, VmState::Stopped as u8, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return;
+    }
+    info!("{} ({}) stopped: {}", vm.id, vm.name, why);
+    for p in &vm.power {
+        p.off();
+    }
+    kick_all(vm, KickSet::all(vm.power.len()));
+    if super::RUNNING_VMS.fetch_sub(1, Ordering::AcqRel) == 1 {
+        info!("all VMs stopped; powering off");
+        power_off();
+    }
+}
+
+/// SYSTEM_RESET of one VM: every vCPU stops (on every CPU), RAM and images are reloaded,
+/// devices and the vGIC reset, then vCPU 0 starts again. Other VMs keep running.
+fn reset_vm(vm: &'static Vm) {
+    if vm
+        .state
+        .compare_exchange(VmState::Running as u8, VmState::Resetting as u8, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return;
+    }
+    let n = vm.reset_count.fetch_add(1, Ordering::Relaxed) + 1;
+    info!("{} ({}): PSCI SYSTEM_RESET (reset #{n})", vm.id, vm.name);
+    for p in &vm.power {
+        p.off();
+    }
+    for parked in &vm.parked {
+        parked.store(false, Ordering::Release);
+    }
+    let me = this_index();
+    {
+        // This CPU's other vCPUs of the VM are off the CPU already (only one runs).
+        let mut s = sched().lock();
+        for i in 0..s.slots.len() {
+            if core::ptr::eq(s.slots[i].vm, vm) {
+                s.rq.set(i, RunState::Off);
+                vm.parked[s.slots[i].id.0 as usize].store(true, Ordering::Release);
+            }
+        }
+    }
+    kick_all(vm, KickSet::all(vm.power.len()));
+    // Wait for the other CPUs to take the VM's vCPUs off (a kick makes them exit).
+    for (i, parked) in vm.parked.iter().enumerate() {
+        if vm.placement[i] == me {
+            continue;
+        }
+        let mut spins = 0u64;
+        while !parked.load(Ordering::Acquire) {
+            spins += 1;
+            if spins > 200_000_000 {
+                error!("{} ({}): vCPU {i} did not stop for the reset", vm.id, vm.name);
+                break;
+            }
+            core::hint::spin_loop();
+        }
+    }
+    vm.mmio.lock().reset_all();
+    {
+        let mut vg = vm.vgic.lock();
+        vg.reset();
+        let _ = vg.set_hw(VTIMER_INTID, VcpuId(0), Some(VTIMER_INTID));
+        while let Some(p) = vg.take_hw_deactivation() {
+            gic::deactivate(p);
+        }
+    }
+    if let Err(e) = super::load_images(vm) {
+        error!("{} ({}): reset failed: {e}", vm.id, vm.name);
+        vm.state.store(VmState::Running as u8, Ordering::Release);
+        stop_vm(vm, "reset failed");
+        return;
+    }
+    vm.state.store(VmState::Running as u8, Ordering::Release);
+    let _ = vm.power[0].cpu_on(vm.entry_ipa(), vm.fdt_ipa());
+    kick_all(vm, KickSet::single(0));
+}
+
+/// Makes the vCPUs in `kicks` look at their state: a kick SGI for those on other CPUs.
+/// Returns true when one of them lives on this CPU (the caller should reschedule).
+fn kick_all(vm: &Vm, kicks: KickSet) -> bool {
+    let me = this_index();
+    let mut local = false;
+    let mut sent: u64 = 0;
+    for t in kicks.iter() {
+        let Some(&pcpu) = vm.placement.get(t.0 as usize) else {
+            continue;
+        };
+        if pcpu == me {
+            local = true;
+        } else if sent & (1 << pcpu) == 0 {
+            sent |= 1 << pcpu;
+            gic::kick(CPU_MPIDR[pcpu].load(Ordering::Relaxed), pcpu);
+        }
+    }
+    local
+}
+
+// ------------------------------------------------------------------------------------------
+// Scheduling
+// ------------------------------------------------------------------------------------------
+
+/// Brings the run queue up to date with the shared state: VM stops and resets, PSCI
+/// CPU_ON/OFF, interrupts and timers that wake blocked vCPUs.
+fn process_requests(s: &mut CpuSched) {
+    let now = timer::now();
+    for i in 0..s.slots.len() {
+        let (vm, id) = (s.slots[i].vm, s.slots[i].id);
+        let idx = id.0 as usize;
+        let running = vm.state.load(Ordering::Acquire) == VmState::Running as u8;
+        let on = vm.power[idx].is_on();
+        if !running || !on {
+            if s.rq.state(i) != Some(RunState::Off) {
+                s.rq.set(i, RunState::Off);
+            }
+            vm.parked[idx].store(true, Ordering::Release);
+            continue;
+        }
+        if vm.power[idx].start_pending() {
+            s.rq.set(i, RunState::Runnable);
+            continue;
+        }
+        if s.rq.state(i) == Some(RunState::Blocked) {
+            let sl = &s.slots[i];
+            let mut vg = vm.vgic.lock();
+            let _ = vg.set_level(PTIMER_INTID, id, sl.ptimer.level(now));
+            let vtimer_due = s.loaded != Some(i) && sl.vtimer_deadline.is_some_and(|d| now >= d);
+            if vtimer_due || vg.has_deliverable(id) {
+                drop(vg);
+                s.rq.set(i, RunState::Runnable);
+            }
+        }
+    }
+}
+
+/// Picks what runs next on this CPU; idles (WFI at EL2) while nothing is runnable. `current`
+/// is the vCPU that just exited, if any: it is put (its state saved) when another vCPU runs.
+fn schedule(s: &mut CpuSched, mut current: Option<(usize, &mut Vcpu)>) -> VcpuPtr {
+    loop {
+        process_requests(s);
+        if let Some(n) = s.rq.pick() {
+            if let Some((cs, v)) = current.as_mut()
+                && n != *cs
+                && s.loaded == Some(*cs)
+            {
+                put(s, *cs, v);
+            }
+            s.slice_end = timer::now() + timer::frequency() / SLICE_PER_SEC;
+            return s.slots[n].ptr;
+        }
+        // Nothing runnable: idle until an interrupt. A blocked vCPU that is still loaded
+        // keeps its virtual timer live, so its expiry wakes us.
+        arm_timer(s, None);
+        timer::wait_for_interrupt();
+        let cur = current.as_mut().map(|(_, v)| &mut **v);
+        handle_irqs(s, cur);
+    }
+}
+
+/// Takes the loaded vCPU `slot` off the CPU: saves its EL1 context, virtual CPU interface,
+/// list registers and virtual timer.
+fn put(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
+    guest::save_el1(&mut v.el1);
+    gic::save_vif(&mut v.vif);
+    let n = gic::nr_lrs().min(v.lrs.len());
+    for i in 0..n {
+        if v.lr_used & (1 << i) != 0 {
+            v.lrs[i] = decode_lr(gic::read_lr(i));
+            gic::write_lr(i, 0);
+        }
+    }
+    v.vtimer = guest::save_vtimer();
+    let vm = super::vm_of(v);
+    if let Some(sl) = s.slots.get_mut(slot) {
+        sl.ptimer = v.ptimer;
+        let (ctl, cval) = v.vtimer;
+        // Enabled and unmasked: it fires when CNTPCT - CNTVOFF >= CVAL.
+        sl.vtimer_deadline = (ctl == 1).then(|| cval.wrapping_add(vm.hw.cntvoff));
+    }
+    s.loaded = None;
+}
+
+/// Puts a vCPU on this CPU: trap configuration, stage 2, EL1 context, virtual CPU interface
+/// and list registers, virtual timer, FP trap unless it owns the FP registers.
+fn load(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
+    let vm = super::vm_of(v);
+    let mut hw = vm.hw.clone();
+    hw.vmpidr = (1 << 31) | v.mpidr;
+    hw.cptr = if s.fp_owner == Some(slot) {
+        guest::guest_cptr()
+    } else {
+        guest::guest_cptr_fp_trapped()
+    };
+    guest::load_config(&hw);
+    guest::load_el1(&v.el1);
+    gic::load_guest_sre();
+    gic::restore_vif(&v.vif);
+    let n = gic::nr_lrs().min(v.lrs.len());
+    for i in 0..n {
+        let val = if v.lr_used & (1 << i) != 0 { encode_lr(&v.lrs[i]) } else { 0 };
+        gic::write_lr(i, val);
+    }
+    gic::write_hcr(v.hcr | gic::HCR_EN);
+    guest::restore_vtimer(v.vtimer);
+    if let Some(sl) = s.slots.get_mut(slot) {
+        sl.vtimer_deadline = None;
+    }
+    s.loaded = Some(slot);
+}
+
+/// Prepares `v` to run on this CPU (called on every entry): starts it if a CPU_ON or reset
+/// asked for it, loads it if it is not the loaded vCPU, fills its list registers.
+pub fn enter(v: &mut Vcpu) {
+    let vm = super::vm_of(v);
+    let mut s = sched().lock();
+    let slot = v.slot;
+    let mut force = false;
+    if let Some((entry, context)) = vm.power[v.id.0 as usize].take_start() {
+        v.regs.host_sp = cpu::stack_top(s.index);
+        v.reset(entry, context);
+        if s.fp_owner == Some(slot) {
+            s.fp_owner = None;
+        }
+        vm.parked[v.id.0 as usize].store(false, Ordering::Release);
+        force = true;
+    }
+    if force || s.loaded != Some(slot) {
+        load(&mut s, slot, v);
+    }
+    if let Some(sl) = s.slots.get_mut(slot) {
+        sl.ptimer = v.ptimer;
+    }
+    drop(s);
+    update_ptimer(vm, v);
+    vgic_flush(vm, v);
+    let s = sched().lock();
+    arm_timer(&s, Some(slot));
+}
+
+/// Arms the EL2 timer for this CPU's next deadline: the running vCPU's time slice (when
+/// others wait), and the emulated physical and off-CPU virtual timers of every vCPU here.
+fn arm_timer(s: &CpuSched, running: Option<usize>) {
+    let now = timer::now();
+    let mut next: Option<u64> = None;
+    let mut consider = |d: u64| next = Some(next.map_or(d, |n: u64| n.min(d)));
+    if let Some(r) = running
+        && s.rq.others_runnable(r)
+    {
+        consider(s.slice_end);
+    }
+    for (i, sl) in s.slots.iter().enumerate() {
+        if s.rq.state(i) == Some(RunState::Off) {
+            continue;
+        }
+        if let Some(d) = sl.ptimer.deadline(now) {
+            consider(d);
+        }
+        if s.loaded != Some(i)
+            && let Some(d) = sl.vtimer_deadline
+        {
+            consider(d);
+        }
+    }
+    match next {
+        Some(d) => timer::arm(d),
+        None => timer::disarm(),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Interrupts
+// ------------------------------------------------------------------------------------------
+
+/// Acknowledges and routes every pending physical interrupt. `cur` is the running vCPU, if
+/// the CPU was running one.
+fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) {
+    let plat = PLATFORM.get();
+    let maint = plat.and_then(|p| p.gic.maintenance_intid).unwrap_or(MAINT_INTID);
+    let uart = plat.and_then(|p| p.uart.intid);
+    while let Some(intid) = gic::ack() {
+        gic::eoi(intid);
+        if intid == VTIMER_INTID {
+            // The loaded vCPU's virtual timer: forwarded with the HW bit; stays active until
+            // the guest deactivates it.
+            if let Some(sl) = s.loaded.and_then(|l| s.slots.get(l)) {
+                let _ = sl.vm.vgic.lock().inject_edge(VTIMER_INTID, sl.id);
+            }
+            continue;
+        }
+        if let Some(vm) = super::passthrough_owner(intid) {
+            let kicks = vm.vgic.lock().inject_edge(intid, VcpuId(0)).unwrap_or(KickSet(0));
+            kick_all(vm, kicks.union(KickSet::single(0)));
+            continue;
+        }
+        gic::deactivate(intid);
+        if intid == gic::KICK_SGI {
+            // Requests are read by the scheduler.
+        } else if intid == timer::HYP_TIMER_INTID {
+            timer::disarm();
+            if let Some(v) = cur.as_mut() {
+                let vm = super::vm_of(v);
+                update_ptimer(vm, v);
+            }
+        } else if intid == maint {
+            // Underflow (UIE): the exit synced the list registers and marked a refill; UIE is
+            // level-sensitive, so turn it off now. The flush on entry re-arms it if needed.
+            gic::write_hcr(gic::HCR_EN);
+            if let Some(v) = cur.as_mut() {
+                v.hcr = gic::HCR_EN;
+            }
+        } else if Some(intid) == uart {
+            console_input();
+        } else {
+            log::debug!("unexpected physical interrupt {intid}");
+        }
+    }
+}
+
+/// Re-evaluates a vCPU's emulated EL1 physical timer line.
+fn update_ptimer(vm: &Vm, v: &mut Vcpu) {
+    let level = v.ptimer.level(timer::now());
+    let _ = vm.vgic.lock().set_level(PTIMER_INTID, v.id, level);
+}
+
+/// After an MMIO access: propagate device interrupt outputs (the PL011's SPI) to the vGIC.
+fn sample_device_lines(vm: &Vm, id: VcpuId) {
+    let bus = vm.mmio.lock();
+    let mut vg = vm.vgic.lock();
+    for (intid, level) in bus.irq_lines() {
+        let _ = vg.set_level(intid, id, level);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// List registers
+// ------------------------------------------------------------------------------------------
+
+fn encode_lr(lr: &Lr) -> u64 {
+    if gic::version() == 3 {
+        vgic::encode_v3(lr)
+    } else {
+        vgic::encode_v2(lr) as u64
+    }
+}
+
+fn decode_lr(v: u64) -> Lr {
+    if gic::version() == 3 {
+        vgic::decode_v3(v)
+    } else {
+        vgic::decode_v2(v as u32)
+    }
+}
+
+/// Fills the list registers before entering the guest, if the vGIC has news for this vCPU.
+fn vgic_flush(vm: &Vm, v: &mut Vcpu) {
+    let mut vg = vm.vgic.lock();
+    if !vg.needs_flush(v.id) {
+        return;
+    }
+    let n = gic::nr_lrs().min(v.lrs.len());
+    let r = vg.flush(v.id, &mut v.lrs[..n]);
+    for i in 0..n {
+        if r.changed & (1 << i) != 0 {
+            gic::write_lr(i, encode_lr(&v.lrs[i]));
+        }
+    }
+    v.lr_used = r.live;
+    // More deliverable than fits: ask for the underflow maintenance interrupt to refill.
+    let hcr = gic::HCR_EN | if r.overflow { gic::HCR_UIE } else { 0 };
+    if hcr != v.hcr {
+        gic::write_hcr(hcr);
+        v.hcr = hcr;
+    }
+    while let Some(p) = vg.take_hw_deactivation() {
+        gic::deactivate(p);
+    }
+    drop(vg);
+    if !r.kick.is_empty() {
+        kick_all(vm, r.kick);
+    }
+}
+
+/// Folds the hardware list registers back into the vGIC after an exit.
+fn vgic_sync(vm: &Vm, v: &mut Vcpu) {
+    let n = gic::nr_lrs().min(v.lrs.len());
+    for i in 0..n {
+        if v.lr_used & (1 << i) != 0 {
+            v.lrs[i] = decode_lr(gic::read_lr(i));
+        }
+    }
+    let mut vg = vm.vgic.lock();
+    let freed = vg.sync(v.id, &mut v.lrs[..n]);
+    // Empty the slots the guest finished with (an invalid LR with its EOI bit set would keep
+    // the EOI maintenance interrupt asserted).
+    for i in 0..n {
+        if freed & (1 << i) != 0 {
+            gic::write_lr(i, 0);
+        }
+    }
+    v.lr_used = vg.live_lrs(v.id);
+    while let Some(p) = vg.take_hw_deactivation() {
+        gic::deactivate(p);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Console input
+// ------------------------------------------------------------------------------------------
+
+static INPUT: Mutex<crate::console::InputRouter> = Mutex::new(crate::console::InputRouter::new());
+/// Set while console input waits in the physical UART because the VM's FIFO is full.
+static RX_THROTTLED: AtomicBool = AtomicBool::new(false);
+/// Index of the VM console input goes to.
+static FOCUS: AtomicU8 = AtomicU8::new(0);
+
+/// Moves console input from the physical UART into the VM with focus (its emulated PL011's
+/// receive FIFO), only as far as that FIFO has room: the rest stays in the physical UART,
+/// whose receive interrupt is masked until the guest reads (flow control, so nothing typed
+/// is lost however small the guest's FIFO is).
+fn console_input() {
+    let vms = super::vms();
+    if vms.is_empty() {
+        return;
+    }
+    let mut router = INPUT.lock();
+    loop {
+        let vm = vms[(FOCUS.load(Ordering::Relaxed) as usize) % vms.len()];
+        // Room for a pending escape sequence's held bytes plus this one.
+        if vm.mmio.lock().console_room() < 3 {
+            super::console_uart_rx(false);
+            RX_THROTTLED.store(true, Ordering::Relaxed);
+            break;
+        }
+        let Some(b) = crate::console::get_byte() else {
+            break;
+        };
+        router.feed(b, vms.len(), |ev| match ev {
+            Input::ToVm { vm: i, byte } => {
+                if let Some(vm) = vms.get(i) {
+                    let _ = vm.mmio.lock().console_input(byte);
+                    sample_device_lines(vm, VcpuId(0));
+                    kick_all(vm, KickSet::single(0));
+                }
+            }
+            Input::Focus { vm: i } => {
+                FOCUS.store(i as u8, Ordering::Relaxed);
+                if let Some(vm) = vms.get(i) {
+                    info!("console input goes to {} ({})", vm.id, vm.name);
+                }
+            }
+            Input::Held => {}
+        });
+    }
+}
+
+/// After a guest MMIO access: if input was held back, let the UART interrupt again once
+/// the VM's FIFO has room.
+fn console_unthrottle(vm: &Vm) {
+    if RX_THROTTLED.load(Ordering::Relaxed) && vm.mmio.lock().console_room() >= 3 {
+        RX_THROTTLED.store(false, Ordering::Relaxed);
+        super::console_uart_rx(true);
+    }
+}
