@@ -775,7 +775,10 @@ pub fn load_images(vm: &Vm) -> Result<(), String> {
             vgic::GicVersion::V3 => GuestGic {
                 version: platform::GicVersion::V3,
                 gicd: (layout::GICD_BASE, layout::GICD_SIZE),
-                gicr_or_gicc: (layout::GICR_BASE, layout::GICR_STRIDE),
+                gicr_or_gicc: (
+                    layout::GICR_BASE,
+                    layout::GICR_STRIDE * vm.mpidrs.len() as u64,
+                ),
                 maintenance_intid: None,
             },
             vgic::GicVersion::V2 => GuestGic {
