@@ -318,10 +318,20 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
                     warn!("cpu{i} (MPIDR {:#x}): PSCI CPU_ON failed ({r})", c.mpidr);
                 }
             }
-            _ => warn!(
-                "cpu{i} (MPIDR {:#x}): spin-table start not supported yet; its vCPUs won't run",
-                c.mpidr
-            ),
+            (platform::EnableMethod::SpinTable { release_addr }, _) => {
+                if c.mpidr & 0xff != i as u64 {
+                    warn!("cpu{i}: spin-table core with MPIDR {:#x} is not Aff0-numbered", c.mpidr);
+                } else if !ram::release_spin_table(
+                    release_addr,
+                    crate::arch::aarch64::boot::spin_entry_pa(),
+                    &plat.ram,
+                ) {
+                    warn!("cpu{i}: cpu-release-addr {release_addr} is not usable RAM");
+                }
+            }
+            (platform::EnableMethod::Psci, None) => {
+                warn!("cpu{i}: enable-method psci but no /psci node; its vCPUs won't run")
+            }
         }
     }
     run::run_cpu()

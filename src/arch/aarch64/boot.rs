@@ -81,6 +81,14 @@ primary_entry:
 5:  wfe
     b       5b
 
+    // Secondary CPUs released from a spin table (x0 = 0): the index is MPIDR Aff0, which is
+    // how spin-table boards (Raspberry Pi 4: Aff0 = 0..3) number their cores.
+    .global elvisor_spin_entry
+elvisor_spin_entry:
+    mrs     x0, mpidr_el1
+    and     x0, x0, #0xff
+    // Fall through.
+
     // Secondary CPUs, started by PSCI CPU_ON with x0 = the CPU's index.
     .global elvisor_secondary_entry
 elvisor_secondary_entry:
@@ -118,6 +126,12 @@ elvisor_secondary_entry:
 
 unsafe extern "C" {
     fn elvisor_secondary_entry();
+    fn elvisor_spin_entry();
+}
+
+/// Physical address a spin-table secondary is released to.
+pub fn spin_entry_pa() -> u64 {
+    elvisor_spin_entry as *const () as u64
 }
 
 /// Physical address secondaries start at (PSCI CPU_ON entry point).

@@ -170,3 +170,23 @@ pub fn image_layout() -> ImageLayout {
         rw: PhysRange::new(PhysAddr(r), e - r),
     }
 }
+
+/// Releases a spin-table secondary: writes `entry` to its `cpu-release-addr` (which must be
+/// in host RAM, reserved by /memreserve/ as the spin-table binding requires), cleans it to
+/// the point of coherency (the waiting core runs with its MMU and caches off) and sends an
+/// event.
+pub fn release_spin_table(release_addr: PhysAddr, entry: u64, ram: &[PhysRange]) -> bool {
+    let inside = ram
+        .iter()
+        .any(|r| r.contains(release_addr) && release_addr.0 + 8 <= r.end().0);
+    if !inside || !release_addr.is_aligned(8) {
+        return false;
+    }
+    // SAFETY: an 8-byte aligned word inside host RAM (identity-mapped read/write), which the
+    // firmware reserved for exactly this handshake.
+    unsafe { (release_addr.0 as *mut u64).write_volatile(entry) };
+    cache::clean_invalidate_to_poc(release_addr.0, 8);
+    // SAFETY: barrier and event only.
+    unsafe { core::arch::asm!("dsb sy", "sev", options(nostack, preserves_flags)) };
+    true
+}
