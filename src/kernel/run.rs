@@ -136,8 +136,88 @@ pub fn run_cpu() -> ! {
 // Exits
 // ------------------------------------------------------------------------------------------
 
+/// The exit fast path: exits that need nothing but the vCPU's own registers and state. Runs
+/// before anything else, so these exits cost the world switch plus a few dozen instructions.
+/// Returns false to take the full path.
+#[inline(always)]
+pub fn fast_sync(v: &mut Vcpu, esr: Esr) -> bool {
+    let iss = esr.iss();
+    match esr.ec() {
+        esr::ec::HVC64 => match psci::fast_call(iss as u16, v.regs.x[0], v.regs.x[1]) {
+            Some(r) => {
+                v.regs.x[0] = r;
+                true
+            }
+            None => false,
+        },
+        esr::ec::DABT_LOWER if iss & (1 << 6) == 0 => fast_mmio_read(v, esr),
+        esr::ec::SYS64 if iss & 1 == 1 => {
+            // Reads only: they change no state. Rt is ISS[9:5].
+            let acc = match esr::decode(esr) {
+                esr::Exit::SysReg(a) => a,
+                _ => return false,
+            };
+            let value = if PhysTimer::handles(&acc) {
+                match v.ptimer.access(&acc, 0, timer::now()) {
+                    Some(x) => x,
+                    None => return false,
+                }
+            } else if acc.op0 == 3 && acc.op1 == 0 && acc.crn == 0 && (1..=7).contains(&acc.crm) {
+                crate::vm::idregs::sanitize(acc.crm, acc.op2, idregs::read(acc.crm, acc.op2))
+            } else {
+                return false;
+            };
+            v.regs.set(acc.rt, value);
+            v.regs.elr = v.regs.elr.wrapping_add(4);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// An emulated device register read (the guest's "I/O kernel" operation): no state changes
+/// but the device's own (a UART's receive FIFO), whose interrupt line is re-sampled.
+#[inline(always)]
+fn fast_mmio_read(v: &mut Vcpu, esr: Esr) -> bool {
+    let esr::Exit::DataAbort(da) = esr::decode(esr) else {
+        return false;
+    };
+    if !da.isv || da.s1ptw || da.cache_maintenance || !esr::fsc::is_translation(da.fsc) {
+        return false;
+    }
+    let f = guest::fault();
+    let vm = super::vm_of(v);
+    let mut bus = vm.mmio.lock();
+    let Some((dev, offset)) = bus.find(f.ipa) else {
+        return false;
+    };
+    if crate::vm::exit::mmio_access(&mut v.regs, &da, dev, offset, v.id).is_err() {
+        return false;
+    }
+    v.regs.elr = v.regs.elr.wrapping_add(esr.insn_len());
+    let mut changed = false;
+    bus.irq_changes(|intid, level| {
+        let _ = vm.vgic.lock().set_level(intid, v.id, level);
+        changed = true;
+    });
+    drop(bus);
+    if changed {
+        vgic_flush(vm, v);
+    }
+    console_unthrottle(vm);
+    true
+}
+
+/// What the CPU does after an exit.
+pub enum Next {
+    /// Return to the vCPU that exited (the fast path: no scheduler, no reload).
+    Resume,
+    /// Run this vCPU (possibly the same one, after a pass through the scheduler).
+    Switch(VcpuPtr),
+}
+
 /// What to run after an exit of `v` (called by the arch exit glue, IRQs masked).
-pub fn handle_exit(v: &mut Vcpu, kind: ExitKind) -> VcpuPtr {
+pub fn handle_exit(v: &mut Vcpu, kind: ExitKind) -> Next {
     let vm = super::vm_of(v);
     // List registers only move when they hold something (never on a plain hypercall).
     if v.lr_used != 0 {
@@ -178,11 +258,26 @@ pub fn handle_exit(v: &mut Vcpu, kind: ExitKind) -> VcpuPtr {
         }
     };
     if !resched {
-        return VcpuPtr::of(v);
+        // Only exits that can change the vGIC (MMIO, SGIs, timer writes, interrupts) need a
+        // flush; a hypercall or an emulated system register does not even look.
+        if touches_vgic(kind) {
+            vgic_flush(vm, v);
+        }
+        return Next::Resume;
     }
     let mut s = sched().lock();
     let slot = v.slot;
-    schedule(&mut s, Some((slot, v)))
+    Next::Switch(schedule(&mut s, Some((slot, v))))
+}
+
+/// Whether an exit of this kind may have changed what the vGIC has for the vCPU.
+fn touches_vgic(kind: ExitKind) -> bool {
+    match kind {
+        ExitKind::Sync(esr) => {
+            matches!(esr.ec(), esr::ec::DABT_LOWER | esr::ec::SYS64)
+        }
+        _ => true,
+    }
 }
 
 /// Carries out an exit's action. Returns true when the scheduler must run.
@@ -315,6 +410,11 @@ fn psci_call(vm: &'static Vm, v: &mut Vcpu, call: Call) -> bool {
         Call::CpuSuspend { .. } => {
             set_ret(v, psci::ret::SUCCESS);
             block(vm, v)
+        }
+        Call::Yield => {
+            set_ret(v, psci::ret::SUCCESS);
+            // Stays runnable; the round-robin pick moves on to the next runnable vCPU.
+            true
         }
         Call::Return(_) => false,
     }
@@ -652,13 +752,13 @@ fn update_ptimer(vm: &Vm, v: &mut Vcpu) {
     let _ = vm.vgic.lock().set_level(PTIMER_INTID, v.id, level);
 }
 
-/// After an MMIO access: propagate device interrupt outputs (the PL011's SPI) to the vGIC.
+/// After an MMIO access or console input: propagate changed device interrupt outputs (the
+/// PL011's SPI) to the vGIC.
 fn sample_device_lines(vm: &Vm, id: VcpuId) {
-    let bus = vm.mmio.lock();
-    let mut vg = vm.vgic.lock();
-    for (intid, level) in bus.irq_lines() {
-        let _ = vg.set_level(intid, id, level);
-    }
+    let mut bus = vm.mmio.lock();
+    bus.irq_changes(|intid, level| {
+        let _ = vm.vgic.lock().set_level(intid, id, level);
+    });
 }
 
 // ------------------------------------------------------------------------------------------

@@ -95,6 +95,8 @@ struct Region {
     device: Box<dyn MmioDevice>,
     /// The interrupt (INTID) the device's output is wired to, if any.
     irq: Option<u32>,
+    /// The output level last reported by [`MmioBus::irq_changes`].
+    last_level: bool,
 }
 
 /// Dispatches guest MMIO accesses by address. Regions never overlap (checked on insert).
@@ -143,6 +145,7 @@ impl MmioBus {
             size_bytes,
             device,
             irq,
+            last_level: false,
         });
         Ok(())
     }
@@ -160,6 +163,20 @@ impl MmioBus {
         self.regions
             .iter()
             .filter_map(|r| r.irq.map(|i| (i, r.device.irq_level())))
+    }
+
+    /// Calls `f(intid, level)` for every wired device output whose level changed since the
+    /// last call (so the vGIC hears about edges only, not every access).
+    pub fn irq_changes(&mut self, mut f: impl FnMut(u32, bool)) {
+        for r in &mut self.regions {
+            if let Some(intid) = r.irq {
+                let level = r.device.irq_level();
+                if level != r.last_level {
+                    r.last_level = level;
+                    f(intid, level);
+                }
+            }
+        }
     }
 
     /// Room for console input in the VM's console device.

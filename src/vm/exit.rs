@@ -219,22 +219,7 @@ fn data_abort(ctx: &mut ExitCtx<'_>, esr: Esr, da: DataAbort, f: Fault) -> Actio
         return abort;
     }
     let width = da.width;
-    let result = if da.write {
-        let v = ctx.regs.get(da.srt) & width.mask();
-        dev.write(ctx.vcpu, offset, width, v).map(|_| ())
-    } else {
-        dev.read(ctx.vcpu, offset, width).map(|v| {
-            let v = v & width.mask();
-            let v = if da.sign_extend {
-                let shift = 64 - 8 * width.bytes();
-                (((v << shift) as i64) >> shift) as u64
-            } else {
-                v
-            };
-            let v = if da.sixty_four { v } else { v & 0xffff_ffff };
-            ctx.regs.set(da.srt, v);
-        })
-    };
+    let result = mmio_access(ctx.regs, &da, dev, offset, ctx.vcpu);
     drop(bus);
     match result {
         Ok(()) => {
@@ -250,6 +235,32 @@ fn data_abort(ctx: &mut ExitCtx<'_>, esr: Esr, da: DataAbort, f: Fault) -> Actio
             );
             abort
         }
+    }
+}
+
+/// Performs a decoded (ISV = 1) guest access on `dev` at `offset`: a write takes Rt masked to
+/// the access width; a read is zero- or sign-extended (SSE) to 32 or 64 bits (SF) into Rt.
+pub fn mmio_access(
+    regs: &mut GuestRegs,
+    da: &DataAbort,
+    dev: &mut dyn crate::vdev::MmioDevice,
+    offset: u64,
+    vcpu: crate::vm::VcpuId,
+) -> Result<(), crate::vdev::MmioError> {
+    let width = da.width;
+    if da.write {
+        let v = regs.get(da.srt) & width.mask();
+        dev.write(vcpu, offset, width, v)
+    } else {
+        let v = dev.read(vcpu, offset, width)? & width.mask();
+        let v = if da.sign_extend {
+            let shift = 64 - 8 * width.bytes();
+            (((v << shift) as i64) >> shift) as u64
+        } else {
+            v
+        };
+        regs.set(da.srt, if da.sixty_four { v } else { v & 0xffff_ffff });
+        Ok(())
     }
 }
 

@@ -39,6 +39,9 @@ pub mod fid {
     pub const PSCI_SYSTEM_RESET: u32 = 0x8400_0009;
     pub const PSCI_FEATURES: u32 = 0x8400_000a;
 
+    /// elvisor vendor hypervisor call: give up the rest of the time slice to the next
+    /// runnable vCPU on this physical CPU (returns 0).
+    pub const ELVISOR_YIELD: u32 = 0x8600_0001;
     /// Vendor-specific hypervisor service (owner 6): standard queries.
     pub const VENDOR_HYP_CALL_COUNT: u32 = 0x8600_ff00;
     pub const VENDOR_HYP_CALL_UID: u32 = 0x8600_ff01;
@@ -79,6 +82,8 @@ pub enum Call {
     AffinityInfo { target: u64, level: u64 },
     /// PSCI CPU_SUSPEND: standby/powerdown; treated like WFI.
     CpuSuspend { entry: u64, context: u64 },
+    /// elvisor yield: run another vCPU of this physical CPU, if one is runnable.
+    Yield,
 }
 
 /// Values for x0..x3; `None` leaves the register as it was.
@@ -137,9 +142,44 @@ pub fn dispatch(imm: u16, x: [u64; 4]) -> Call {
             None,
             None,
         ])),
-        fid::VENDOR_HYP_CALL_COUNT => Call::Return(Ret::x0(3)),
+        fid::VENDOR_HYP_CALL_COUNT => Call::Return(Ret::x0(4)),
+        fid::ELVISOR_YIELD => Call::Yield,
         _ => Call::Return(Ret::x0(ret::NOT_SUPPORTED)),
     }
+}
+
+/// The calls answered on the exit fast path: a single return value in x0 and no VM state.
+/// `None` means "take the full path" (power management, multi-register results, ...).
+#[inline(always)]
+pub fn fast_call(imm: u16, x0: u64, x1: u64) -> Option<u64> {
+    if imm != 0 {
+        return Some(ret::NOT_SUPPORTED as u64);
+    }
+    let id = x0 as u32;
+    let is64 = id & (1 << 30) != 0;
+    let arg = if is64 { x1 } else { x1 & 0xffff_ffff } as u32;
+    Some(match id {
+        fid::SMCCC_VERSION => SMCCC_VERSION,
+        fid::PSCI_VERSION => PSCI_VERSION,
+        fid::PSCI_FEATURES => psci_features(arg) as u64,
+        fid::SMCCC_ARCH_FEATURES => arch_features(arg) as u64,
+        fid::PSCI_MIGRATE_INFO_TYPE => MIGRATE_INFO_TYPE_NONE,
+        // Everything with state or several results goes the full way.
+        fid::PSCI_SYSTEM_OFF
+        | fid::PSCI_SYSTEM_RESET
+        | fid::PSCI_CPU_OFF
+        | fid::PSCI_CPU_ON_32
+        | fid::PSCI_CPU_ON_64
+        | fid::PSCI_AFFINITY_INFO_32
+        | fid::PSCI_AFFINITY_INFO_64
+        | fid::PSCI_CPU_SUSPEND_32
+        | fid::PSCI_CPU_SUSPEND_64
+        | fid::VENDOR_HYP_CALL_UID
+        | fid::VENDOR_HYP_REVISION
+        | fid::VENDOR_HYP_CALL_COUNT
+        | fid::ELVISOR_YIELD => return None,
+        _ => ret::NOT_SUPPORTED as u64,
+    })
 }
 
 /// PSCI_FEATURES: 0 for every function we implement, NOT_SUPPORTED otherwise. CPU_SUSPEND
@@ -228,6 +268,26 @@ mod tests {
         }
         // A non-zero immediate is not an SMCCC call.
         assert_eq!(x0(dispatch(1, [0x8400_0000, 0, 0, 0])), -1);
+    }
+
+    #[test]
+    fn fast_path_agrees_with_dispatch() {
+        for id in [
+            0x8000_0000u64, 0x8000_0001, 0x8400_0000, 0x8400_000a, 0x8400_0006, 0x8200_1234,
+            0xc300_0000, 0xffff_ffff_8400_0000, 0x8400_00ff,
+        ] {
+            for arg in [0u64, 0x8400_0008, 0x8000_8000, 0xdead_8400_0000] {
+                let fast = fast_call(0, id, arg).expect("fast");
+                let Call::Return(Ret([Some(slow), ..])) = dispatch(0, [id, arg, 0, 0]) else {
+                    panic!("{id:#x}")
+                };
+                assert_eq!(fast, slow, "{id:#x} {arg:#x}");
+            }
+        }
+        for id in [0x8400_0008u64, 0x8400_0009, 0xc400_0003, 0x8600_ff01, 0x8600_0001] {
+            assert_eq!(fast_call(0, id, 0), None, "{id:#x}");
+        }
+        assert_eq!(fast_call(5, 0x8400_0000, 0), Some(u64::MAX));
     }
 
     #[test]

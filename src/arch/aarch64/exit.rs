@@ -17,27 +17,48 @@ pub enum ExitKind {
     SError(Esr),
 }
 
-/// Called by the lower-EL vectors with the running vCPU's frame (see vectors.rs).
+/// Called by the lower-EL vectors with the running vCPU's frame (see vectors.rs). Kept small
+/// so the fast path (simple hypercalls, emulated register reads) runs without the full exit
+/// machinery's stack frame; everything else goes to [`slow_exit`].
 #[unsafe(no_mangle)]
 extern "C" fn elvisor_exit(regs: *mut GuestRegs, kind: u64) -> *mut GuestRegs {
-    // SAFETY: `regs` is what SP_EL2 pointed at while the guest ran, which `enter_guest`'s
-    // contract makes the frame of a live vCPU; `GuestRegs` is the first field of the
-    // `#[repr(C)]` `Vcpu` (asserted in vm::vcpu), so the cast recovers the vCPU. Nothing else
-    // references that vCPU while its guest is off the CPU: only this CPU runs it.
-    let vcpu = unsafe { &mut *regs.cast::<Vcpu>() };
+    if kind == EXIT_SYNC {
+        let esr = Esr(ESR_EL2.get());
+        {
+            // SAFETY: `regs` is what SP_EL2 pointed at while the guest ran, which
+            // `enter_guest`'s contract makes the frame of a live vCPU; `GuestRegs` is the
+            // first field of the `#[repr(C)]` `Vcpu` (asserted in vm::vcpu), so the cast
+            // recovers the vCPU. Only this CPU runs it; this reference ends in this block.
+            let vcpu = unsafe { &mut *regs.cast::<Vcpu>() };
+            if crate::kernel::run::fast_sync(vcpu, esr) {
+                return regs;
+            }
+        }
+        return slow_exit(regs, ExitKind::Sync(esr));
+    }
     let kind = match kind {
-        EXIT_SYNC => ExitKind::Sync(Esr(ESR_EL2.get())),
         EXIT_IRQ => ExitKind::Irq,
         EXIT_FIQ => ExitKind::Fiq,
         EXIT_SERROR => ExitKind::SError(Esr(ESR_EL2.get())),
         _ => ExitKind::Irq,
     };
-    let next = crate::kernel::run::handle_exit(vcpu, kind);
-    // SAFETY: `handle_exit` returns a vCPU of this CPU's run queue; the reference to the
-    // exiting vCPU is dead by now, so this is the only live one.
-    let next = unsafe { next.get() };
-    crate::kernel::run::enter(next);
-    &mut next.regs
+    slow_exit(regs, kind)
+}
+
+#[inline(never)]
+fn slow_exit(regs: *mut GuestRegs, kind: ExitKind) -> *mut GuestRegs {
+    // SAFETY: as in `elvisor_exit`; the fast path's reference has ended.
+    let vcpu = unsafe { &mut *regs.cast::<Vcpu>() };
+    match crate::kernel::run::handle_exit(&mut *vcpu, kind) {
+        crate::kernel::run::Next::Resume => &mut vcpu.regs,
+        crate::kernel::run::Next::Switch(next) => {
+            // SAFETY: `handle_exit` returns a vCPU of this CPU's run queue; the reference to
+            // the exiting vCPU is not used again, so this is the only live one.
+            let next = unsafe { next.get() };
+            crate::kernel::run::enter(next);
+            &mut next.regs
+        }
+    }
 }
 
 /// Registers pushed by the fatal vector.
