@@ -1603,8 +1603,9 @@ fn parse_passthrough(
                 ));
             }
             for idx in 0..spec.len() / 12 {
-                let intid = gic_intid(spec, idx)
-                    .map_err(|p| err("elvisor,host-path", format!("{host_path} interrupts: {p}")))?;
+                let intid = gic_intid(spec, idx).map_err(|p| {
+                    err("elvisor,host-path", format!("{host_path} interrupts: {p}"))
+                })?;
                 let Some(intid) = intid else { continue };
                 if intid < 32 {
                     return Err(err(

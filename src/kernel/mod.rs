@@ -16,9 +16,7 @@ use log::{error, info, warn};
 use spin::{Mutex, Once};
 
 use crate::arch::aarch64::ram::{Module, RamRegion};
-use crate::arch::aarch64::{
-    cpu, exit as arch_exit, firmware, gic, guest, mmio, mmu, ram, timer,
-};
+use crate::arch::aarch64::{cpu, exit as arch_exit, firmware, gic, guest, mmio, mmu, ram, timer};
 use crate::drivers::pl011::{Pl011, Pl011Regs};
 use crate::mm::frame::FrameAllocator;
 use crate::mm::pagetable::{El2Kind, El2Table, S2Kind, Stage2Table};
@@ -77,7 +75,10 @@ pub fn passthrough_owner(intid: u32) -> Option<&'static Vm> {
     if intid < 32 {
         return None;
     }
-    vms().iter().copied().find(|vm| vm.passthrough_irqs.contains(&intid))
+    vms()
+        .iter()
+        .copied()
+        .find(|vm| vm.passthrough_irqs.contains(&intid))
 }
 
 /// Masks or unmasks the console UART's receive interrupt (console input flow control).
@@ -248,7 +249,11 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     }
     let ncpus = plat.cpus.len().min(cpu::MAX_CPUS);
     if plat.cpus.len() > cpu::MAX_CPUS {
-        warn!("{} CPUs in the device tree; using the first {}", plat.cpus.len(), cpu::MAX_CPUS);
+        warn!(
+            "{} CPUs in the device tree; using the first {}",
+            plat.cpus.len(),
+            cpu::MAX_CPUS
+        );
     }
     for (i, c) in plat.cpus.iter().take(ncpus).enumerate() {
         run::CPU_MPIDR[i].store(c.mpidr, Ordering::Relaxed);
@@ -320,7 +325,10 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
             }
             (platform::EnableMethod::SpinTable { release_addr }, _) => {
                 if c.mpidr & 0xff != i as u64 {
-                    warn!("cpu{i}: spin-table core with MPIDR {:#x} is not Aff0-numbered", c.mpidr);
+                    warn!(
+                        "cpu{i}: spin-table core with MPIDR {:#x} is not Aff0-numbered",
+                        c.mpidr
+                    );
                 } else if !ram::release_spin_table(
                     release_addr,
                     crate::arch::aarch64::boot::spin_entry_pa(),
@@ -526,7 +534,11 @@ fn build_vm(
 ) -> Result<&'static Vm, VmError> {
     let nvcpus = cfg.vcpus as usize;
     if nvcpus == 0 || nvcpus > vgic::MAX_VCPUS_V2 {
-        return Err(vm_err(cfg, "cpus", alloc::format!("{nvcpus} vCPUs: 1 to 8 supported")));
+        return Err(vm_err(
+            cfg,
+            "cpus",
+            alloc::format!("{nvcpus} vCPUs: 1 to 8 supported"),
+        ));
     }
     // Pinning: `elvisor,cpu-affinity`, else vCPU i on physical CPU i mod the CPU count.
     let pcpus: Vec<usize> = if cfg.cpu_affinity.is_empty() {
@@ -659,7 +671,9 @@ fn build_vm(
         hw,
         reset_count: AtomicU32::new(0),
         state: core::sync::atomic::AtomicU8::new(VmState::Running as u8),
-        power: (0..nvcpus).map(|_| crate::vm::power::VcpuPower::new()).collect(),
+        power: (0..nvcpus)
+            .map(|_| crate::vm::power::VcpuPower::new())
+            .collect(),
         parked: (0..nvcpus)
             .map(|_| core::sync::atomic::AtomicBool::new(true))
             .collect(),
@@ -709,7 +723,10 @@ fn setup_passthrough(
         .chain(g.gicc)
         .chain(g.gich)
         .chain(g.gicv)
-        .chain(core::iter::once(PhysRange::new(plat.uart.base, plat.uart.size_bytes)))
+        .chain(core::iter::once(PhysRange::new(
+            plat.uart.base,
+            plat.uart.size_bytes,
+        )))
         .collect();
     let guest_ram = PhysRange::new(PhysAddr(layout::RAM_BASE.0), ram_bytes);
     for dev in &cfg.passthrough {
@@ -719,9 +736,15 @@ fn setup_passthrough(
             problem,
         };
         for r in &dev.regs {
-            let r = PhysRange::new(r.base.align_down(0x1000), r.end().align_up(0x1000).0 - r.base.align_down(0x1000).0);
+            let r = PhysRange::new(
+                r.base.align_down(0x1000),
+                r.end().align_up(0x1000).0 - r.base.align_down(0x1000).0,
+            );
             if owned.iter().any(|o| o.overlaps(&r)) {
-                return Err(bad(alloc::format!("{} is used by the hypervisor", dev.host_path)));
+                return Err(bad(alloc::format!(
+                    "{} is used by the hypervisor",
+                    dev.host_path
+                )));
             }
             let clash = r.overlaps(&guest_ram)
                 || bus
@@ -730,11 +753,17 @@ fn setup_passthrough(
             if clash {
                 return Err(bad(alloc::format!(
                     "{} at {:#x} collides with the guest's RAM or emulated devices",
-                    dev.host_path, r.base.0
+                    dev.host_path,
+                    r.base.0
                 )));
             }
             stage2
-                .map(GuestPhysAddr(r.base.0), r.base, r.size_bytes, S2Kind::Device)
+                .map(
+                    GuestPhysAddr(r.base.0),
+                    r.base,
+                    r.size_bytes,
+                    S2Kind::Device,
+                )
                 .map_err(|e| bad(alloc::format!("stage-2 map: {e:?}")))?;
         }
         for &(intid, level) in &dev.irqs {
@@ -849,4 +878,3 @@ pub fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     arch_exit::backtrace(arch_exit::frame_pointer());
     cpu::park()
 }
-

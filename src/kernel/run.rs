@@ -150,7 +150,9 @@ pub fn fast_sync(v: &mut Vcpu, esr: Esr) -> bool {
             }
             None => false,
         },
-        esr::ec::DABT_LOWER if iss & (1 << 6) == 0 => fast_mmio_read(v, esr),
+        // Only with no list register in use: a distributor read must see the guest's EOIs,
+        // which the full path folds in first (list-register sync).
+        esr::ec::DABT_LOWER if iss & (1 << 6) == 0 && v.lr_used == 0 => fast_mmio_read(v, esr),
         esr::ec::SYS64 if iss & 1 == 1 => {
             // Reads only: they change no state. Rt is ISS[9:5].
             let acc = match esr::decode(esr) {
@@ -252,7 +254,10 @@ pub fn handle_exit(v: &mut Vcpu, kind: ExitKind) -> Next {
             true
         }
         ExitKind::SError(esr) => {
-            warn!("{} ({}): SError from the guest, ESR {:#x}", vm.id, vm.name, esr.0);
+            warn!(
+                "{} ({}): SError from the guest, ESR {:#x}",
+                vm.id, vm.name, esr.0
+            );
             stop_vm(vm, "SError");
             true
         }
@@ -425,7 +430,12 @@ fn psci_call(vm: &'static Vm, v: &mut Vcpu, call: Call) -> bool {
 pub fn stop_vm(vm: &'static Vm, why: &str) {
     if vm
         .state
-        .compare_exchange(VmState::Running as u8, VmState::Stopped as u8, Ordering::AcqRel, Ordering::Acquire)
+        .compare_exchange(
+            VmState::Running as u8,
+            VmState::Stopped as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
         .is_err()
     {
         return;
@@ -446,7 +456,12 @@ pub fn stop_vm(vm: &'static Vm, why: &str) {
 fn reset_vm(vm: &'static Vm) {
     if vm
         .state
-        .compare_exchange(VmState::Running as u8, VmState::Resetting as u8, Ordering::AcqRel, Ordering::Acquire)
+        .compare_exchange(
+            VmState::Running as u8,
+            VmState::Resetting as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
         .is_err()
     {
         return;
@@ -480,7 +495,10 @@ fn reset_vm(vm: &'static Vm) {
         while !parked.load(Ordering::Acquire) {
             spins += 1;
             if spins > 200_000_000 {
-                error!("{} ({}): vCPU {i} did not stop for the reset", vm.id, vm.name);
+                error!(
+                    "{} ({}): vCPU {i} did not stop for the reset",
+                    vm.id, vm.name
+                );
                 break;
             }
             core::hint::spin_loop();
@@ -492,7 +510,7 @@ fn reset_vm(vm: &'static Vm) {
         vg.reset();
         let _ = vg.set_hw(VTIMER_INTID, VcpuId(0), Some(VTIMER_INTID));
         while let Some(p) = vg.take_hw_deactivation() {
-            gic::deactivate(p);
+            gic::deactivate_raw(p);
         }
     }
     if let Err(e) = super::load_images(vm) {
@@ -520,6 +538,7 @@ fn kick_all(vm: &Vm, kicks: KickSet) -> bool {
             local = true;
         } else if sent & (1 << pcpu) == 0 {
             sent |= 1 << pcpu;
+            log::trace!("cpu{me}: kick cpu{pcpu}");
             gic::kick(CPU_MPIDR[pcpu].load(Ordering::Relaxed), pcpu);
         }
     }
@@ -627,7 +646,11 @@ fn load(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
     gic::restore_vif(&v.vif);
     let n = gic::nr_lrs().min(v.lrs.len());
     for i in 0..n {
-        let val = if v.lr_used & (1 << i) != 0 { encode_lr(&v.lrs[i]) } else { 0 };
+        let val = if v.lr_used & (1 << i) != 0 {
+            encode_lr(&v.lrs[i])
+        } else {
+            0
+        };
         gic::write_lr(i, val);
     }
     gic::write_hcr(v.hcr | gic::HCR_EN);
@@ -705,10 +728,13 @@ fn arm_timer(s: &CpuSched, running: Option<usize>) {
 /// the CPU was running one.
 fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) {
     let plat = PLATFORM.get();
-    let maint = plat.and_then(|p| p.gic.maintenance_intid).unwrap_or(MAINT_INTID);
+    let maint = plat
+        .and_then(|p| p.gic.maintenance_intid)
+        .unwrap_or(MAINT_INTID);
     let uart = plat.and_then(|p| p.uart.intid);
-    while let Some(intid) = gic::ack() {
-        gic::eoi(intid);
+    while let Some(a) = gic::ack() {
+        let intid = a.intid;
+        gic::eoi(a);
         if intid == VTIMER_INTID {
             // The loaded vCPU's virtual timer: forwarded with the HW bit; stays active until
             // the guest deactivates it.
@@ -718,13 +744,18 @@ fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) {
             continue;
         }
         if let Some(vm) = super::passthrough_owner(intid) {
-            let kicks = vm.vgic.lock().inject_edge(intid, VcpuId(0)).unwrap_or(KickSet(0));
+            let kicks = vm
+                .vgic
+                .lock()
+                .inject_edge(intid, VcpuId(0))
+                .unwrap_or(KickSet(0));
             kick_all(vm, kicks.union(KickSet::single(0)));
             continue;
         }
-        gic::deactivate(intid);
+        gic::deactivate(a);
         if intid == gic::KICK_SGI {
             // Requests are read by the scheduler.
+            log::trace!("cpu{}: kick", s.index);
         } else if intid == timer::HYP_TIMER_INTID {
             timer::disarm();
             if let Some(v) = cur.as_mut() {
@@ -802,7 +833,7 @@ fn vgic_flush(vm: &Vm, v: &mut Vcpu) {
         v.hcr = hcr;
     }
     while let Some(p) = vg.take_hw_deactivation() {
-        gic::deactivate(p);
+        gic::deactivate_raw(p);
     }
     drop(vg);
     if !r.kick.is_empty() {
@@ -829,7 +860,7 @@ fn vgic_sync(vm: &Vm, v: &mut Vcpu) {
     }
     v.lr_used = vg.live_lrs(v.id);
     while let Some(p) = vg.take_hw_deactivation() {
-        gic::deactivate(p);
+        gic::deactivate_raw(p);
     }
 }
 

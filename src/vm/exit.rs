@@ -90,7 +90,12 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
         Exit::SysReg(acc) => {
             let value = ctx.regs.get(acc.rt);
             // ID registers (HCR_EL2.TID3): the hardware's values, minus what guests don't get.
-            if acc.read && acc.op0 == 3 && acc.op1 == 0 && acc.crn == 0 && (1..=7).contains(&acc.crm) {
+            if acc.read
+                && acc.op0 == 3
+                && acc.op1 == 0
+                && acc.crn == 0
+                && (1..=7).contains(&acc.crm)
+            {
                 let v = super::idregs::sanitize(acc.crm, acc.op2, (ctx.id_read)(acc.crm, acc.op2));
                 ctx.regs.set(acc.rt, v);
                 ctx.regs.elr = ctx.regs.elr.wrapping_add(4);

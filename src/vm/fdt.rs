@@ -297,7 +297,11 @@ pub fn generate(spec: &GuestFdt<'_>) -> Result<Vec<u8>, FdtGenError> {
                 .irqs
                 .iter()
                 .flat_map(|&(intid, level)| {
-                    [GIC_SPI, intid - 32, if level { IRQ_TYPE_LEVEL_HIGH } else { 1 }]
+                    [
+                        GIC_SPI,
+                        intid - 32,
+                        if level { IRQ_TYPE_LEVEL_HIGH } else { 1 },
+                    ]
                 })
                 .collect();
             w.property_array_u32("interrupts", &irqs)?;

@@ -75,7 +75,11 @@ mod tests {
         let v = sanitize(5, 0, dfr0);
         assert_eq!((v >> 8) & 0xf, 0, "no PMU");
         assert_eq!(v & 0xf, 6, "debug architecture kept");
-        assert_eq!(sanitize(6, 1, 0x0000_0000_1111_1110) & 0xff0, 0, "no pointer auth");
+        assert_eq!(
+            sanitize(6, 1, 0x0000_0000_1111_1110) & 0xff0,
+            0,
+            "no pointer auth"
+        );
         assert_eq!(sanitize(7, 0, 0xabc), 0xabc, "MMFR0 untouched");
     }
 }

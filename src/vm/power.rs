@@ -149,9 +149,21 @@ mod tests {
         let ram = 0x4000_0000..0x4400_0000;
         assert_eq!(check_cpu_on(2, 0x4008_0000, &mpidrs, ram.clone()), Ok(2));
         // Upper MPIDR bits (U, MT, RES1 bit 31) are not affinity.
-        assert_eq!(check_cpu_on(0x8000_0003, 0x4008_0000, &mpidrs, ram.clone()), Ok(3));
-        assert_eq!(check_cpu_on(7, 0x4008_0000, &mpidrs, ram.clone()), Err(ret::INVALID_PARAMETERS));
-        assert_eq!(check_cpu_on(1, 0x1000, &mpidrs, ram.clone()), Err(ret::INVALID_ADDRESS));
-        assert_eq!(check_cpu_on(1, 0x4400_0000, &mpidrs, ram), Err(ret::INVALID_ADDRESS));
+        assert_eq!(
+            check_cpu_on(0x8000_0003, 0x4008_0000, &mpidrs, ram.clone()),
+            Ok(3)
+        );
+        assert_eq!(
+            check_cpu_on(7, 0x4008_0000, &mpidrs, ram.clone()),
+            Err(ret::INVALID_PARAMETERS)
+        );
+        assert_eq!(
+            check_cpu_on(1, 0x1000, &mpidrs, ram.clone()),
+            Err(ret::INVALID_ADDRESS)
+        );
+        assert_eq!(
+            check_cpu_on(1, 0x4400_0000, &mpidrs, ram),
+            Err(ret::INVALID_ADDRESS)
+        );
     }
 }

@@ -273,8 +273,15 @@ mod tests {
     #[test]
     fn fast_path_agrees_with_dispatch() {
         for id in [
-            0x8000_0000u64, 0x8000_0001, 0x8400_0000, 0x8400_000a, 0x8400_0006, 0x8200_1234,
-            0xc300_0000, 0xffff_ffff_8400_0000, 0x8400_00ff,
+            0x8000_0000u64,
+            0x8000_0001,
+            0x8400_0000,
+            0x8400_000a,
+            0x8400_0006,
+            0x8200_1234,
+            0xc300_0000,
+            0xffff_ffff_8400_0000,
+            0x8400_00ff,
         ] {
             for arg in [0u64, 0x8400_0008, 0x8000_8000, 0xdead_8400_0000] {
                 let fast = fast_call(0, id, arg).expect("fast");
@@ -284,7 +291,13 @@ mod tests {
                 assert_eq!(fast, slow, "{id:#x} {arg:#x}");
             }
         }
-        for id in [0x8400_0008u64, 0x8400_0009, 0xc400_0003, 0x8600_ff01, 0x8600_0001] {
+        for id in [
+            0x8400_0008u64,
+            0x8400_0009,
+            0xc400_0003,
+            0x8600_ff01,
+            0x8600_0001,
+        ] {
             assert_eq!(fast_call(0, id, 0), None, "{id:#x}");
         }
         assert_eq!(fast_call(5, 0x8400_0000, 0), Some(u64::MAX));

@@ -71,6 +71,27 @@ const VIRT_V2_NVHE: &[&str] = &[
     "2",
 ];
 
+const VIRT_V3_VHE_SMP4: &[&str] = &[
+    "-M",
+    "virt,virtualization=on,gic-version=3",
+    "-cpu",
+    "max",
+    "-m",
+    "1G",
+    "-smp",
+    "4",
+];
+const VIRT_V2_NVHE_SMP4: &[&str] = &[
+    "-M",
+    "virt,virtualization=on,gic-version=2",
+    "-cpu",
+    "cortex-a72",
+    "-m",
+    "1G",
+    "-smp",
+    "4",
+];
+
 /// What every smoke-VM run must print after the hypervisor's own banner lines.
 macro_rules! smoke_lines {
     ($($head:expr),* $(,)?) => {
@@ -283,6 +304,158 @@ pub const CASES: &[Case] = &[
         exit: Exit::Status(0),
         console_input: Some("hello-elvisor"),
     },
+    Case {
+        name: "smp-gicv3-smp2",
+        about: "a 4-vCPU VM on 2 pCPUs (shared): PSCI CPU_ON/OFF/AFFINITY_INFO, CPU_ON race, cross-vCPU SGIs",
+        machine: VIRT_V3_VHE,
+        boot: Boot::Direct,
+        vms: &["smp"],
+        bootargs: None,
+        timeout_s: 60,
+        expect: SMP4_LINES,
+        reject: &["SMP FAIL"],
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
+        name: "smp-gicv2-smp2",
+        about: "the 4-vCPU SMP VM on vGICv2 (GICD_SGIR IPIs), cortex-a72, 2 pCPUs",
+        machine: VIRT_V2_NVHE,
+        boot: Boot::Direct,
+        vms: &["smp"],
+        bootargs: None,
+        timeout_s: 60,
+        expect: SMP4_LINES,
+        reject: &["SMP FAIL"],
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
+        name: "two-vms-gicv3-smp2",
+        about: "two 2-vCPU SMP VMs sharing 2 pCPUs: both pass, lines prefixed per VM",
+        machine: VIRT_V3_VHE,
+        boot: Boot::Direct,
+        vms: &["smp2", "smp2b"],
+        bootargs: None,
+        timeout_s: 60,
+        expect: TWO_SMP2_LINES,
+        reject: &["SMP FAIL"],
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
+        name: "two-vms-gicv3-smp4",
+        about: "two 2-vCPU SMP VMs on 4 pCPUs, the second pinned to pCPUs 2 and 3",
+        machine: VIRT_V3_VHE_SMP4,
+        boot: Boot::Direct,
+        vms: &["smp2", "smp2b-cpu23"],
+        bootargs: None,
+        timeout_s: 60,
+        expect: TWO_SMP2_LINES,
+        reject: &["SMP FAIL"],
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
+        name: "two-vms-gicv2-smp2",
+        about: "two 2-vCPU SMP VMs sharing 2 pCPUs on vGICv2, cortex-a72",
+        machine: VIRT_V2_NVHE,
+        boot: Boot::Direct,
+        vms: &["smp2", "smp2b"],
+        bootargs: None,
+        timeout_s: 60,
+        expect: TWO_SMP2_LINES,
+        reject: &["SMP FAIL"],
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
+        name: "two-vms-gicv2-smp4",
+        about: "two 2-vCPU SMP VMs on 4 pCPUs (second pinned to 2, 3), vGICv2, cortex-a72",
+        machine: VIRT_V2_NVHE_SMP4,
+        boot: Boot::Direct,
+        vms: &["smp2", "smp2b-cpu23"],
+        bootargs: None,
+        timeout_s: 60,
+        expect: TWO_SMP2_LINES,
+        reject: &["SMP FAIL"],
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
+        name: "isolation-gicv3",
+        about: "a VM probing IPAs outside its RAM (other VMs' host RAM too) gets aborts; a heartbeat VM beats on",
+        machine: VIRT_V3_VHE,
+        boot: Boot::Direct,
+        vms: &["probe", "heartbeat"],
+        bootargs: None,
+        timeout_s: 60,
+        expect: ISOLATION_LINES,
+        reject: &["PROBE FAIL", "HB FAIL"],
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
+        name: "isolation-gicv2",
+        about: "the isolation probe next to a heartbeat VM on vGICv2, cortex-a72",
+        machine: VIRT_V2_NVHE,
+        boot: Boot::Direct,
+        vms: &["probe", "heartbeat"],
+        bootargs: None,
+        timeout_s: 60,
+        expect: ISOLATION_LINES,
+        reject: &["PROBE FAIL", "HB FAIL"],
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
+        name: "vm-reset-gicv3",
+        about: "one VM resets itself (PSCI SYSTEM_RESET) and finishes while another keeps beating",
+        machine: VIRT_V3_VHE,
+        boot: Boot::Direct,
+        vms: &["heartbeat-reset", "heartbeat"],
+        bootargs: None,
+        timeout_s: 60,
+        expect: &[
+            "[hb-reset] HB: SYSTEM_RESET after beat 5",
+            "[hb-reset] HB: heartbeat: beats=10 period=100 ms reset-at=Some(5) reset-count=Some(1)",
+            "[hb-reset] HB PASS: system-reset",
+            "[hb-reset] HB RESULT: passed=2 failed=0",
+            "[hb] HB: beat 30",
+            "[hb] HB PASS: beats",
+            "[hb] HB RESULT: passed=1 failed=0",
+            "all VMs stopped; powering off",
+        ],
+        reject: &["HB FAIL"],
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
+        name: "linux-gicv3",
+        about: "Debian's arm64 Linux 6.1 with a busybox initramfs, 2 vCPUs, vGICv3, -cpu max",
+        machine: VIRT_V3_VHE,
+        boot: Boot::Direct,
+        vms: &["linux"],
+        bootargs: None,
+        timeout_s: 120,
+        expect: LINUX_LINES,
+        reject: LINUX_REJECT,
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
+        name: "linux-gicv2",
+        about: "Debian's arm64 Linux 6.1 with a busybox initramfs, 2 vCPUs, vGICv2, cortex-a72",
+        machine: VIRT_V2_NVHE,
+        boot: Boot::Direct,
+        vms: &["linux"],
+        bootargs: None,
+        timeout_s: 120,
+        expect: LINUX_LINES,
+        reject: LINUX_REJECT,
+        exit: Exit::Status(0),
+        console_input: None,
+    },
 ];
 
 const IRQ_LINES: &[&str] = &[
@@ -294,6 +467,58 @@ const IRQ_LINES: &[&str] = &[
     "IRQ PASS: wfi-wakes",
     "IRQ RESULT: passed=10 failed=0",
     "all VMs stopped; powering off",
+];
+
+/// The 4-vCPU SMP VM alone (no per-VM prefix): every check, the race included, passes.
+const SMP4_LINES: &[&str] = &[
+    "SMP PASS: mpidr",
+    "SMP PASS: cpu-on-invalid-address",
+    "SMP PASS: cpu-on",
+    "SMP PASS: race",
+    "SMP PASS: sgi-ping-pong",
+    "SMP PASS: sgi-broadcast",
+    "SMP PASS: cpu-on-after-off",
+    "SMP RESULT: passed=19 failed=0",
+    "all VMs stopped; powering off",
+];
+
+/// Two 2-vCPU SMP VMs: their lines interleave in any order, so the RESULT line is expected
+/// twice (each VM prints one, and any FAIL line is rejected), both with a "[name] " prefix.
+const TWO_SMP2_LINES: &[&str] = &[
+    "] SMP RESULT: passed=18 failed=0",
+    "] SMP RESULT: passed=18 failed=0",
+    "all VMs stopped; powering off",
+];
+
+/// The probe VM finishes within a second; the heartbeat VM beats for three.
+const ISOLATION_LINES: &[&str] = &[
+    "[probe] PROBE PASS: read 0x50000000",
+    "[probe] PROBE PASS: write 0x70000000",
+    "[probe] PROBE RESULT: passed=16 failed=0",
+    "[hb] HB: beat 30",
+    "[hb] HB RESULT: passed=1 failed=0",
+    "all VMs stopped; powering off",
+];
+
+/// The Linux VM's /init output (scripts/mkinitramfs), after the kernel's own boot log.
+const LINUX_LINES: &[&str] = &[
+    "Booting Linux on physical CPU 0x0000000000",
+    "INIT: nproc=2",
+    "arch_timer",
+    "IPI",
+    "INIT: uname=6.1",
+    "INIT: done",
+    "reboot: Power down",
+    "all VMs stopped; powering off",
+];
+
+/// What a Linux boot must not print.
+const LINUX_REJECT: &[&str] = &[
+    "Kernel panic",
+    "Internal error:",
+    "Unable to handle kernel",
+    "BUG:",
+    "Oops",
 ];
 
 #[cfg(test)]

@@ -73,7 +73,9 @@ pub fn boot_count() -> Option<u64> {
 pub fn now() -> u64 {
     let count: u64;
     // SAFETY: reading the virtual counter has no side effects.
-    unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) count, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("isb", "mrs {}, cntvct_el0", out(reg) count, options(nomem, nostack, preserves_flags))
+    };
     count
 }
 
@@ -176,6 +178,70 @@ pub fn time_loop(op: Op, iters: u64, real: bool) -> u64 {
         (Op::ReadCntpCtl, true) => timed_loop!(iters, 0, "mrs x9, cntp_ctl_el0"),
         (Op::ReadCntpCtl, false) => timed_loop!(iters, 0, "nop"),
     }
+}
+
+// ---- vm-switch trace --------------------------------------------------------------------------
+
+/// CNTPCT_EL0: the physical count, the same for every VM (CNTVCT_EL0 is offset per VM).
+pub fn physical_now() -> u64 {
+    let count: u64;
+    // SAFETY: reading the physical counter has no side effects (elvisor sets
+    // CNTHCTL_EL2.EL1PCTEN, so it does not trap).
+    unsafe {
+        asm!("isb", "mrs {}, cntpct_el0", out(reg) count, options(nomem, nostack, preserves_flags))
+    };
+    count
+}
+
+/// Polls CNTPCT_EL0 in a 6-instruction loop, starting from `prev`, until two consecutive reads
+/// are more than `gap` ticks apart (the vCPU was off the CPU in between) or the count passes
+/// `deadline`. Returns (last read before the gap, first read after it).
+pub fn poll_for_gap(prev: u64, gap: u64, deadline: u64) -> (u64, u64) {
+    let (before, after): (u64, u64);
+    // SAFETY: reads the physical counter and compares; no memory, no side effects.
+    unsafe {
+        asm!(
+            "2: mrs  {now}, cntpct_el0",
+            "sub     {d}, {now}, {prev}",
+            "cmp     {d}, {gap}",
+            "b.hi    3f",
+            "mov     {prev}, {now}",
+            "cmp     {now}, {deadline}",
+            "b.lo    2b",
+            "3:",
+            prev = inout(reg) prev => before,
+            now = out(reg) after,
+            d = out(reg) _,
+            gap = in(reg) gap,
+            deadline = in(reg) deadline,
+            options(nomem, nostack),
+        )
+    };
+    (before, after)
+}
+
+/// `hvc #0` with x0 = `fid` (elvisor's ELVISOR_YIELD) between two CNTPCT_EL0 reads: returns
+/// (count just before the call, count just after it returned). x0..x17 are treated as clobbered
+/// (SMCCC); the counts live in callee-saved x20/x22.
+pub fn timed_yield(fid: u32) -> (u64, u64) {
+    let (before, after): (u64, u64);
+    // SAFETY: an SMCCC call that passes no memory; it returns here (possibly after other vCPUs
+    // ran) with at most x0..x17 changed, which clobber_abi("C") covers.
+    unsafe {
+        asm!(
+            "isb",
+            "mrs x20, cntpct_el0",
+            "mov x0, x21",
+            "hvc #0",
+            "mrs x22, cntpct_el0",
+            out("x20") before,
+            inout("x21") u64::from(fid) => _,
+            out("x22") after,
+            clobber_abi("C"),
+            options(nostack),
+        )
+    };
+    (before, after)
 }
 
 // ---- the IRQ vector -------------------------------------------------------------------------
@@ -476,7 +542,10 @@ pub fn ipi_send_and_wait(sgi: SgiWrite, record: &IrqRecord, expected: u64, deadl
     let t0: u64;
     let (kind, value, addr) = match sgi {
         SgiWrite::V3 { value } => (3u64, value, 0usize),
-        SgiWrite::V2 { sgir: Mmio(addr), value } => (2, u64::from(value), addr),
+        SgiWrite::V2 {
+            sgir: Mmio(addr),
+            value,
+        } => (2, u64::from(value), addr),
     };
     // SAFETY: the SGI write changes GIC state only (GICD_SGIR is an Mmio); the loop reads
     // `record` (written by the other CPU's IRQ vector); `wfe` only waits.

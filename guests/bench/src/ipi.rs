@@ -12,7 +12,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use elvisor_guest_rt::gic::{self, Gic, Iar, Version};
-use elvisor_guest_rt::smccc;
+use elvisor_guest_rt::smccc::psci;
 use elvisor_guest_rt::timer::{self, TimerInterrupts};
 use elvisor_guest_rt::{BootInfo, dt};
 
@@ -29,12 +29,8 @@ const BRINGUP_TIMEOUT_US: u64 = 100_000;
 /// The receiver's loop ends by itself after this long.
 const RECEIVER_LIFETIME_US: u64 = 2_000_000;
 
-/// PSCI function ids (DEN0022 5.1).
-const PSCI_CPU_OFF: u32 = 0x8400_0002;
-const PSCI_CPU_ON_64: u32 = 0xc400_0003;
-const PSCI_AFFINITY_INFO_64: u32 = 0xc400_0004;
 /// AFFINITY_INFO: the target is OFF.
-const AFFINITY_OFF: u64 = 1;
+const AFFINITY_OFF: i64 = 1;
 
 /// Secondary CPU states in [`STATE`].
 const STARTING: u64 = 1;
@@ -73,7 +69,7 @@ pub extern "C" fn secondary_main(_context: u64) -> ! {
         }
     }
     STATE.store(DONE, Ordering::SeqCst);
-    smccc::call(PSCI_CPU_OFF, 0, 0, 0);
+    psci::cpu_off();
     elvisor_guest_rt::arch::halt()
 }
 
@@ -177,18 +173,17 @@ pub fn virtual_ipi(boot: &BootInfo, gic: &Gic, rounds: u64) -> Outcome {
         arch::now().wrapping_add(timer::ticks_from_us(RECEIVER_LIFETIME_US)),
         Ordering::SeqCst,
     );
-    let ret = smccc::call(PSCI_CPU_ON_64, target, arch::secondary_entry_address(), 0)[0] as i64;
+    let ret = psci::cpu_on(target, arch::secondary_entry_address(), 0);
     if ret != 0 {
         return Outcome::Skipped(text!("PSCI CPU_ON of MPIDR {target:#x} returned {ret}"));
     }
-    let up = wait_until(BRINGUP_TIMEOUT_US, || STATE.load(Ordering::SeqCst) != STARTING);
+    let up = wait_until(BRINGUP_TIMEOUT_US, || {
+        STATE.load(Ordering::SeqCst) != STARTING
+    });
     match STATE.load(Ordering::SeqCst) {
         READY => {}
         FAILED => {
-            return Outcome::Failed(text!(
-                "{}",
-                failure_text(FAILURE.load(Ordering::SeqCst))
-            ));
+            return Outcome::Failed(text!("{}", failure_text(FAILURE.load(Ordering::SeqCst))));
         }
         _ => {
             return Outcome::Failed(text!(
@@ -228,7 +223,7 @@ pub fn virtual_ipi(boot: &BootInfo, gic: &Gic, rounds: u64) -> Outcome {
     STOP.store(1, Ordering::SeqCst);
     let stopped = wait_until(BRINGUP_TIMEOUT_US, || STATE.load(Ordering::SeqCst) == DONE)
         && wait_until(BRINGUP_TIMEOUT_US, || {
-            smccc::call(PSCI_AFFINITY_INFO_64, target, 0, 0)[0] == AFFINITY_OFF
+            psci::affinity_info(target, 0) == AFFINITY_OFF
         });
     match result {
         Ok((sum, min, max)) => Outcome::Measured {

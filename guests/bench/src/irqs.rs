@@ -13,6 +13,8 @@
 //!   vector. IRQs are masked around the `wfi` and unmasked for one instruction after each
 //!   wake-up (the race-free sleep), so one `msr daifclr` is part of every latency, natively too.
 
+use core::sync::atomic::Ordering;
+
 use elvisor_guest_rt::gic::{self, Gic, Iar, Version, gicd};
 use elvisor_guest_rt::timer::{self, Timer, TimerInterrupts};
 
@@ -57,7 +59,8 @@ fn pend_sgi(gic: &Gic, sgi: u32) {
         // GICD_SPENDSGIR: one byte per SGI, one bit per source CPU; source = CPU interface 0.
         // A byte store: see `Mmio::write8`.
         Version::V2 => {
-            if let Some(reg) = Mmio::byte(gic.distributor().base() + gicd::SPENDSGIR + sgi as usize) {
+            if let Some(reg) = Mmio::byte(gic.distributor().base() + gicd::SPENDSGIR + sgi as usize)
+            {
                 reg.write8(1);
             }
         }
@@ -115,7 +118,7 @@ pub fn timer_irq_latency(gic: &Gic, timers: &TimerInterrupts, rounds: u64) -> Ou
     let lead = timer::ticks_from_us(TIMER_LEAD_US);
     let watchdog = timer::ticks_from_us(WATCHDOG_US);
 
-    let result = arch::with_bench_vectors(|| {
+    let outcome = arch::with_bench_vectors(|| {
         let (mut sum, mut min, mut max) = (0i64, i64::MAX, i64::MIN);
         for round in 0..rounds {
             RECORD.reset();
@@ -125,41 +128,34 @@ pub fn timer_irq_latency(gic: &Gic, timers: &TimerInterrupts, rounds: u64) -> Ou
             arch::timer_irq_wait(&RECORD, cval, deadline);
             Timer::Physical.stop();
             Timer::Virtual.stop();
-            let count = RECORD.count.load(core::sync::atomic::Ordering::SeqCst);
-            let iar = Iar::from_raw(
-                RECORD.iar.load(core::sync::atomic::Ordering::SeqCst) as u32,
-                gic.version(),
-            );
+            let count = RECORD.count.load(Ordering::SeqCst);
+            let iar = Iar::from_raw(RECORD.iar.load(Ordering::SeqCst) as u32, gic.version());
             if count == 0 {
-                return Err(text!(
+                return Outcome::Failed(text!(
                     "round {round}: no interrupt within {WATCHDOG_US} us (not even the watchdog)"
                 ));
             }
             if iar.intid() != vtimer {
-                return Err(text!(
-                    "round {round}: interrupt {} arrived instead of the virtual timer ({vtimer}); ptimer watchdog is {ptimer}",
+                return Outcome::Failed(text!(
+                    "round {round}: interrupt {} arrived instead of the virtual timer ({vtimer}); the watchdog (physical timer) is {ptimer}",
                     iar.intid()
                 ));
             }
-            let time = RECORD.time.load(core::sync::atomic::Ordering::SeqCst);
-            let latency = time.wrapping_sub(cval) as i64;
+            let latency = RECORD.time.load(Ordering::SeqCst).wrapping_sub(cval) as i64;
             sum += latency;
             min = min.min(latency);
             max = max.max(latency);
         }
-        Ok((sum, min, max))
+        Outcome::Measured {
+            iters: rounds,
+            total: sum,
+            range: Some((min, max)),
+            extra: text!("lead_ticks={lead}"),
+        }
     });
     for intid in [vtimer, ptimer] {
         gic.disable(intid);
         gic.clear_pending(intid);
     }
-    match result {
-        Ok((sum, min, max)) => Outcome::Measured {
-            iters: rounds,
-            total: sum,
-            range: Some((min, max)),
-            extra: text!("lead_ticks={lead}"),
-        },
-        Err(reason) => Outcome::Failed(reason),
-    }
+    outcome
 }

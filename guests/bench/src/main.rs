@@ -12,7 +12,8 @@
 //!   virtual-eoi         acknowledge + EOI of a pending SGI (no exit expected)
 //!   timer-irq-latency   virtual timer condition -> first instruction of the guest's IRQ vector
 //!   virtual-ipi         SGI from one vCPU to another (needs 2 CPUs in the device tree)
-//!   vm-switch           two VMs on one CPU yielding to each other: not supported yet, skipped
+//!   vm-switch           two VMs time-sliced on one CPU: a separate run (bootarg bench=vm-switch,
+//!                       see [`switch`]); the normal run prints it as skipped
 //!   guest-compute       ~30 M instructions of compute over a 64 MiB buffer, no exits
 //! ```
 //!
@@ -35,6 +36,7 @@ mod compute;
 mod ipi;
 mod irqs;
 mod results;
+mod switch;
 
 use elvisor_guest_rt::console::{self, pl011};
 use elvisor_guest_rt::gic::{self, Gic, GicError, Version};
@@ -65,13 +67,21 @@ const UNALLOCATED_FID: u32 = 0x8200_ffff;
 fn main(boot: &BootInfo) {
     // Sets the prefix of the runtime's panic and exception lines: `BENCH FAIL: ...`.
     let _report = Report::new("BENCH");
+    if boot.bootarg("bench") == Some("vm-switch") {
+        switch::trace(boot);
+        smccc::psci::system_off();
+    }
     let boot_count = arch::boot_count();
     let fdt = boot.fdt.as_ref();
     let gic = Gic::discover(fdt);
     let timers = TimerInterrupts::discover(fdt);
     println!(
         "BENCH info mode={} el={} cntfrq_hz={} cpus={} gic={} midr={:#x} dtb={:#x} uart={:#x}",
-        if boot.reset_count.is_some() { "elvisor" } else { "native" },
+        if boot.reset_count.is_some() {
+            "elvisor"
+        } else {
+            "native"
+        },
         elvisor_guest_rt::arch::current_el(),
         timer::frequency_hz(),
         fdt.map_or(0, dt::cpu_count),
@@ -105,7 +115,9 @@ fn main(boot: &BootInfo) {
     );
     results.add(
         "timer-irq-latency",
-        with_gic(&gic_up, |g| irqs::timer_irq_latency(g, &timers, TIMER_ROUNDS)),
+        with_gic(&gic_up, |g| {
+            irqs::timer_irq_latency(g, &timers, TIMER_ROUNDS)
+        }),
     );
     results.add(
         "virtual-ipi",
@@ -208,7 +220,7 @@ fn vm_switch(boot: &BootInfo) -> Outcome {
         Outcome::Skipped(text!("native run: no hypervisor, no second VM"))
     } else {
         Outcome::Skipped(text!(
-            "elvisor runs one VM per machine (no VM scheduling on a shared CPU yet)"
+            "needs two VMs on one CPU: scripts/bench measures it in a separate run (guest bootarg bench=vm-switch)"
         ))
     }
 }

@@ -177,14 +177,22 @@ impl Results {
                         Some((min, max)) => println!(
                             "BENCH: {name:<18} {iters:>6} {per:>14} {total:>12}  min {min} max {max} {extra}"
                         ),
-                        None => println!("BENCH: {name:<18} {iters:>6} {per:>14} {total:>12}  {extra}"),
+                        None => {
+                            println!("BENCH: {name:<18} {iters:>6} {per:>14} {total:>12}  {extra}")
+                        }
                     }
                 }
                 Outcome::Skipped(reason) => {
-                    println!("BENCH: {name:<18} {:>6} {:>14} {:>12}  not yet supported: {reason}", "-", "-", "-")
+                    println!(
+                        "BENCH: {name:<18} {:>6} {:>14} {:>12}  not yet supported: {reason}",
+                        "-", "-", "-"
+                    )
                 }
                 Outcome::Failed(reason) => {
-                    println!("BENCH: {name:<18} {:>6} {:>14} {:>12}  FAILED: {reason}", "-", "-", "-")
+                    println!(
+                        "BENCH: {name:<18} {:>6} {:>14} {:>12}  FAILED: {reason}",
+                        "-", "-", "-"
+                    )
                 }
             }
         }

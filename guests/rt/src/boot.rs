@@ -68,7 +68,7 @@ impl BootInfo {
                 None if word == key => Some(""),
                 _ => None,
             })
-            .last()
+            .next_back()
     }
 
     /// The device tree's bytes as an address range, if there is a valid tree.

@@ -92,11 +92,7 @@ pub fn start_cpu(target_mpidr: u64, main: fn(&CpuBoot), context_id: u64) -> i64 
     // The store above reaches memory before the CPU_ON call: `hvc` is a context
     // synchronization event and the stores are to Device memory, which is not cached.
     arch::smp::send_event();
-    psci::cpu_on(
-        target_mpidr,
-        secondary_entry_address() as u64,
-        context_id,
-    )
+    psci::cpu_on(target_mpidr, secondary_entry_address() as u64, context_id)
 }
 
 /// Rust entry of every secondary CPU (called by the entry code in `arch::smp`).

@@ -52,10 +52,14 @@ register_structs! {
 }
 
 register_structs! {
-    /// The GICv2 CPU-interface registers arm-gic's driver does not expose: CTLR.EOImode and DIR.
+    /// The GICv2 CPU-interface registers the kernel drives itself: CTLR (EOImode), IAR and
+    /// EOIR (arm-gic's accessors drop the source-CPU bits of an SGI's IAR) and DIR.
     pub GiccExtra {
         (0x0000 => ctlr: ReadWrite<u32>),
         (0x0004 => _r0),
+        (0x000c => iar: ReadOnly<u32>),
+        (0x0010 => eoir: ReadWrite<u32>),
+        (0x0014 => _r1),
         (0x1000 => dir: ReadWrite<u32>),
         (0x1004 => @END),
     }
@@ -78,6 +82,9 @@ static GIC: Mutex<Option<Driver>> = Mutex::new(None);
 /// 0 = none, 2 or 3: the version, readable without the lock on the exit path.
 static VERSION: AtomicU8 = AtomicU8::new(0);
 static NR_LRS: AtomicUsize = AtomicUsize::new(0);
+/// GICv2: each CPU's target-list bit (its CPU interface number), learned at bring-up.
+static V2_TARGET: [AtomicU8; super::cpu::MAX_CPUS] =
+    [const { AtomicU8::new(0) }; super::cpu::MAX_CPUS];
 /// GICH base for lock-free list-register access on GICv2 (per-CPU banked at the same address).
 static GICH: AtomicUsize = AtomicUsize::new(0);
 
@@ -171,8 +178,18 @@ pub fn init_cpu(cpu: usize) {
             write_hcr(HCR_EN);
         }
         Some(Driver::V2 {
-            gic, gicc, gich, ..
+            gic,
+            gicc,
+            gich,
+            gicd_targets,
         }) => {
+            // This CPU's GICv2 CPU-interface number, as its own target bit (ITARGETSR0 is
+            // banked and reads back the current CPU's mask). Kicks target it.
+            let mask = gicd_targets.itargetsr[0].get() & 0xff;
+            if let Some(m) = V2_TARGET.get(cpu) {
+                m.store(mask as u8, Ordering::Relaxed);
+            }
+            log::debug!("cpu{cpu}: GICv2 CPU interface mask {mask:#x}");
             gic.set_priority_mask(0xff);
             gicc.ctlr.set(GICC_CTLR_EL2);
             NR_LRS.store(((gich.vtr.get() & 0x3f) + 1) as usize, Ordering::Relaxed);
@@ -237,7 +254,10 @@ pub fn kick(mpidr: u64, cpu: usize) {
             IntId::sgi(KICK_SGI),
             arm_gic::gicv2::SgiTarget::List {
                 target_list_filter: arm_gic::gicv2::SgiTargetListFilter::CPUTargetList,
-                target_list: 1 << (cpu & 7),
+                target_list: match V2_TARGET.get(cpu).map(|m| m.load(Ordering::Relaxed)) {
+                    Some(m) if m != 0 => m as u16,
+                    _ => 1 << (cpu & 7),
+                },
             },
         ),
         None => {}
@@ -264,37 +284,47 @@ pub fn route_to_this_cpu(intid: u32) {
     }
 }
 
+/// An acknowledged interrupt: its INTID, and the raw IAR value that EOIR and DIR must be
+/// given back (on GICv2 an SGI's IAR also carries the source CPU in bits [12:10]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Ack {
+    pub intid: u32,
+    pub raw: u32,
+}
+
 /// Acknowledges the highest-priority pending physical interrupt (IAR), if any.
-pub fn ack() -> Option<u32> {
-    let id = match VERSION.load(Ordering::Relaxed) {
+pub fn ack() -> Option<Ack> {
+    let raw = match VERSION.load(Ordering::Relaxed) {
         3 => {
             let v: u64;
             // SAFETY: ICC_IAR1_EL1 read acknowledges one interrupt; the caller handles it.
             unsafe { asm!("mrs {}, icc_iar1_el1", out(reg) v, options(nomem, nostack)) };
             v as u32 & 0xff_ffff
         }
-        2 => match &mut *GIC.lock() {
-            Some(Driver::V2 { gic, .. }) => gic
-                .get_and_acknowledge_interrupt(arm_gic::InterruptGroup::Group0)
-                .map(|i| i.raw_value())
-                .unwrap_or(1023),
+        2 => match &*GIC.lock() {
+            Some(Driver::V2 { gicc, .. }) => gicc.iar.get(),
             _ => 1023,
         },
         _ => 1023,
     };
-    (id < 1020).then_some(id)
+    let intid = if VERSION.load(Ordering::Relaxed) == 2 {
+        raw & 0x3ff
+    } else {
+        raw
+    };
+    (intid < 1020).then_some(Ack { intid, raw })
 }
 
 /// Priority drop (EOImode = 1: the interrupt stays active).
-pub fn eoi(intid: u32) {
+pub fn eoi(a: Ack) {
     match VERSION.load(Ordering::Relaxed) {
         // SAFETY: EOIR1 for an interrupt this CPU acknowledged.
         3 => unsafe {
-            asm!("msr icc_eoir1_el1, {}", "isb", in(reg) intid as u64, options(nomem, nostack))
+            asm!("msr icc_eoir1_el1, {}", "isb", in(reg) a.raw as u64, options(nomem, nostack))
         },
         2 => {
-            if let Some(Driver::V2 { gic, .. }) = &mut *GIC.lock() {
-                gic.end_interrupt(int_id(intid), arm_gic::InterruptGroup::Group0);
+            if let Some(Driver::V2 { gicc, .. }) = &*GIC.lock() {
+                gicc.eoir.set(a.raw);
             }
         }
         _ => {}
@@ -302,15 +332,21 @@ pub fn eoi(intid: u32) {
 }
 
 /// Deactivation (after [`eoi`]) of an interrupt the kernel handled itself.
-pub fn deactivate(intid: u32) {
+pub fn deactivate(a: Ack) {
+    deactivate_raw(a.raw)
+}
+
+/// Deactivates a physical interrupt by its (raw) INTID, e.g. a HW-linked one a guest no
+/// longer holds.
+pub fn deactivate_raw(raw: u32) {
     match VERSION.load(Ordering::Relaxed) {
         // SAFETY: DIR for an interrupt this CPU acknowledged and priority-dropped.
         3 => unsafe {
-            asm!("msr icc_dir_el1, {}", "isb", in(reg) intid as u64, options(nomem, nostack))
+            asm!("msr icc_dir_el1, {}", "isb", in(reg) raw as u64, options(nomem, nostack))
         },
         2 => {
             if let Some(Driver::V2 { gicc, .. }) = &*GIC.lock() {
-                gicc.dir.set(intid);
+                gicc.dir.set(raw);
             }
         }
         _ => {}

@@ -314,9 +314,15 @@ pub fn inject_sync(regs: &mut GuestRegs, esr: u64, far: Option<u64>) {
 /// another vCPU. Under VHE the guest's CNTV_* are reached through the `_EL02` aliases.
 pub fn save_vtimer() -> (u64, u64) {
     let (ctl, cval) = if vhe() {
-        (el1_rw!(read "cntv_ctl_el0", "s3_5_c14_c3_1"), el1_rw!(read "cntv_cval_el0", "s3_5_c14_c3_2"))
+        (
+            el1_rw!(read "cntv_ctl_el0", "s3_5_c14_c3_1"),
+            el1_rw!(read "cntv_cval_el0", "s3_5_c14_c3_2"),
+        )
     } else {
-        (plain_rw!(read "cntv_ctl_el0"), plain_rw!(read "cntv_cval_el0"))
+        (
+            plain_rw!(read "cntv_ctl_el0"),
+            plain_rw!(read "cntv_cval_el0"),
+        )
     };
     if vhe() {
         el1_rw!(write "cntv_ctl_el0", "s3_5_c14_c3_1", 0);

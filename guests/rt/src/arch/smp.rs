@@ -106,7 +106,13 @@ pub fn secondary_entry_address() -> usize {
 }
 
 /// Called by the entry code on the new CPU's own stack.
-extern "C" fn secondary_start(index: u64, context_id: u64, current_el: u64, daif: u64, sctlr: u64) -> ! {
+extern "C" fn secondary_start(
+    index: u64,
+    context_id: u64,
+    current_el: u64,
+    daif: u64,
+    sctlr: u64,
+) -> ! {
     crate::smp::secondary_start(crate::smp::EntryState {
         index: index as usize,
         context_id,
@@ -117,7 +123,8 @@ extern "C" fn secondary_start(index: u64, context_id: u64, current_el: u64, daif
 }
 
 /// The function each CPU index runs when started, as a data pointer (null: none).
-static ENTRY: [AtomicPtr<()>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+static ENTRY: [AtomicPtr<()>; MAX_CPUS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
 
 /// Sets the function CPU `index` runs when it is next started.
 pub(crate) fn set_entry(index: usize, main: fn(&crate::smp::CpuBoot)) {
