@@ -1498,15 +1498,9 @@ fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmConfig, Platfo
             }
             cpu_affinity.push(pcpu);
         }
-    } else if vcpus as usize > limits.host_cpus {
-        return Err(err(
-            "cpus",
-            format!(
-                "{vcpus} vCPUs but the host has {} CPUs and there is no elvisor,cpu-affinity",
-                limits.host_cpus
-            ),
-        ));
     }
+    // Without an affinity list, vCPU i goes to CPU i mod #CPUs (the kernel's default);
+    // more vCPUs than CPUs simply share them.
 
     let memory_bytes = match prop(node, "memory") {
         None => return Err(err("memory", "missing".into())),
@@ -2122,8 +2116,9 @@ mod tests {
         };
         assert_error(&cpus(0), "/chosen/vm-a", "cpus");
         assert_error(&cpus(65), "/chosen/vm-a", "cpus");
-        // Two host CPUs and no affinity list.
-        assert_error(&cpus(3), "/chosen/vm-a", "cpus");
+        // Two host CPUs and no affinity list: the vCPUs share them (i mod 2).
+        let p = parse_ok(&cpus(3));
+        assert_eq!((p.vms[0].vcpus, p.vms[0].cpu_affinity.len()), (3, 0));
         let affinity = |list: &'static [u32]| {
             vm_dt(
                 &move |w| {

@@ -249,9 +249,11 @@ pub fn handle_exit(v: &mut Vcpu, kind: ExitKind) -> Next {
             r
         }
         ExitKind::Irq | ExitKind::Fiq => {
+            // The scheduler only runs when an interrupt can change what runs here (a kick,
+            // the EL2 timer); the running vCPU's own virtual timer, passthrough SPIs and
+            // maintenance interrupts just need a flush.
             let mut s = sched().lock();
-            handle_irqs(&mut s, Some(v));
-            true
+            handle_irqs(&mut s, Some(v))
         }
         ExitKind::SError(esr) => {
             warn!(
@@ -289,7 +291,9 @@ fn touches_vgic(kind: ExitKind) -> bool {
 fn apply(vm: &'static Vm, v: &mut Vcpu, esr: Esr, action: Action) -> bool {
     let el0 = guest::from_el0(&v.regs);
     match action {
-        Action::Resume | Action::Wait { wfe: true } => false,
+        Action::Resume => false,
+        // Trapped only where several vCPUs share this CPU (see `load`): yield.
+        Action::Wait { wfe: true } => true,
         Action::InjectDataAbort { far, write } => {
             guest::inject_sync(&mut v.regs, esr::inject::data_abort(el0, write), Some(far));
             false
@@ -602,7 +606,7 @@ fn schedule(s: &mut CpuSched, mut current: Option<(usize, &mut Vcpu)>) -> VcpuPt
         arm_timer(s, None);
         timer::wait_for_interrupt();
         let cur = current.as_mut().map(|(_, v)| &mut **v);
-        handle_irqs(s, cur);
+        let _ = handle_irqs(s, cur);
     }
 }
 
@@ -635,6 +639,11 @@ fn load(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
     let vm = super::vm_of(v);
     let mut hw = vm.hw.clone();
     hw.vmpidr = (1 << 31) | v.mpidr;
+    // WFE yields to another vCPU where there is one to yield to (a guest spinning on a lock
+    // held by a descheduled vCPU); with the CPU to itself, WFE runs natively.
+    if s.slots.len() > 1 {
+        hw.hcr |= guest::hcr::TWE;
+    }
     hw.cptr = if s.fp_owner == Some(slot) {
         guest::guest_cptr()
     } else {
@@ -725,8 +734,10 @@ fn arm_timer(s: &CpuSched, running: Option<usize>) {
 // ------------------------------------------------------------------------------------------
 
 /// Acknowledges and routes every pending physical interrupt. `cur` is the running vCPU, if
-/// the CPU was running one.
-fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) {
+/// the CPU was running one. Returns true when the scheduler must look (a kick, a timer tick,
+/// an interrupt for another vCPU of this CPU).
+fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) -> bool {
+    let mut resched = false;
     let plat = PLATFORM.get();
     let maint = plat
         .and_then(|p| p.gic.maintenance_intid)
@@ -756,8 +767,10 @@ fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) {
         if intid == gic::KICK_SGI {
             // Requests are read by the scheduler.
             log::trace!("cpu{}: kick", s.index);
+            resched = true;
         } else if intid == timer::HYP_TIMER_INTID {
             timer::disarm();
+            resched = true;
             if let Some(v) = cur.as_mut() {
                 let vm = super::vm_of(v);
                 update_ptimer(vm, v);
@@ -771,10 +784,12 @@ fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) {
             }
         } else if Some(intid) == uart {
             console_input();
+            resched = true;
         } else {
             log::debug!("unexpected physical interrupt {intid}");
         }
     }
+    resched
 }
 
 /// Re-evaluates a vCPU's emulated EL1 physical timer line.

@@ -26,6 +26,7 @@ pub mod hcr {
     pub const FB: u64 = 1 << 9;
     pub const BSU_IS: u64 = 1 << 10;
     pub const TWI: u64 = 1 << 13;
+    pub const TWE: u64 = 1 << 14;
     pub const TID3: u64 = 1 << 18;
     pub const TSC: u64 = 1 << 19;
     pub const TIDCP: u64 = 1 << 20;
