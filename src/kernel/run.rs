@@ -154,11 +154,8 @@ pub fn fast_sync(v: &mut Vcpu, esr: Esr) -> bool {
         // which the full path folds in first (list-register sync).
         esr::ec::DABT_LOWER if iss & (1 << 6) == 0 && v.lr_used == 0 => fast_mmio_read(v, esr),
         esr::ec::SYS64 if iss & 1 == 1 => {
-            // Reads only: they change no state. Rt is ISS[9:5].
-            let acc = match esr::decode(esr) {
-                esr::Exit::SysReg(a) => a,
-                _ => return false,
-            };
+            // Reads only: they change no state.
+            let acc = esr::sysreg_access(iss);
             let value = if PhysTimer::handles(&acc) {
                 match v.ptimer.access(&acc, 0, timer::now()) {
                     Some(x) => x,
@@ -181,9 +178,7 @@ pub fn fast_sync(v: &mut Vcpu, esr: Esr) -> bool {
 /// but the device's own (a UART's receive FIFO), whose interrupt line is re-sampled.
 #[inline(always)]
 fn fast_mmio_read(v: &mut Vcpu, esr: Esr) -> bool {
-    let esr::Exit::DataAbort(da) = esr::decode(esr) else {
-        return false;
-    };
+    let da = esr::data_abort(esr.iss());
     if !da.isv || da.s1ptw || da.cache_maintenance || !esr::fsc::is_translation(da.fsc) {
         return false;
     }

@@ -133,38 +133,51 @@ pub enum Exit {
     Other { ec: u8 },
 }
 
+/// The MSR/MRS fields of an EC 0x18 syndrome's ISS.
+#[inline(always)]
+pub const fn sysreg_access(iss: u32) -> SysRegAccess {
+    SysRegAccess {
+        op0: ((iss >> 20) & 3) as u8,
+        op2: ((iss >> 17) & 7) as u8,
+        op1: ((iss >> 14) & 7) as u8,
+        crn: ((iss >> 10) & 0xf) as u8,
+        rt: ((iss >> 5) & 0x1f) as u8,
+        crm: ((iss >> 1) & 0xf) as u8,
+        read: iss & 1 != 0,
+    }
+}
+
+/// The fields of a data-abort syndrome's ISS.
+#[inline(always)]
+pub const fn data_abort(iss: u32) -> DataAbort {
+    DataAbort {
+        isv: iss & (1 << 24) != 0,
+        width: AccessWidth::from_sas(((iss >> 22) & 3) as u8),
+        sign_extend: iss & (1 << 21) != 0,
+        srt: ((iss >> 16) & 0x1f) as u8,
+        sixty_four: iss & (1 << 15) != 0,
+        acq_rel: iss & (1 << 14) != 0,
+        ea: iss & (1 << 9) != 0,
+        cache_maintenance: iss & (1 << 8) != 0,
+        s1ptw: iss & (1 << 7) != 0,
+        write: iss & (1 << 6) != 0,
+        fsc: (iss & 0x3f) as u8,
+    }
+}
+
 /// Decodes a syndrome taken from a lower exception level.
+#[inline]
 pub const fn decode(esr: Esr) -> Exit {
     let iss = esr.iss();
     match esr.ec() {
         ec::HVC64 => Exit::Hvc { imm: iss as u16 },
         ec::SMC64 => Exit::Smc { imm: iss as u16 },
-        ec::DABT_LOWER => Exit::DataAbort(DataAbort {
-            isv: iss & (1 << 24) != 0,
-            width: AccessWidth::from_sas(((iss >> 22) & 3) as u8),
-            sign_extend: iss & (1 << 21) != 0,
-            srt: ((iss >> 16) & 0x1f) as u8,
-            sixty_four: iss & (1 << 15) != 0,
-            acq_rel: iss & (1 << 14) != 0,
-            ea: iss & (1 << 9) != 0,
-            cache_maintenance: iss & (1 << 8) != 0,
-            s1ptw: iss & (1 << 7) != 0,
-            write: iss & (1 << 6) != 0,
-            fsc: (iss & 0x3f) as u8,
-        }),
+        ec::DABT_LOWER => Exit::DataAbort(data_abort(iss)),
         ec::IABT_LOWER => Exit::InstrAbort(InstrAbort {
             s1ptw: iss & (1 << 7) != 0,
             fsc: (iss & 0x3f) as u8,
         }),
-        ec::SYS64 => Exit::SysReg(SysRegAccess {
-            op0: ((iss >> 20) & 3) as u8,
-            op2: ((iss >> 17) & 7) as u8,
-            op1: ((iss >> 14) & 7) as u8,
-            crn: ((iss >> 10) & 0xf) as u8,
-            rt: ((iss >> 5) & 0x1f) as u8,
-            crm: ((iss >> 1) & 0xf) as u8,
-            read: iss & 1 != 0,
-        }),
+        ec::SYS64 => Exit::SysReg(sysreg_access(iss)),
         ec::WFX => Exit::Wfx { wfe: iss & 1 != 0 },
         other => Exit::Other { ec: other },
     }
