@@ -103,6 +103,8 @@ pub struct Vm {
     pub passthrough_irqs: Vec<u32>,
     pub hw: guest::VcpuHwConfig,
     pub reset_count: AtomicU32,
+    /// Guest-caused diagnostics left before they are suppressed.
+    pub warn_budget: AtomicU32,
     /// Lifecycle ([`VmState`]).
     pub state: core::sync::atomic::AtomicU8,
     /// MPIDR affinity of each vCPU (Aff0 = index).
@@ -244,6 +246,14 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     if plat.vms.is_empty() {
         error!(
             "device tree node /chosen: no VM nodes (compatible = \"elvisor,vm\"); nothing to run"
+        );
+        power_off();
+    }
+    // VMIDs are 8 bits and VMID 0 is not used.
+    if plat.vms.len() > 255 {
+        error!(
+            "device tree node {}: more than 255 VMs configured",
+            plat.vms[255].node_path
         );
         power_off();
     }
@@ -392,10 +402,7 @@ pub fn secondary_main(index: usize) -> ! {
 }
 
 fn enable_mmu(root: PhysAddr, vhe: bool, pa_bits: u32) {
-    // SAFETY: `root` is the map from `build_el2_map`, which covers the image (text, rodata,
-    // data/bss/stacks minus guard pages, heap), all RAM and the console UART, in the
-    // descriptor format of the E2H mode chosen above.
-    unsafe { mmu::enable(root, vhe, pa_bits) }
+    mmu::enable_identity_map(root, vhe, pa_bits)
 }
 
 fn build_el2_map(
@@ -670,6 +677,7 @@ fn build_vm(
         passthrough_irqs,
         hw,
         reset_count: AtomicU32::new(0),
+        warn_budget: AtomicU32::new(crate::vm::exit::WARN_BUDGET),
         state: core::sync::atomic::AtomicU8::new(VmState::Running as u8),
         power: (0..nvcpus)
             .map(|_| crate::vm::power::VcpuPower::new())
@@ -729,6 +737,18 @@ fn setup_passthrough(
         )))
         .collect();
     let guest_ram = PhysRange::new(PhysAddr(layout::RAM_BASE.0), ram_bytes);
+    // A device belongs to one VM: VMs earlier in the configuration keep their claims.
+    let earlier = plat
+        .vms
+        .iter()
+        .take_while(|other| other.node_path != cfg.node_path)
+        .flat_map(|other| other.passthrough.iter());
+    let (claimed_regs, claimed_irqs): (Vec<PhysRange>, Vec<u32>) =
+        earlier.fold((Vec::new(), Vec::new()), |(mut r, mut i), d| {
+            r.extend(d.regs.iter().copied());
+            i.extend(d.irqs.iter().map(|x| x.0));
+            (r, i)
+        });
     for dev in &cfg.passthrough {
         let bad = |problem: String| VmError {
             node: dev.node_path.clone(),
@@ -743,6 +763,12 @@ fn setup_passthrough(
             if owned.iter().any(|o| o.overlaps(&r)) {
                 return Err(bad(alloc::format!(
                     "{} is used by the hypervisor",
+                    dev.host_path
+                )));
+            }
+            if claimed_regs.iter().any(|o| o.overlaps(&r)) {
+                return Err(bad(alloc::format!(
+                    "{} is already given to another VM",
                     dev.host_path
                 )));
             }
@@ -767,6 +793,11 @@ fn setup_passthrough(
                 .map_err(|e| bad(alloc::format!("stage-2 map: {e:?}")))?;
         }
         for &(intid, level) in &dev.irqs {
+            if claimed_irqs.contains(&intid) {
+                return Err(bad(alloc::format!(
+                    "INTID {intid} is already given to another VM"
+                )));
+            }
             if Some(intid) == plat.uart.intid || intid >= 32 + VM_SPIS {
                 return Err(bad(alloc::format!(
                     "INTID {intid} is the hypervisor's or beyond the VM's {VM_SPIS} SPIs"

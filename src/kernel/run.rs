@@ -232,6 +232,7 @@ pub fn handle_exit(v: &mut Vcpu, kind: ExitKind) -> Next {
                     id_read: idregs::read,
                     vcpu: v.id,
                     vm_name: &vm.name,
+                    warn_budget: &vm.warn_budget,
                 };
                 crate::vm::exit::handle_sync(&mut ctx, esr, guest::fault)
             };
@@ -386,6 +387,11 @@ fn psci_call(vm: &'static Vm, v: &mut Vcpu, call: Call) -> bool {
             context,
         } => {
             let ram = super::layout::RAM_BASE.0..super::layout::RAM_BASE.0 + vm.config.memory_bytes;
+            if vm.state.load(Ordering::Acquire) != VmState::Running as u8 {
+                // The VM is being reset or stopped: nothing may start now.
+                set_ret(v, psci::ret::DENIED);
+                return false;
+            }
             let r = power::check_cpu_on(target, entry, &vm.mpidrs, ram).and_then(|t| {
                 vm.power[t].cpu_on(entry, context)?;
                 Ok(t)
@@ -614,10 +620,18 @@ fn put(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
     for i in 0..n {
         if v.lr_used & (1 << i) != 0 {
             v.lrs[i] = decode_lr(gic::read_lr(i));
+            // The virtual timer's physical PPI is per CPU and about to serve another vCPU:
+            // this vCPU's pending/active timer interrupt continues as a purely virtual one.
+            if v.lrs[i].hw == Some(VTIMER_INTID) {
+                v.lrs[i].hw = None;
+            }
             gic::write_lr(i, 0);
         }
     }
     v.vtimer = guest::save_vtimer();
+    // Its timer is disabled now, so the line is low: deactivate the physical PPI so the next
+    // vCPU's timer can fire.
+    gic::deactivate_raw(VTIMER_INTID);
     let vm = super::vm_of(v);
     if let Some(sl) = s.slots.get_mut(slot) {
         sl.ptimer = v.ptimer;
@@ -632,6 +646,9 @@ fn put(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
 /// and list registers, virtual timer, FP trap unless it owns the FP registers.
 fn load(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
     let vm = super::vm_of(v);
+    // Whatever was loaded before (possibly a vCPU of a VM that stopped without being put)
+    // must not leave the per-CPU virtual-timer PPI active: the new vCPU's timer needs it.
+    gic::deactivate_raw(VTIMER_INTID);
     let mut hw = vm.hw.clone();
     hw.vmpidr = (1 << 31) | v.mpidr;
     // WFE yields to another vCPU where there is one to yield to (a guest spinning on a lock

@@ -158,13 +158,6 @@ impl MmioBus {
             .map(|r| (r.device.as_mut(), addr.0 - r.base.0))
     }
 
-    /// `(intid, level)` of every device whose output is wired to an interrupt.
-    pub fn irq_lines(&self) -> impl Iterator<Item = (u32, bool)> + '_ {
-        self.regions
-            .iter()
-            .filter_map(|r| r.irq.map(|i| (i, r.device.irq_level())))
-    }
-
     /// Calls `f(intid, level)` for every wired device output whose level changed since the
     /// last call (so the vGIC hears about edges only, not every access).
     pub fn irq_changes(&mut self, mut f: impl FnMut(u32, bool)) {

@@ -5,7 +5,28 @@
 //! fault registers, calls [`handle_sync`], and carries out the returned [`Action`]
 //! (injecting exceptions needs the CPU's EL1 registers, which only it may touch).
 
+use core::sync::atomic::{AtomicU32, Ordering};
+
 use log::warn;
+
+/// Diagnostics a VM may cause before they are suppressed (a guest must not be able to keep
+/// the console busy with interrupts masked).
+pub const WARN_BUDGET: u32 = 64;
+
+/// `warn!` for guest-caused events, limited by the VM's budget.
+macro_rules! guest_warn {
+    ($ctx:expr, $($arg:tt)*) => {{
+        let left = $ctx.warn_budget.load(Ordering::Relaxed);
+        if left > 0 {
+            $ctx.warn_budget.store(left - 1, Ordering::Relaxed);
+            if left == 1 {
+                warn!("{}: further diagnostics from this VM suppressed", $ctx.vm_name);
+            } else {
+                warn!($($arg)*);
+            }
+        }
+    }};
+}
 
 use super::psci::{self, Call};
 use super::sysreg::{self, DebugShadow, SysRegResult};
@@ -66,6 +87,8 @@ pub struct ExitCtx<'a> {
     pub vcpu: crate::vm::VcpuId,
     /// For diagnostics.
     pub vm_name: &'a str,
+    /// Diagnostics this VM may still print ([`WARN_BUDGET`] to start with).
+    pub warn_budget: &'a AtomicU32,
 }
 
 /// Handles a synchronous exit from the guest. `fault` is only called for aborts.
@@ -81,9 +104,12 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
         Exit::InstrAbort(_) => {
             // Instruction fetch from an IPA with no RAM behind it (devices are never executable).
             let f = fault();
-            warn!(
+            guest_warn!(
+                ctx,
                 "{}: instruction fetch from unbacked IPA {:#x} (pc {:#x}); injecting abort",
-                ctx.vm_name, f.ipa.0, ctx.regs.elr
+                ctx.vm_name,
+                f.ipa.0,
+                ctx.regs.elr
             );
             Action::InjectInstrAbort { far: f.far }
         }
@@ -153,10 +179,17 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
             // Traps we configure but do not emulate (SVE/SME access, ...): UNDEFINED.
             esr::ec::FP_ASIMD => Action::FpAccess,
             esr::ec::SVE | esr::ec::UNKNOWN => Action::InjectUndef,
+            // AArch32 EL0 coprocessor accesses trapped by MDCR_EL2/TIDCP (MCR/MRC cp14/cp15,
+            // MCRR/MRRC, LDC/STC): a 32-bit process gets UNDEFINED, not its VM stopped.
+            0x03 | 0x04 | 0x05 | 0x06 | 0x0c => Action::InjectUndef,
             _ => {
-                warn!(
+                guest_warn!(
+                    ctx,
                     "{}: unexpected exit EC {:#x} (ESR {:#x}) at pc {:#x}",
-                    ctx.vm_name, ec, esr.0, ctx.regs.elr
+                    ctx.vm_name,
+                    ec,
+                    esr.0,
+                    ctx.regs.elr
                 );
                 Action::Stop("unexpected exception class")
             }
@@ -188,7 +221,8 @@ fn data_abort(ctx: &mut ExitCtx<'_>, esr: Esr, da: DataAbort, f: Fault) -> Actio
     // access-flag fault, or a fault on the guest's own table walk, means the guest touched
     // something it may not.
     if !fsc::is_translation(da.fsc) || da.s1ptw {
-        warn!(
+        guest_warn!(
+            ctx,
             "{}: stage-2 abort at IPA {:#x} (DFSC {:#x}{}); injecting abort",
             ctx.vm_name,
             f.ipa.0,
@@ -199,7 +233,8 @@ fn data_abort(ctx: &mut ExitCtx<'_>, esr: Esr, da: DataAbort, f: Fault) -> Actio
     }
     let mut bus = ctx.mmio.lock();
     let Some((dev, offset)) = bus.find(f.ipa) else {
-        warn!(
+        guest_warn!(
+            ctx,
             "{}: {} of unbacked IPA {:#x} at pc {:#x}; injecting external abort",
             ctx.vm_name,
             if da.write { "write" } else { "read" },
@@ -212,7 +247,8 @@ fn data_abort(ctx: &mut ExitCtx<'_>, esr: Esr, da: DataAbort, f: Fault) -> Actio
         // Load/store pair, writeback addressing, SIMD registers...: no syndrome to emulate
         // from, and decoding the guest's instruction would mean reading its memory through
         // its own stage 1. Real hardware raises an external abort here too.
-        warn!(
+        guest_warn!(
+            ctx,
             "{}: {} access to {} at IPA {:#x} has no valid syndrome (ISV=0) at pc {:#x}; \
              injecting external abort",
             ctx.vm_name,
@@ -232,7 +268,8 @@ fn data_abort(ctx: &mut ExitCtx<'_>, esr: Esr, da: DataAbort, f: Fault) -> Actio
             Action::Resume
         }
         Err(_) => {
-            warn!(
+            guest_warn!(
+                ctx,
                 "{}: bad {}-byte access at IPA {:#x}; injecting external abort",
                 ctx.vm_name,
                 width.bytes(),
@@ -341,6 +378,7 @@ mod tests {
         ipa: u64,
     ) -> Action {
         let mut pt = PhysTimer::default();
+        let budget = AtomicU32::new(WARN_BUDGET);
         let mut ctx = ExitCtx {
             regs,
             mmio: bus,
@@ -350,6 +388,7 @@ mod tests {
             id_read: |_, _| 0x1111,
             vcpu: VcpuId(0),
             vm_name: "t",
+            warn_budget: &budget,
         };
         handle_sync(&mut ctx, esr, || Fault {
             far: ipa,

@@ -3,7 +3,8 @@
 //! Features the hypervisor does not virtualize are hidden, so a guest (Linux) never tries to
 //! use them: SVE and SME (their state is not switched and their traps are UNDEFINED), the PMU,
 //! SPE, trace and BRBE (their registers trap), MTE, AMU, MPAM, pointer authentication (its
-//! keys are not switched between vCPUs), and EL2/EL3 (a guest has neither).
+//! keys are not switched between vCPUs), WFxT (a WFIT timeout would not be honoured), and
+//! EL2/EL3 (a guest has neither).
 
 /// Clears `bits` wide field at `lsb`.
 const fn clear(v: u64, lsb: u32, bits: u32) -> u64 {
@@ -50,8 +51,9 @@ pub fn sanitize(crm: u8, op2: u8, hw: u64) -> u64 {
             }
             v
         }
-        // ID_AA64ISAR2_EL1: GPA3 [11:8], APA3 [15:12].
-        (6, 2) => clear(clear(hw, 8, 4), 12, 4),
+        // ID_AA64ISAR2_EL1: WFxT [3:0] (WFIT's timeout is not honoured), GPA3 [11:8],
+        // APA3 [15:12].
+        (6, 2) => clear(clear(clear(hw, 0, 4), 8, 4), 12, 4),
         // AArch32 ID_DFR0_EL1: PerfMon [27:24].
         (1, 2) => clear(hw, 24, 4),
         _ => hw,

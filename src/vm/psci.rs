@@ -208,9 +208,7 @@ pub fn psci_features(id: u32) -> i64 {
 pub fn arch_features(id: u32) -> i64 {
     match id {
         fid::SMCCC_VERSION | fid::SMCCC_ARCH_FEATURES => ret::SUCCESS,
-        fid::SMCCC_ARCH_WORKAROUND_1
-        | fid::SMCCC_ARCH_WORKAROUND_2
-        | fid::SMCCC_ARCH_WORKAROUND_3 => ret::NOT_SUPPORTED,
+        // Everything else, the ARCH_WORKAROUND_1/2/3 ids included.
         _ => ret::NOT_SUPPORTED,
     }
 }

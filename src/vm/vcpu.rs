@@ -74,7 +74,6 @@ pub struct El1Context {
     pub par: u64,
     pub cntkctl: u64,
     pub csselr: u64,
-    pub mdscr: u64,
 }
 
 impl El1Context {
@@ -93,13 +92,6 @@ impl El1Context {
 pub struct VifState {
     pub vmcr: u64,
     pub apr: [u64; 4],
-}
-
-/// Why a vCPU is not running.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum VcpuState {
-    Running,
-    Off,
 }
 
 /// A virtual CPU. `regs` must stay the first field: the exit vector hands the kernel a
@@ -122,7 +114,6 @@ pub struct Vcpu {
     pub hcr: u32,
     /// MPIDR the guest sees (VMPIDR_EL2 without the RES1 bit): Aff0 = vCPU index.
     pub mpidr: u64,
-    pub state: VcpuState,
     /// Index of its VM in the kernel's VM table.
     pub vm_index: usize,
     /// Its slot in its physical CPU's run queue.
@@ -149,7 +140,6 @@ impl Vcpu {
             lrs: [crate::vdev::vgic::Lr::INVALID; 16],
             hcr: 0,
             mpidr,
-            state: VcpuState::Off,
             vm_index: 0,
             slot: 0,
             vtimer: (0, 0),
@@ -176,7 +166,6 @@ impl Vcpu {
         self.lrs = [crate::vdev::vgic::Lr::INVALID; 16];
         self.vtimer = (0, 0);
         self.fp = FpState::default();
-        self.state = VcpuState::Running;
     }
 }
 

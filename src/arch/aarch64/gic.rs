@@ -366,8 +366,6 @@ pub fn nr_lrs() -> usize {
 /// ICH_HCR_EL2 / GICH_HCR bits (same positions in both).
 pub const HCR_EN: u32 = 1 << 0;
 pub const HCR_UIE: u32 = 1 << 1;
-pub const HCR_LRENPIE: u32 = 1 << 2;
-pub const HCR_NPIE: u32 = 1 << 3;
 
 fn gich() -> &'static GichRegs {
     // SAFETY: set once in `init` to the GICH base from the device tree (mapped as Device);
@@ -379,51 +377,150 @@ macro_rules! ich_lr_access {
     ($n:expr, read) => {{
         let v: u64;
         match $n {
-            0 => unsafe { asm!("mrs {}, ich_lr0_el2", out(reg) v, options(nomem, nostack)) },
-            1 => unsafe { asm!("mrs {}, ich_lr1_el2", out(reg) v, options(nomem, nostack)) },
-            2 => unsafe { asm!("mrs {}, ich_lr2_el2", out(reg) v, options(nomem, nostack)) },
-            3 => unsafe { asm!("mrs {}, ich_lr3_el2", out(reg) v, options(nomem, nostack)) },
-            4 => unsafe { asm!("mrs {}, ich_lr4_el2", out(reg) v, options(nomem, nostack)) },
-            5 => unsafe { asm!("mrs {}, ich_lr5_el2", out(reg) v, options(nomem, nostack)) },
-            6 => unsafe { asm!("mrs {}, ich_lr6_el2", out(reg) v, options(nomem, nostack)) },
-            7 => unsafe { asm!("mrs {}, ich_lr7_el2", out(reg) v, options(nomem, nostack)) },
-            8 => unsafe { asm!("mrs {}, ich_lr8_el2", out(reg) v, options(nomem, nostack)) },
-            9 => unsafe { asm!("mrs {}, ich_lr9_el2", out(reg) v, options(nomem, nostack)) },
-            10 => unsafe { asm!("mrs {}, ich_lr10_el2", out(reg) v, options(nomem, nostack)) },
-            11 => unsafe { asm!("mrs {}, ich_lr11_el2", out(reg) v, options(nomem, nostack)) },
-            12 => unsafe { asm!("mrs {}, ich_lr12_el2", out(reg) v, options(nomem, nostack)) },
-            13 => unsafe { asm!("mrs {}, ich_lr13_el2", out(reg) v, options(nomem, nostack)) },
-            14 => unsafe { asm!("mrs {}, ich_lr14_el2", out(reg) v, options(nomem, nostack)) },
-            _ => unsafe { asm!("mrs {}, ich_lr15_el2", out(reg) v, options(nomem, nostack)) },
+            0 => {
+                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
+                unsafe { asm!("mrs {}, ich_lr0_el2", out(reg) v, options(nomem, nostack)) }
+            }
+            1 => {
+                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
+                unsafe { asm!("mrs {}, ich_lr1_el2", out(reg) v, options(nomem, nostack)) }
+            }
+            2 => {
+                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
+                unsafe { asm!("mrs {}, ich_lr2_el2", out(reg) v, options(nomem, nostack)) }
+            }
+            3 => {
+                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
+                unsafe { asm!("mrs {}, ich_lr3_el2", out(reg) v, options(nomem, nostack)) }
+            }
+            4 => {
+                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
+                unsafe { asm!("mrs {}, ich_lr4_el2", out(reg) v, options(nomem, nostack)) }
+            }
+            5 => {
+                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
+                unsafe { asm!("mrs {}, ich_lr5_el2", out(reg) v, options(nomem, nostack)) }
+            }
+            6 => {
+                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
+                unsafe { asm!("mrs {}, ich_lr6_el2", out(reg) v, options(nomem, nostack)) }
+            }
+            7 => {
+                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
+                unsafe { asm!("mrs {}, ich_lr7_el2", out(reg) v, options(nomem, nostack)) }
+            }
+            8 => {
+                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
+                unsafe { asm!("mrs {}, ich_lr8_el2", out(reg) v, options(nomem, nostack)) }
+            }
+            9 => {
+                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
+                unsafe { asm!("mrs {}, ich_lr9_el2", out(reg) v, options(nomem, nostack)) }
+            }
+            10 => {
+                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
+                unsafe { asm!("mrs {}, ich_lr10_el2", out(reg) v, options(nomem, nostack)) }
+            }
+            11 => {
+                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
+                unsafe { asm!("mrs {}, ich_lr11_el2", out(reg) v, options(nomem, nostack)) }
+            }
+            12 => {
+                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
+                unsafe { asm!("mrs {}, ich_lr12_el2", out(reg) v, options(nomem, nostack)) }
+            }
+            13 => {
+                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
+                unsafe { asm!("mrs {}, ich_lr13_el2", out(reg) v, options(nomem, nostack)) }
+            }
+            14 => {
+                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
+                unsafe { asm!("mrs {}, ich_lr14_el2", out(reg) v, options(nomem, nostack)) }
+            }
+            _ => {
+                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
+                unsafe { asm!("mrs {}, ich_lr15_el2", out(reg) v, options(nomem, nostack)) }
+            }
         }
         v
     }};
     ($n:expr, write, $v:expr) => {{
         let v: u64 = $v;
         match $n {
-            0 => unsafe { asm!("msr ich_lr0_el2, {}", in(reg) v, options(nomem, nostack)) },
-            1 => unsafe { asm!("msr ich_lr1_el2, {}", in(reg) v, options(nomem, nostack)) },
-            2 => unsafe { asm!("msr ich_lr2_el2, {}", in(reg) v, options(nomem, nostack)) },
-            3 => unsafe { asm!("msr ich_lr3_el2, {}", in(reg) v, options(nomem, nostack)) },
-            4 => unsafe { asm!("msr ich_lr4_el2, {}", in(reg) v, options(nomem, nostack)) },
-            5 => unsafe { asm!("msr ich_lr5_el2, {}", in(reg) v, options(nomem, nostack)) },
-            6 => unsafe { asm!("msr ich_lr6_el2, {}", in(reg) v, options(nomem, nostack)) },
-            7 => unsafe { asm!("msr ich_lr7_el2, {}", in(reg) v, options(nomem, nostack)) },
-            8 => unsafe { asm!("msr ich_lr8_el2, {}", in(reg) v, options(nomem, nostack)) },
-            9 => unsafe { asm!("msr ich_lr9_el2, {}", in(reg) v, options(nomem, nostack)) },
-            10 => unsafe { asm!("msr ich_lr10_el2, {}", in(reg) v, options(nomem, nostack)) },
-            11 => unsafe { asm!("msr ich_lr11_el2, {}", in(reg) v, options(nomem, nostack)) },
-            12 => unsafe { asm!("msr ich_lr12_el2, {}", in(reg) v, options(nomem, nostack)) },
-            13 => unsafe { asm!("msr ich_lr13_el2, {}", in(reg) v, options(nomem, nostack)) },
-            14 => unsafe { asm!("msr ich_lr14_el2, {}", in(reg) v, options(nomem, nostack)) },
-            _ => unsafe { asm!("msr ich_lr15_el2, {}", in(reg) v, options(nomem, nostack)) },
+            0 => {
+                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
+                unsafe { asm!("msr ich_lr0_el2, {}", in(reg) v, options(nomem, nostack)) }
+            }
+            1 => {
+                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
+                unsafe { asm!("msr ich_lr1_el2, {}", in(reg) v, options(nomem, nostack)) }
+            }
+            2 => {
+                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
+                unsafe { asm!("msr ich_lr2_el2, {}", in(reg) v, options(nomem, nostack)) }
+            }
+            3 => {
+                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
+                unsafe { asm!("msr ich_lr3_el2, {}", in(reg) v, options(nomem, nostack)) }
+            }
+            4 => {
+                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
+                unsafe { asm!("msr ich_lr4_el2, {}", in(reg) v, options(nomem, nostack)) }
+            }
+            5 => {
+                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
+                unsafe { asm!("msr ich_lr5_el2, {}", in(reg) v, options(nomem, nostack)) }
+            }
+            6 => {
+                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
+                unsafe { asm!("msr ich_lr6_el2, {}", in(reg) v, options(nomem, nostack)) }
+            }
+            7 => {
+                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
+                unsafe { asm!("msr ich_lr7_el2, {}", in(reg) v, options(nomem, nostack)) }
+            }
+            8 => {
+                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
+                unsafe { asm!("msr ich_lr8_el2, {}", in(reg) v, options(nomem, nostack)) }
+            }
+            9 => {
+                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
+                unsafe { asm!("msr ich_lr9_el2, {}", in(reg) v, options(nomem, nostack)) }
+            }
+            10 => {
+                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
+                unsafe { asm!("msr ich_lr10_el2, {}", in(reg) v, options(nomem, nostack)) }
+            }
+            11 => {
+                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
+                unsafe { asm!("msr ich_lr11_el2, {}", in(reg) v, options(nomem, nostack)) }
+            }
+            12 => {
+                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
+                unsafe { asm!("msr ich_lr12_el2, {}", in(reg) v, options(nomem, nostack)) }
+            }
+            13 => {
+                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
+                unsafe { asm!("msr ich_lr13_el2, {}", in(reg) v, options(nomem, nostack)) }
+            }
+            14 => {
+                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
+                unsafe { asm!("msr ich_lr14_el2, {}", in(reg) v, options(nomem, nostack)) }
+            }
+            _ => {
+                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
+                unsafe { asm!("msr ich_lr15_el2, {}", in(reg) v, options(nomem, nostack)) }
+            }
         }
     }};
 }
 
-/// Reads list register `n` in its native layout (ICH_LR<n>_EL2, or GICH_LR<n> zero-extended).
-#[allow(clippy::undocumented_unsafe_blocks)] // SAFETY (all arms): reading ICH_LR<n>_EL2 has no side effects.
+/// Reads list register `n` in its native layout (ICH_LR<n>_EL2, or GICH_LR<n> zero-extended);
+/// 0 for an index beyond the implemented list registers.
 pub fn read_lr(n: usize) -> u64 {
+    if n >= nr_lrs() {
+        return 0;
+    }
     if version() == 3 {
         ich_lr_access!(n, read)
     } else {
@@ -431,37 +528,15 @@ pub fn read_lr(n: usize) -> u64 {
     }
 }
 
-/// Writes list register `n` in its native layout.
-#[allow(clippy::undocumented_unsafe_blocks)] // SAFETY (all arms): list registers only affect the guest's virtual interface.
+/// Writes list register `n` in its native layout; ignored beyond the implemented ones.
 pub fn write_lr(n: usize, v: u64) {
+    if n >= nr_lrs() {
+        return;
+    }
     if version() == 3 {
         ich_lr_access!(n, write, v)
     } else if let Some(r) = gich().lr.get(n) {
         r.set(v as u32);
-    }
-}
-
-/// Empty list-register status: bit n set when LR n holds no interrupt.
-pub fn elrsr() -> u64 {
-    if version() == 3 {
-        let v: u64;
-        // SAFETY: reading ICH_ELRSR_EL2 has no side effects.
-        unsafe { asm!("mrs {}, ich_elrsr_el2", out(reg) v, options(nomem, nostack)) };
-        v
-    } else {
-        gich().elrsr0.get() as u64
-    }
-}
-
-/// Maintenance interrupt status (ICH_MISR_EL2 / GICH_MISR).
-pub fn misr() -> u64 {
-    if version() == 3 {
-        let v: u64;
-        // SAFETY: reading ICH_MISR_EL2 has no side effects.
-        unsafe { asm!("mrs {}, ich_misr_el2", out(reg) v, options(nomem, nostack)) };
-        v
-    } else {
-        gich().misr.get() as u64
     }
 }
 

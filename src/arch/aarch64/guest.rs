@@ -32,6 +32,7 @@ pub mod hcr {
     pub const TIDCP: u64 = 1 << 20;
     pub const RW: u64 = 1 << 31;
     pub const E2H: u64 = 1 << 34;
+    pub const TERR: u64 = 1 << 36;
     pub const APK: u64 = 1 << 40;
     pub const API: u64 = 1 << 41;
 }
@@ -65,8 +66,10 @@ pub fn vhe() -> bool {
 }
 
 /// HCR_EL2 for guests: stage 2 on, physical IRQ/FIQ/SError routed to EL2, WFI and SMC trapped,
-/// implementation-defined registers trapped, AArch64 EL1, pointer-auth keys and
-/// instructions not trapped (they are part of the guest's EL1 state).
+/// ID registers and implementation-defined registers trapped, RAS error records trapped
+/// (TERR: they are shared by all VMs), AArch64 EL1. Pointer authentication is hidden from
+/// guests (ID registers) and its key registers trap (APK = 0, so they become UNDEFINED: the
+/// keys are not switched between vCPUs); its hint-space instructions stay NOPs (API = 1).
 pub fn guest_hcr() -> u64 {
     let base = hcr::VM
         | hcr::SWIO
@@ -80,7 +83,7 @@ pub fn guest_hcr() -> u64 {
         | hcr::TSC
         | hcr::TIDCP
         | hcr::RW
-        | hcr::APK
+        | hcr::TERR
         | hcr::API;
     if vhe() { base | hcr::E2H } else { base }
 }

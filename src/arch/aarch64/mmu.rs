@@ -94,3 +94,15 @@ pub unsafe fn enable(root: PhysAddr, vhe: bool, pa_bits: u32) {
         )
     };
 }
+
+/// Turns on the EL2 MMU with the kernel's identity map at `root`.
+///
+/// The kernel builds that map (kernel::build_el2_map) before this runs on the boot CPU, and
+/// secondaries reuse it: it maps the image with its permissions (minus the stack guard pages),
+/// every RAM region and the devices the kernel drives, in the descriptor format of the E2H
+/// mode chosen at boot. That is the contract of [`enable`]; this is its one caller.
+pub fn enable_identity_map(root: PhysAddr, vhe: bool, pa_bits: u32) {
+    // SAFETY: see above: `root` is the kernel's complete identity map in the current E2H
+    // mode's format, and running code, data and stacks are all identity-mapped in it.
+    unsafe { enable(root, vhe, pa_bits) }
+}
