@@ -303,15 +303,28 @@ impl Vgic {
         }
 
         // 2. The best candidates not in an LR.
+        // Direct slice walks (this vCPU's private bank, then the SPIs): this runs on every
+        // entry with news, so no per-INTID lookups.
         let mut best = TopK::new(n);
         let mut total = 0usize;
-        let private = (0..NR_PRIVATE).map(|intid| (intid, v));
-        let shared = (NR_PRIVATE..self.nr_intids()).map(|intid| (intid, 0));
-        for (intid, bank) in private.chain(shared) {
-            let Some(irq) = self.irq(intid, bank) else {
+        let first = v * NR_PRIVATE as usize;
+        let bank = self
+            .private
+            .get(first..first + NR_PRIVATE as usize)
+            .unwrap_or(&[]);
+        for (intid, irq) in (0u32..).zip(bank) {
+            // A private interrupt of bank `v` always targets vCPU `v`.
+            if !self.wants_lr(irq) || !(irq.active || (irq.enabled && self.group_enabled(irq))) {
                 continue;
-            };
-            if !self.wants_lr(irq) || !self.targets(intid, bank, irq, v) {
+            }
+            total += 1;
+            best.offer(Candidate {
+                key: candidate_key(irq, intid),
+                intid,
+            });
+        }
+        for (intid, irq) in (NR_PRIVATE..).zip(&self.spis) {
+            if !self.wants_lr(irq) || !self.spi_targets(irq, v) {
                 continue;
             }
             if !irq.active && !self.deliverable_to(intid, irq, v) {
@@ -628,7 +641,25 @@ impl Vgic {
     /// enables (ICH_VMCR_EL2) are the caller's to apply, with
     /// [`Vgic::highest_pending_priority`].
     pub fn has_deliverable(&self, vcpu: VcpuId) -> bool {
-        self.pending_priorities(vcpu).next().is_some()
+        // The same test as `pending_priorities`, as direct slice walks with an early exit:
+        // the scheduler asks this for every blocked vCPU it looks at.
+        let Some(v) = self.vcpu_index(vcpu) else {
+            return false;
+        };
+        let me = Some(vcpu_u16(v));
+        let counts = |intid: u32, irq: &Irq| {
+            (irq.owner == me && irq.lr_state.pending())
+                || (irq.owner.is_none() && irq.pending_sw() && self.deliverable_to(intid, irq, v))
+        };
+        let first = v * NR_PRIVATE as usize;
+        let bank = self
+            .private
+            .get(first..first + NR_PRIVATE as usize)
+            .unwrap_or(&[]);
+        (0u32..).zip(bank).any(|(intid, irq)| counts(intid, irq))
+            || (NR_PRIVATE..)
+                .zip(&self.spis)
+                .any(|(intid, irq)| counts(intid, irq))
     }
 
     /// The highest priority (lowest value) among the interrupts [`Vgic::has_deliverable`]
