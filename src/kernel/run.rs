@@ -156,14 +156,9 @@ pub fn fast_sync(v: &mut Vcpu, esr: Esr) -> bool {
         esr::ec::SYS64 if iss & 1 == 1 => {
             // Reads only: they change no state.
             let acc = esr::sysreg_access(iss);
-            let value = if PhysTimer::handles(&acc) {
-                match v.ptimer.access(&acc, 0, timer::now()) {
-                    Some(x) => x,
-                    None => return false,
-                }
-            } else if acc.op0 == 3 && acc.op1 == 0 && acc.crn == 0 && (1..=7).contains(&acc.crm) {
-                crate::vm::idregs::sanitize(acc.crm, acc.op2, idregs::read(acc.crm, acc.op2))
-            } else {
+            let Some(value) =
+                crate::vm::exit::local_sysreg_read(&acc, &mut v.ptimer, timer::now, idregs::read)
+            else {
                 return false;
             };
             v.regs.set(acc.rt, value);

@@ -115,14 +115,9 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
         }
         Exit::SysReg(acc) => {
             let value = ctx.regs.get(acc.rt);
-            // ID registers (HCR_EL2.TID3): the hardware's values, minus what guests don't get.
             if acc.read
-                && acc.op0 == 3
-                && acc.op1 == 0
-                && acc.crn == 0
-                && (1..=7).contains(&acc.crm)
+                && let Some(v) = local_sysreg_read(&acc, ctx.ptimer, ctx.counter, ctx.id_read)
             {
-                let v = super::idregs::sanitize(acc.crm, acc.op2, (ctx.id_read)(acc.crm, acc.op2));
                 ctx.regs.set(acc.rt, v);
                 ctx.regs.elr = ctx.regs.elr.wrapping_add(4);
                 return Action::Resume;
@@ -278,6 +273,29 @@ fn data_abort(ctx: &mut ExitCtx<'_>, esr: Esr, da: DataAbort, f: Fault) -> Actio
             abort
         }
     }
+}
+
+/// System-register reads answered from the vCPU's own state: the ID registers (HCR_EL2.TID3:
+/// the hardware's values minus what guests don't get) and the emulated physical timer. Used by
+/// [`handle_sync`] and by the kernel's exit fast path.
+#[inline(always)]
+pub fn local_sysreg_read(
+    acc: &crate::arch::aarch64::esr::SysRegAccess,
+    ptimer: &mut PhysTimer,
+    counter: fn() -> u64,
+    id_read: fn(u8, u8) -> u64,
+) -> Option<u64> {
+    if acc.op0 == 3 && acc.op1 == 0 && acc.crn == 0 && (1..=7).contains(&acc.crm) {
+        return Some(super::idregs::sanitize(
+            acc.crm,
+            acc.op2,
+            id_read(acc.crm, acc.op2),
+        ));
+    }
+    if PhysTimer::handles(acc) {
+        return ptimer.access(acc, 0, counter());
+    }
+    None
 }
 
 /// Performs a decoded (ISV = 1) guest access on `dev` at `offset`: a write takes Rt masked to
