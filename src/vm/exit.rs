@@ -285,15 +285,16 @@ pub fn local_sysreg_read(
     counter: fn() -> u64,
     id_read: fn(u8, u8) -> u64,
 ) -> Option<u64> {
+    // The timer first: it is what guests read at run time; ID registers are read at boot.
+    if PhysTimer::handles(acc) {
+        return ptimer.access(acc, 0, counter());
+    }
     if acc.op0 == 3 && acc.op1 == 0 && acc.crn == 0 && (1..=7).contains(&acc.crm) {
         return Some(super::idregs::sanitize(
             acc.crm,
             acc.op2,
             id_read(acc.crm, acc.op2),
         ));
-    }
-    if PhysTimer::handles(acc) {
-        return ptimer.access(acc, 0, counter());
     }
     None
 }
