@@ -303,28 +303,38 @@ impl Vgic {
         }
 
         // 2. The best candidates not in an LR.
-        // Direct slice walks (this vCPU's private bank, then the SPIs): this runs on every
-        // entry with news, so no per-INTID lookups.
+        // Only the indexed interrupts (see `Vgic::maybe`): this vCPU's private bank, then
+        // the SPIs. Those with nothing pending, active or in an LR leave the index.
         let mut best = TopK::new(n);
         let mut total = 0usize;
         let first = v * NR_PRIVATE as usize;
-        let bank = self
-            .private
-            .get(first..first + NR_PRIVATE as usize)
-            .unwrap_or(&[]);
-        for (intid, irq) in (0u32..).zip(bank) {
-            // A private interrupt of bank `v` always targets vCPU `v`.
-            if !self.wants_lr(irq) || !(irq.active || (irq.enabled && self.group_enabled(irq))) {
+        let plen = self.private.len();
+        let spi_end = plen + self.spis.len();
+        let mut idle: [usize; 16] = [0; 16];
+        let mut nidle = 0;
+        let flats = self
+            .maybe_in(first, first + NR_PRIVATE as usize)
+            .chain(self.maybe_in(plen, spi_end));
+        for flat in flats {
+            let (intid, irq) = if flat < plen {
+                ((flat - first) as u32, self.private.get(flat))
+            } else {
+                (
+                    NR_PRIVATE + (flat - plen) as u32,
+                    self.spis.get(flat - plen),
+                )
+            };
+            let Some(irq) = irq else {
+                continue;
+            };
+            if irq.owner.is_none() && !irq.active && !irq.pending_sw() {
+                if nidle < idle.len() {
+                    idle[nidle] = flat;
+                    nidle += 1;
+                }
                 continue;
             }
-            total += 1;
-            best.offer(Candidate {
-                key: candidate_key(irq, intid),
-                intid,
-            });
-        }
-        for (intid, irq) in (NR_PRIVATE..).zip(&self.spis) {
-            if !self.wants_lr(irq) || !self.spi_targets(irq, v) {
+            if !self.wants_lr(irq) || !self.targets(intid, v, irq, v) {
                 continue;
             }
             if !irq.active && !self.deliverable_to(intid, irq, v) {
@@ -335,6 +345,9 @@ impl Vgic {
                 key: candidate_key(irq, intid),
                 intid,
             });
+        }
+        for &flat in &idle[..nidle] {
+            self.unindex(flat);
         }
 
         // 3. Place them, best first, evicting lower-priority pending entries when full.
@@ -652,14 +665,18 @@ impl Vgic {
                 || (irq.owner.is_none() && irq.pending_sw() && self.deliverable_to(intid, irq, v))
         };
         let first = v * NR_PRIVATE as usize;
-        let bank = self
-            .private
-            .get(first..first + NR_PRIVATE as usize)
-            .unwrap_or(&[]);
-        (0u32..).zip(bank).any(|(intid, irq)| counts(intid, irq))
-            || (NR_PRIVATE..)
-                .zip(&self.spis)
-                .any(|(intid, irq)| counts(intid, irq))
+        let plen = self.private.len();
+        self.maybe_in(first, first + NR_PRIVATE as usize)
+            .any(|flat| {
+                self.private
+                    .get(flat)
+                    .is_some_and(|irq| counts((flat - first) as u32, irq))
+            })
+            || self.maybe_in(plen, plen + self.spis.len()).any(|flat| {
+                self.spis
+                    .get(flat - plen)
+                    .is_some_and(|irq| counts(NR_PRIVATE + (flat - plen) as u32, irq))
+            })
     }
 
     /// The highest priority (lowest value) among the interrupts [`Vgic::has_deliverable`]

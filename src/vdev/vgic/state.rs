@@ -286,6 +286,11 @@ pub struct Vgic {
     /// Physical INTIDs the hypervisor must deactivate, drained by
     /// [`Vgic::take_hw_deactivation`].
     pub(super) hw_deactivate: Vec<u32>,
+    /// A conservative index for the list-register scans: bit n (private interrupts first,
+    /// `private` order, then SPIs) is set by every mutable access ([`Vgic::irq_mut`]) and
+    /// cleared by `flush` only for an interrupt with nothing pending, active or in an LR,
+    /// which only another mutable access can change. Unset bits can be skipped.
+    pub(super) maybe: Vec<u64>,
 }
 
 impl Vgic {
@@ -335,6 +340,7 @@ impl Vgic {
             enable_grp1: false,
             mmio_kicks: KickSet::EMPTY,
             hw_deactivate: Vec::new(),
+            maybe: vec![u64::MAX; (nr_private + config.nr_spis as usize).div_ceil(64)],
         };
         vgic.reset();
         // Nothing was ever taken: no physical interrupt to deactivate.
@@ -363,6 +369,7 @@ impl Vgic {
             *irq = Irq::reset(NR_PRIVATE, version, irq.hw);
         }
         self.hw_deactivate = deactivate;
+        self.maybe.fill(u64::MAX);
         for v in &mut self.vcpus {
             v.asleep = true;
             v.lr_live = 0;
@@ -440,11 +447,44 @@ impl Vgic {
     }
 
     pub(super) fn irq_mut(&mut self, intid: u32, bank: usize) -> Option<&mut Irq> {
-        if intid < NR_PRIVATE {
-            let i = self.private_index(intid, bank)?;
-            self.private.get_mut(i)
+        let flat = if intid < NR_PRIVATE {
+            self.private_index(intid, bank)?
         } else {
-            self.spis.get_mut(usize::try_from(intid - NR_PRIVATE).ok()?)
+            self.private.len() + usize::try_from(intid - NR_PRIVATE).ok()?
+        };
+        // Any change may make the interrupt want a list register: index it for the scans.
+        if let Some(w) = self.maybe.get_mut(flat / 64) {
+            *w |= 1 << (flat % 64);
+        }
+        if intid < NR_PRIVATE {
+            self.private.get_mut(flat)
+        } else {
+            self.spis.get_mut(flat - self.private.len())
+        }
+    }
+
+    /// The indexed (possibly interesting) flat positions in `[lo, hi)`, see [`Vgic::maybe`].
+    pub(super) fn maybe_in(&self, lo: usize, hi: usize) -> impl Iterator<Item = usize> + '_ {
+        let words = lo / 64..hi.div_ceil(64);
+        words.flat_map(move |w| {
+            let mut bits = self.maybe.get(w).copied().unwrap_or(0);
+            core::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                Some(w * 64 + b)
+            })
+            .filter(move |&f| f >= lo && f < hi)
+        })
+    }
+
+    /// Drops `flat` from the index: only for an interrupt with nothing pending, active or in
+    /// a list register.
+    pub(super) fn unindex(&mut self, flat: usize) {
+        if let Some(w) = self.maybe.get_mut(flat / 64) {
+            *w &= !(1 << (flat % 64));
         }
     }
 
