@@ -15,7 +15,7 @@
 //!   vtimer, ptimer            CNTV / CNTP 1 ms ahead: one interrupt, not early, not late
 //!   wfi-wakes                 WFI blocks until the timer fires; returns at once if an
 //!                             interrupt is already pending
-//!   (cross-vCPU tests)        skipped with a note: one CPU, or no secondary bring-up yet
+//!   (cross-vCPU tests)        skipped with a note: they are guests/smp's
 //!   IRQ RESULT: passed=N failed=M, then PSCI SYSTEM_OFF (returning from main)
 //! ```
 //!
@@ -260,10 +260,9 @@ fn bring_up(report: &Report, ctx: &Ctx) {
     }
 }
 
-/// Tests between vCPUs (virtual IPIs to another vCPU, SGI broadcast, kicks of a vCPU in WFI)
-/// belong here once the runtime can start secondary CPUs (PSCI CPU_ON with an entry point);
-/// the GIC layer already takes a target ([`gic::SgiTarget`]) and finds each CPU's
-/// redistributor by MPIDR.
+/// Tests between vCPUs (virtual IPIs to another vCPU, multicast and broadcast SGIs, kicks of
+/// a vCPU in WFI) live in the SMP guest (guests/smp), which starts its secondaries with PSCI
+/// CPU_ON; this guest stays single-vCPU and says so.
 fn cross_vcpu(report: &Report, ctx: &Ctx) {
     if ctx.cpus <= 1 {
         report.note(format_args!(
@@ -272,7 +271,7 @@ fn cross_vcpu(report: &Report, ctx: &Ctx) {
         ));
     } else {
         report.note(format_args!(
-            "cross-vCPU tests skipped: /cpus has {} CPUs, but the runtime cannot start secondaries yet",
+            "cross-vCPU tests skipped: /cpus has {} CPUs; guests/smp covers them",
             ctx.cpus
         ));
     }
