@@ -272,7 +272,16 @@ pub fn handle_exit(v: &mut Vcpu, kind: ExitKind) -> Next {
 fn touches_vgic(kind: ExitKind) -> bool {
     match kind {
         ExitKind::Sync(esr) => {
-            matches!(esr.ec(), esr::ec::DABT_LOWER | esr::ec::SYS64)
+            // MMIO, SGIs/timer writes, and the waits (WFI, PSCI standby) that return because
+            // an interrupt became deliverable.
+            matches!(
+                esr.ec(),
+                esr::ec::DABT_LOWER
+                    | esr::ec::SYS64
+                    | esr::ec::WFX
+                    | esr::ec::HVC64
+                    | esr::ec::SMC64
+            )
         }
         _ => true,
     }
@@ -330,10 +339,30 @@ fn block(vm: &Vm, v: &mut Vcpu) -> bool {
         return false;
     }
     let mut s = sched().lock();
-    s.rq.set(v.slot, RunState::Blocked);
     if let Some(sl) = s.slots.get_mut(v.slot) {
         sl.ptimer = v.ptimer;
     }
+    if s.slots.len() == 1 {
+        // Alone on this CPU (the pinned case): wait right here, WFI at EL2, and resume
+        // without the scheduler's idle loop and a full re-entry. Anything that needs the
+        // scheduler (its VM stopping or resetting, CPU_OFF) ends the wait and goes there.
+        let idx = v.id.0 as usize;
+        loop {
+            arm_timer(&s, Some(v.slot));
+            timer::wait_for_interrupt();
+            let _ = handle_irqs(&mut s, Some(v));
+            let running = vm.state.load(Ordering::Acquire) == VmState::Running as u8;
+            if !running || !vm.power[idx].is_on() || vm.power[idx].start_pending() {
+                s.rq.set(v.slot, RunState::Blocked);
+                return true;
+            }
+            update_ptimer(vm, v);
+            if vm.vgic.lock().has_deliverable(v.id) {
+                return false;
+            }
+        }
+    }
+    s.rq.set(v.slot, RunState::Blocked);
     true
 }
 
