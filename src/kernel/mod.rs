@@ -359,9 +359,7 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
 fn set_percpu(index: usize) {
     let percpu: &'static cpu::PerCpu = Box::leak(Box::new(cpu::PerCpu {
         exc_sp: cpu::exc_stack_top(index),
-        stack_top: cpu::stack_top(index),
         index,
-        mpidr: cpu::mpidr(),
     }));
     cpu::set_percpu(percpu);
 }
@@ -442,7 +440,6 @@ fn build_el2_map(
         u.size_bytes.max(0x1000),
         El2Kind::Device,
     )?;
-    mmio::register_device(PhysRange::new(u.base, u.size_bytes.max(0x1000)));
     let root = t.root_pa();
     // The table lives as long as the kernel.
     core::mem::forget(t);

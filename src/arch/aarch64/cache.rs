@@ -1,4 +1,4 @@
-//! Cache and TLB maintenance (ARM ARM D7.5, D8.13).
+//! Data-cache maintenance by address, to the Point of Coherency (ARM ARM D7.5).
 
 use core::arch::asm;
 
@@ -32,30 +32,12 @@ macro_rules! dc_range {
 }
 
 dc_range!(
-    clean_to_poc,
-    "cvac",
-    "Cleans `[start, start+len)` to the Point of Coherency, so a non-cacheable observer (a guest with its MMU off) sees what the kernel wrote."
-);
-dc_range!(
     clean_invalidate_to_poc,
     "civac",
-    "Cleans and invalidates `[start, start+len)` to the Point of Coherency."
+    "Cleans and invalidates `[start, start+len)` to the Point of Coherency, so a non-cacheable observer (a guest with its MMU off) sees what the kernel wrote."
 );
 dc_range!(
     invalidate_to_poc,
     "ivac",
     "Invalidates `[start, start+len)`; memory written with the MMU off is then what a cacheable read returns. Dirty lines are discarded."
 );
-
-/// Invalidates the whole instruction cache (to PoU, this PE).
-pub fn invalidate_icache() {
-    // SAFETY: instruction-cache invalidation and barriers have no other effect.
-    unsafe {
-        asm!(
-            "ic iallu",
-            "dsb nsh",
-            "isb",
-            options(nostack, preserves_flags)
-        )
-    };
-}

@@ -53,9 +53,8 @@ pub fn guard_pages() -> impl Iterator<Item = PhysRange> {
 #[repr(C)]
 pub struct PerCpu {
     pub exc_sp: u64,
-    pub stack_top: u64,
+    /// Index of this CPU in the host /cpus list (and of its redistributor).
     pub index: usize,
-    pub mpidr: u64,
 }
 const _: () = assert!(core::mem::offset_of!(PerCpu, exc_sp) == 0);
 

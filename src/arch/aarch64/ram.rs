@@ -13,15 +13,12 @@ use super::cache;
 /// RAM obtained from the frame allocator, exclusively owned.
 pub struct RamRegion {
     range: PhysRange,
-    align: u64,
 }
 
 impl RamRegion {
     /// Allocates `size_bytes` aligned to `align` (and to its power-of-two size).
     pub fn alloc(frames: &mut FrameAllocator, size_bytes: u64, align: u64) -> Option<Self> {
-        frames
-            .alloc(size_bytes, align)
-            .map(|range| Self { range, align })
+        frames.alloc(size_bytes, align).map(|range| Self { range })
     }
 
     pub fn range(&self) -> PhysRange {
@@ -60,22 +57,10 @@ impl RamRegion {
         }
     }
 
-    /// Reads a little-endian u32 at `offset` (for tests and diagnostics).
-    pub fn read_u32(&mut self, offset: u64) -> Option<u32> {
-        let mem = self.bytes_mut();
-        mem.get(offset as usize..offset as usize + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
     /// Cleans and invalidates the region to the Point of Coherency, so a guest running with
     /// its MMU off (non-cacheable accesses) sees exactly what the kernel wrote.
     pub fn clean_to_poc(&self) {
         cache::clean_invalidate_to_poc(self.range.base.0, self.range.size_bytes);
-    }
-
-    /// Returns the memory to the allocator.
-    pub fn free(self, frames: &mut FrameAllocator) {
-        frames.free(self.range, self.align);
     }
 }
 
