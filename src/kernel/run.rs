@@ -796,7 +796,9 @@ fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) -> bool {
                 .lock()
                 .inject_edge(intid, VcpuId(0))
                 .unwrap_or(KickSet(0));
-            kick_all(vm, kicks.union(KickSet::single(0)));
+            // The vGIC says which vCPU the SPI is routed to; kick that one only (and look at
+            // the scheduler if it lives here: it may be blocked).
+            resched |= kick_all(vm, kicks);
             continue;
         }
         gic::deactivate(a);

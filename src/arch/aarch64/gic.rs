@@ -87,6 +87,8 @@ static V2_TARGET: [AtomicU8; super::cpu::MAX_CPUS] =
     [const { AtomicU8::new(0) }; super::cpu::MAX_CPUS];
 /// GICH base for lock-free list-register access on GICv2 (per-CPU banked at the same address).
 static GICH: AtomicUsize = AtomicUsize::new(0);
+/// GICC base for lock-free acknowledge/EOI/deactivate on GICv2 (banked per CPU).
+static GICC: AtomicUsize = AtomicUsize::new(0);
 
 /// ICC_CTLR_EL1.EOImode.
 const ICC_CTLR_EOIMODE: u64 = 1 << 1;
@@ -129,6 +131,7 @@ pub fn init(info: &GicInfo, cpus: usize) -> Result<(), &'static str> {
                 )
             };
             GICH.store(gich_r.base.0 as usize, Ordering::Relaxed);
+            GICC.store(gicc_r.base.0 as usize, Ordering::Relaxed);
             Driver::V2 {
                 gic,
                 gicd_targets,
@@ -301,10 +304,7 @@ pub fn ack() -> Option<Ack> {
             unsafe { asm!("mrs {}, icc_iar1_el1", out(reg) v, options(nomem, nostack)) };
             v as u32 & 0xff_ffff
         }
-        2 => match &*GIC.lock() {
-            Some(Driver::V2 { gicc, .. }) => gicc.iar.get(),
-            _ => 1023,
-        },
+        2 => gicc().iar.get(),
         _ => 1023,
     };
     let intid = if VERSION.load(Ordering::Relaxed) == 2 {
@@ -322,11 +322,7 @@ pub fn eoi(a: Ack) {
         3 => unsafe {
             asm!("msr icc_eoir1_el1, {}", "isb", in(reg) a.raw as u64, options(nomem, nostack))
         },
-        2 => {
-            if let Some(Driver::V2 { gicc, .. }) = &*GIC.lock() {
-                gicc.eoir.set(a.raw);
-            }
-        }
+        2 => gicc().eoir.set(a.raw),
         _ => {}
     }
 }
@@ -344,11 +340,7 @@ pub fn deactivate_raw(raw: u32) {
         3 => unsafe {
             asm!("msr icc_dir_el1, {}", "isb", in(reg) raw as u64, options(nomem, nostack))
         },
-        2 => {
-            if let Some(Driver::V2 { gicc, .. }) = &*GIC.lock() {
-                gicc.dir.set(raw);
-            }
-        }
+        2 => gicc().dir.set(raw),
         _ => {}
     }
 }
@@ -366,6 +358,13 @@ pub fn nr_lrs() -> usize {
 /// ICH_HCR_EL2 / GICH_HCR bits (same positions in both).
 pub const HCR_EN: u32 = 1 << 0;
 pub const HCR_UIE: u32 = 1 << 1;
+
+fn gicc() -> &'static GiccExtra {
+    // SAFETY: set once in `init` to the GICC base from the device tree (mapped as Device);
+    // the CPU interface is banked per CPU, so each CPU only touches its own; only used on
+    // GICv2 paths, after `init`.
+    unsafe { &*(GICC.load(Ordering::Relaxed) as *const GiccExtra) }
+}
 
 fn gich() -> &'static GichRegs {
     // SAFETY: set once in `init` to the GICH base from the device tree (mapped as Device);
