@@ -60,6 +60,7 @@ pub fn vms() -> &'static [&'static Vm] {
 }
 
 /// The VM a vCPU belongs to.
+#[inline(always)]
 pub fn vm_of(v: &Vcpu) -> &'static Vm {
     match vms().get(v.vm_index) {
         Some(vm) => vm,

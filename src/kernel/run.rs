@@ -180,15 +180,19 @@ fn fast_mmio_read(v: &mut Vcpu, esr: Esr) -> bool {
     let f = guest::fault();
     let vm = super::vm_of(v);
     let mut bus = vm.mmio.lock();
-    let Some((dev, offset)) = bus.find(f.ipa) else {
+    let Some((index, offset)) = bus.locate(f.ipa) else {
         return false;
     };
-    if crate::vm::exit::mmio_access(&mut v.regs, &da, dev, offset, v.id).is_err() {
+    let Some(dev) = bus.device(index) else {
+        return false;
+    };
+    if crate::vm::exit::mmio_access(&mut v.regs, da, dev, offset, v.id).is_err() {
         return false;
     }
     v.regs.elr = v.regs.elr.wrapping_add(esr.insn_len());
+    // Only the device just read can have changed its output.
     let mut changed = false;
-    bus.irq_changes(|intid, level| {
+    bus.irq_change_of(index, |intid, level| {
         let _ = vm.vgic.lock().set_level(intid, v.id, level);
         changed = true;
     });
@@ -968,9 +972,17 @@ fn console_input() {
 }
 
 /// After a guest MMIO access: if input was held back, let the UART interrupt again once
-/// the VM's FIFO has room.
+/// the VM's FIFO has room. (Inline: on the I/O fast path it is one load and a branch.)
+#[inline(always)]
 fn console_unthrottle(vm: &Vm) {
-    if RX_THROTTLED.load(Ordering::Relaxed) && vm.mmio.lock().console_room() >= 3 {
+    if RX_THROTTLED.load(Ordering::Relaxed) {
+        console_unthrottle_slow(vm);
+    }
+}
+
+#[cold]
+fn console_unthrottle_slow(vm: &Vm) {
+    if vm.mmio.lock().console_room() >= 3 {
         RX_THROTTLED.store(false, Ordering::Relaxed);
         super::console_uart_rx(true);
     }

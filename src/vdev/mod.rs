@@ -152,10 +152,39 @@ impl MmioBus {
 
     /// Finds the device covering `addr`, returning it with the offset into its window.
     pub fn find(&mut self, addr: GuestPhysAddr) -> Option<(&mut (dyn MmioDevice + 'static), u64)> {
-        self.regions
-            .iter_mut()
-            .find(|r| addr.0 >= r.base.0 && addr.0 - r.base.0 < r.size_bytes)
-            .map(|r| (r.device.as_mut(), addr.0 - r.base.0))
+        let (i, offset) = self.locate(addr)?;
+        Some((self.regions.get_mut(i)?.device.as_mut(), offset))
+    }
+
+    /// The index of the window covering `addr` (for [`MmioBus::device`] and
+    /// [`MmioBus::irq_change_of`]) and the offset into it.
+    #[inline]
+    pub fn locate(&self, addr: GuestPhysAddr) -> Option<(usize, u64)> {
+        self.regions.iter().enumerate().find_map(|(i, r)| {
+            let offset = addr.0.wrapping_sub(r.base.0);
+            (offset < r.size_bytes).then_some((i, offset))
+        })
+    }
+
+    /// The device of window `index` (from [`MmioBus::locate`]).
+    #[inline]
+    pub fn device(&mut self, index: usize) -> Option<&mut (dyn MmioDevice + 'static)> {
+        Some(self.regions.get_mut(index)?.device.as_mut())
+    }
+
+    /// [`MmioBus::irq_changes`] for the one device of window `index`: after an access to it,
+    /// only its output can have changed.
+    #[inline(always)]
+    pub fn irq_change_of(&mut self, index: usize, f: impl FnOnce(u32, bool)) {
+        if let Some(r) = self.regions.get_mut(index)
+            && let Some(intid) = r.irq
+        {
+            let level = r.device.irq_level();
+            if level != r.last_level {
+                r.last_level = level;
+                f(intid, level);
+            }
+        }
     }
 
     /// Calls `f(intid, level)` for every wired device output whose level changed since the

@@ -255,7 +255,7 @@ fn data_abort(ctx: &mut ExitCtx<'_>, esr: Esr, da: DataAbort, f: Fault) -> Actio
         return abort;
     }
     let width = da.width;
-    let result = mmio_access(ctx.regs, &da, dev, offset, ctx.vcpu);
+    let result = mmio_access(ctx.regs, da, dev, offset, ctx.vcpu);
     drop(bus);
     match result {
         Ok(()) => {
@@ -301,9 +301,10 @@ pub fn local_sysreg_read(
 
 /// Performs a decoded (ISV = 1) guest access on `dev` at `offset`: a write takes Rt masked to
 /// the access width; a read is zero- or sign-extended (SSE) to 32 or 64 bits (SF) into Rt.
+#[inline(always)]
 pub fn mmio_access(
     regs: &mut GuestRegs,
-    da: &DataAbort,
+    da: DataAbort,
     dev: &mut dyn crate::vdev::MmioDevice,
     offset: u64,
     vcpu: crate::vm::VcpuId,

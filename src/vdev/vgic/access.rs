@@ -29,7 +29,7 @@ pub(super) enum Shape {
 
 /// Applies the width policy to an access of `width` at `offset` to a register of `shape`.
 pub(super) fn check(shape: Shape, offset: u64, width: AccessWidth) -> Result<(), MmioError> {
-    if !offset.is_multiple_of(width.bytes()) {
+    if offset & (width.bytes() - 1) != 0 {
         return Err(MmioError::BadAccess);
     }
     match (shape, width) {

@@ -199,9 +199,13 @@ struct Candidate {
     intid: u32,
 }
 
+/// Candidates one scan of [`Vgic::flush`] collects: a full scan per 16 LRs filled (real GICs
+/// have at most 16 LRs but GICv2 allows 64), and a small array to initialise on every flush.
+const TOPK: usize = 16;
+
 /// The best `cap` candidates seen so far, sorted best first.
 struct TopK {
-    items: [Candidate; MAX_LRS],
+    items: [Candidate; TOPK],
     len: usize,
     cap: usize,
 }
@@ -209,10 +213,14 @@ struct TopK {
 impl TopK {
     fn new(cap: usize) -> Self {
         Self {
-            items: [Candidate { key: 0, intid: 0 }; MAX_LRS],
+            items: [Candidate { key: 0, intid: 0 }; TOPK],
             len: 0,
-            cap: cap.min(MAX_LRS),
+            cap: cap.min(TOPK),
         }
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == self.cap
     }
 
     fn offer(&mut self, c: Candidate) {
@@ -302,78 +310,41 @@ impl Vgic {
             }
         }
 
-        // 2. The best candidates not in an LR.
-        // Only the indexed interrupts (see `Vgic::maybe`): this vCPU's private bank, then
-        // the SPIs. Those with nothing pending, active or in an LR leave the index.
-        let mut best = TopK::new(n);
-        let mut total = 0usize;
-        let first = v * NR_PRIVATE as usize;
-        let plen = self.private.len();
-        let spi_end = plen + self.spis.len();
-        let mut idle: [usize; 16] = [0; 16];
-        let mut nidle = 0;
-        let flats = self
-            .maybe_in(first, first + NR_PRIVATE as usize)
-            .chain(self.maybe_in(plen, spi_end));
-        for flat in flats {
-            let (intid, irq) = if flat < plen {
-                ((flat - first) as u32, self.private.get(flat))
-            } else {
-                (
-                    NR_PRIVATE + (flat - plen) as u32,
-                    self.spis.get(flat - plen),
-                )
-            };
-            let Some(irq) = irq else {
-                continue;
-            };
-            if irq.owner.is_none() && !irq.active && !irq.pending_sw() {
-                if nidle < idle.len() {
-                    idle[nidle] = flat;
-                    nidle += 1;
-                }
-                continue;
-            }
-            if !self.wants_lr(irq) || !self.targets(intid, v, irq, v) {
-                continue;
-            }
-            if !irq.active && !self.deliverable_to(intid, irq, v) {
-                continue;
-            }
-            total += 1;
-            best.offer(Candidate {
-                key: candidate_key(irq, intid),
-                intid,
-            });
-        }
-        for &flat in &idle[..nidle] {
-            self.unindex(flat);
-        }
-
-        // 3. Place them, best first, evicting lower-priority pending entries when full.
+        // 2. The best candidates not in an LR, and 3. place them, best first, evicting
+        // lower-priority pending entries when full. One scan finds up to TOPK candidates;
+        // another follows only while scans come back full and LRs remain to fill.
         let mut overflow = false;
-        let mut placed = 0usize;
-        for c in best.as_slice() {
-            let slot = match BitIter(all & !live).next() {
-                Some(free) => free,
-                None => match self.victim(lrs, live, c) {
-                    Some(victim) => {
-                        self.evict(v, victim, lrs, &mut live, &mut changed);
-                        overflow = true;
-                        victim
-                    }
-                    None => {
-                        overflow = true;
-                        break;
-                    }
-                },
-            };
-            self.place(v, c.intid, slot, lrs, &mut changed);
-            live |= 1u64 << slot;
-            placed += 1;
-        }
-        if total > placed {
-            overflow = true;
+        loop {
+            let (best, total) = self.candidates(v, n);
+            let mut placed = 0usize;
+            for c in best.as_slice() {
+                let slot = match BitIter(all & !live).next() {
+                    Some(free) => free,
+                    None => match self.victim(lrs, live, c) {
+                        Some(victim) => {
+                            self.evict(v, victim, lrs, &mut live, &mut changed);
+                            overflow = true;
+                            victim
+                        }
+                        None => {
+                            overflow = true;
+                            break;
+                        }
+                    },
+                };
+                self.place(v, c.intid, slot, lrs, &mut changed);
+                live |= 1u64 << slot;
+                placed += 1;
+            }
+            if total <= placed {
+                break;
+            }
+            // More candidates than placed: either no LR could take them (overflow), or the
+            // scan was capped at TOPK and the next scan may place more.
+            if !(best.is_full() && placed == best.len && live != all) {
+                overflow = true;
+                break;
+            }
         }
 
         if let Some(s) = self.vcpus.get_mut(v) {
@@ -387,6 +358,58 @@ impl Vgic {
             changed,
             kick: KickSet(kick.0 & !KickSet::single(v).0),
         }
+    }
+
+    /// The best (up to `n`, at most TOPK) interrupts for `v` that are not in an LR and want
+    /// one, and how many there are in all. Only indexed interrupts are looked at (see
+    /// `Vgic::maybe`): this vCPU's private bank, then the SPIs; those found with nothing
+    /// pending, active or in an LR leave the index.
+    fn candidates(&mut self, v: usize, n: usize) -> (TopK, usize) {
+        let mut best = TopK::new(n);
+        let mut total = 0usize;
+        let first = v * NR_PRIVATE as usize;
+        let plen = self.private.len();
+        let spi_end = plen + self.spis.len();
+        let mut idle = [0usize; 8];
+        let mut nidle = 0;
+        let mut visit = |this: &Self, flat: usize| {
+            let (intid, irq) = if flat < plen {
+                ((flat - first) as u32, this.private.get(flat))
+            } else {
+                (
+                    NR_PRIVATE + (flat - plen) as u32,
+                    this.spis.get(flat - plen),
+                )
+            };
+            let Some(irq) = irq else {
+                return false;
+            };
+            if irq.owner.is_none() && !irq.active && !irq.pending_sw() {
+                if nidle < idle.len() {
+                    idle[nidle] = flat;
+                    nidle += 1;
+                }
+                return false;
+            }
+            if !this.wants_lr(irq) || !this.targets(intid, v, irq, v) {
+                return false;
+            }
+            if !irq.active && !this.deliverable_to(intid, irq, v) {
+                return false;
+            }
+            total += 1;
+            best.offer(Candidate {
+                key: candidate_key(irq, intid),
+                intid,
+            });
+            false
+        };
+        self.scan_maybe(first, first + NR_PRIVATE as usize, |f| visit(self, f));
+        self.scan_maybe(plen, spi_end, |f| visit(self, f));
+        for &flat in &idle[..nidle] {
+            self.unindex(flat);
+        }
+        (best, total)
     }
 
     /// The LR to give up for candidate `c` when all are full: the lowest-priority entry that is
@@ -666,17 +689,15 @@ impl Vgic {
         };
         let first = v * NR_PRIVATE as usize;
         let plen = self.private.len();
-        self.maybe_in(first, first + NR_PRIVATE as usize)
-            .any(|flat| {
-                self.private
-                    .get(flat)
-                    .is_some_and(|irq| counts((flat - first) as u32, irq))
-            })
-            || self.maybe_in(plen, plen + self.spis.len()).any(|flat| {
-                self.spis
-                    .get(flat - plen)
-                    .is_some_and(|irq| counts(NR_PRIVATE + (flat - plen) as u32, irq))
-            })
+        self.scan_maybe(first, first + NR_PRIVATE as usize, |flat| {
+            self.private
+                .get(flat)
+                .is_some_and(|irq| counts((flat - first) as u32, irq))
+        }) || self.scan_maybe(plen, plen + self.spis.len(), |flat| {
+            self.spis
+                .get(flat - plen)
+                .is_some_and(|irq| counts(NR_PRIVATE + (flat - plen) as u32, irq))
+        })
     }
 
     /// The highest priority (lowest value) among the interrupts [`Vgic::has_deliverable`]
