@@ -789,8 +789,17 @@ fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) -> bool {
         if intid == VTIMER_INTID {
             // The loaded vCPU's virtual timer: forwarded with the HW bit; stays active until
             // the guest deactivates it.
-            if let Some(sl) = s.loaded.and_then(|l| s.slots.get(l)) {
-                let _ = sl.vm.vgic.lock().inject_edge(VTIMER_INTID, sl.id);
+            if let Some(l) = s.loaded
+                && let Some(sl) = s.slots.get(l)
+            {
+                match cur.as_mut() {
+                    // The vCPU that exited (or waits in place) is the loaded one: straight
+                    // into a free list register if nothing else waits for its flush.
+                    Some(v) if v.slot == l => inject_vtimer(sl.vm, v),
+                    _ => {
+                        let _ = sl.vm.vgic.lock().inject_edge(VTIMER_INTID, sl.id);
+                    }
+                }
             }
             continue;
         }
@@ -807,9 +816,10 @@ fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) -> bool {
         }
         gic::deactivate(a);
         if intid == gic::KICK_SGI {
-            // Requests are read by the scheduler.
+            // Requests are read by the scheduler, unless the kick can only be news for the
+            // running vCPU's vGIC state (which the flush on entry picks up).
             log::trace!("cpu{}: kick", s.index);
-            resched = true;
+            resched |= kick_needs_scheduler(s, cur.as_deref());
         } else if intid == timer::HYP_TIMER_INTID {
             timer::disarm();
             resched = true;
@@ -832,6 +842,41 @@ fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) -> bool {
         }
     }
     resched
+}
+
+/// Whether a kick must go through the scheduler: unless `cur` is alone on this CPU, loaded,
+/// and still meant to run (its VM running, its power on, no CPU_ON start pending), the kick
+/// may be a request only the scheduler acts on (a stop, a reset, a CPU_ON, a wake-up).
+fn kick_needs_scheduler(s: &CpuSched, cur: Option<&Vcpu>) -> bool {
+    let Some(v) = cur else {
+        return true;
+    };
+    if s.slots.len() != 1 || s.loaded != Some(v.slot) {
+        return true;
+    }
+    let vm = super::vm_of(v);
+    let p = &vm.power[v.id.0 as usize];
+    vm.state.load(Ordering::Acquire) != VmState::Running as u8 || !p.is_on() || p.start_pending()
+}
+
+/// The running vCPU's own virtual timer fired: inject it, straight into a list register
+/// when the vGIC allows ([`vgic::Vgic::inject_edge_into`]).
+fn inject_vtimer(vm: &Vm, v: &mut Vcpu) {
+    let n = gic::nr_lrs().min(v.lrs.len());
+    let r = vm
+        .vgic
+        .lock()
+        .inject_edge_into(VTIMER_INTID, v.id, &mut v.lrs[..n]);
+    if let Ok((_, changed)) = r
+        && changed != 0
+    {
+        for i in 0..n {
+            if changed & (1 << i) != 0 {
+                gic::write_lr(i, encode_lr(&v.lrs[i]));
+            }
+        }
+        v.lr_used |= changed;
+    }
 }
 
 /// Re-evaluates a vCPU's emulated EL1 physical timer line.

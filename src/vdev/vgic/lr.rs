@@ -32,7 +32,8 @@
 
 use super::regs::{GICH_LR, ICH_LR};
 use super::state::{
-    BitIter, GicVersion, Irq, KickSet, NR_PRIVATE, NR_SGIS, PRIORITY_MASK, Vgic, low_bits,
+    BitIter, GicVersion, Irq, KickSet, NR_PRIVATE, NR_SGIS, PRIORITY_MASK, Vgic, VgicError,
+    low_bits,
 };
 use crate::vdev::VcpuId;
 
@@ -410,6 +411,47 @@ impl Vgic {
             self.unindex(flat);
         }
         (best, total)
+    }
+
+    /// [`Vgic::inject_edge`] of a private interrupt of `vcpu`, delivered straight into a free
+    /// list register when that is all a [`Vgic::flush`] would do: nothing else was waiting for
+    /// the vCPU's flush (it was not dirty) and an LR is free. `lrs` is the vCPU's LR shadow,
+    /// current since its last sync. Returns the kicks and the LRs changed (to write to
+    /// hardware); none changed means the interrupt waits for the next flush as usual.
+    ///
+    /// This is the running vCPU's own virtual timer on its way in: the full flush scans the
+    /// index, this touches one interrupt.
+    pub fn inject_edge_into(
+        &mut self,
+        intid: u32,
+        vcpu: VcpuId,
+        lrs: &mut [Lr],
+    ) -> Result<(KickSet, u64), VgicError> {
+        let v = usize::from(vcpu.0);
+        let idle = self.vcpus.get(v).is_some_and(|s| !s.dirty && !s.scrub);
+        let kicks = self.inject_edge(intid, vcpu)?;
+        if !idle || intid >= NR_PRIVATE {
+            return Ok((kicks, 0));
+        }
+        let n = lrs.len().min(MAX_LRS);
+        let all = low_bits(n);
+        let live = self.vcpus.get(v).map_or(all, |s| s.lr_live) & all;
+        let Some(slot) = BitIter(all & !live).next() else {
+            return Ok((kicks, 0));
+        };
+        match self.irq(intid, v) {
+            Some(irq)
+                if self.wants_lr(irq) && (irq.active || self.deliverable_to(intid, irq, v)) => {}
+            _ => return Ok((kicks, 0)),
+        }
+        let mut changed = 0;
+        self.place(v, intid, slot, lrs, &mut changed);
+        if let Some(s) = self.vcpus.get_mut(v) {
+            s.lr_live = live | (1u64 << slot);
+            // Only this interrupt had changed (the vCPU was not dirty), and it is placed.
+            s.dirty = false;
+        }
+        Ok((kicks, changed | (1u64 << slot)))
     }
 
     /// The LR to give up for candidate `c` when all are full: the lowest-priority entry that is

@@ -291,6 +291,8 @@ pub struct Vgic {
     /// cleared by `flush` only for an interrupt with nothing pending, active or in an LR,
     /// which only another mutable access can change. Unset bits can be skipped.
     pub(super) maybe: Vec<u64>,
+    /// Second level of the index: bit w set when word w of `maybe` may be non-zero.
+    pub(super) maybe_words: Vec<u64>,
 }
 
 impl Vgic {
@@ -341,6 +343,7 @@ impl Vgic {
             mmio_kicks: KickSet::EMPTY,
             hw_deactivate: Vec::new(),
             maybe: vec![u64::MAX; (nr_private + config.nr_spis as usize).div_ceil(64)],
+            maybe_words: vec![u64::MAX; (nr_private + config.nr_spis as usize).div_ceil(64 * 64)],
         };
         vgic.reset();
         // Nothing was ever taken: no physical interrupt to deactivate.
@@ -370,6 +373,7 @@ impl Vgic {
         }
         self.hw_deactivate = deactivate;
         self.maybe.fill(u64::MAX);
+        self.maybe_words.fill(u64::MAX);
         for v in &mut self.vcpus {
             v.asleep = true;
             v.lr_live = 0;
@@ -456,6 +460,9 @@ impl Vgic {
         if let Some(w) = self.maybe.get_mut(flat / 64) {
             *w |= 1 << (flat % 64);
         }
+        if let Some(s) = self.maybe_words.get_mut(flat / (64 * 64)) {
+            *s |= 1 << ((flat / 64) % 64);
+        }
         if intid < NR_PRIVATE {
             self.private.get_mut(flat)
         } else {
@@ -467,25 +474,47 @@ impl Vgic {
     /// first, until it returns true; returns whether one did. See [`Vgic::maybe`]. (Plain
     /// word loops: this runs on every flush, and iterator adapters cost several times more.)
     #[inline(always)]
-    pub(super) fn scan_maybe(&self, lo: usize, hi: usize, mut f: impl FnMut(usize) -> bool) -> bool {
-        let mut w = lo / 64;
-        while w * 64 < hi {
-            let base = w * 64;
-            let mut bits = self.maybe.get(w).copied().unwrap_or(0);
-            if base < lo {
-                bits &= !low_bits(lo - base);
+    pub(super) fn scan_maybe(
+        &self,
+        lo: usize,
+        hi: usize,
+        mut f: impl FnMut(usize) -> bool,
+    ) -> bool {
+        if lo >= hi {
+            return false;
+        }
+        let (wlo, whi) = (lo / 64, (hi - 1) / 64);
+        // Words of `maybe` with bits, from the summary, limited to [wlo, whi].
+        let mut sw = wlo / 64;
+        while sw <= whi / 64 {
+            let sbase = sw * 64;
+            let mut words = self.maybe_words.get(sw).copied().unwrap_or(0);
+            if sbase < wlo {
+                words &= !low_bits(wlo - sbase);
             }
-            if hi - base < 64 {
-                bits &= low_bits(hi - base);
+            if whi - sbase < 63 {
+                words &= low_bits(whi - sbase + 1);
             }
-            while bits != 0 {
-                let b = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                if f(base + b) {
-                    return true;
+            while words != 0 {
+                let w = sbase + words.trailing_zeros() as usize;
+                words &= words - 1;
+                let base = w * 64;
+                let mut bits = self.maybe.get(w).copied().unwrap_or(0);
+                if base < lo {
+                    bits &= !low_bits(lo - base);
+                }
+                if hi - base < 64 {
+                    bits &= low_bits(hi - base);
+                }
+                while bits != 0 {
+                    let b = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    if f(base + b) {
+                        return true;
+                    }
                 }
             }
-            w += 1;
+            sw += 1;
         }
         false
     }
@@ -495,6 +524,11 @@ impl Vgic {
     pub(super) fn unindex(&mut self, flat: usize) {
         if let Some(w) = self.maybe.get_mut(flat / 64) {
             *w &= !(1 << (flat % 64));
+            if *w == 0
+                && let Some(s) = self.maybe_words.get_mut(flat / (64 * 64))
+            {
+                *s &= !(1 << ((flat / 64) % 64));
+            }
         }
     }
 
