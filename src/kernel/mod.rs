@@ -62,13 +62,16 @@ pub fn vms() -> &'static [&'static Vm] {
 /// The VM a vCPU belongs to.
 #[inline(always)]
 pub fn vm_of(v: &Vcpu) -> &'static Vm {
-    match vms().get(v.vm_index) {
+    match v.vm {
         Some(vm) => vm,
-        None => {
-            error!("vCPU with no VM");
-            power_off()
-        }
+        None => no_vm(),
     }
+}
+
+#[cold]
+fn no_vm() -> ! {
+    error!("vCPU with no VM");
+    power_off()
 }
 
 /// The VM a physical SPI is passed through to.
@@ -286,6 +289,7 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
         for (i, &pcpu) in vm.placement.iter().enumerate() {
             let mut v = Box::new(Vcpu::new(VcpuId(i as u16), vm.mpidrs[i]));
             v.vm_index = n;
+            v.vm = Some(vm);
             v.regs.host_sp = cpu::stack_top(pcpu);
             let ptr = cpu::VcpuPtr::leak(v);
             if let Some(s) = run::sched_of(pcpu) {

@@ -156,6 +156,9 @@ pub fn fast_sync(v: &mut Vcpu, esr: Esr) -> bool {
         esr::ec::SYS64 if iss & 1 == 1 => {
             // Reads only: they change no state.
             let acc = esr::sysreg_access(iss);
+            if callee_saved(acc.rt) {
+                return false;
+            }
             let Some(value) =
                 crate::vm::exit::local_sysreg_read(&acc, &mut v.ptimer, timer::now, idregs::read)
             else {
@@ -169,12 +172,24 @@ pub fn fast_sync(v: &mut Vcpu, esr: Esr) -> bool {
     }
 }
 
+/// Whether guest register `r` is one the fast path may not touch: x19..x29 are not in the
+/// frame on the fast path (see arch::aarch64::vectors).
+#[inline(always)]
+fn callee_saved(r: u8) -> bool {
+    (19..=29).contains(&r)
+}
+
 /// An emulated device register read (the guest's "I/O kernel" operation): no state changes
 /// but the device's own (a UART's receive FIFO), whose interrupt line is re-sampled.
 #[inline(always)]
 fn fast_mmio_read(v: &mut Vcpu, esr: Esr) -> bool {
     let da = esr::data_abort(esr.iss());
-    if !da.isv || da.s1ptw || da.cache_maintenance || !esr::fsc::is_translation(da.fsc) {
+    if !da.isv
+        || da.s1ptw
+        || da.cache_maintenance
+        || !esr::fsc::is_translation(da.fsc)
+        || callee_saved(da.srt)
+    {
         return false;
     }
     let f = guest::fault();

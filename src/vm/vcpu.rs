@@ -116,6 +116,9 @@ pub struct Vcpu {
     pub mpidr: u64,
     /// Index of its VM in the kernel's VM table.
     pub vm_index: usize,
+    /// Its VM (set when the kernel places the vCPU; one load on the exit paths).
+    #[cfg(target_os = "none")]
+    pub vm: Option<&'static crate::kernel::Vm>,
     /// Its slot in its physical CPU's run queue.
     pub slot: usize,
     /// The EL1 virtual timer (CNTV_CTL, CNTV_CVAL) while the vCPU is off its CPU.
@@ -141,6 +144,8 @@ impl Vcpu {
             hcr: 0,
             mpidr,
             vm_index: 0,
+            #[cfg(target_os = "none")]
+            vm: None,
             slot: 0,
             vtimer: (0, 0),
             fp: FpState::default(),

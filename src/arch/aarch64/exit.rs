@@ -17,26 +17,26 @@ pub enum ExitKind {
     SError(Esr),
 }
 
-/// Called by the lower-EL vectors with the running vCPU's frame (see vectors.rs). Kept small
-/// so the fast path (simple hypercalls, emulated register reads) runs without the full exit
-/// machinery's stack frame; everything else goes to [`slow_exit`].
+/// The synchronous-exit fast path, called by the lower-EL sync vector with only the
+/// caller-saved registers in the frame (see vectors.rs): returns `regs` when the exit was
+/// handled, `regs | 1` to take the full path. Must not touch the frame's x19..x29.
+#[unsafe(no_mangle)]
+extern "C" fn elvisor_sync_fast(regs: *mut GuestRegs) -> usize {
+    let esr = Esr(ESR_EL2.get());
+    // SAFETY: `regs` is what SP_EL2 pointed at while the guest ran, which `enter_guest`'s
+    // contract makes the frame of a live vCPU; `GuestRegs` is the first field of the
+    // `#[repr(C)]` `Vcpu` (asserted in vm::vcpu), so the cast recovers the vCPU. Only this CPU
+    // runs it, and this reference ends here.
+    let vcpu = unsafe { &mut *regs.cast::<Vcpu>() };
+    let handled = crate::kernel::run::fast_sync(vcpu, esr);
+    regs as usize | usize::from(!handled)
+}
+
+/// The full exit path, called by the lower-EL vectors with the whole frame saved.
 #[unsafe(no_mangle)]
 extern "C" fn elvisor_exit(regs: *mut GuestRegs, kind: u64) -> *mut GuestRegs {
-    if kind == EXIT_SYNC {
-        let esr = Esr(ESR_EL2.get());
-        {
-            // SAFETY: `regs` is what SP_EL2 pointed at while the guest ran, which
-            // `enter_guest`'s contract makes the frame of a live vCPU; `GuestRegs` is the
-            // first field of the `#[repr(C)]` `Vcpu` (asserted in vm::vcpu), so the cast
-            // recovers the vCPU. Only this CPU runs it; this reference ends in this block.
-            let vcpu = unsafe { &mut *regs.cast::<Vcpu>() };
-            if crate::kernel::run::fast_sync(vcpu, esr) {
-                return regs;
-            }
-        }
-        return slow_exit(regs, ExitKind::Sync(esr));
-    }
     let kind = match kind {
+        EXIT_SYNC => ExitKind::Sync(Esr(ESR_EL2.get())),
         EXIT_IRQ => ExitKind::Irq,
         EXIT_FIQ => ExitKind::Fiq,
         EXIT_SERROR => ExitKind::SError(Esr(ESR_EL2.get())),
@@ -47,7 +47,7 @@ extern "C" fn elvisor_exit(regs: *mut GuestRegs, kind: u64) -> *mut GuestRegs {
 
 #[inline(never)]
 fn slow_exit(regs: *mut GuestRegs, kind: ExitKind) -> *mut GuestRegs {
-    // SAFETY: as in `elvisor_exit`; the fast path's reference has ended.
+    // SAFETY: as in `elvisor_sync_fast`: the frame of the live vCPU that exited.
     let vcpu = unsafe { &mut *regs.cast::<Vcpu>() };
     match crate::kernel::run::handle_exit(&mut *vcpu, kind) {
         crate::kernel::run::Next::Resume => &mut vcpu.regs,

@@ -1,12 +1,23 @@
 //! EL2 exception vectors and the world switch.
 //!
-//! While a guest runs, SP_EL2 points at its vCPU's [`GuestRegs`] frame. An exit from a lower
-//! EL therefore saves x0..x30, ELR_EL2 and SPSR_EL2 straight into the frame without needing a
-//! scratch register, switches to this CPU's kernel stack (`host_sp`, stored in the frame), and
-//! calls `elvisor_exit(frame, kind)` with IRQs still masked. The handler returns the frame to
-//! resume (the same one unless the scheduler switched vCPUs); `guest_resume` restores it and
-//! `eret`s. Nothing but general registers, ELR and SPSR moves on this path: guest EL1 system
-//! registers stay in the CPU.
+//! While a guest runs, SP_EL2 points at its vCPU's [`GuestRegs`] frame, so an exit saves
+//! registers straight into the frame without needing a scratch register, then switches to this
+//! CPU's kernel stack (`host_sp`, stored in the frame). IRQs stay masked throughout. Nothing but
+//! general registers, ELR and SPSR moves on this path: guest EL1 system registers stay in the
+//! CPU.
+//!
+//! **Synchronous exits** (hypercalls, traps, aborts) first try the fast path,
+//! `elvisor_sync_fast(frame)`. Only the registers a procedure call may clobber are saved for
+//! it: x0..x18, x30, ELR and SPSR. The guest's x19..x29 stay in the CPU because the Rust code
+//! preserves them (AAPCS64 callee-saved). The fast path returns the frame if it handled the
+//! exit, and the restore reloads the same registers. Otherwise it returns the frame with bit 0
+//! set: the vector then saves x19..x29 into the frame as well and calls
+//! `elvisor_exit(frame, EXIT_SYNC)`. The fast path must therefore never read or write the
+//! frame's x19..x29, since they are stale there.
+//!
+//! **Other exits** (IRQ, FIQ, SError) save the whole frame and call `elvisor_exit(frame,
+//! kind)`. It returns the frame to resume (another vCPU's when the scheduler switched), which
+//! `guest_resume` restores in full before it `eret`s.
 //!
 //! Exceptions taken *from EL2 itself* are hypervisor bugs: the fatal vectors switch to the
 //! per-CPU exception stack (the kernel stack may have overflowed into its guard page),
@@ -25,6 +36,30 @@ pub const FATAL_FRAME_BYTES: u64 = 32 * 8;
 
 core::arch::global_asm!(
     r#"
+// Synchronous exit: caller-saved registers only, then the fast path (see the module docs).
+.macro GUEST_EXIT_SYNC
+    stp     x0, x1, [sp, #0]
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    str     x18, [sp, #144]
+    mrs     x0, elr_el2
+    mrs     x1, spsr_el2
+    stp     x30, x0, [sp, #{elr_minus_8}]
+    str     x1, [sp, #{spsr}]
+    mov     x0, sp
+    ldr     x2, [sp, #{host_sp}]
+    mov     sp, x2
+    bl      elvisor_sync_fast
+    tbnz    x0, #0, elvisor_sync_slow
+    b       elvisor_fast_resume
+.endm
+
 .macro GUEST_EXIT kind
     stp     x0, x1, [sp, #0]
     stp     x2, x3, [sp, #16]
@@ -106,7 +141,7 @@ el2_vectors:
     EL2_FATAL 3
     // Lower EL, AArch64: guest exits.
     .balign 0x80
-    GUEST_EXIT 0
+    GUEST_EXIT_SYNC
     .balign 0x80
     GUEST_EXIT 1
     .balign 0x80
@@ -115,7 +150,7 @@ el2_vectors:
     GUEST_EXIT 3
     // Lower EL, AArch32 (a 32-bit guest EL0 faulting on stage 2): same frame layout.
     .balign 0x80
-    GUEST_EXIT 0
+    GUEST_EXIT_SYNC
     .balign 0x80
     GUEST_EXIT 1
     .balign 0x80
@@ -124,6 +159,42 @@ el2_vectors:
     GUEST_EXIT 3
 
     .text
+    .balign 64
+    // The fast path handled the exit: x0 = the frame. Restores what GUEST_EXIT_SYNC saved
+    // (x19..x29 still hold the guest's values).
+elvisor_fast_resume:
+    mov     sp, x0
+    ldp     x30, x1, [sp, #{elr_minus_8}]
+    ldr     x2, [sp, #{spsr}]
+    msr     elr_el2, x1
+    msr     spsr_el2, x2
+    ldp     x0, x1, [sp, #0]
+    ldp     x2, x3, [sp, #16]
+    ldp     x4, x5, [sp, #32]
+    ldp     x6, x7, [sp, #48]
+    ldp     x8, x9, [sp, #64]
+    ldp     x10, x11, [sp, #80]
+    ldp     x12, x13, [sp, #96]
+    ldp     x14, x15, [sp, #112]
+    ldp     x16, x17, [sp, #128]
+    ldr     x18, [sp, #144]
+    eret
+
+    // The fast path declined: x0 = the frame | 1, SP = the kernel stack top again. Completes
+    // the frame with the callee-saved registers (still the guest's) and takes the full path.
+elvisor_sync_slow:
+    and     x0, x0, #~1
+    stp     x19, x20, [x0, #152]
+    stp     x21, x22, [x0, #168]
+    stp     x23, x24, [x0, #184]
+    stp     x25, x26, [x0, #200]
+    stp     x27, x28, [x0, #216]
+    str     x29, [x0, #232]
+    mov     x1, #{exit_sync}
+    mov     x29, xzr
+    bl      elvisor_exit
+    b       elvisor_guest_resume
+
     .balign 64
     .global elvisor_guest_resume
     // x0 = the GuestRegs frame to run. SP_EL2 becomes the frame until the next exit.
@@ -154,6 +225,7 @@ elvisor_guest_resume:
     spsr = const REGS_SPSR,
     host_sp = const REGS_HOST_SP,
     fatal_frame = const FATAL_FRAME_BYTES,
+    exit_sync = const EXIT_SYNC,
 );
 
 unsafe extern "C" {

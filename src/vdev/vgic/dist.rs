@@ -184,7 +184,8 @@ impl Vgic {
     }
 
     /// GICD_TYPER.
-    fn gicd_typer(&self) -> u32 {
+    /// GICD_TYPER (constant for the VM: computed once, in [`Vgic::new`]).
+    pub(super) fn gicd_typer(&self) -> u32 {
         let it_lines = self.nr_intids() / 32 - 1;
         match self.version {
             GicVersion::V3 => {
@@ -368,7 +369,7 @@ impl Vgic {
                 return Ok(extract64(route, offset, width));
             }
             DistReg::Ctlr => self.gicd_ctlr(),
-            DistReg::Typer => self.gicd_typer(),
+            DistReg::Typer => self.typer,
             DistReg::Iidr => match self.version {
                 GicVersion::V3 => GICD_IIDR_V3,
                 GicVersion::V2 => GICD_IIDR_V2,

@@ -291,6 +291,8 @@ pub struct Vgic {
     /// cleared by `flush` only for an interrupt with nothing pending, active or in an LR,
     /// which only another mutable access can change. Unset bits can be skipped.
     pub(super) maybe: Vec<u64>,
+    /// GICD_TYPER, which depends only on the configuration.
+    pub(super) typer: u32,
     /// Second level of the index: bit w set when word w of `maybe` may be non-zero.
     pub(super) maybe_words: Vec<u64>,
 }
@@ -344,7 +346,9 @@ impl Vgic {
             hw_deactivate: Vec::new(),
             maybe: vec![u64::MAX; (nr_private + config.nr_spis as usize).div_ceil(64)],
             maybe_words: vec![u64::MAX; (nr_private + config.nr_spis as usize).div_ceil(64 * 64)],
+            typer: 0,
         };
+        vgic.typer = vgic.gicd_typer();
         vgic.reset();
         // Nothing was ever taken: no physical interrupt to deactivate.
         vgic.hw_deactivate.clear();
