@@ -885,11 +885,7 @@ fn inject_vtimer(vm: &Vm, v: &mut Vcpu) {
     if let Ok((_, changed)) = r
         && changed != 0
     {
-        for i in 0..n {
-            if changed & (1 << i) != 0 {
-                gic::write_lr(i, encode_lr(&v.lrs[i]));
-            }
-        }
+        write_lrs(v, changed);
         v.lr_used |= changed;
     }
 }
@@ -929,6 +925,22 @@ fn decode_lr(v: u64) -> Lr {
     }
 }
 
+/// Bits 0..n.
+fn lr_mask(n: usize) -> u64 {
+    if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
+}
+
+/// Writes the list registers in `changed` (bit n = LR n) from the vCPU's shadow.
+fn write_lrs(v: &Vcpu, mut changed: u64) {
+    while changed != 0 {
+        let i = changed.trailing_zeros() as usize;
+        changed &= changed - 1;
+        if let Some(lr) = v.lrs.get(i) {
+            gic::write_lr(i, encode_lr(lr));
+        }
+    }
+}
+
 /// Fills the list registers before entering the guest, if the vGIC has news for this vCPU.
 fn vgic_flush(vm: &Vm, v: &mut Vcpu) {
     let mut vg = vm.vgic.lock();
@@ -937,11 +949,7 @@ fn vgic_flush(vm: &Vm, v: &mut Vcpu) {
     }
     let n = gic::nr_lrs().min(v.lrs.len());
     let r = vg.flush(v.id, &mut v.lrs[..n]);
-    for i in 0..n {
-        if r.changed & (1 << i) != 0 {
-            gic::write_lr(i, encode_lr(&v.lrs[i]));
-        }
-    }
+    write_lrs(v, r.changed);
     v.lr_used = r.live;
     // More deliverable than fits: ask for the underflow maintenance interrupt to refill.
     let hcr = gic::HCR_EN | if r.overflow { gic::HCR_UIE } else { 0 };
@@ -961,19 +969,22 @@ fn vgic_flush(vm: &Vm, v: &mut Vcpu) {
 /// Folds the hardware list registers back into the vGIC after an exit.
 fn vgic_sync(vm: &Vm, v: &mut Vcpu) {
     let n = gic::nr_lrs().min(v.lrs.len());
-    for i in 0..n {
-        if v.lr_used & (1 << i) != 0 {
-            v.lrs[i] = decode_lr(gic::read_lr(i));
+    let mut used = v.lr_used & lr_mask(n);
+    while used != 0 {
+        let i = used.trailing_zeros() as usize;
+        used &= used - 1;
+        if let Some(lr) = v.lrs.get_mut(i) {
+            *lr = decode_lr(gic::read_lr(i));
         }
     }
     let mut vg = vm.vgic.lock();
-    let freed = vg.sync(v.id, &mut v.lrs[..n]);
+    let mut freed = vg.sync(v.id, &mut v.lrs[..n]);
     // Empty the slots the guest finished with (an invalid LR with its EOI bit set would keep
     // the EOI maintenance interrupt asserted).
-    for i in 0..n {
-        if freed & (1 << i) != 0 {
-            gic::write_lr(i, 0);
-        }
+    while freed != 0 {
+        let i = freed.trailing_zeros() as usize;
+        freed &= freed - 1;
+        gic::write_lr(i, 0);
     }
     v.lr_used = vg.live_lrs(v.id);
     while let Some(p) = vg.take_hw_deactivation() {

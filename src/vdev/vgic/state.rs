@@ -376,8 +376,9 @@ impl Vgic {
             *irq = Irq::reset(NR_PRIVATE, version, irq.hw);
         }
         self.hw_deactivate = deactivate;
-        self.maybe.fill(u64::MAX);
-        self.maybe_words.fill(u64::MAX);
+        // Everything is idle now (nothing pending, active or in an LR): nothing to index.
+        self.maybe.fill(0);
+        self.maybe_words.fill(0);
         for v in &mut self.vcpus {
             v.asleep = true;
             v.lr_live = 0;
