@@ -152,7 +152,11 @@ pub fn fast_sync(v: &mut Vcpu, esr: Esr) -> bool {
         },
         // Only with no list register in use: a distributor read must see the guest's EOIs,
         // which the full path folds in first (list-register sync).
-        esr::ec::DABT_LOWER if iss & (1 << 6) == 0 && v.lr_used == 0 => fast_mmio_read(v, esr),
+        esr::ec::DABT_LOWER
+            if iss & esr::DABT_FAST_READ_MASK == esr::DABT_FAST_READ_VALUE && v.lr_used == 0 =>
+        {
+            fast_mmio_read(v, esr)
+        }
         esr::ec::SYS64 if iss & 1 == 1 => {
             // Reads only: they change no state.
             let acc = esr::sysreg_access(iss);
@@ -183,13 +187,9 @@ fn callee_saved(r: u8) -> bool {
 /// but the device's own (a UART's receive FIFO), whose interrupt line is re-sampled.
 #[inline(always)]
 fn fast_mmio_read(v: &mut Vcpu, esr: Esr) -> bool {
+    // (The caller checked the syndrome against DABT_FAST_READ_MASK.)
     let da = esr::data_abort(esr.iss());
-    if !da.isv
-        || da.s1ptw
-        || da.cache_maintenance
-        || !esr::fsc::is_translation(da.fsc)
-        || callee_saved(da.srt)
-    {
+    if callee_saved(da.srt) {
         return false;
     }
     let f = guest::fault();
@@ -376,13 +376,29 @@ fn block(vm: &Vm, v: &mut Vcpu) -> bool {
                 return true;
             }
             update_ptimer(vm, v);
-            if vm.vgic.lock().has_deliverable(v.id) {
+            // An interrupt just placed in a list register (the virtual timer) is pending
+            // there: no need to ask the vGIC.
+            if lr_pending(v) || vm.vgic.lock().has_deliverable(v.id) {
                 return false;
             }
         }
     }
     s.rq.set(v.slot, RunState::Blocked);
     true
+}
+
+/// Whether a list register of `v` holds a pending interrupt, by its shadow (current from the
+/// exit's sync and every write since, while the guest has not run).
+fn lr_pending(v: &Vcpu) -> bool {
+    let mut used = v.lr_used;
+    while used != 0 {
+        let i = used.trailing_zeros() as usize;
+        used &= used - 1;
+        if v.lrs.get(i).is_some_and(|lr| lr.state.pending()) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Lazy FP/SIMD switch: the trapping vCPU takes the FP registers from their owner.

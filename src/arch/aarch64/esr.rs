@@ -184,6 +184,15 @@ pub const fn decode(esr: Esr) -> Exit {
 }
 
 /// Fault status codes (DFSC/IFSC) we care about.
+/// The data-abort syndromes the MMIO fast path takes, as one mask test: ISV set; a read (WnR
+/// clear); not on a stage-1 walk (S1PTW), not a cache maintenance or AT instruction (CM), no
+/// external abort (EA) and FAR valid (FnV clear); a translation fault at any level (DFSC
+/// 0b0001LL). Everything else takes the full path.
+pub const DABT_FAST_READ_MASK: u32 =
+    (1 << 24) | (1 << 10) | (1 << 9) | (1 << 8) | (1 << 7) | (1 << 6) | 0x3c;
+/// The value the masked ISS must have; see [`DABT_FAST_READ_MASK`].
+pub const DABT_FAST_READ_VALUE: u32 = (1 << 24) | 0x04;
+
 pub mod fsc {
     /// Translation fault at level 0..3 is 0b0001LL.
     pub const fn is_translation(fsc: u8) -> bool {
@@ -244,6 +253,31 @@ mod tests {
         assert_eq!(decode(Esr(0x5a00_1234)), Exit::Hvc { imm: 0x1234 });
         assert_eq!(decode(Esr(0x5e00_0000)), Exit::Smc { imm: 0 });
         assert_eq!(Esr(0x5a00_0000).insn_len(), 4);
+    }
+
+    #[test]
+    fn fast_read_mask_matches_the_decoded_fields() {
+        // Every combination of the bits the mask looks at, over a few DFSC values.
+        for bits in 0u32..(1 << 6) {
+            for fsc in [0x04u32, 0x05, 0x07, 0x0c, 0x0f, 0x10, 0x2b, 0x09] {
+                let iss =
+                    ((bits & 1) << 24) | ((bits >> 1 & 0x1f) << 6) | fsc | (2 << 22) | (3 << 16);
+                let da = data_abort(iss);
+                let fnv = iss & (1 << 10) != 0;
+                let expected = da.isv
+                    && !da.write
+                    && !da.s1ptw
+                    && !da.cache_maintenance
+                    && !da.ea
+                    && !fnv
+                    && fsc::is_translation(da.fsc);
+                assert_eq!(
+                    iss & DABT_FAST_READ_MASK == DABT_FAST_READ_VALUE,
+                    expected,
+                    "iss {iss:#x}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -681,6 +681,14 @@ impl Vgic {
         level: bool,
     ) -> Result<KickSet, VgicError> {
         let bank = self.device_irq(intid, vcpu)?;
+        // No change (the common case: a timer line re-sampled on every wait) leaves the
+        // index alone.
+        if let Some(irq) = self.irq(intid, bank)
+            && irq.hw.is_none()
+            && irq.line == level
+        {
+            return Ok(KickSet::EMPTY);
+        }
         let irq = self
             .irq_mut(intid, bank)
             .ok_or(VgicError::BadIntid(intid))?;
