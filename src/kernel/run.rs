@@ -139,8 +139,11 @@ pub fn run_cpu() -> ! {
 /// The exit fast path: exits that need nothing but the vCPU's own registers and state. Runs
 /// before anything else, so these exits cost the world switch plus a few dozen instructions.
 /// Returns false to take the full path.
+///
+/// `full_frame`: the exit glue saved x19..x29 in the frame too; without it, exits whose
+/// transfer register is one of them are refused (see arch::aarch64::vectors).
 #[inline(always)]
-pub fn fast_sync(v: &mut Vcpu, esr: Esr) -> bool {
+pub fn fast_sync(v: &mut Vcpu, esr: Esr, full_frame: bool) -> bool {
     let iss = esr.iss();
     match esr.ec() {
         esr::ec::HVC64 => match psci::fast_call(iss as u16, v.regs.x[0], v.regs.x[1]) {
@@ -155,14 +158,17 @@ pub fn fast_sync(v: &mut Vcpu, esr: Esr) -> bool {
         esr::ec::DABT_LOWER
             if iss & esr::DABT_FAST_READ_MASK == esr::DABT_FAST_READ_VALUE && v.lr_used == 0 =>
         {
-            fast_mmio_read(v, esr)
+            fast_mmio_read(v, esr, full_frame)
         }
-        esr::ec::SYS64 if iss & 1 == 1 => {
-            // Reads only: they change no state.
+        esr::ec::SYS64 => {
             let acc = esr::sysreg_access(iss);
-            if callee_saved(acc.rt) {
+            if !full_frame && callee_saved(acc.rt) {
                 return false;
             }
+            if !acc.read {
+                return fast_sgi(v, &acc);
+            }
+            // Reads only: they change no state.
             let Some(value) =
                 crate::vm::exit::local_sysreg_read(&acc, &mut v.ptimer, timer::now, idregs::read)
             else {
@@ -186,10 +192,10 @@ fn callee_saved(r: u8) -> bool {
 /// An emulated device register read (the guest's "I/O kernel" operation): no state changes
 /// but the device's own (a UART's receive FIFO), whose interrupt line is re-sampled.
 #[inline(always)]
-fn fast_mmio_read(v: &mut Vcpu, esr: Esr) -> bool {
+fn fast_mmio_read(v: &mut Vcpu, esr: Esr, full_frame: bool) -> bool {
     // (The caller checked the syndrome against DABT_FAST_READ_MASK.)
     let da = esr::data_abort(esr.iss());
-    if callee_saved(da.srt) {
+    if !full_frame && callee_saved(da.srt) {
         return false;
     }
     let f = guest::fault();
@@ -216,6 +222,46 @@ fn fast_mmio_read(v: &mut Vcpu, esr: Esr) -> bool {
         vgic_flush(vm, v);
     }
     console_unthrottle(vm);
+    true
+}
+
+/// A trapped ICC_SGI1R_EL1 / ICC_ASGI1R_EL1 / ICC_SGI0R_EL1 write (the guest's IPI): the vGIC
+/// makes the SGIs pending and the physical CPUs of their targets are kicked, this one
+/// included when a target other than the sender lives here (the kick interrupt, taken right
+/// after the return to the guest, brings this CPU to its scheduler). Other system-register
+/// writes take the full path.
+#[inline(always)]
+fn fast_sgi(v: &mut Vcpu, acc: &esr::SysRegAccess) -> bool {
+    if !(acc.op0 == 3 && acc.op1 == 0 && acc.crn == 12 && acc.crm == 11) {
+        return false;
+    }
+    let group1 = match acc.op2 {
+        5 | 6 => true,
+        7 => false,
+        _ => return false,
+    };
+    let value = v.regs.get(acc.rt);
+    let vm = super::vm_of(v);
+    let kicks = vm.vgic.lock().sgi(v.id, value, group1);
+    v.regs.elr = v.regs.elr.wrapping_add(4);
+    let mut sent: u64 = 0;
+    let mut to_self = false;
+    for t in kicks.iter() {
+        if t == v.id {
+            to_self = true;
+            continue;
+        }
+        let Some(&pcpu) = vm.placement.get(t.0 as usize) else {
+            continue;
+        };
+        if pcpu < 64 && sent & (1 << pcpu) == 0 {
+            sent |= 1 << pcpu;
+            gic::kick(CPU_MPIDR[pcpu].load(Ordering::Relaxed), pcpu);
+        }
+    }
+    if to_self {
+        vgic_flush(vm, v);
+    }
     true
 }
 
@@ -771,7 +817,7 @@ pub fn enter(v: &mut Vcpu) {
 }
 
 /// Arms the EL2 timer for this CPU's next deadline: the running vCPU's time slice (when
-/// others wait), and the emulated physical and off-CPU virtual timers of every vCPU here.
+/// others wait) and emulated physical timer, and the timers of the blocked vCPUs here.
 fn arm_timer(s: &CpuSched, running: Option<usize>) {
     let now = timer::now();
     let mut next: Option<u64> = None;
@@ -782,13 +828,18 @@ fn arm_timer(s: &CpuSched, running: Option<usize>) {
         consider(s.slice_end);
     }
     for (i, sl) in s.slots.iter().enumerate() {
-        if s.rq.state(i) == Some(RunState::Off) {
-            continue;
-        }
-        if let Some(d) = sl.ptimer.deadline(now) {
+        // Only a blocked vCPU needs its timers to wake it, and the running one its emulated
+        // physical timer. A runnable vCPU's timers are looked at when it runs; arming for
+        // them would fire at once for an expired timer the guest has not handled yet, and
+        // again after every switch, leaving the guests no time to run (a livelock).
+        let blocked = s.rq.state(i) == Some(RunState::Blocked);
+        if (blocked || running == Some(i))
+            && let Some(d) = sl.ptimer.deadline(now)
+        {
             consider(d);
         }
-        if s.loaded != Some(i)
+        if blocked
+            && s.loaded != Some(i)
             && let Some(d) = sl.vtimer_deadline
         {
             consider(d);

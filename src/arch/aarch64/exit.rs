@@ -28,15 +28,30 @@ extern "C" fn elvisor_sync_fast(regs: *mut GuestRegs) -> usize {
     // `#[repr(C)]` `Vcpu` (asserted in vm::vcpu), so the cast recovers the vCPU. Only this CPU
     // runs it, and this reference ends here.
     let vcpu = unsafe { &mut *regs.cast::<Vcpu>() };
-    let handled = crate::kernel::run::fast_sync(vcpu, esr);
+    let handled = crate::kernel::run::fast_sync(vcpu, esr, false);
     regs as usize | usize::from(!handled)
 }
 
 /// The full exit path, called by the lower-EL vectors with the whole frame saved.
 #[unsafe(no_mangle)]
 extern "C" fn elvisor_exit(regs: *mut GuestRegs, kind: u64) -> *mut GuestRegs {
+    if kind == EXIT_SYNC {
+        let esr = Esr(ESR_EL2.get());
+        {
+            // SAFETY: as in `elvisor_sync_fast`; this reference ends in this block.
+            let vcpu = unsafe { &mut *regs.cast::<Vcpu>() };
+            // The whole frame is saved now: the fast handlers take exits whose register is
+            // one of x19..x29, which the first attempt had to refuse.
+            // (Only where the register can have been the reason: hypercalls never are.)
+            if matches!(esr.ec(), super::esr::ec::SYS64 | super::esr::ec::DABT_LOWER)
+                && crate::kernel::run::fast_sync(vcpu, esr, true)
+            {
+                return regs;
+            }
+        }
+        return slow_exit(regs, ExitKind::Sync(esr));
+    }
     let kind = match kind {
-        EXIT_SYNC => ExitKind::Sync(Esr(ESR_EL2.get())),
         EXIT_IRQ => ExitKind::Irq,
         EXIT_FIQ => ExitKind::Fiq,
         EXIT_SERROR => ExitKind::SError(Esr(ESR_EL2.get())),

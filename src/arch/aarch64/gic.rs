@@ -239,6 +239,22 @@ pub const KICK_SGI: u32 = 0;
 
 /// Sends the kick SGI to the CPU with affinity `mpidr` and GICv2 CPU-interface number `cpu`.
 pub fn kick(mpidr: u64, cpu: usize) {
+    if version() == 3 {
+        // A system-register write on this CPU: no driver state, no lock.
+        let target = arm_gic::gicv3::SgiTarget::List {
+            affinity3: (mpidr >> 32) as u8,
+            affinity2: (mpidr >> 16) as u8,
+            affinity1: (mpidr >> 8) as u8,
+            target_list: 1 << (mpidr & 0xf),
+        };
+        // (Fails only for an out-of-range SGI number; KICK_SGI is 0.)
+        let _ = arm_gic::gicv3::GicCpuInterface::send_sgi(
+            IntId::sgi(KICK_SGI),
+            target,
+            arm_gic::gicv3::SgiTargetGroup::CurrentGroup1,
+        );
+        return;
+    }
     match &mut *GIC.lock() {
         Some(Driver::V3(_)) => {
             let target = arm_gic::gicv3::SgiTarget::List {

@@ -371,8 +371,7 @@ impl Vgic {
         let first = v * NR_PRIVATE as usize;
         let plen = self.private.len();
         let spi_end = plen + self.spis.len();
-        let mut idle = [0usize; 8];
-        let mut nidle = 0;
+        // Returns true for an idle interrupt (to drop from the index).
         let mut visit = |this: &Self, flat: usize| {
             let (intid, irq) = if flat < plen {
                 ((flat - first) as u32, this.private.get(flat))
@@ -386,11 +385,7 @@ impl Vgic {
                 return false;
             };
             if irq.owner.is_none() && !irq.active && !irq.pending_sw() {
-                if nidle < idle.len() {
-                    idle[nidle] = flat;
-                    nidle += 1;
-                }
-                return false;
+                return true;
             }
             if !this.wants_lr(irq) || !this.targets(intid, v, irq, v) {
                 return false;
@@ -405,11 +400,8 @@ impl Vgic {
             });
             false
         };
-        self.scan_maybe(first, first + NR_PRIVATE as usize, |f| visit(self, f));
-        self.scan_maybe(plen, spi_end, |f| visit(self, f));
-        for &flat in &idle[..nidle] {
-            self.unindex(flat);
-        }
+        self.scan_maybe_unindex(first, first + NR_PRIVATE as usize, &mut visit);
+        self.scan_maybe_unindex(plen, spi_end, &mut visit);
         (best, total)
     }
 

@@ -524,16 +524,61 @@ impl Vgic {
         false
     }
 
-    /// Drops `flat` from the index: only for an interrupt with nothing pending, active or in
-    /// a list register.
-    pub(super) fn unindex(&mut self, flat: usize) {
-        if let Some(w) = self.maybe.get_mut(flat / 64) {
-            *w &= !(1 << (flat % 64));
-            if *w == 0
-                && let Some(s) = self.maybe_words.get_mut(flat / (64 * 64))
-            {
-                *s &= !(1 << ((flat / 64) % 64));
+    /// [`Vgic::scan_maybe`] for the flush: `f` sees every indexed position in `[lo, hi)` and
+    /// returns true for an idle interrupt, which leaves the index.
+    #[inline(always)]
+    pub(super) fn scan_maybe_unindex(
+        &mut self,
+        lo: usize,
+        hi: usize,
+        mut f: impl FnMut(&Self, usize) -> bool,
+    ) {
+        if lo >= hi {
+            return;
+        }
+        let (wlo, whi) = (lo / 64, (hi - 1) / 64);
+        let mut sw = wlo / 64;
+        while sw <= whi / 64 {
+            let sbase = sw * 64;
+            let mut words = self.maybe_words.get(sw).copied().unwrap_or(0);
+            if sbase < wlo {
+                words &= !low_bits(wlo - sbase);
             }
+            if whi - sbase < 63 {
+                words &= low_bits(whi - sbase + 1);
+            }
+            let mut empty_words = 0u64;
+            while words != 0 {
+                let wb = words.trailing_zeros() as usize;
+                words &= words - 1;
+                let w = sbase + wb;
+                let base = w * 64;
+                let mut bits = self.maybe.get(w).copied().unwrap_or(0);
+                if base < lo {
+                    bits &= !low_bits(lo - base);
+                }
+                if hi - base < 64 {
+                    bits &= low_bits(hi - base);
+                }
+                let mut idle = 0u64;
+                while bits != 0 {
+                    let b = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    if f(self, base + b) {
+                        idle |= 1 << b;
+                    }
+                }
+                if let Some(word) = self.maybe.get_mut(w) {
+                    *word &= !idle;
+                    if *word == 0 {
+                        empty_words |= 1 << wb;
+                    }
+                }
+            }
+            if let Some(s) = self.maybe_words.get_mut(sw) {
+                *s &= !empty_words;
+            }
+            sw += 1;
         }
     }
 
