@@ -623,7 +623,7 @@ fn build_vm(
     let overlap = |_| vm_err(cfg, "compatible", "device windows overlap");
     let mut bus = MmioBus::new();
     let console = crate::console::VmConsole::new(&cfg.name);
-    bus.add_with_irq(
+    bus.add_pl011(
         layout::UART_BASE,
         Box::new(VPl011::new(Box::new(console))),
         Some(layout::UART_INTID),

@@ -88,11 +88,53 @@ pub trait MmioDevice: Send {
     }
 }
 
+/// A device on the bus. The emulated UART, read on every guest I/O-kernel operation, is
+/// dispatched statically so its register reads inline into the exit fast path; every other
+/// model goes through the trait object.
+enum Device {
+    Pl011(Box<pl011::Pl011>),
+    Dyn(Box<dyn MmioDevice>),
+}
+
+impl Device {
+    #[inline(always)]
+    fn get(&mut self) -> &mut (dyn MmioDevice + 'static) {
+        match self {
+            Device::Pl011(d) => d.as_mut(),
+            Device::Dyn(d) => d.as_mut(),
+        }
+    }
+
+    #[inline(always)]
+    fn get_ref(&self) -> &(dyn MmioDevice + 'static) {
+        match self {
+            Device::Pl011(d) => d.as_ref(),
+            Device::Dyn(d) => d.as_ref(),
+        }
+    }
+
+    #[inline(always)]
+    fn read(&mut self, vcpu: VcpuId, offset: u64, width: AccessWidth) -> Result<u64, MmioError> {
+        match self {
+            Device::Pl011(d) => d.read(vcpu, offset, width),
+            Device::Dyn(d) => d.read(vcpu, offset, width),
+        }
+    }
+
+    #[inline(always)]
+    fn irq_level(&self) -> bool {
+        match self {
+            Device::Pl011(d) => d.irq_level(),
+            Device::Dyn(d) => d.irq_level(),
+        }
+    }
+}
+
 /// One registered device window.
 struct Region {
     base: GuestPhysAddr,
     size_bytes: u64,
-    device: Box<dyn MmioDevice>,
+    device: Device,
     /// The interrupt (INTID) the device's output is wired to, if any.
     irq: Option<u32>,
     /// The output level last reported by [`MmioBus::irq_changes`].
@@ -131,7 +173,27 @@ impl MmioBus {
         device: Box<dyn MmioDevice>,
         irq: Option<u32>,
     ) -> Result<(), OverlapError> {
-        let size_bytes = device.size_bytes();
+        self.insert(base, Device::Dyn(device), irq)
+    }
+
+    /// Registers an emulated PL011 at `base`, its interrupt output wired to `irq` (statically
+    /// dispatched: see [`MmioBus::read_at`]).
+    pub fn add_pl011(
+        &mut self,
+        base: GuestPhysAddr,
+        uart: Box<pl011::Pl011>,
+        irq: Option<u32>,
+    ) -> Result<(), OverlapError> {
+        self.insert(base, Device::Pl011(uart), irq)
+    }
+
+    fn insert(
+        &mut self,
+        base: GuestPhysAddr,
+        device: Device,
+        irq: Option<u32>,
+    ) -> Result<(), OverlapError> {
+        let size_bytes = device.get_ref().size_bytes();
         let end = base.0.checked_add(size_bytes).ok_or(OverlapError)?;
         if self
             .regions
@@ -153,7 +215,7 @@ impl MmioBus {
     /// Finds the device covering `addr`, returning it with the offset into its window.
     pub fn find(&mut self, addr: GuestPhysAddr) -> Option<(&mut (dyn MmioDevice + 'static), u64)> {
         let (i, offset) = self.locate(addr)?;
-        Some((self.regions.get_mut(i)?.device.as_mut(), offset))
+        Some((self.regions.get_mut(i)?.device.get(), offset))
     }
 
     /// The index of the window covering `addr` (for [`MmioBus::device`] and
@@ -169,7 +231,37 @@ impl MmioBus {
     /// The device of window `index` (from [`MmioBus::locate`]).
     #[inline]
     pub fn device(&mut self, index: usize) -> Option<&mut (dyn MmioDevice + 'static)> {
-        Some(self.regions.get_mut(index)?.device.as_mut())
+        Some(self.regions.get_mut(index)?.device.get())
+    }
+
+    /// A read of window `index` (from [`MmioBus::locate`]) at `offset`: the same as
+    /// `device(index)?.read(...)`, but the PL011's registers inline.
+    #[inline(always)]
+    pub fn read_at(
+        &mut self,
+        index: usize,
+        vcpu: VcpuId,
+        offset: u64,
+        width: AccessWidth,
+    ) -> Result<u64, MmioError> {
+        match self.regions.get_mut(index) {
+            Some(r) => r.device.read(vcpu, offset, width),
+            None => Err(MmioError::BadAccess),
+        }
+    }
+
+    /// Whether a read of window `index` at `offset` can have changed the device's interrupt
+    /// output (false only where the model knows the register has no read side effects).
+    #[inline(always)]
+    pub fn read_changes_irq(&self, index: usize, offset: u64) -> bool {
+        match self.regions.get(index) {
+            Some(Region {
+                device: Device::Pl011(_),
+                ..
+            }) => pl011::Pl011::read_changes_irq(offset),
+            Some(r) => r.irq.is_some(),
+            None => false,
+        }
     }
 
     /// [`MmioBus::irq_changes`] for the one device of window `index`: after an access to it,
@@ -205,7 +297,7 @@ impl MmioBus {
     pub fn console_room(&self) -> usize {
         self.regions
             .iter()
-            .map(|r| r.device.console_room())
+            .map(|r| r.device.get_ref().console_room())
             .max()
             .unwrap_or(0)
     }
@@ -214,13 +306,13 @@ impl MmioBus {
     pub fn console_input(&mut self, byte: u8) -> bool {
         self.regions
             .iter_mut()
-            .any(|r| r.device.console_input(byte))
+            .any(|r| r.device.get().console_input(byte))
     }
 
     /// Resets every device (VM reset).
     pub fn reset_all(&mut self) {
         for r in &mut self.regions {
-            r.device.reset();
+            r.device.get().reset();
         }
     }
 
@@ -228,6 +320,6 @@ impl MmioBus {
     pub fn windows(&self) -> impl Iterator<Item = (GuestPhysAddr, u64, &'static str)> + '_ {
         self.regions
             .iter()
-            .map(|r| (r.base, r.size_bytes, r.device.name()))
+            .map(|r| (r.base, r.size_bytes, r.device.get_ref().name()))
     }
 }

@@ -314,16 +314,26 @@ pub fn mmio_access(
         let v = regs.get(da.srt) & width.mask();
         dev.write(vcpu, offset, width, v)
     } else {
-        let v = dev.read(vcpu, offset, width)? & width.mask();
-        let v = if da.sign_extend {
-            let shift = 64 - 8 * width.bytes();
-            (((v << shift) as i64) >> shift) as u64
-        } else {
-            v
-        };
-        regs.set(da.srt, if da.sixty_four { v } else { v & 0xffff_ffff });
+        let v = dev.read(vcpu, offset, width)?;
+        mmio_load_result(regs, da, v);
         Ok(())
     }
+}
+
+/// Completes an emulated load: the value read (of the access's width) into the transfer
+/// register, sign-extended (SSE) and to the register's size (SF) as the syndrome says.
+#[inline(always)]
+pub fn mmio_load_result(regs: &mut GuestRegs, da: DataAbort, value: u64) {
+    let width = da.width;
+    let mut v = value & width.mask();
+    if da.sign_extend {
+        let shift = 64 - 8 * width.bytes();
+        v = (((v << shift) as i64) >> shift) as u64;
+    }
+    if !da.sixty_four {
+        v &= 0xffff_ffff;
+    }
+    regs.set(da.srt, v);
 }
 
 #[cfg(test)]
