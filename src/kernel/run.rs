@@ -385,12 +385,12 @@ fn apply(vm: &'static Vm, v: &mut Vcpu, esr: Esr, action: Action) -> bool {
         }
         Action::Wait { wfe: false } => block(vm, v),
         Action::TimerChanged => {
-            update_ptimer(vm, v);
+            let now = update_ptimer(vm, v);
             let mut s = sched().lock();
             if let Some(sl) = s.slots.get_mut(v.slot) {
                 sl.ptimer = v.ptimer;
             }
-            arm_timer(&s, Some(v.slot));
+            arm_timer(&s, Some(v.slot), now);
             false
         }
         Action::Sgi { value, group1 } => {
@@ -411,7 +411,7 @@ fn apply(vm: &'static Vm, v: &mut Vcpu, esr: Esr, action: Action) -> bool {
 
 /// WFI: blocks the vCPU unless an interrupt is deliverable (or its timers expired).
 fn block(vm: &Vm, v: &mut Vcpu) -> bool {
-    update_ptimer(vm, v);
+    let mut now = update_ptimer(vm, v);
     if vm.vgic.lock().has_deliverable(v.id) {
         return false;
     }
@@ -425,7 +425,9 @@ fn block(vm: &Vm, v: &mut Vcpu) -> bool {
         // scheduler (its VM stopping or resetting, CPU_OFF) ends the wait and goes there.
         let idx = v.id.0 as usize;
         loop {
-            arm_timer(&s, Some(v.slot));
+            // Armed from the counter value the line was last evaluated at: a timer that
+            // expired since then is due at once, not forgotten until the next interrupt.
+            arm_timer(&s, Some(v.slot), now);
             timer::wait_for_interrupt();
             let _ = handle_irqs(&mut s, Some(v));
             let running = vm.state.load(Ordering::Acquire) == VmState::Running as u8;
@@ -433,7 +435,7 @@ fn block(vm: &Vm, v: &mut Vcpu) -> bool {
                 s.rq.set(v.slot, RunState::Blocked);
                 return true;
             }
-            update_ptimer(vm, v);
+            now = update_ptimer(vm, v);
             // An interrupt just placed in a list register (the virtual timer) is pending
             // there: no need to ask the vGIC.
             if lr_pending(v) || vm.vgic.lock().has_deliverable(v.id) {
@@ -673,7 +675,8 @@ fn kick_all(vm: &Vm, kicks: KickSet) -> bool {
 
 /// Brings the run queue up to date with the shared state: VM stops and resets, PSCI
 /// CPU_ON/OFF, interrupts and timers that wake blocked vCPUs.
-fn process_requests(s: &mut CpuSched) {
+/// Returns the counter value the timers were evaluated at.
+fn process_requests(s: &mut CpuSched) -> u64 {
     let now = timer::now();
     for i in 0..s.slots.len() {
         let (vm, id) = (s.slots[i].vm, s.slots[i].id);
@@ -702,13 +705,14 @@ fn process_requests(s: &mut CpuSched) {
             }
         }
     }
+    now
 }
 
 /// Picks what runs next on this CPU; idles (WFI at EL2) while nothing is runnable. `current`
 /// is the vCPU that just exited, if any: it is put (its state saved) when another vCPU runs.
 fn schedule(s: &mut CpuSched, mut current: Option<(usize, &mut Vcpu)>) -> VcpuPtr {
     loop {
-        process_requests(s);
+        let now = process_requests(s);
         if let Some(n) = s.rq.pick() {
             if let Some((cs, v)) = current.as_mut()
                 && n != *cs
@@ -721,7 +725,7 @@ fn schedule(s: &mut CpuSched, mut current: Option<(usize, &mut Vcpu)>) -> VcpuPt
         }
         // Nothing runnable: idle until an interrupt. A blocked vCPU that is still loaded
         // keeps its virtual timer live, so its expiry wakes us.
-        arm_timer(s, None);
+        arm_timer(s, None, now);
         timer::wait_for_interrupt();
         let cur = current.as_mut().map(|(_, v)| &mut **v);
         let _ = handle_irqs(s, cur);
@@ -822,16 +826,19 @@ pub fn enter(v: &mut Vcpu) {
         sl.ptimer = v.ptimer;
     }
     drop(s);
-    update_ptimer(vm, v);
+    let now = update_ptimer(vm, v);
     vgic_flush(vm, v);
     let s = sched().lock();
-    arm_timer(&s, Some(slot));
+    arm_timer(&s, Some(slot), now);
 }
 
 /// Arms the EL2 timer for this CPU's next deadline: the running vCPU's time slice (when
 /// others wait) and emulated physical timer, and the timers of the blocked vCPUs here.
-fn arm_timer(s: &CpuSched, running: Option<usize>) {
-    let now = timer::now();
+///
+/// `now` is the counter value the emulated timers' lines were last evaluated at: a timer that
+/// expires after it gets its deadline armed (already past, so CNTHP fires at once) instead of
+/// being missed between the evaluation and this call.
+fn arm_timer(s: &CpuSched, running: Option<usize>, now: u64) {
     let mut next: Option<u64> = None;
     let mut consider = |d: u64| next = Some(next.map_or(d, |n: u64| n.min(d)));
     if let Some(r) = running
@@ -969,10 +976,12 @@ fn inject_vtimer(vm: &Vm, v: &mut Vcpu) {
     }
 }
 
-/// Re-evaluates a vCPU's emulated EL1 physical timer line.
-fn update_ptimer(vm: &Vm, v: &mut Vcpu) {
-    let level = v.ptimer.level(timer::now());
+/// Re-evaluates a vCPU's emulated EL1 physical timer line; returns the counter value used.
+fn update_ptimer(vm: &Vm, v: &mut Vcpu) -> u64 {
+    let now = timer::now();
+    let level = v.ptimer.level(now);
     let _ = vm.vgic.lock().set_level(PTIMER_INTID, v.id, level);
+    now
 }
 
 /// After an MMIO access or console input: propagate changed device interrupt outputs (the

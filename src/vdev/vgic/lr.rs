@@ -204,22 +204,23 @@ struct Candidate {
 /// have at most 16 LRs but GICv2 allows 64), and a small array to initialise on every flush.
 const TOPK: usize = 16;
 
-/// The best `cap` candidates seen so far, sorted best first.
-struct TopK {
-    items: [Candidate; TOPK],
+/// The best `cap` (at most `N`) candidates seen so far, sorted best first.
+pub(super) struct TopK<const N: usize> {
+    items: [Candidate; N],
     len: usize,
     cap: usize,
 }
 
-impl TopK {
+impl<const N: usize> TopK<N> {
     fn new(cap: usize) -> Self {
         Self {
-            items: [Candidate { key: 0, intid: 0 }; TOPK],
+            items: [Candidate { key: 0, intid: 0 }; N],
             len: 0,
-            cap: cap.min(TOPK),
+            cap: cap.min(N),
         }
     }
 
+    /// As many as the capacity: there may be more candidates than were kept.
     fn is_full(&self) -> bool {
         self.len == self.cap
     }
@@ -255,6 +256,16 @@ impl TopK {
     fn as_slice(&self) -> &[Candidate] {
         self.items.get(..self.len).unwrap_or(&[])
     }
+}
+
+/// What [`Vgic::place_all`] did.
+#[derive(Default)]
+struct Placed {
+    count: usize,
+    /// A lower-priority pending entry was evicted for a candidate.
+    evicted: bool,
+    /// A candidate found no LR (all full, none evictable).
+    stuck: bool,
 }
 
 /// Sort key: active first, then priority, then INTID.
@@ -315,34 +326,32 @@ impl Vgic {
         // lower-priority pending entries when full. One scan finds up to TOPK candidates;
         // another follows only while scans come back full and LRs remain to fill.
         let mut overflow = false;
+        // Only what changed since the last flush can be a new candidate, unless a full scan
+        // was asked for (or the last flush left interrupts out).
+        let (scan, hints, nhints) = self.vcpus.get(v).map_or((true, [0; 4], 0), |s| {
+            (s.scan, s.hints, usize::from(s.nhints))
+        });
         loop {
-            let (best, total) = self.candidates(v, n);
-            let mut placed = 0usize;
-            for c in best.as_slice() {
-                let slot = match BitIter(all & !live).next() {
-                    Some(free) => free,
-                    None => match self.victim(lrs, live, c) {
-                        Some(victim) => {
-                            self.evict(v, victim, lrs, &mut live, &mut changed);
-                            overflow = true;
-                            victim
-                        }
-                        None => {
-                            overflow = true;
-                            break;
-                        }
-                    },
-                };
-                self.place(v, c.intid, slot, lrs, &mut changed);
-                live |= 1u64 << slot;
-                placed += 1;
+            // (placed, candidates in all, whether the candidate list was capped)
+            let (placed, total, capped) = if scan {
+                let (best, total) = self.candidates(v, n);
+                let placed = self.place_all(v, best.as_slice(), lrs, all, &mut live, &mut changed);
+                (placed, total, best.is_full())
+            } else {
+                let hinted = hints.get(..nhints).unwrap_or(&[]);
+                let (best, total) = self.hinted_candidates(v, n, hinted);
+                let placed = self.place_all(v, best.as_slice(), lrs, all, &mut live, &mut changed);
+                (placed, total, best.is_full())
+            };
+            if placed.evicted {
+                overflow = true;
             }
-            if total <= placed {
+            if total <= placed.count {
                 break;
             }
             // More candidates than placed: either no LR could take them (overflow), or the
-            // scan was capped at TOPK and the next scan may place more.
-            if !(best.is_full() && placed == best.len && live != all) {
+            // list was capped and the next round may place more.
+            if !(capped && !placed.stuck && live != all) {
                 overflow = true;
                 break;
             }
@@ -352,6 +361,9 @@ impl Vgic {
             s.lr_live = live;
             s.dirty = false;
             s.scrub = false;
+            // Interrupts left out are found by the next flush's scan.
+            s.scan = overflow;
+            s.nhints = 0;
         }
         FlushResult {
             overflow,
@@ -365,7 +377,65 @@ impl Vgic {
     /// one, and how many there are in all. Only indexed interrupts are looked at (see
     /// `Vgic::maybe`): this vCPU's private bank, then the SPIs; those found with nothing
     /// pending, active or in an LR leave the index.
-    fn candidates(&mut self, v: usize, n: usize) -> (TopK, usize) {
+    /// Places `cands` (best first) in free LRs, evicting lower-priority pending entries
+    /// when none is free.
+    fn place_all(
+        &mut self,
+        v: usize,
+        cands: &[Candidate],
+        lrs: &mut [Lr],
+        all: u64,
+        live: &mut u64,
+        changed: &mut u64,
+    ) -> Placed {
+        let mut p = Placed::default();
+        for c in cands {
+            let slot = match BitIter(all & !*live).next() {
+                Some(free) => free,
+                None => match self.victim(lrs, *live, c) {
+                    Some(victim) => {
+                        self.evict(v, victim, lrs, live, changed);
+                        p.evicted = true;
+                        victim
+                    }
+                    None => {
+                        p.stuck = true;
+                        break;
+                    }
+                },
+            };
+            self.place(v, c.intid, slot, lrs, changed);
+            *live |= 1u64 << slot;
+            p.count += 1;
+        }
+        p
+    }
+
+    /// The hinted interrupts that want an LR of `v` (see `VcpuState::hints`).
+    fn hinted_candidates(&mut self, v: usize, n: usize, hints: &[u32]) -> (TopK<4>, usize) {
+        let mut best = TopK::new(n);
+        let mut total = 0usize;
+        for &intid in hints {
+            let bank = if intid < NR_PRIVATE { v } else { 0 };
+            let Some(irq) = self.irq(intid, bank) else {
+                continue;
+            };
+            if !self.wants_lr(irq) || !self.targets(intid, bank, irq, v) {
+                continue;
+            }
+            if !irq.active && !self.deliverable_to(intid, irq, v) {
+                continue;
+            }
+            total += 1;
+            best.offer(Candidate {
+                key: candidate_key(irq, intid),
+                intid,
+            });
+        }
+        (best, total)
+    }
+
+    pub(super) fn candidates(&mut self, v: usize, n: usize) -> (TopK<TOPK>, usize) {
         let mut best = TopK::new(n);
         let mut total = 0usize;
         let first = v * NR_PRIVATE as usize;
@@ -420,30 +490,40 @@ impl Vgic {
         lrs: &mut [Lr],
     ) -> Result<(KickSet, u64), VgicError> {
         let v = usize::from(vcpu.0);
-        let idle = self.vcpus.get(v).is_some_and(|s| !s.dirty && !s.scrub);
-        let kicks = self.inject_edge(intid, vcpu)?;
+        let idle = self
+            .vcpus
+            .get(v)
+            .is_some_and(|s| !s.dirty && !s.scrub && !s.scan);
         if !idle || intid >= NR_PRIVATE {
-            return Ok((kicks, 0));
+            return Ok((self.inject_edge(intid, vcpu)?, 0));
         }
         let n = lrs.len().min(MAX_LRS);
         let all = low_bits(n);
         let live = self.vcpus.get(v).map_or(all, |s| s.lr_live) & all;
-        let Some(slot) = BitIter(all & !live).next() else {
-            return Ok((kicks, 0));
-        };
-        match self.irq(intid, v) {
-            Some(irq)
-                if self.wants_lr(irq) && (irq.active || self.deliverable_to(intid, irq, v)) => {}
-            _ => return Ok((kicks, 0)),
+        let free = BitIter(all & !live).next();
+        // What `inject_edge` does, without marking the vCPU for a flush yet.
+        let bank = self.device_irq(intid, vcpu)?;
+        let irq = self
+            .irq_mut(intid, bank)
+            .ok_or(VgicError::BadIntid(intid))?;
+        irq.latch = true;
+        if irq.hw.is_some() {
+            irq.hw_active = true;
         }
+        let placeable = match self.irq(intid, v) {
+            Some(irq) => self.wants_lr(irq) && (irq.active || self.deliverable_to(intid, irq, v)),
+            None => false,
+        };
+        let Some(slot) = free.filter(|_| placeable) else {
+            // The usual way: the vCPU's next flush.
+            return Ok((self.touch(intid, bank), 0));
+        };
         let mut changed = 0;
         self.place(v, intid, slot, lrs, &mut changed);
         if let Some(s) = self.vcpus.get_mut(v) {
             s.lr_live = live | (1u64 << slot);
-            // Only this interrupt had changed (the vCPU was not dirty), and it is placed.
-            s.dirty = false;
         }
-        Ok((kicks, changed | (1u64 << slot)))
+        Ok((KickSet::EMPTY, changed | (1u64 << slot)))
     }
 
     /// The LR to give up for candidate `c` when all are full: the lowest-priority entry that is
@@ -647,6 +727,9 @@ impl Vgic {
         let before = self.vcpus.get(v).map_or(0, |s| s.lr_live) & low_bits(n);
         let mut live = before;
         let mut ignored = 0;
+        let mut retired = [0u32; 4];
+        let mut nretired = 0usize;
+        let mut many_retired = false;
         for i in BitIter(live) {
             let Some(&lr) = lrs.get(i) else {
                 continue;
@@ -675,6 +758,12 @@ impl Vgic {
                 if lr.hw.is_some() {
                     irq.hw_active = false;
                 }
+                // It may want an LR again (a level still high, an edge latched meanwhile).
+                match retired.get_mut(nretired) {
+                    Some(slot) => *slot = lr.intid,
+                    None => many_retired = true,
+                }
+                nretired += 1;
                 set_slot(lrs, i, Lr::INVALID, &mut ignored);
                 live &= !(1u64 << i);
             } else {
@@ -685,7 +774,15 @@ impl Vgic {
         let freed = before & !live;
         if let Some(s) = self.vcpus.get_mut(v) {
             s.lr_live = live;
+            // A freed LR can take an interrupt left out before (then `scan` is set already).
             s.dirty |= freed != 0;
+            if many_retired {
+                s.rescan();
+            } else {
+                for &intid in retired.get(..nretired).unwrap_or(&[]) {
+                    s.hint(intid);
+                }
+            }
         }
         freed
     }

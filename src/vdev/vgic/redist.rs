@@ -195,7 +195,7 @@ impl Vgic {
                     Some(v) if v.asleep != asleep => {
                         v.asleep = asleep;
                         // 1-of-N SPIs may now go to (or no longer to) this vCPU.
-                        v.dirty = true;
+                        v.rescan();
                         KickSet::single(n)
                     }
                     _ => KickSet::EMPTY,
