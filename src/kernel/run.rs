@@ -1032,6 +1032,13 @@ fn write_lrs(v: &Vcpu, mut changed: u64) {
 /// Fills the list registers before entering the guest, if the vGIC has news for this vCPU.
 fn vgic_flush(vm: &Vm, v: &mut Vcpu) {
     let mut vg = vm.vgic.lock();
+    // Physical interrupts to deactivate (a hardware-linked one the guest made inactive or
+    // not pending through the distributor) are drained first, whether or not the vCPU has
+    // anything to flush: such a write need not mark any vCPU, and a PPI left active (the
+    // virtual timer) would never fire again.
+    while let Some(p) = vg.take_hw_deactivation() {
+        gic::deactivate_raw(p);
+    }
     if !vg.needs_flush(v.id) {
         return;
     }

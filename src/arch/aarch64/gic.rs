@@ -256,19 +256,6 @@ pub fn kick(mpidr: u64, cpu: usize) {
         return;
     }
     match &mut *GIC.lock() {
-        Some(Driver::V3(_)) => {
-            let target = arm_gic::gicv3::SgiTarget::List {
-                affinity3: (mpidr >> 32) as u8,
-                affinity2: (mpidr >> 16) as u8,
-                affinity1: (mpidr >> 8) as u8,
-                target_list: 1 << (mpidr & 0xf),
-            };
-            let _ = arm_gic::gicv3::GicCpuInterface::send_sgi(
-                IntId::sgi(KICK_SGI),
-                target,
-                arm_gic::gicv3::SgiTargetGroup::CurrentGroup1,
-            );
-        }
         Some(Driver::V2 { gic, .. }) => gic.send_sgi(
             IntId::sgi(KICK_SGI),
             arm_gic::gicv2::SgiTarget::List {
@@ -279,7 +266,8 @@ pub fn kick(mpidr: u64, cpu: usize) {
                 },
             },
         ),
-        None => {}
+        // GICv3 was handled above; no driver, nothing to kick with.
+        Some(Driver::V3(_)) | None => {}
     }
 }
 

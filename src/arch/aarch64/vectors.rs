@@ -36,8 +36,29 @@ pub const FATAL_FRAME_BYTES: u64 = 32 * 8;
 
 core::arch::global_asm!(
     r#"
-// Synchronous exit: caller-saved registers only, then the fast path (see the module docs).
-.macro GUEST_EXIT_SYNC
+// x0..x17 from the frame at SP (both resumes).
+.macro LOAD_X0_X17
+    ldp     x0, x1, [sp, #0]
+    ldp     x2, x3, [sp, #16]
+    ldp     x4, x5, [sp, #32]
+    ldp     x6, x7, [sp, #48]
+    ldp     x8, x9, [sp, #64]
+    ldp     x10, x11, [sp, #80]
+    ldp     x12, x13, [sp, #96]
+    ldp     x14, x15, [sp, #112]
+    ldp     x16, x17, [sp, #128]
+.endm
+
+// ELR_EL2, SPSR_EL2 and x30 from the frame at SP (both resumes).
+.macro LOAD_ELR_SPSR_X30
+    ldp     x30, x1, [sp, #{elr_minus_8}]
+    ldr     x2, [sp, #{spsr}]
+    msr     elr_el2, x1
+    msr     spsr_el2, x2
+.endm
+
+// x0..x17 into the frame at SP (both exits).
+.macro SAVE_X0_X17
     stp     x0, x1, [sp, #0]
     stp     x2, x3, [sp, #16]
     stp     x4, x5, [sp, #32]
@@ -47,6 +68,11 @@ core::arch::global_asm!(
     stp     x12, x13, [sp, #96]
     stp     x14, x15, [sp, #112]
     stp     x16, x17, [sp, #128]
+.endm
+
+// Synchronous exit: caller-saved registers only, then the fast path (see the module docs).
+.macro GUEST_EXIT_SYNC
+    SAVE_X0_X17
     str     x18, [sp, #144]
     mrs     x0, elr_el2
     mrs     x1, spsr_el2
@@ -61,15 +87,7 @@ core::arch::global_asm!(
 .endm
 
 .macro GUEST_EXIT kind
-    stp     x0, x1, [sp, #0]
-    stp     x2, x3, [sp, #16]
-    stp     x4, x5, [sp, #32]
-    stp     x6, x7, [sp, #48]
-    stp     x8, x9, [sp, #64]
-    stp     x10, x11, [sp, #80]
-    stp     x12, x13, [sp, #96]
-    stp     x14, x15, [sp, #112]
-    stp     x16, x17, [sp, #128]
+    SAVE_X0_X17
     stp     x18, x19, [sp, #144]
     stp     x20, x21, [sp, #160]
     stp     x22, x23, [sp, #176]
@@ -164,19 +182,8 @@ el2_vectors:
     // (x19..x29 still hold the guest's values).
 elvisor_fast_resume:
     mov     sp, x0
-    ldp     x30, x1, [sp, #{elr_minus_8}]
-    ldr     x2, [sp, #{spsr}]
-    msr     elr_el2, x1
-    msr     spsr_el2, x2
-    ldp     x0, x1, [sp, #0]
-    ldp     x2, x3, [sp, #16]
-    ldp     x4, x5, [sp, #32]
-    ldp     x6, x7, [sp, #48]
-    ldp     x8, x9, [sp, #64]
-    ldp     x10, x11, [sp, #80]
-    ldp     x12, x13, [sp, #96]
-    ldp     x14, x15, [sp, #112]
-    ldp     x16, x17, [sp, #128]
+    LOAD_ELR_SPSR_X30
+    LOAD_X0_X17
     ldr     x18, [sp, #144]
     eret
 
@@ -200,19 +207,8 @@ elvisor_sync_slow:
     // x0 = the GuestRegs frame to run. SP_EL2 becomes the frame until the next exit.
 elvisor_guest_resume:
     mov     sp, x0
-    ldp     x30, x1, [sp, #{elr_minus_8}]
-    ldr     x2, [sp, #{spsr}]
-    msr     elr_el2, x1
-    msr     spsr_el2, x2
-    ldp     x0, x1, [sp, #0]
-    ldp     x2, x3, [sp, #16]
-    ldp     x4, x5, [sp, #32]
-    ldp     x6, x7, [sp, #48]
-    ldp     x8, x9, [sp, #64]
-    ldp     x10, x11, [sp, #80]
-    ldp     x12, x13, [sp, #96]
-    ldp     x14, x15, [sp, #112]
-    ldp     x16, x17, [sp, #128]
+    LOAD_ELR_SPSR_X30
+    LOAD_X0_X17
     ldp     x18, x19, [sp, #144]
     ldp     x20, x21, [sp, #160]
     ldp     x22, x23, [sp, #176]

@@ -502,14 +502,7 @@ impl Vgic {
         let live = self.vcpus.get(v).map_or(all, |s| s.lr_live) & all;
         let free = BitIter(all & !live).next();
         // What `inject_edge` does, without marking the vCPU for a flush yet.
-        let bank = self.device_irq(intid, vcpu)?;
-        let irq = self
-            .irq_mut(intid, bank)
-            .ok_or(VgicError::BadIntid(intid))?;
-        irq.latch = true;
-        if irq.hw.is_some() {
-            irq.hw_active = true;
-        }
+        let bank = self.latch_edge(intid, vcpu)?;
         let placeable = match self.irq(intid, v) {
             Some(irq) => self.wants_lr(irq) && (irq.active || self.deliverable_to(intid, irq, v)),
             None => false,
