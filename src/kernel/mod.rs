@@ -288,7 +288,6 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
         };
         for (i, &pcpu) in vm.placement.iter().enumerate() {
             let mut v = Box::new(Vcpu::new(VcpuId(i as u16), vm.mpidrs[i]));
-            v.vm_index = n;
             v.vm = Some(vm);
             v.regs.host_sp = cpu::stack_top(pcpu);
             let ptr = cpu::VcpuPtr::leak(v);

@@ -218,7 +218,7 @@ impl MmioBus {
         Some((self.regions.get_mut(i)?.device.get(), offset))
     }
 
-    /// The index of the window covering `addr` (for [`MmioBus::device`] and
+    /// The index of the window covering `addr` (for [`MmioBus::read_at`] and
     /// [`MmioBus::irq_change_of`]) and the offset into it.
     #[inline]
     pub fn locate(&self, addr: GuestPhysAddr) -> Option<(usize, u64)> {
@@ -228,14 +228,8 @@ impl MmioBus {
         })
     }
 
-    /// The device of window `index` (from [`MmioBus::locate`]).
-    #[inline]
-    pub fn device(&mut self, index: usize) -> Option<&mut (dyn MmioDevice + 'static)> {
-        Some(self.regions.get_mut(index)?.device.get())
-    }
-
-    /// A read of window `index` (from [`MmioBus::locate`]) at `offset`: the same as
-    /// `device(index)?.read(...)`, but the PL011's registers inline.
+    /// A read of window `index` (from [`MmioBus::locate`]) at `offset`, the PL011 without
+    /// dynamic dispatch.
     #[inline(always)]
     pub fn read_at(
         &mut self,

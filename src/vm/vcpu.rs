@@ -114,8 +114,6 @@ pub struct Vcpu {
     pub hcr: u32,
     /// MPIDR the guest sees (VMPIDR_EL2 without the RES1 bit): Aff0 = vCPU index.
     pub mpidr: u64,
-    /// Index of its VM in the kernel's VM table.
-    pub vm_index: usize,
     /// Its VM (set when the kernel places the vCPU; one load on the exit paths).
     #[cfg(target_os = "none")]
     pub vm: Option<&'static crate::kernel::Vm>,
@@ -143,7 +141,6 @@ impl Vcpu {
             lrs: [crate::vdev::vgic::Lr::INVALID; 16],
             hcr: 0,
             mpidr,
-            vm_index: 0,
             #[cfg(target_os = "none")]
             vm: None,
             slot: 0,

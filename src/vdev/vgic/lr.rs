@@ -412,6 +412,14 @@ impl Vgic {
     }
 
     /// The hinted interrupts that want an LR of `v` (see `VcpuState::hints`).
+    /// Whether `irq` (INTID `intid`, bank `bank`) wants one of `v`'s list registers now: not
+    /// in an LR, targeted at `v`, and active or deliverable.
+    fn is_candidate(&self, intid: u32, bank: usize, irq: &Irq, v: usize) -> bool {
+        self.wants_lr(irq)
+            && self.targets(intid, bank, irq, v)
+            && (irq.active || self.deliverable_to(intid, irq, v))
+    }
+
     fn hinted_candidates(&mut self, v: usize, n: usize, hints: &[u32]) -> (TopK<4>, usize) {
         let mut best = TopK::new(n);
         let mut total = 0usize;
@@ -420,10 +428,7 @@ impl Vgic {
             let Some(irq) = self.irq(intid, bank) else {
                 continue;
             };
-            if !self.wants_lr(irq) || !self.targets(intid, bank, irq, v) {
-                continue;
-            }
-            if !irq.active && !self.deliverable_to(intid, irq, v) {
+            if !self.is_candidate(intid, bank, irq, v) {
                 continue;
             }
             total += 1;
@@ -457,10 +462,7 @@ impl Vgic {
             if irq.owner.is_none() && !irq.active && !irq.pending_sw() {
                 return true;
             }
-            if !this.wants_lr(irq) || !this.targets(intid, v, irq, v) {
-                return false;
-            }
-            if !irq.active && !this.deliverable_to(intid, irq, v) {
+            if !this.is_candidate(intid, v, irq, v) {
                 return false;
             }
             total += 1;
@@ -503,10 +505,9 @@ impl Vgic {
         let free = BitIter(all & !live).next();
         // What `inject_edge` does, without marking the vCPU for a flush yet.
         let bank = self.latch_edge(intid, vcpu)?;
-        let placeable = match self.irq(intid, v) {
-            Some(irq) => self.wants_lr(irq) && (irq.active || self.deliverable_to(intid, irq, v)),
-            None => false,
-        };
+        let placeable = self
+            .irq(intid, v)
+            .is_some_and(|irq| self.is_candidate(intid, v, irq, v));
         let Some(slot) = free.filter(|_| placeable) else {
             // The usual way: the vCPU's next flush.
             return Ok((self.touch(intid, bank), 0));

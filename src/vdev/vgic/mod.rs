@@ -67,7 +67,7 @@ pub use lr::{FlushResult, Lr, LrState, MAX_LRS, decode_v2, decode_v3, encode_v2,
 pub use redist::GICR_FRAME_BYTES;
 pub use state::{
     GicVersion, KickSet, MAX_SPIS, MAX_VCPUS_V2, MAX_VCPUS_V3, NR_PRIVATE, NR_SGIS, PRIORITY_MASK,
-    Vgic, VgicConfig, VgicError,
+    Vgic, VgicConfig, VgicError, low_bits,
 };
 
 use super::{AccessWidth, MmioDevice, MmioError, VcpuId};

@@ -136,8 +136,8 @@ impl KickSet {
     }
 }
 
-/// `n` low bits set (all 64 for `n >= 64`).
-pub(super) fn low_bits(n: usize) -> u64 {
+/// `n` low bits set (all 64 for `n >= 64`): also the mask of the first `n` list registers.
+pub fn low_bits(n: usize) -> u64 {
     match u32::try_from(n) {
         Ok(n) if n < 64 => (1u64 << n) - 1,
         _ => u64::MAX,
