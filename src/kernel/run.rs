@@ -498,6 +498,11 @@ fn psci_call(vm: &'static Vm, v: &mut Vcpu, call: Call) -> bool {
         }
         Call::CpuOff => {
             vm.power[v.id.0 as usize].off();
+            // A VM whose vCPUs are all off can never run again (no vCPU is left to CPU_ON
+            // another): it has stopped, and says so, so the machine powers off with the rest.
+            if vm.power.iter().all(|p| !p.is_on()) {
+                stop_vm(vm, "every vCPU is off (PSCI CPU_OFF)");
+            }
             true
         }
         Call::CpuOn {
@@ -527,11 +532,11 @@ fn psci_call(vm: &'static Vm, v: &mut Vcpu, call: Call) -> bool {
             }
         }
         Call::AffinityInfo { target, level } => {
-            let aff = target & 0xff_00ff_ffff;
-            let r = match vm.mpidrs.iter().position(|&m| m == aff) {
-                Some(t) if level == 0 => vm.power[t].affinity_info(),
-                _ => psci::ret::INVALID_PARAMETERS,
-            };
+            let r = power::affinity_info(target, level, &vm.mpidrs, |i| {
+                vm.power
+                    .get(i)
+                    .map_or(power::AFF_OFF, |p| p.affinity_info())
+            });
             set_ret(v, r);
             false
         }

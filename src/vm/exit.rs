@@ -173,7 +173,10 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
         Exit::Other { ec } => match ec {
             // Traps we configure but do not emulate (SVE/SME access, ...): UNDEFINED.
             esr::ec::FP_ASIMD => Action::FpAccess,
-            esr::ec::SVE | esr::ec::UNKNOWN => Action::InjectUndef,
+            // SME is never offered (ID_AA64PFR1_EL1.SME is hidden) and CPTR_EL2 traps it even
+            // when the guest opens CPACR_EL1.SMEN: `smstart` is UNDEFINED, as on a CPU without
+            // SME, not a reason to stop the VM.
+            esr::ec::SVE | esr::ec::SME | esr::ec::UNKNOWN => Action::InjectUndef,
             // AArch32 EL0 coprocessor accesses trapped by MDCR_EL2/TIDCP (MCR/MRC cp14/cp15,
             // MCRR/MRRC, LDC/STC): a 32-bit process gets UNDEFINED, not its VM stopped.
             0x03 | 0x04 | 0x05 | 0x06 | 0x0c => Action::InjectUndef,
@@ -553,6 +556,16 @@ mod tests {
             ),
             Action::InjectUndef
         );
+        assert_eq!(regs.elr, 0x4008_0004);
+        // smstart (SME trapped by CPTR_EL2, EC 0x1d, ISS SMTC 0) and an SVE instruction: UNDEF,
+        // PC unchanged (the guest's own undef handler decides).
+        for ec in [0x1du64, 0x19] {
+            assert_eq!(
+                run(&mut regs, &bus, &mut dbg, Esr((ec << 26) | (1 << 25)), 0),
+                Action::InjectUndef,
+                "EC {ec:#x}"
+            );
+        }
         assert_eq!(regs.elr, 0x4008_0004);
         // mrs x2, oslsr_el1 -> emulated
         let iss = (2 << 20) | (1 << 10) | (1 << 1) | (4 << 17) | (2 << 5) | 1;

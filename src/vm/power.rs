@@ -67,9 +67,73 @@ impl VcpuPower {
         self.state.store(OFF, Ordering::Release);
     }
 
-    /// PSCI AFFINITY_INFO value: 0 ON, 1 OFF.
+    /// PSCI AFFINITY_INFO value for this vCPU: ON (0), OFF (1), or ON_PENDING (2) between a
+    /// CPU_ON and the vCPU's first instruction (DEN0022D §5.1.5).
     pub fn affinity_info(&self) -> i64 {
-        if self.is_on() { 0 } else { 1 }
+        if !self.is_on() {
+            AFF_OFF
+        } else if self.start_pending() {
+            AFF_ON_PENDING
+        } else {
+            AFF_ON
+        }
+    }
+}
+
+/// AFFINITY_INFO results (DEN0022D §5.1.5, Table 18).
+pub const AFF_ON: i64 = 0;
+pub const AFF_OFF: i64 = 1;
+pub const AFF_ON_PENDING: i64 = 2;
+
+/// The MPIDR affinity fields Aff3 [39:32], Aff2 [23:16], Aff1 [15:8], Aff0 [7:0].
+pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
+
+/// Whether a PSCI `target_cpu` / `target_affinity` argument sets only affinity bits: every
+/// other bit is RES0 in DEN0022D §5.1.4 and §5.1.5, and a call that sets one gets
+/// INVALID_PARAMETERS rather than a silently masked target.
+pub fn valid_affinity(target: u64) -> bool {
+    target & !MPIDR_AFFINITY_MASK == 0
+}
+
+/// PSCI AFFINITY_INFO(target_affinity, lowest_affinity_level) over a VM's vCPUs.
+///
+/// Affinity fields below `level` are ignored (DEN0022D §5.1.5): the answer is about the whole
+/// affinity instance, ON if any vCPU in it is on (ON_PENDING if none is on yet but one is
+/// starting), OFF if all are off. Levels above 3, reserved bits in the target, and an instance
+/// that holds none of the VM's vCPUs are INVALID_PARAMETERS.
+pub fn affinity_info(
+    target: u64,
+    level: u64,
+    mpidrs: &[u64],
+    state_of: impl Fn(usize) -> i64,
+) -> i64 {
+    if !valid_affinity(target) {
+        return ret::INVALID_PARAMETERS;
+    }
+    let mask = match level {
+        0 => MPIDR_AFFINITY_MASK,
+        1 => MPIDR_AFFINITY_MASK & !0xff,
+        2 => MPIDR_AFFINITY_MASK & !0xffff,
+        3 => MPIDR_AFFINITY_MASK & !0xff_ffff,
+        _ => return ret::INVALID_PARAMETERS,
+    };
+    let mut matched = false;
+    let mut pending = false;
+    for (i, &m) in mpidrs.iter().enumerate() {
+        if m & mask != target & mask {
+            continue;
+        }
+        matched = true;
+        match state_of(i) {
+            AFF_ON => return AFF_ON,
+            AFF_ON_PENDING => pending = true,
+            _ => {}
+        }
+    }
+    match (matched, pending) {
+        (false, _) => ret::INVALID_PARAMETERS,
+        (true, true) => AFF_ON_PENDING,
+        (true, false) => AFF_OFF,
     }
 }
 
@@ -81,10 +145,12 @@ pub fn check_cpu_on(
     mpidrs: &[u64],
     ram: core::ops::Range<u64>,
 ) -> Result<usize, i64> {
-    let aff = target_mpidr & 0xff_00ff_ffff;
+    if !valid_affinity(target_mpidr) {
+        return Err(ret::INVALID_PARAMETERS);
+    }
     let index = mpidrs
         .iter()
-        .position(|&m| m == aff)
+        .position(|&m| m == target_mpidr)
         .ok_or(ret::INVALID_PARAMETERS)?;
     if !ram.contains(&entry) {
         return Err(ret::INVALID_ADDRESS);
@@ -105,7 +171,7 @@ mod tests {
         assert_eq!(p.take_start(), None);
         assert_eq!(p.cpu_on(0x4008_0000, 7), Ok(()));
         assert_eq!(p.cpu_on(0x4008_0000, 8), Err(ret::ALREADY_ON));
-        assert_eq!(p.affinity_info(), 0);
+        assert_eq!(p.affinity_info(), AFF_ON_PENDING);
         assert!(p.start_pending());
         assert_eq!(p.take_start(), Some((0x4008_0000, 7)));
         assert_eq!(p.take_start(), None);
@@ -144,15 +210,86 @@ mod tests {
     }
 
     #[test]
+    fn affinity_info_levels() {
+        // Two clusters of two: Aff1 = cluster, Aff0 = core; one VM in cluster 0x1_00 of Aff2 1.
+        let mpidrs = [0x0, 0x1, 0x100, 0x101, 0x1_0000];
+        let on = [false, true, false, false, false];
+        let state = |i: usize| if on[i] { AFF_ON } else { AFF_OFF };
+        assert_eq!(affinity_info(0x1, 0, &mpidrs, state), AFF_ON);
+        assert_eq!(affinity_info(0x0, 0, &mpidrs, state), AFF_OFF);
+        // Level 1: Aff0 ignored; cluster 0 has an ON core, cluster 1 none.
+        assert_eq!(affinity_info(0x0, 1, &mpidrs, state), AFF_ON);
+        assert_eq!(affinity_info(0xff, 1, &mpidrs, state), AFF_ON);
+        assert_eq!(affinity_info(0x1ff, 1, &mpidrs, state), AFF_OFF);
+        // Level 2 and 3: all of Aff2 0 / the whole machine.
+        assert_eq!(affinity_info(0x0, 2, &mpidrs, state), AFF_ON);
+        assert_eq!(affinity_info(0x1_0000, 2, &mpidrs, state), AFF_OFF);
+        assert_eq!(affinity_info(0x1_0000, 3, &mpidrs, state), AFF_ON);
+        // No vCPU in that instance, a level above 3, reserved bits: INVALID_PARAMETERS.
+        assert_eq!(
+            affinity_info(0x2, 0, &mpidrs, state),
+            ret::INVALID_PARAMETERS
+        );
+        assert_eq!(
+            affinity_info(0x200, 1, &mpidrs, state),
+            ret::INVALID_PARAMETERS
+        );
+        assert_eq!(
+            affinity_info(0x1, 4, &mpidrs, state),
+            ret::INVALID_PARAMETERS
+        );
+        assert_eq!(
+            affinity_info(0x1, u64::MAX, &mpidrs, state),
+            ret::INVALID_PARAMETERS
+        );
+        assert_eq!(
+            affinity_info(0x8000_0001, 0, &mpidrs, state),
+            ret::INVALID_PARAMETERS
+        );
+        assert_eq!(
+            affinity_info(1 << 40 | 1, 0, &mpidrs, state),
+            ret::INVALID_PARAMETERS
+        );
+        // ON_PENDING: started but not yet running; ON wins within an instance.
+        let pending = |i: usize| match i {
+            2 => AFF_ON_PENDING,
+            1 => AFF_ON,
+            _ => AFF_OFF,
+        };
+        assert_eq!(affinity_info(0x100, 0, &mpidrs, pending), AFF_ON_PENDING);
+        assert_eq!(affinity_info(0x100, 1, &mpidrs, pending), AFF_ON_PENDING);
+        assert_eq!(affinity_info(0x0, 3, &mpidrs, pending), AFF_ON);
+    }
+
+    #[test]
+    fn pending_start_reads_as_on_pending() {
+        let p = VcpuPower::new();
+        p.cpu_on(0x4008_0000, 0).unwrap();
+        assert_eq!(p.affinity_info(), AFF_ON_PENDING);
+        p.take_start();
+        assert_eq!(p.affinity_info(), AFF_ON);
+    }
+
+    #[test]
     fn cpu_on_validation() {
         let mpidrs = [0, 1, 2, 3];
         let ram = 0x4000_0000..0x4400_0000;
         assert_eq!(check_cpu_on(2, 0x4008_0000, &mpidrs, ram.clone()), Ok(2));
-        // Upper MPIDR bits (U, MT, RES1 bit 31) are not affinity.
-        assert_eq!(
-            check_cpu_on(0x8000_0003, 0x4008_0000, &mpidrs, ram.clone()),
-            Ok(3)
-        );
+        // Bits outside the affinity fields (U, MT, bit 31, [63:40]) are RES0 in target_cpu:
+        // INVALID_PARAMETERS, not a masked target (DEN0022D §5.1.4).
+        for bad in [
+            0x8000_0003u64,
+            0x4000_0003,
+            0x100_0000_0003,
+            1 << 63,
+            0x0100_0003,
+        ] {
+            assert_eq!(
+                check_cpu_on(bad, 0x4008_0000, &mpidrs, ram.clone()),
+                Err(ret::INVALID_PARAMETERS),
+                "{bad:#x}"
+            );
+        }
         assert_eq!(
             check_cpu_on(7, 0x4008_0000, &mpidrs, ram.clone()),
             Err(ret::INVALID_PARAMETERS)

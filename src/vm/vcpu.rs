@@ -74,6 +74,8 @@ pub struct El1Context {
     pub par: u64,
     pub cntkctl: u64,
     pub csselr: u64,
+    /// VDISR_EL2 (with FEAT_RAS): what the guest reads and writes as DISR_EL1.
+    pub vdisr: u64,
 }
 
 impl El1Context {
@@ -90,8 +92,12 @@ impl El1Context {
 /// priorities. Moves only when the vCPU on a physical CPU changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VifState {
+    /// ICH_VMCR_EL2 / GICH_VMCR.
     pub vmcr: u64,
-    pub apr: [u64; 4],
+    /// GICv3 ICH_AP0R0..3_EL2 (group 0 active priorities; as many as ICH_VTR_EL2.PREbits gives).
+    pub ap0r: [u32; 4],
+    /// GICv3 ICH_AP1R0..3_EL2 (group 1); on GICv2, `ap1r[0]` holds GICH_APR.
+    pub ap1r: [u32; 4],
 }
 
 /// A virtual CPU. `regs` must stay the first field: the exit vector hands the kernel a

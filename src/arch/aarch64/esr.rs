@@ -16,6 +16,8 @@ pub mod ec {
     pub const SMC64: u8 = 0x17;
     pub const SYS64: u8 = 0x18;
     pub const SVE: u8 = 0x19;
+    /// SME, SVE in Streaming mode and SME2 ZT0 accesses trapped by CPTR_EL2 (TSM / SMEN).
+    pub const SME: u8 = 0x1d;
     pub const IABT_LOWER: u8 = 0x20;
     pub const IABT_CUR: u8 = 0x21;
     pub const PC_ALIGN: u8 = 0x22;

@@ -10,6 +10,10 @@ use core::arch::asm;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
+use aarch64_cpu::registers::{
+    ICH_AP0R0_EL2, ICH_AP0R1_EL2, ICH_AP0R2_EL2, ICH_AP0R3_EL2, ICH_AP1R0_EL2, ICH_AP1R1_EL2,
+    ICH_AP1R2_EL2, ICH_AP1R3_EL2, ICH_VTR_EL2,
+};
 use arm_gic::gicv2::GicV2;
 use arm_gic::gicv2::registers::{Gicc, Gicd as GicdV2};
 use arm_gic::gicv3::GicV3;
@@ -82,6 +86,10 @@ static GIC: Mutex<Option<Driver>> = Mutex::new(None);
 /// 0 = none, 2 or 3: the version, readable without the lock on the exit path.
 static VERSION: AtomicU8 = AtomicU8::new(0);
 static NR_LRS: AtomicUsize = AtomicUsize::new(0);
+/// GICv3: how many ICH_AP0Rn_EL2 / ICH_AP1Rn_EL2 pairs the virtual CPU interface has, from
+/// ICH_VTR_EL2.PREbits (IHI 0069H §12.4.1/§12.4.2): 5 preemption bits -> n = 0 only, 6 -> 0..1,
+/// 7 -> 0..3. Every one of them is a vCPU's state and moves with it.
+static NR_APRS: AtomicUsize = AtomicUsize::new(1);
 /// GICv2: each CPU's target-list bit (its CPU interface number), learned at bring-up.
 static V2_TARGET: [AtomicU8; super::cpu::MAX_CPUS] =
     [const { AtomicU8::new(0) }; super::cpu::MAX_CPUS];
@@ -174,10 +182,10 @@ pub fn init_cpu(cpu: usize) {
                 asm!("msr icc_ctlr_el1, {}", "isb", in(reg) ctlr, options(nomem, nostack));
             }
             arm_gic::gicv3::GicCpuInterface::enable_group1(true);
-            let vtr: u64;
-            // SAFETY: reads ICH_VTR_EL2; no side effects.
-            unsafe { asm!("mrs {}, ich_vtr_el2", out(reg) vtr, options(nomem, nostack)) };
-            NR_LRS.store(((vtr & 0x1f) + 1) as usize, Ordering::Relaxed);
+            let lrs = ICH_VTR_EL2.read(ICH_VTR_EL2::ListRegs) + 1;
+            NR_LRS.store(lrs as usize, Ordering::Relaxed);
+            let pre_bits = ICH_VTR_EL2.read(ICH_VTR_EL2::PREbits) + 1;
+            NR_APRS.store(aprs_for_pre_bits(pre_bits), Ordering::Relaxed);
             write_hcr(HCR_EN);
         }
         Some(Driver::V2 {
@@ -575,26 +583,62 @@ pub fn write_vmcr(v: u64) {
     }
 }
 
-/// Saves VMCR and APRs.
+/// The number of ICH_AP{0,1}Rn_EL2 registers for `pre_bits` preemption bits: one 32-bit
+/// register per 32 group priorities (IHI 0069H §12.4.1). PREbits is architecturally 5..=7;
+/// anything else is clamped to that range rather than trusted.
+fn aprs_for_pre_bits(pre_bits: u64) -> usize {
+    1 << (pre_bits.clamp(5, 7) - 5)
+}
+
+/// Saves VMCR and every active-priority register the virtual interface has.
+///
+/// All of them are the vCPU's: an active priority left behind in ICH_AP0Rn (a guest can write
+/// ICC_AP0R0_EL1 directly) masks every interrupt of equal or lower priority for whichever vCPU
+/// runs here next, and can be read back by it. Linux's `__vgic_v3_save_aprs` does the same walk.
+/// Straight-line for the common 5-bit case (QEMU, Cortex-A cores): this is on the VM-switch path.
 pub fn save_vif(s: &mut crate::vm::vcpu::VifState) {
     s.vmcr = read_vmcr();
     if version() == 3 {
-        // SAFETY: reading ICH_AP1R0_EL2 has no side effects. (QEMU and the Cortex-A cores
-        // implement 5 priority bits: only AP1R0 exists.)
-        unsafe { asm!("mrs {}, ich_ap1r0_el2", out(reg) s.apr[0], options(nomem, nostack)) };
+        // Only the low 32 bits of each ICH_AP<g>R<n>_EL2 are defined.
+        s.ap0r[0] = ICH_AP0R0_EL2.get() as u32;
+        s.ap1r[0] = ICH_AP1R0_EL2.get() as u32;
+        let n = NR_APRS.load(Ordering::Relaxed);
+        if n > 1 {
+            s.ap0r[1] = ICH_AP0R1_EL2.get() as u32;
+            s.ap1r[1] = ICH_AP1R1_EL2.get() as u32;
+            if n > 2 {
+                s.ap0r[2] = ICH_AP0R2_EL2.get() as u32;
+                s.ap1r[2] = ICH_AP1R2_EL2.get() as u32;
+                s.ap0r[3] = ICH_AP0R3_EL2.get() as u32;
+                s.ap1r[3] = ICH_AP1R3_EL2.get() as u32;
+            }
+        }
     } else {
-        s.apr[0] = gich().apr.get() as u64;
+        // GICv2 has one GICH_APR (IHI 0048B §5.3.4) covering the guest's active priorities.
+        s.ap1r[0] = gich().apr.get();
     }
 }
 
-/// Restores VMCR and APRs.
+/// Restores VMCR and the active-priority registers (the inverse of [`save_vif`]). Every
+/// implemented register is written, so nothing of the previous vCPU survives here.
 pub fn restore_vif(s: &crate::vm::vcpu::VifState) {
     write_vmcr(s.vmcr);
     if version() == 3 {
-        // SAFETY: guest virtual CPU interface state only.
-        unsafe { asm!("msr ich_ap1r0_el2, {}", in(reg) s.apr[0], options(nomem, nostack)) };
+        ICH_AP0R0_EL2.set(u64::from(s.ap0r[0]));
+        ICH_AP1R0_EL2.set(u64::from(s.ap1r[0]));
+        let n = NR_APRS.load(Ordering::Relaxed);
+        if n > 1 {
+            ICH_AP0R1_EL2.set(u64::from(s.ap0r[1]));
+            ICH_AP1R1_EL2.set(u64::from(s.ap1r[1]));
+            if n > 2 {
+                ICH_AP0R2_EL2.set(u64::from(s.ap0r[2]));
+                ICH_AP1R2_EL2.set(u64::from(s.ap1r[2]));
+                ICH_AP0R3_EL2.set(u64::from(s.ap0r[3]));
+                ICH_AP1R3_EL2.set(u64::from(s.ap1r[3]));
+            }
+        }
     } else {
-        gich().apr.set(s.apr[0] as u32);
+        gich().apr.set(s.ap1r[0]);
     }
 }
 

@@ -224,6 +224,12 @@ pub fn load_el1(c: &El1Context) {
     plain_rw!(write "sp_el1", c.sp_el1);
     plain_rw!(write "par_el1", c.par);
     plain_rw!(write "csselr_el1", c.csselr);
+    if has_ras() {
+        // VDISR_EL2 (S3_4_C12_C1_1): the guest's DISR_EL1 while HCR_EL2.AMO is set (ARM ARM
+        // D24.2.181). A guest writes it directly, so it is the vCPU's state like any EL1
+        // register: left in place it would hand one VM's deferred-SError record to the next.
+        plain_rw!(write "s3_4_c12_c1_1", c.vdisr);
+    }
     // SAFETY: barrier only.
     unsafe { asm!("isb", options(nostack, preserves_flags)) };
 }
@@ -254,6 +260,9 @@ pub fn save_el1(c: &mut El1Context) {
     c.sp_el1 = plain_rw!(read "sp_el1");
     c.par = plain_rw!(read "par_el1");
     c.csselr = plain_rw!(read "csselr_el1");
+    if has_ras() {
+        c.vdisr = plain_rw!(read "s3_4_c12_c1_1");
+    }
 }
 
 /// The faulting addresses of the current stage-2 abort.
@@ -265,6 +274,14 @@ pub fn fault() -> Fault {
         far,
         ipa: GuestPhysAddr((fipa << 12) | (far & 0xfff)),
     }
+}
+
+/// FEAT_RAS (ID_AA64PFR0_EL1.RAS != 0): VDISR_EL2 exists and is part of a vCPU's state.
+/// The Cortex-A72 has no RAS; QEMU's `max` CPU has it.
+fn has_ras() -> bool {
+    use aarch64_cpu::registers::ID_AA64PFR0_EL1;
+    // RAS is ID_AA64PFR0_EL1[31:28] (ARM ARM D24.2.76); aarch64-cpu names no field for it.
+    (ID_AA64PFR0_EL1.get() >> 28) & 0xf != 0
 }
 
 /// FEAT_PAN (ID_AA64MMFR1_EL1.PAN).
