@@ -129,6 +129,10 @@ pub mod gicc {
     pub const RPR: usize = 0x0014;
     /// Highest priority pending interrupt register.
     pub const HPPIR: usize = 0x0018;
+    /// Aliased binary point register (group 1).
+    pub const ABPR: usize = 0x001c;
+    /// Active priorities register 0 (GICV_APR under a hypervisor: GICH_APR of the vCPU).
+    pub const APR: usize = 0x00d0;
     /// CPU interface identification register.
     pub const IIDR: usize = 0x00fc;
     /// Deactivate interrupt register (second 4 KiB page).
@@ -151,6 +155,10 @@ pub mod icc_bits {
     pub const SRE_SRE: u64 = 1 << 0;
     /// ICC_CTLR_EL1.EOImode.
     pub const CTLR_EOIMODE: u64 = 1 << 1;
+    /// ICC_CTLR_EL1.PRIbits, bits `[10:8]`: priority bits implemented, minus one.
+    pub const CTLR_PRIBITS_SHIFT: u32 = 8;
+    /// ICC_CTLR_EL1.PRIbits mask (after the shift).
+    pub const CTLR_PRIBITS_MASK: u64 = 0x7;
     /// ICC_IGRPEN1_EL1.Enable.
     pub const IGRPEN1_ENABLE: u64 = 1 << 0;
     /// ICC_SGI1R_EL1.IRM: to every PE but self.

@@ -96,3 +96,28 @@ pub fn read_mdccsr_el0() -> Result<u64, Fault> {
     unsafe { asm!("mrs {}, mdccsr_el0", out(reg) value, options(nostack, preserves_flags)) };
     exception::disarm().map_or(Ok(value), Err)
 }
+
+/// `mrs x, DISR_EL1` (S3_0_C12_C1_1, the deferred interrupt status of FEAT_RAS): the value, or
+/// the exception the read raised. Without FEAT_RAS (a Cortex-A72) the encoding is UNDEFINED.
+/// Under a hypervisor with HCR_EL2.AMO set, EL1 reads and writes of DISR_EL1 reach VDISR_EL2
+/// (ARM ARM, the DISR_EL1 and VDISR_EL2 descriptions), which the hypervisor has to keep per vCPU.
+pub fn read_disr_el1() -> Result<u64, Fault> {
+    exception::arm(Recovery::SkipInstruction);
+    let value: u64;
+    // SAFETY: reading DISR_EL1 has no side effects; if it is UNDEFINED the `mrs` is skipped and
+    // `value` (stale) is discarded. The generic encoding needs no assembler RAS feature.
+    unsafe { asm!("mrs {}, S3_0_C12_C1_1", out(reg) value, options(nostack, preserves_flags)) };
+    exception::disarm().map_or(Ok(value), Err)
+}
+
+/// `msr DISR_EL1, x`, returning the exception the write raised, if any (see [`read_disr_el1`]).
+pub fn write_disr_el1(value: u64) -> Result<(), Fault> {
+    exception::arm(Recovery::SkipInstruction);
+    // SAFETY: DISR_EL1 only records a deferred SError; writing it raises no exception by itself
+    // (an `esb` would consume it, and the runtime executes none) and touches no memory. An
+    // UNDEFINED `msr` is skipped. The `isb` completes the write before the next access.
+    unsafe {
+        asm!("msr S3_0_C12_C1_1, {}", "isb", in(reg) value, options(nostack, preserves_flags))
+    };
+    exception::disarm().map_or(Ok(()), Err)
+}
