@@ -230,6 +230,7 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     info!("EL2 MMU on (pa {} bits)", pa_bits);
 
     set_percpu(0);
+    guest::init_cpu_traps();
     EL2_ROOT.store(el2_root.0, Ordering::Relaxed);
 
     if let Err(e) = gic::init(&plat.gic, plat.cpus.len()) {
@@ -397,6 +398,7 @@ pub fn secondary_main(index: usize) -> ! {
         cpu::pa_bits(),
     );
     set_percpu(index);
+    guest::init_cpu_traps();
     gic::init_cpu(index);
     enable_kernel_interrupts(index);
     info!("cpu{index} up (MPIDR {:#x})", cpu::mpidr());

@@ -47,6 +47,8 @@ pub struct Slot {
     pub ptimer: PhysTimer,
     /// Physical-counter deadline of its virtual timer while it is off the CPU.
     pub vtimer_deadline: Option<u64>,
+    /// Physical-counter timeout of the WFIT it is blocked in (FEAT_WFxT), if any.
+    pub wake_deadline: Option<u64>,
 }
 
 /// One physical CPU's scheduler. Only that CPU locks it.
@@ -81,6 +83,7 @@ impl CpuSched {
             id,
             ptimer: PhysTimer::default(),
             vtimer_deadline: None,
+            wake_deadline: None,
         });
         self.rq.add()
     }
@@ -370,7 +373,8 @@ fn apply(vm: &'static Vm, v: &mut Vcpu, esr: Esr, action: Action) -> bool {
     match action {
         Action::Resume => false,
         // Trapped only where several vCPUs share this CPU (see `load`): yield.
-        Action::Wait { wfe: true } => true,
+        // WFET likewise: WFE may end early, so its timeout needs no timer of its own.
+        Action::Wait { wfe: true, .. } => true,
         Action::InjectDataAbort { far, write } => {
             guest::inject_sync(&mut v.regs, esr::inject::data_abort(el0, write), Some(far));
             false
@@ -383,7 +387,12 @@ fn apply(vm: &'static Vm, v: &mut Vcpu, esr: Esr, action: Action) -> bool {
             guest::inject_sync(&mut v.regs, esr::inject::undefined(esr.il()), None);
             false
         }
-        Action::Wait { wfe: false } => block(vm, v),
+        // WFIT's timeout is a virtual-counter value: CNTVCT = CNTPCT - CNTVOFF. A deadline
+        // past the counter's range never comes (saturating), like a plain WFI.
+        Action::Wait {
+            wfe: false,
+            deadline,
+        } => block(vm, v, deadline.map(|d| d.saturating_add(vm.hw.cntvoff))),
         Action::TimerChanged => {
             let now = update_ptimer(vm, v);
             let mut s = sched().lock();
@@ -409,15 +418,17 @@ fn apply(vm: &'static Vm, v: &mut Vcpu, esr: Esr, action: Action) -> bool {
     }
 }
 
-/// WFI: blocks the vCPU unless an interrupt is deliverable (or its timers expired).
-fn block(vm: &Vm, v: &mut Vcpu) -> bool {
+/// WFI: blocks the vCPU unless an interrupt is deliverable (or its timers expired). `wake`
+/// is a WFIT timeout (physical counter): the wait also ends when the counter reaches it.
+fn block(vm: &Vm, v: &mut Vcpu, wake: Option<u64>) -> bool {
     let mut now = update_ptimer(vm, v);
-    if vm.vgic.lock().has_deliverable(v.id) {
+    if wake.is_some_and(|d| now >= d) || vm.vgic.lock().has_deliverable(v.id) {
         return false;
     }
     let mut s = sched().lock();
     if let Some(sl) = s.slots.get_mut(v.slot) {
         sl.ptimer = v.ptimer;
+        sl.wake_deadline = wake;
     }
     if s.slots.len() == 1 {
         // Alone on this CPU (the pinned case): wait right here, WFI at EL2, and resume
@@ -438,7 +449,13 @@ fn block(vm: &Vm, v: &mut Vcpu) -> bool {
             now = update_ptimer(vm, v);
             // An interrupt just placed in a list register (the virtual timer) is pending
             // there: no need to ask the vGIC.
-            if lr_pending(v) || vm.vgic.lock().has_deliverable(v.id) {
+            if wake.is_some_and(|d| now >= d)
+                || lr_pending(v)
+                || vm.vgic.lock().has_deliverable(v.id)
+            {
+                if let Some(sl) = s.slots.get_mut(v.slot) {
+                    sl.wake_deadline = None;
+                }
                 return false;
             }
         }
@@ -543,7 +560,7 @@ fn psci_call(vm: &'static Vm, v: &mut Vcpu, call: Call) -> bool {
         // Standby: like WFI. (Power-down states are entered as standby, which PSCI allows.)
         Call::CpuSuspend { .. } => {
             set_ret(v, psci::ret::SUCCESS);
-            block(vm, v)
+            block(vm, v, None)
         }
         Call::Yield => {
             set_ret(v, psci::ret::SUCCESS);
@@ -704,8 +721,10 @@ fn process_requests(s: &mut CpuSched) -> u64 {
             let mut vg = vm.vgic.lock();
             let _ = vg.set_level(PTIMER_INTID, id, sl.ptimer.level(now));
             let vtimer_due = s.loaded != Some(i) && sl.vtimer_deadline.is_some_and(|d| now >= d);
-            if vtimer_due || vg.has_deliverable(id) {
+            let wfit_due = sl.wake_deadline.is_some_and(|d| now >= d);
+            if vtimer_due || wfit_due || vg.has_deliverable(id) {
                 drop(vg);
+                s.slots[i].wake_deadline = None;
                 s.rq.set(i, RunState::Runnable);
             }
         }
@@ -829,6 +848,8 @@ pub fn enter(v: &mut Vcpu) {
     }
     if let Some(sl) = s.slots.get_mut(slot) {
         sl.ptimer = v.ptimer;
+        // Whatever ended its WFIT (timeout, interrupt, CPU_ON, reset), it runs now.
+        sl.wake_deadline = None;
     }
     drop(s);
     let now = update_ptimer(vm, v);
@@ -865,6 +886,12 @@ fn arm_timer(s: &CpuSched, running: Option<usize>, now: u64) {
         if blocked
             && s.loaded != Some(i)
             && let Some(d) = sl.vtimer_deadline
+        {
+            consider(d);
+        }
+        // A WFIT's timeout, for the vCPU blocked in it (in the scheduler or waiting in place).
+        if (blocked || running == Some(i))
+            && let Some(d) = sl.wake_deadline
         {
             consider(d);
         }

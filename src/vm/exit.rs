@@ -50,7 +50,8 @@ pub enum Action {
     /// A PSCI call that needs VM-level state (power, other vCPUs).
     Psci(Call),
     /// WFI/WFE: the vCPU has nothing to do until an interrupt.
-    Wait { wfe: bool },
+    /// WFI/WFE; `deadline` is WFIT/WFET's timeout as a guest virtual-counter value.
+    Wait { wfe: bool, deadline: Option<u64> },
     /// The guest changed its emulated physical timer: re-evaluate its interrupt line and the
     /// kernel's EL2 timer.
     TimerChanged,
@@ -166,9 +167,10 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
                 }
             }
         }
-        Exit::Wfx { wfe } => {
+        Exit::Wfx { wfe, timeout_reg } => {
+            let deadline = timeout_reg.map(|r| ctx.regs.get(r));
             ctx.regs.elr = ctx.regs.elr.wrapping_add(esr.insn_len());
-            Action::Wait { wfe }
+            Action::Wait { wfe, deadline }
         }
         Exit::Other { ec } => match ec {
             // Traps we configure but do not emulate (SVE/SME access, ...): UNDEFINED.
@@ -176,7 +178,11 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
             // SME is never offered (ID_AA64PFR1_EL1.SME is hidden) and CPTR_EL2 traps it even
             // when the guest opens CPACR_EL1.SMEN: `smstart` is UNDEFINED, as on a CPU without
             // SME, not a reason to stop the VM.
-            esr::ec::SVE | esr::ec::SME | esr::ec::UNKNOWN => Action::InjectUndef,
+            // Pointer authentication and LS64 are hidden too (keys not switched; LS64 needs
+            // device memory semantics we do not offer): their trapped instructions UNDEF.
+            esr::ec::SVE | esr::ec::SME | esr::ec::PAC | esr::ec::LS64 | esr::ec::UNKNOWN => {
+                Action::InjectUndef
+            }
             // AArch32 EL0 coprocessor accesses trapped by MDCR_EL2/TIDCP (MCR/MRC cp14/cp15,
             // MCRR/MRRC, LDC/STC): a 32-bit process gets UNDEFINED, not its VM stopped.
             0x03 | 0x04 | 0x05 | 0x06 | 0x0c => Action::InjectUndef,
@@ -559,7 +565,7 @@ mod tests {
         assert_eq!(regs.elr, 0x4008_0004);
         // smstart (SME trapped by CPTR_EL2, EC 0x1d, ISS SMTC 0) and an SVE instruction: UNDEF,
         // PC unchanged (the guest's own undef handler decides).
-        for ec in [0x1du64, 0x19] {
+        for ec in [0x1du64, 0x19, 0x09, 0x0a] {
             assert_eq!(
                 run(&mut regs, &bus, &mut dbg, Esr((ec << 26) | (1 << 25)), 0),
                 Action::InjectUndef,

@@ -2,8 +2,10 @@
 //!
 //! The hypervisor traps the debug registers (MDCR_EL2.TDA/TDOSA/TDRA) and the PMU
 //! (MDCR_EL2.TPM/TPMCR): guests get no self-hosted debug or PMU, but the OS-lock and
-//! breakpoint registers Linux touches at boot behave (RAZ/WI, OS lock tracked). Every other
-//! trapped register is UNDEFINED in the guest.
+//! breakpoint registers Linux touches at boot behave (RAZ/WI, OS lock tracked). The RAS
+//! error-record registers (trapped by HCR_EL2.TERR: the records are the machine's, shared by
+//! every VM) read as zero records and ignore writes, so a guest told about FEAT_RAS can probe
+//! them. Every other trapped register is UNDEFINED in the guest.
 
 use crate::arch::aarch64::esr::{SysRegAccess, sysreg_key as key};
 
@@ -42,6 +44,10 @@ pub fn emulate(acc: &SysRegAccess, value: u64, dbg: &mut DebugShadow) -> SysRegR
     let k = acc.key();
     // DBGB{V,C}R<n>_EL1 and DBGW{V,C}R<n>_EL1: op0=2 op1=0 CRn=0 CRm=n op2=4..7.
     let is_bp_wp = acc.op0 == 2 && acc.op1 == 0 && acc.crn == 0 && acc.op2 >= 4;
+    // ERRIDR/ERRSELR/ERXGSR (CRm 3), ERXFR/CTLR/STATUS/ADDR/PFG* (CRm 4), ERXMISC0..3
+    // (CRm 5): op0=3 op1=0 CRn=5. ERRIDR_EL1.NUM = 0 says there are no records, and with
+    // none the ERX* registers are RAZ/WI (ARM ARM D24.2, ERRIDR_EL1); KVM answers the same.
+    let is_ras_record = acc.op0 == 3 && acc.op1 == 0 && acc.crn == 5 && (3..=5).contains(&acc.crm);
     match (k, acc.read) {
         (OSLAR_EL1, false) => {
             dbg.os_lock = value & 1 != 0;
@@ -61,7 +67,7 @@ pub fn emulate(acc: &SysRegAccess, value: u64, dbg: &mut DebugShadow) -> SysRegR
             Written
         }
         (MDRAR_EL1 | DBGAUTHSTATUS_EL1, true) => Read(0),
-        _ if is_bp_wp => {
+        _ if is_bp_wp || is_ras_record => {
             if acc.read {
                 Read(0)
             } else {
@@ -120,6 +126,27 @@ mod tests {
         assert_eq!(
             emulate(&acc(2, 0, 0, 2, 2, true), 0, &mut d),
             SysRegResult::Read(0x8000)
+        );
+    }
+
+    #[test]
+    fn ras_error_records_raz_wi() {
+        let mut d = DebugShadow::default();
+        // ERRIDR_EL1 (3,0,5,3,0): no records; ERXSTATUS_EL1 (3,0,5,4,2); ERXMISC3_EL1 (3,0,5,5,5).
+        for (crm, op2) in [(3, 0), (3, 1), (4, 2), (5, 5)] {
+            assert_eq!(
+                emulate(&acc(3, 0, 5, crm, op2, true), 0, &mut d),
+                SysRegResult::Read(0)
+            );
+            assert_eq!(
+                emulate(&acc(3, 0, 5, crm, op2, false), u64::MAX, &mut d),
+                SysRegResult::Written
+            );
+        }
+        // ESR_EL1's neighbours in CRn 5 are not error records (AFSR0_EL1 is 3,0,5,1,0).
+        assert_eq!(
+            emulate(&acc(3, 0, 5, 1, 0, true), 0, &mut d),
+            SysRegResult::Undefined
         );
     }
 

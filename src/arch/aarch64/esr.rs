@@ -11,6 +11,10 @@ pub mod ec {
     pub const UNKNOWN: u8 = 0x00;
     pub const WFX: u8 = 0x01;
     pub const FP_ASIMD: u8 = 0x07;
+    /// A pointer-authentication instruction trapped by HCR_EL2.API = 0.
+    pub const PAC: u8 = 0x09;
+    /// LD64B/ST64B/ST64BV/ST64BV0 trapped by HCRX_EL2.EnALS/EnASR/EnAS0 = 0.
+    pub const LS64: u8 = 0x0a;
     pub const ILLEGAL_STATE: u8 = 0x0e;
     pub const HVC64: u8 = 0x16;
     pub const SMC64: u8 = 0x17;
@@ -129,8 +133,9 @@ pub enum Exit {
     InstrAbort(InstrAbort),
     /// A trapped system register access.
     SysReg(SysRegAccess),
-    /// WFI (`wfe == false`) or WFE trapped.
-    Wfx { wfe: bool },
+    /// WFI (`wfe == false`) or WFE trapped; WFIT/WFET (FEAT_WFxT) carry the register that
+    /// holds their timeout, a virtual-counter value (ISS TI = 0b1x, RV = 1, RN).
+    Wfx { wfe: bool, timeout_reg: Option<u8> },
     /// Anything else: the exception class, for the diagnostic.
     Other { ec: u8 },
 }
@@ -180,7 +185,16 @@ pub const fn decode(esr: Esr) -> Exit {
             fsc: (iss & 0x3f) as u8,
         }),
         ec::SYS64 => Exit::SysReg(sysreg_access(iss)),
-        ec::WFX => Exit::Wfx { wfe: iss & 1 != 0 },
+        ec::WFX => Exit::Wfx {
+            wfe: iss & 1 != 0,
+            // TI [1:0]: 0b10 WFIT, 0b11 WFET; RV [2]: RN [9:5] is valid (ARM ARM D24.2.41,
+            // ISS encoding for an exception from a WF* instruction).
+            timeout_reg: if iss & 0b110 == 0b110 {
+                Some(((iss >> 5) & 0x1f) as u8)
+            } else {
+                None
+            },
+        },
         other => Exit::Other { ec: other },
     }
 }
@@ -339,8 +353,42 @@ mod tests {
 
     #[test]
     fn other_classes_and_wfx() {
-        assert_eq!(decode(Esr(0x0400_0000)), Exit::Wfx { wfe: false });
-        assert_eq!(decode(Esr(0x0400_0001)), Exit::Wfx { wfe: true });
+        assert_eq!(
+            decode(Esr(0x0400_0000)),
+            Exit::Wfx {
+                wfe: false,
+                timeout_reg: None
+            }
+        );
+        assert_eq!(
+            decode(Esr(0x0400_0001)),
+            Exit::Wfx {
+                wfe: true,
+                timeout_reg: None
+            }
+        );
+        // WFIT x3 (TI 0b10, RV, RN 3) and WFET x30; TI 0b10 without RV has no register.
+        assert_eq!(
+            decode(Esr(0x0400_0000 | (3 << 5) | 0b110)),
+            Exit::Wfx {
+                wfe: false,
+                timeout_reg: Some(3)
+            }
+        );
+        assert_eq!(
+            decode(Esr(0x0400_0000 | (30 << 5) | 0b111)),
+            Exit::Wfx {
+                wfe: true,
+                timeout_reg: Some(30)
+            }
+        );
+        assert_eq!(
+            decode(Esr(0x0400_0000 | (3 << 5) | 0b010)),
+            Exit::Wfx {
+                wfe: false,
+                timeout_reg: None
+            }
+        );
         assert_eq!(
             decode(Esr(0x8200_0000)),
             Exit::InstrAbort(InstrAbort {

@@ -68,8 +68,12 @@ pub fn vhe() -> bool {
 /// HCR_EL2 for guests: stage 2 on, physical IRQ/FIQ/SError routed to EL2, WFI and SMC trapped,
 /// ID registers and implementation-defined registers trapped, RAS error records trapped
 /// (TERR: they are shared by all VMs), AArch64 EL1. Pointer authentication is hidden from
-/// guests (ID registers) and its key registers trap (APK = 0, so they become UNDEFINED: the
-/// keys are not switched between vCPUs); its hint-space instructions stay NOPs (API = 1).
+/// guests (ID registers): its key registers trap (APK = 0) and so do its instructions
+/// (API = 0), both answered with UNDEFINED, because the keys are not switched between vCPUs.
+/// A guest that never sets SCTLR_EL1.EnIA/EnIB/EnDA/EnDB (none does without the feature)
+/// never traps: with the enable clear, the hint-space PAC instructions in its code are NOPs
+/// before the HCR_EL2.API check is reached (ARM ARM, the AddPAC*/Auth* pseudocode).
+/// ATA = 0 traps the MTE tag registers; EnSCXT = 0 traps SCXTNUM_ELx.
 pub fn guest_hcr() -> u64 {
     let base = hcr::VM
         | hcr::SWIO
@@ -83,8 +87,7 @@ pub fn guest_hcr() -> u64 {
         | hcr::TSC
         | hcr::TIDCP
         | hcr::RW
-        | hcr::TERR
-        | hcr::API;
+        | hcr::TERR;
     if vhe() { base | hcr::E2H } else { base }
 }
 
@@ -96,13 +99,27 @@ pub fn guest_cnthctl() -> u64 {
     if vhe() { 1 << 10 } else { 1 << 0 }
 }
 
-/// CPTR_EL2 for guests: FP/SIMD not trapped; SVE/SME trapped (turned into UNDEFINED).
+/// CPTR_EL2 for guests: FP/SIMD not trapped; SVE/SME trapped (turned into UNDEFINED); the
+/// activity monitors trapped (TAM) where they exist, since they count for the whole CPU.
 pub fn guest_cptr() -> u64 {
-    if vhe() {
+    let base = if vhe() {
         super::mmu::CPTR_EL2_VHE
     } else {
         super::boot::CPTR_EL2_NVHE
-    }
+    };
+    base | CPTR_EXTRA.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// CPTR_EL2 bits that depend on the CPU's features (TAM, bit 30 in both layouts: RES0 without
+/// FEAT_AMUv1, so set only where it exists). Written by [`init_cpu_traps`].
+static CPTR_EXTRA: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// HCRX_EL2 bits (FEAT_HCX).
+mod hcrx {
+    /// MSCEn: the memory copy and set instructions (FEAT_MOPS) execute at EL1/EL0.
+    pub const MSCEN: u64 = 1 << 11;
+    /// TALLINT: EL1 writes of PSTATE.ALLINT (FEAT_NMI) trap to EL2.
+    pub const TALLINT: u64 = 1 << 6;
 }
 
 /// VTCR_EL2 for a stage-2 table: 4K granule, inner-shareable write-back walks, 8-bit VMID.
@@ -377,4 +394,50 @@ pub fn guest_cptr_fp_trapped() -> u64 {
 pub fn write_cptr(v: u64) {
     // SAFETY: the kernel never uses FP/SIMD; this only changes what lower ELs trap on.
     unsafe { asm!("msr cptr_el2, {}", "isb", in(reg) v, options(nomem, nostack, preserves_flags)) };
+}
+
+/// The trap registers that are the same for every vCPU, written once per physical CPU as it
+/// comes up, before any guest runs there.
+///
+/// - HCRX_EL2 (FEAT_HCX, ARM ARM D24.2.49): its reset value is UNKNOWN on hardware, so it is
+///   written whole: every "enable" bit clear (LS64, TCR2_EL1, SCTLR2_EL1, GCS, FPMR, D128, the
+///   SError/abort extensions: their registers and instructions trap and become UNDEFINED,
+///   matching the ID registers), MSCEn set where FEAT_MOPS is advertised, TALLINT set where
+///   FEAT_NMI exists (hidden from guests: their ALLINT writes trap and UNDEF).
+/// - HFGRTR/HFGWTR/HFGITR/HDFGRTR/HDFGWTR_EL2 (FEAT_FGT, D24.2.49-60): written as zero. Their
+///   classic bits then trap nothing, and their "n" bits, which cover the registers of newer
+///   features (PIR/PIRE0, POR, MAIR2/AMAIR2, ACCDATA, TPIDR2, the GCS and BRBE registers,
+///   RCWMASK, ...), trap them all: none of that state is switched between vCPUs. (FEAT_FGT2's
+///   second set is not written yet: neither QEMU 10 nor the Cortex-A72 has it.)
+///
+/// Both need SCR_EL3.HXEn / FGTEn from the firmware where EL3 exists, as Linux's booting.rst
+/// requires of it too.
+pub fn init_cpu_traps() {
+    use aarch64_cpu::registers::{ID_AA64MMFR0_EL1, ID_AA64MMFR1_EL1};
+    use aarch64_cpu::registers::{ID_AA64PFR0_EL1, ID_AA64PFR1_EL1};
+    let nibble = |v: u64, lsb: u32| (v >> lsb) & 0xf;
+    let mmfr1 = ID_AA64MMFR1_EL1.get();
+    if nibble(mmfr1, 40) != 0 {
+        let mut v = 0;
+        if nibble(super::idregs::read(6, 2), 16) != 0 {
+            v |= hcrx::MSCEN;
+        }
+        if nibble(ID_AA64PFR1_EL1.get(), 36) != 0 {
+            v |= hcrx::TALLINT;
+        }
+        plain_rw!(write "s3_4_c1_c2_2", v); // HCRX_EL2
+    }
+    if nibble(ID_AA64MMFR0_EL1.get(), 56) != 0 {
+        plain_rw!(write "s3_4_c1_c1_4", 0); // HFGRTR_EL2
+        plain_rw!(write "s3_4_c1_c1_5", 0); // HFGWTR_EL2
+        plain_rw!(write "s3_4_c1_c1_6", 0); // HFGITR_EL2
+        plain_rw!(write "s3_4_c3_c1_4", 0); // HDFGRTR_EL2
+        plain_rw!(write "s3_4_c3_c1_5", 0); // HDFGWTR_EL2
+    }
+    if nibble(ID_AA64PFR0_EL1.get(), 44) != 0 {
+        CPTR_EXTRA.store(1 << 30, core::sync::atomic::Ordering::Relaxed);
+    }
+    // SAFETY: barrier only; the new traps are in force before any guest runs (ARM ARM
+    // D24.1.2: a direct write to a system register needs a context synchronization event).
+    unsafe { asm!("isb", options(nostack, preserves_flags)) };
 }
