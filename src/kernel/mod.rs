@@ -232,6 +232,10 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     set_percpu(0);
     guest::init_cpu_traps();
     EL2_ROOT.store(el2_root.0, Ordering::Relaxed);
+    // Secondaries read EL2_ROOT with their MMU and caches off, straight from memory, while this
+    // store may still sit in this CPU's cache: clean it to PoC (ARM ARM D7.5.9, data cache
+    // maintenance for non-cacheable observers) before any secondary is started.
+    crate::arch::aarch64::cache::clean_to_poc(core::ptr::addr_of!(EL2_ROOT) as u64, 8);
 
     if let Err(e) = gic::init(&plat.gic, plat.cpus.len()) {
         error!("GIC: {e}");
@@ -389,6 +393,13 @@ fn set_slot(ptr: cpu::VcpuPtr, slot: usize) {
 
 /// Secondary CPU entry from `elvisor_secondary_main` (MMU off, at EL2, own stack).
 pub fn secondary_main(index: usize) -> ! {
+    // This CPU has run on its stack with caches off, so its frames are in memory only. A line
+    // of that block prefetched earlier by a CPU with caches on would be stale yet visible to
+    // this CPU's first cacheable reads: invalidate the block to PoC before the MMU goes on
+    // (DC IVAC is broadcast to the inner-shareable domain; nothing wrote the block cacheably,
+    // so nothing is lost).
+    let (lo, hi) = cpu::stack_block(index);
+    crate::arch::aarch64::cache::invalidate_to_poc(lo, hi - lo);
     if guest::vhe() {
         mmu::enable_vhe();
     }

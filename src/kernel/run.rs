@@ -22,7 +22,7 @@ use super::{PLATFORM, Vm, VmState, power_off};
 use crate::arch::aarch64::cpu::{self, MAX_CPUS, VcpuPtr};
 use crate::arch::aarch64::esr::{self, Esr};
 use crate::arch::aarch64::exit::ExitKind;
-use crate::arch::aarch64::{fp, gic, guest, idregs, timer};
+use crate::arch::aarch64::{fp, gic, guest, idregs, timer, vectors};
 use crate::console::Input;
 use crate::vdev::vgic::{self, KickSet, Lr};
 use crate::vm::VcpuId;
@@ -143,7 +143,7 @@ pub fn run_cpu() -> ! {
 /// before anything else, so these exits cost the world switch plus a few dozen instructions.
 /// Returns false to take the full path.
 ///
-/// `full_frame`: the exit glue saved x19..x29 in the frame too; without it, exits whose
+/// `full_frame`: the exit glue saved x19..x28 in the frame too; without it, exits whose
 /// transfer register is one of them are refused (see arch::aarch64::vectors).
 #[inline(always)]
 pub fn fast_sync(v: &mut Vcpu, esr: Esr, full_frame: bool) -> bool {
@@ -185,11 +185,11 @@ pub fn fast_sync(v: &mut Vcpu, esr: Esr, full_frame: bool) -> bool {
     }
 }
 
-/// Whether guest register `r` is one the fast path may not touch: x19..x29 are not in the
-/// frame on the fast path (see arch::aarch64::vectors).
+/// Whether guest register `r` is one the fast path may not touch: x19..x28 are not in the
+/// frame on the fast path (see arch::aarch64::vectors; x29 is, so the chain can be zeroed).
 #[inline(always)]
 fn callee_saved(r: u8) -> bool {
-    (19..=29).contains(&r)
+    (19..=28).contains(&r)
 }
 
 /// An emulated device register read (the guest's "I/O kernel" operation): no state changes
@@ -633,6 +633,7 @@ fn reset_vm(vm: &'static Vm) {
     }
     kick_all(vm, KickSet::all(vm.power.len()));
     // Wait for the other CPUs to take the VM's vCPUs off (a kick makes them exit).
+    let mut all_parked = true;
     for (i, parked) in vm.parked.iter().enumerate() {
         if vm.placement[i] == me {
             continue;
@@ -645,10 +646,19 @@ fn reset_vm(vm: &'static Vm) {
                     "{} ({}): vCPU {i} did not stop for the reset",
                     vm.id, vm.name
                 );
+                all_parked = false;
                 break;
             }
             core::hint::spin_loop();
         }
+    }
+    if !all_parked {
+        // A vCPU that may still be running must not see its RAM, devices and vGIC rewritten
+        // under it: the VM is stopped instead of reset (its vCPUs are all powered off, so the
+        // stuck one parks whenever its CPU next looks), and says why.
+        vm.state.store(VmState::Running as u8, Ordering::Release);
+        stop_vm(vm, "reset abandoned: a vCPU did not stop");
+        return;
     }
     vm.mmio.lock().reset_all();
     {
@@ -759,6 +769,17 @@ fn schedule(s: &mut CpuSched, mut current: Option<(usize, &mut Vcpu)>) -> VcpuPt
 /// Takes the loaded vCPU `slot` off the CPU: saves its EL1 context, virtual CPU interface,
 /// list registers and virtual timer.
 fn put(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
+    // An SError the guest caused but that was still pending at its exit is taken now, while
+    // it can still be blamed on this vCPU's VM (after the next `eret` it would hit whichever
+    // vCPU runs here next).
+    if let Some(esr) = vectors::take_pending_serror() {
+        let vm = super::vm_of(v);
+        warn!(
+            "{} ({}): SError pending at exit (ESR {esr:#x})",
+            vm.id, vm.name
+        );
+        stop_vm(vm, "SError");
+    }
     guest::save_el1(&mut v.el1);
     gic::save_vif(&mut v.vif);
     let n = gic::nr_lrs().min(v.lrs.len());
@@ -791,6 +812,11 @@ fn put(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
 /// and list registers, virtual timer, FP trap unless it owns the FP registers.
 fn load(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
     let vm = super::vm_of(v);
+    // The vCPU loaded before may not have been put (its VM stopped): an SError it left pending
+    // is taken here, before this vCPU can run into it. Its VM is stopped already.
+    if let Some(esr) = vectors::take_pending_serror() {
+        warn!("SError left pending by a stopped VM (ESR {esr:#x}); ignored");
+    }
     // Whatever was loaded before (possibly a vCPU of a VM that stopped without being put)
     // must not leave the per-CPU virtual-timer PPI active: the new vCPU's timer needs it.
     gic::deactivate_raw(VTIMER_INTID);

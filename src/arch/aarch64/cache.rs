@@ -41,3 +41,8 @@ dc_range!(
     "ivac",
     "Invalidates `[start, start+len)`; memory written with the MMU off is then what a cacheable read returns. Dirty lines are discarded."
 );
+dc_range!(
+    clean_to_poc,
+    "cvac",
+    "Cleans `[start, start+len)` to the Point of Coherency: what the kernel wrote through its caches reaches memory, for an observer that reads with its caches off (a secondary CPU before its MMU is on)."
+);

@@ -31,6 +31,12 @@ pub fn stack_top(cpu: usize) -> u64 {
     stacks_base() + cpu as u64 * PERCPU_STACKS_BYTES + GUARD_BYTES + STACK_BYTES
 }
 
+/// CPU `cpu`'s stack block: guard, kernel stack, guard, exception stack (`[start, end)`).
+pub fn stack_block(cpu: usize) -> (u64, u64) {
+    let start = stacks_base() + cpu as u64 * PERCPU_STACKS_BYTES;
+    (start, start + PERCPU_STACKS_BYTES)
+}
+
 /// Top of CPU `cpu`'s exception stack.
 pub fn exc_stack_top(cpu: usize) -> u64 {
     stacks_base() + (cpu as u64 + 1) * PERCPU_STACKS_BYTES

@@ -19,7 +19,7 @@ pub enum ExitKind {
 
 /// The synchronous-exit fast path, called by the lower-EL sync vector with only the
 /// caller-saved registers in the frame (see vectors.rs): returns `regs` when the exit was
-/// handled, `regs | 1` to take the full path. Must not touch the frame's x19..x29.
+/// handled, `regs | 1` to take the full path. Must not touch the frame's x19..x28.
 #[unsafe(no_mangle)]
 extern "C" fn elvisor_sync_fast(regs: *mut GuestRegs) -> usize {
     let esr = Esr(ESR_EL2.get());
@@ -41,7 +41,7 @@ extern "C" fn elvisor_exit(regs: *mut GuestRegs, kind: u64) -> *mut GuestRegs {
             // SAFETY: as in `elvisor_sync_fast`; this reference ends in this block.
             let vcpu = unsafe { &mut *regs.cast::<Vcpu>() };
             // The whole frame is saved now: the fast handlers take exits whose register is
-            // one of x19..x29, which the first attempt had to refuse.
+            // one of x19..x28, which the first attempt had to refuse.
             // (Only where the register can have been the reason: hypercalls never are.)
             if matches!(esr.ec(), super::esr::ec::SYS64 | super::esr::ec::DABT_LOWER)
                 && crate::kernel::run::fast_sync(vcpu, esr, true)

@@ -247,20 +247,22 @@ pub const KICK_SGI: u32 = 0;
 
 /// Sends the kick SGI to the CPU with affinity `mpidr` and GICv2 CPU-interface number `cpu`.
 pub fn kick(mpidr: u64, cpu: usize) {
+    // The target must see every Normal-memory store made before the kick (its vCPU's power
+    // state, the vGIC's pending bits) once it takes the SGI: a DSB orders them before the SGI
+    // is generated, for the system-register write (IHI 0069H §12.1.7: writes to ICC_SGI1R_EL1
+    // are not ordered with memory accesses without one) and for the GICD_SGIR store alike
+    // (ARM ARM B2.3: Normal stores and a later Device store to another observer). Linux's
+    // gic_ipi_send_mask does the same.
+    // SAFETY: a barrier; no memory or register is changed.
+    unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
     if version() == 3 {
         // A system-register write on this CPU: no driver state, no lock.
-        let target = arm_gic::gicv3::SgiTarget::List {
-            affinity3: (mpidr >> 32) as u8,
-            affinity2: (mpidr >> 16) as u8,
-            affinity1: (mpidr >> 8) as u8,
-            target_list: 1 << (mpidr & 0xf),
+        let v = sgi1r_to(KICK_SGI, mpidr);
+        // SAFETY: generates one group-1 SGI for the target CPU; the ISB makes it take effect
+        // now rather than at the next context synchronization.
+        unsafe {
+            asm!("msr icc_sgi1r_el1, {}", "isb", in(reg) v, options(nostack, preserves_flags))
         };
-        // (Fails only for an out-of-range SGI number; KICK_SGI is 0.)
-        let _ = arm_gic::gicv3::GicCpuInterface::send_sgi(
-            IntId::sgi(KICK_SGI),
-            target,
-            arm_gic::gicv3::SgiTargetGroup::CurrentGroup1,
-        );
         return;
     }
     match &mut *GIC.lock() {
@@ -366,6 +368,25 @@ pub fn version() -> u8 {
 pub fn nr_lrs() -> usize {
     NR_LRS.load(Ordering::Relaxed)
 }
+
+/// ICC_SGI1R_EL1 value for SGI `intid` to the single CPU `mpidr` (IHI 0069H §12.2.21):
+/// Aff3 [55:48], RS [47:44], Aff2 [39:32], INTID [27:24], Aff1 [23:16], TargetList [15:0].
+/// TargetList covers Aff0 16 at a time, so Aff0 / 16 goes in RS (arm-gic's `SgiTarget::List`
+/// has no RS, so CPUs with Aff0 >= 16 were unreachable through it).
+const fn sgi1r_to(intid: u32, mpidr: u64) -> u64 {
+    let aff0 = mpidr & 0xff;
+    (((mpidr >> 32) & 0xff) << 48)
+        | ((aff0 >> 4) << 44)
+        | (((mpidr >> 16) & 0xff) << 32)
+        | (((intid & 0xf) as u64) << 24)
+        | (((mpidr >> 8) & 0xff) << 16)
+        | (1 << (aff0 & 0xf))
+}
+
+const _: () = assert!(sgi1r_to(0, 0x0000_0000) == 1);
+const _: () = assert!(sgi1r_to(0, 0x0000_0013) == (1 << 44) | (1 << 3));
+const _: () =
+    assert!(sgi1r_to(5, 0x01_0002_0300) == (1 << 48) | (2 << 32) | (5 << 24) | (3 << 16) | 1);
 
 /// ICH_HCR_EL2 / GICH_HCR bits (same positions in both).
 pub const HCR_EN: u32 = 1 << 0;

@@ -8,12 +8,13 @@
 //!
 //! **Synchronous exits** (hypercalls, traps, aborts) first try the fast path,
 //! `elvisor_sync_fast(frame)`. Only the registers a procedure call may clobber are saved for
-//! it: x0..x18, x30, ELR and SPSR. The guest's x19..x29 stay in the CPU because the Rust code
-//! preserves them (AAPCS64 callee-saved). The fast path returns the frame if it handled the
-//! exit, and the restore reloads the same registers. Otherwise it returns the frame with bit 0
-//! set: the vector then saves x19..x29 into the frame as well and calls
-//! `elvisor_exit(frame, EXIT_SYNC)`. The fast path must therefore never read or write the
-//! frame's x19..x29, since they are stale there.
+//! it: x0..x18, x29, x30, ELR and SPSR. The guest's x19..x28 stay in the CPU because the Rust
+//! code preserves them (AAPCS64 callee-saved); x29 is saved and zeroed so that the hypervisor's
+//! frame-pointer chain is rooted at zero, never at a guest-chosen address. The fast path returns
+//! the frame if it handled the exit, and the restore reloads the same registers. Otherwise it
+//! returns the frame with bit 0 set: the vector then saves x19..x28 into the frame as well and
+//! calls `elvisor_exit(frame, EXIT_SYNC)`. The fast path must therefore never read or write the
+//! frame's x19..x28, since they are stale there.
 //!
 //! **Other exits** (IRQ, FIQ, SError) save the whole frame and call `elvisor_exit(frame,
 //! kind)`. It returns the frame to resume (another vCPU's when the scheduler switched), which
@@ -23,7 +24,10 @@
 //! per-CPU exception stack (the kernel stack may have overflowed into its guard page),
 //! save the registers and call `elvisor_el2_fatal`, which reports and parks the CPU.
 
-use crate::vm::vcpu::{REGS_ELR, REGS_HOST_SP, REGS_SPSR};
+use crate::vm::vcpu::{REGS_ELR, REGS_HOST_SP, REGS_SPSR, REGS_X0};
+
+// The paired loads and stores below rely on this layout: x29, x30 adjacent, then ELR, SPSR.
+const _: () = assert!(REGS_X0 + 30 * 8 + 8 == REGS_ELR && REGS_ELR + 8 == REGS_SPSR);
 
 /// `kind` argument of `elvisor_exit`.
 pub const EXIT_SYNC: u64 = 0;
@@ -49,10 +53,10 @@ core::arch::global_asm!(
     ldp     x16, x17, [sp, #128]
 .endm
 
-// ELR_EL2, SPSR_EL2 and x30 from the frame at SP (both resumes).
-.macro LOAD_ELR_SPSR_X30
-    ldp     x30, x1, [sp, #{elr_minus_8}]
-    ldr     x2, [sp, #{spsr}]
+// ELR_EL2, SPSR_EL2, x29 and x30 from the frame at SP (both resumes).
+.macro LOAD_ELR_SPSR_X29_X30
+    ldp     x29, x30, [sp, #{x29}]
+    ldp     x1, x2, [sp, #{elr}]
     msr     elr_el2, x1
     msr     spsr_el2, x2
 .endm
@@ -70,20 +74,23 @@ core::arch::global_asm!(
     stp     x16, x17, [sp, #128]
 .endm
 
-// Synchronous exit: caller-saved registers only, then the fast path (see the module docs).
+// Synchronous exit: caller-saved registers and x29 only, then the fast path (see the module
+// docs). x29 is zeroed so the hypervisor's frame-pointer chain ends here instead of at a
+// guest-chosen value (the backtrace walker would follow it).
 .macro GUEST_EXIT_SYNC
     SAVE_X0_X17
     str     x18, [sp, #144]
     mrs     x0, elr_el2
     mrs     x1, spsr_el2
-    stp     x30, x0, [sp, #{elr_minus_8}]
-    str     x1, [sp, #{spsr}]
+    stp     x29, x30, [sp, #{x29}]
+    stp     x0, x1, [sp, #{elr}]
     mov     x0, sp
     ldr     x2, [sp, #{host_sp}]
     mov     sp, x2
+    mov     x29, xzr
     bl      elvisor_sync_fast
-    tbnz    x0, #0, elvisor_sync_slow
-    b       elvisor_fast_resume
+    tbz     x0, #0, elvisor_fast_resume
+    b       elvisor_sync_slow
 .endm
 
 .macro GUEST_EXIT kind
@@ -96,8 +103,8 @@ core::arch::global_asm!(
     stp     x28, x29, [sp, #224]
     mrs     x0, elr_el2
     mrs     x1, spsr_el2
-    stp     x30, x0, [sp, #{elr_minus_8}]
-    str     x1, [sp, #{spsr}]
+    str     x30, [sp, #{x30}]
+    stp     x0, x1, [sp, #{elr}]
     mov     x0, sp
     ldr     x2, [sp, #{host_sp}]
     mov     sp, x2
@@ -107,7 +114,12 @@ core::arch::global_asm!(
     b       elvisor_guest_resume
 .endm
 
+// x18 is needed as a scratch register before anything can be saved (SP may point into a
+// guard page), so its value is parked in SP_EL0 first: the hypervisor runs on SP_EL2 and never
+// uses SP_EL0, and after a fatal exception no guest on this CPU is resumed, so the guest EL0
+// stack pointer it held is not needed either. It goes into the frame's x18 slot below.
 .macro EL2_FATAL kind
+    msr     sp_el0, x18
     mrs     x18, tpidr_el2
     cbz     x18, 1f
     ldr     x18, [x18]              // PerCpu.exc_sp
@@ -129,6 +141,8 @@ core::arch::global_asm!(
     stp     x26, x27, [sp, #208]
     stp     x28, x29, [sp, #224]
     str     x30, [sp, #240]
+    mrs     x0, sp_el0              // x18 as it was at the exception (x0 is saved already)
+    str     x0, [sp, #144]
     mov     x0, sp
     mov     x1, #\kind
     bl      elvisor_el2_fatal
@@ -148,7 +162,8 @@ el2_vectors:
     EL2_FATAL 2
     .balign 0x80
     EL2_FATAL 3
-    // Current EL with SP_EL2: a fault in the hypervisor.
+    // Current EL with SP_EL2: a fault in the hypervisor (an SError may be the one a guest
+    // left pending, taken on purpose in the probe window: see elvisor_el2_serror).
     .balign 0x80
     EL2_FATAL 0
     .balign 0x80
@@ -156,7 +171,7 @@ el2_vectors:
     .balign 0x80
     EL2_FATAL 2
     .balign 0x80
-    EL2_FATAL 3
+    b       elvisor_el2_serror
     // Lower EL, AArch64: guest exits.
     .balign 0x80
     GUEST_EXIT_SYNC
@@ -182,7 +197,7 @@ el2_vectors:
     // (x19..x29 still hold the guest's values).
 elvisor_fast_resume:
     mov     sp, x0
-    LOAD_ELR_SPSR_X30
+    LOAD_ELR_SPSR_X29_X30
     LOAD_X0_X17
     ldr     x18, [sp, #144]
     eret
@@ -196,29 +211,67 @@ elvisor_sync_slow:
     stp     x23, x24, [x0, #184]
     stp     x25, x26, [x0, #200]
     stp     x27, x28, [x0, #216]
-    str     x29, [x0, #232]
     mov     x1, #{exit_sync}
     mov     x29, xzr
     bl      elvisor_exit
     b       elvisor_guest_resume
+
+    // An SError taken at EL2. Inside elvisor_serror_probe's window it is a guest's SError that
+    // was still pending when the guest exited: x0 = its syndrome, resume at the window's end
+    // (masked again there). Anywhere else it is fatal. x16/x17 go through the stack: the probe
+    // is an AAPCS64 call, so inside the window they are free, and outside they are restored
+    // before the fatal report saves every register.
+elvisor_el2_serror:
+    sub     sp, sp, #16
+    stp     x16, x17, [sp]
+    mrs     x16, elr_el2
+    adr     x17, elvisor_serror_window
+    cmp     x16, x17
+    b.lo    1f
+    adr     x17, elvisor_serror_window_end
+    cmp     x16, x17
+    b.hi    1f
+    ldp     x16, x17, [sp]
+    add     sp, sp, #16
+    mrs     x0, esr_el2
+    adr     x1, elvisor_serror_window_end
+    msr     elr_el2, x1
+    eret
+1:  ldp     x16, x17, [sp]
+    add     sp, sp, #16
+    EL2_FATAL 3
+
+    // u64 elvisor_serror_probe(void): opens a window in which a pending SError is taken
+    // (PSTATE.A clear, then ISB, ARM ARM D1.3.5 / D17.2: an unmasked pending SError is taken
+    // before the ISB completes). Returns 0, or the SError's ESR_EL2 when one was pending.
+    .global elvisor_serror_probe
+elvisor_serror_probe:
+    mov     x0, xzr
+elvisor_serror_window:
+    msr     daifclr, #4
+    isb
+elvisor_serror_window_end:
+    msr     daifset, #4
+    ret
 
     .balign 64
     .global elvisor_guest_resume
     // x0 = the GuestRegs frame to run. SP_EL2 becomes the frame until the next exit.
 elvisor_guest_resume:
     mov     sp, x0
-    LOAD_ELR_SPSR_X30
+    LOAD_ELR_SPSR_X29_X30
     LOAD_X0_X17
     ldp     x18, x19, [sp, #144]
     ldp     x20, x21, [sp, #160]
     ldp     x22, x23, [sp, #176]
     ldp     x24, x25, [sp, #192]
     ldp     x26, x27, [sp, #208]
-    ldp     x28, x29, [sp, #224]
+    ldr     x28, [sp, #224]
     eret
 "#,
-    elr_minus_8 = const REGS_ELR - 8,
-    spsr = const REGS_SPSR,
+    x29 = const REGS_X0 + 29 * 8,
+    x30 = const REGS_X0 + 30 * 8,
+    elr = const REGS_ELR,
     host_sp = const REGS_HOST_SP,
     fatal_frame = const FATAL_FRAME_BYTES,
     exit_sync = const EXIT_SYNC,
@@ -226,6 +279,22 @@ elvisor_guest_resume:
 
 unsafe extern "C" {
     fn elvisor_guest_resume(regs: *mut crate::vm::vcpu::GuestRegs) -> !;
+    fn elvisor_serror_probe() -> u64;
+}
+
+/// Takes an SError that is pending on this CPU, if any, and returns its syndrome.
+///
+/// A guest's access can raise an SError that is still pending when the guest exits (PSTATE.A
+/// is masked on the way in to EL2). Left alone, it would be taken after the `eret` into
+/// whichever vCPU runs next, possibly another VM's, which would then be blamed and stopped.
+/// Called when a vCPU is taken off the CPU, it ties the SError to the vCPU that caused it,
+/// as Linux's `__guest_exit` does with its abort window.
+pub fn take_pending_serror() -> Option<u64> {
+    // SAFETY: the probe only unmasks SErrors for two instructions at EL2; an SError taken
+    // there returns to the probe's end with its syndrome (see elvisor_el2_serror), any other
+    // exception is fatal as everywhere. It clobbers only caller-saved registers.
+    let esr = unsafe { elvisor_serror_probe() };
+    (esr != 0).then_some(esr)
 }
 
 /// Enters (or re-enters) a guest with the given frame. Never returns: the next time this CPU
