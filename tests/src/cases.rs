@@ -501,6 +501,45 @@ pub const CASES: &[Case] = &[
         console_input: None,
     },
     Case {
+        name: "cpufeat-gicv3-vhe",
+        about: "CPU honesty, -cpu max, VHE: each feature the ID registers advertise works (WFIT deadline, MOPS, RAS, MTE insns), each one hidden UNDEFs (SME, SVE, PAuth, NMI, SCXTNUM, MMFR3 registers)",
+        machine: VIRT_V3_VHE,
+        boot: Boot::Direct,
+        vms: &["cpufeat"],
+        bootargs: None,
+        timeout_s: 60,
+        expect: CPUFEAT_MAX_LINES,
+        reject: &["CPUFEAT FAIL"],
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
+        name: "cpufeat-gicv3-nvhe",
+        about: "the CPU honesty guest on -cpu max with the non-VHE path forced (elvisor.vhe=off)",
+        machine: VIRT_V3_VHE,
+        boot: Boot::Direct,
+        vms: &["cpufeat"],
+        bootargs: Some("elvisor.vhe=off"),
+        timeout_s: 60,
+        expect: CPUFEAT_MAX_LINES,
+        reject: &["CPUFEAT FAIL"],
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
+        name: "cpufeat-gicv2",
+        about: "the CPU honesty guest on a Cortex-A72 (ARMv8.0: every optional feature absent, each must UNDEF), vGICv2",
+        machine: VIRT_V2_NVHE,
+        boot: Boot::Direct,
+        vms: &["cpufeat"],
+        bootargs: None,
+        timeout_s: 60,
+        expect: CPUFEAT_A72_LINES,
+        reject: &["CPUFEAT FAIL"],
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
         name: "linux-gicv3",
         about: "Debian's arm64 Linux 6.1 with a busybox initramfs, 2 vCPUs, vGICv3, -cpu max",
         machine: VIRT_V3_VHE,
@@ -582,6 +621,44 @@ const LEAK_V3_LINES: &[&str] = &[
     "[spy] SPY PASS: vtimer-delivery",
     "[spy] SPY PASS: irq-after-plant",
     "[spy] SPY RESULT: passed=6 failed=0",
+    "all VMs stopped; powering off",
+];
+
+/// The cpufeat guest on `-cpu max` under elvisor: WFxT, MOPS, RAS and MTE (instructions only)
+/// advertised and working; SME, SVE, PAuth, NMI, SCXTNUM (CSV2 capped at 1) and every
+/// ID_AA64MMFR3_EL1 feature hidden and UNDEFINED.
+const CPUFEAT_MAX_LINES: &[&str] = &[
+    "CPUFEAT: sme: ID_AA64PFR1_EL1.SME=0: not advertised",
+    "CPUFEAT PASS: sme",
+    "CPUFEAT PASS: sve",
+    "CPUFEAT: wfxt: ID_AA64ISAR2_EL1.WFxT=2: advertised",
+    "CPUFEAT PASS: wfxt",
+    "CPUFEAT: mops: ID_AA64ISAR2_EL1.MOPS=1: advertised",
+    "CPUFEAT PASS: mops",
+    "CPUFEAT PASS: ras",
+    "CPUFEAT: csv2-scxtnum: ID_AA64PFR0_EL1.CSV2=1 ID_AA64PFR1_EL1.CSV2_frac=0",
+    "CPUFEAT PASS: csv2-scxtnum",
+    "CPUFEAT PASS: pauth",
+    "CPUFEAT PASS: pauth-hint",
+    "CPUFEAT PASS: nmi",
+    "CPUFEAT: mte: ID_AA64PFR1_EL1.MTE=1",
+    "CPUFEAT PASS: mte",
+    "CPUFEAT PASS: ls64",
+    "CPUFEAT PASS: aie",
+    "CPUFEAT RESULT: passed=16 failed=0",
+    "all VMs stopped; powering off",
+];
+
+/// The cpufeat guest on a Cortex-A72 under elvisor: nothing optional to advertise, every probe
+/// UNDEFINED (the hardware's own answer).
+const CPUFEAT_A72_LINES: &[&str] = &[
+    "CPUFEAT PASS: sme",
+    "CPUFEAT: wfxt: ID_AA64ISAR2_EL1.WFxT=0: not advertised",
+    "CPUFEAT PASS: wfxt",
+    "CPUFEAT PASS: ras",
+    "CPUFEAT PASS: pauth",
+    "CPUFEAT PASS: aie",
+    "CPUFEAT RESULT: passed=16 failed=0",
     "all VMs stopped; powering off",
 ];
 

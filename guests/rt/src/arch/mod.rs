@@ -8,6 +8,7 @@
 
 pub mod boot;
 pub mod conduit;
+pub mod features;
 pub mod gicv3;
 pub mod irq;
 pub mod mem;
