@@ -47,8 +47,6 @@ pub struct Slot {
     pub ptimer: PhysTimer,
     /// Physical-counter deadline of its virtual timer while it is off the CPU.
     pub vtimer_deadline: Option<u64>,
-    /// Physical-counter timeout of the WFIT it is blocked in (FEAT_WFxT), if any.
-    pub wake_deadline: Option<u64>,
 }
 
 /// One physical CPU's scheduler. Only that CPU locks it.
@@ -83,7 +81,6 @@ impl CpuSched {
             id,
             ptimer: PhysTimer::default(),
             vtimer_deadline: None,
-            wake_deadline: None,
         });
         self.rq.add()
     }
@@ -373,8 +370,7 @@ fn apply(vm: &'static Vm, v: &mut Vcpu, esr: Esr, action: Action) -> bool {
     match action {
         Action::Resume => false,
         // Trapped only where several vCPUs share this CPU (see `load`): yield.
-        // WFET likewise: WFE may end early, so its timeout needs no timer of its own.
-        Action::Wait { wfe: true, .. } => true,
+        Action::Wait { wfe: true } => true,
         Action::InjectDataAbort { far, write } => {
             guest::inject_sync(&mut v.regs, esr::inject::data_abort(el0, write), Some(far));
             false
@@ -387,12 +383,7 @@ fn apply(vm: &'static Vm, v: &mut Vcpu, esr: Esr, action: Action) -> bool {
             guest::inject_sync(&mut v.regs, esr::inject::undefined(esr.il()), None);
             false
         }
-        // WFIT's timeout is a virtual-counter value: CNTVCT = CNTPCT - CNTVOFF. A deadline
-        // past the counter's range never comes (saturating), like a plain WFI.
-        Action::Wait {
-            wfe: false,
-            deadline,
-        } => block(vm, v, deadline.map(|d| d.saturating_add(vm.hw.cntvoff))),
+        Action::Wait { wfe: false } => block(vm, v),
         Action::TimerChanged => {
             let now = update_ptimer(vm, v);
             let mut s = sched().lock();
@@ -418,17 +409,15 @@ fn apply(vm: &'static Vm, v: &mut Vcpu, esr: Esr, action: Action) -> bool {
     }
 }
 
-/// WFI: blocks the vCPU unless an interrupt is deliverable (or its timers expired). `wake`
-/// is a WFIT timeout (physical counter): the wait also ends when the counter reaches it.
-fn block(vm: &Vm, v: &mut Vcpu, wake: Option<u64>) -> bool {
+/// WFI: blocks the vCPU unless an interrupt is deliverable (or its timers expired).
+fn block(vm: &Vm, v: &mut Vcpu) -> bool {
     let mut now = update_ptimer(vm, v);
-    if wake.is_some_and(|d| now >= d) || vm.vgic.lock().has_deliverable(v.id) {
+    if vm.vgic.lock().has_deliverable(v.id) {
         return false;
     }
     let mut s = sched().lock();
     if let Some(sl) = s.slots.get_mut(v.slot) {
         sl.ptimer = v.ptimer;
-        sl.wake_deadline = wake;
     }
     if s.slots.len() == 1 {
         // Alone on this CPU (the pinned case): wait right here, WFI at EL2, and resume
@@ -449,13 +438,7 @@ fn block(vm: &Vm, v: &mut Vcpu, wake: Option<u64>) -> bool {
             now = update_ptimer(vm, v);
             // An interrupt just placed in a list register (the virtual timer) is pending
             // there: no need to ask the vGIC.
-            if wake.is_some_and(|d| now >= d)
-                || lr_pending(v)
-                || vm.vgic.lock().has_deliverable(v.id)
-            {
-                if let Some(sl) = s.slots.get_mut(v.slot) {
-                    sl.wake_deadline = None;
-                }
+            if lr_pending(v) || vm.vgic.lock().has_deliverable(v.id) {
                 return false;
             }
         }
@@ -560,7 +543,7 @@ fn psci_call(vm: &'static Vm, v: &mut Vcpu, call: Call) -> bool {
         // Standby: like WFI. (Power-down states are entered as standby, which PSCI allows.)
         Call::CpuSuspend { .. } => {
             set_ret(v, psci::ret::SUCCESS);
-            block(vm, v, None)
+            block(vm, v)
         }
         Call::Yield => {
             set_ret(v, psci::ret::SUCCESS);
@@ -731,10 +714,8 @@ fn process_requests(s: &mut CpuSched) -> u64 {
             let mut vg = vm.vgic.lock();
             let _ = vg.set_level(PTIMER_INTID, id, sl.ptimer.level(now));
             let vtimer_due = s.loaded != Some(i) && sl.vtimer_deadline.is_some_and(|d| now >= d);
-            let wfit_due = sl.wake_deadline.is_some_and(|d| now >= d);
-            if vtimer_due || wfit_due || vg.has_deliverable(id) {
+            if vtimer_due || vg.has_deliverable(id) {
                 drop(vg);
-                s.slots[i].wake_deadline = None;
                 s.rq.set(i, RunState::Runnable);
             }
         }
@@ -874,8 +855,6 @@ pub fn enter(v: &mut Vcpu) {
     }
     if let Some(sl) = s.slots.get_mut(slot) {
         sl.ptimer = v.ptimer;
-        // Whatever ended its WFIT (timeout, interrupt, CPU_ON, reset), it runs now.
-        sl.wake_deadline = None;
     }
     drop(s);
     let now = update_ptimer(vm, v);
@@ -912,12 +891,6 @@ fn arm_timer(s: &CpuSched, running: Option<usize>, now: u64) {
         if blocked
             && s.loaded != Some(i)
             && let Some(d) = sl.vtimer_deadline
-        {
-            consider(d);
-        }
-        // A WFIT's timeout, for the vCPU blocked in it (in the scheduler or waiting in place).
-        if (blocked || running == Some(i))
-            && let Some(d) = sl.wake_deadline
         {
             consider(d);
         }

@@ -50,8 +50,8 @@ pub enum Action {
     /// A PSCI call that needs VM-level state (power, other vCPUs).
     Psci(Call),
     /// WFI/WFE: the vCPU has nothing to do until an interrupt.
-    /// WFI/WFE; `deadline` is WFIT/WFET's timeout as a guest virtual-counter value.
-    Wait { wfe: bool, deadline: Option<u64> },
+    /// WFI (block) or WFE (yield).
+    Wait { wfe: bool },
     /// The guest changed its emulated physical timer: re-evaluate its interrupt line and the
     /// kernel's EL2 timer.
     TimerChanged,
@@ -167,10 +167,14 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
                 }
             }
         }
-        Exit::Wfx { wfe, timeout_reg } => {
-            let deadline = timeout_reg.map(|r| ctx.regs.get(r));
+        // WFIT/WFET (FEAT_WFxT) are not offered (see vm::idregs): UNDEFINED, PC unchanged.
+        Exit::Wfx {
+            timeout_reg: Some(_),
+            ..
+        } => Action::InjectUndef,
+        Exit::Wfx { wfe, .. } => {
             ctx.regs.elr = ctx.regs.elr.wrapping_add(esr.insn_len());
-            Action::Wait { wfe, deadline }
+            Action::Wait { wfe }
         }
         Exit::Other { ec } => match ec {
             // Traps we configure but do not emulate (SVE/SME access, ...): UNDEFINED.
@@ -570,6 +574,20 @@ mod tests {
                 run(&mut regs, &bus, &mut dbg, Esr((ec << 26) | (1 << 25)), 0),
                 Action::InjectUndef,
                 "EC {ec:#x}"
+            );
+        }
+        // WFIT x3 / WFET x4 (TI 0b1x, RV): FEAT_WFxT is hidden, so UNDEF, PC unchanged.
+        for iss in [(3 << 5) | 0b110u64, (4 << 5) | 0b111] {
+            assert_eq!(
+                run(
+                    &mut regs,
+                    &bus,
+                    &mut dbg,
+                    Esr((0x01 << 26) | (1 << 25) | iss),
+                    0
+                ),
+                Action::InjectUndef,
+                "WFxT ISS {iss:#x}"
             );
         }
         assert_eq!(regs.elr, 0x4008_0004);

@@ -502,7 +502,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "cpufeat-gicv3-vhe",
-        about: "CPU honesty, -cpu max, VHE: each feature the ID registers advertise works (WFIT deadline, MOPS, RAS, MTE insns), each one hidden UNDEFs (SME, SVE, PAuth, NMI, SCXTNUM, MMFR3 registers)",
+        about: "CPU honesty, -cpu max, VHE: each feature the ID registers advertise works (MOPS, RAS, MTE insns), each one hidden UNDEFs (SME, SVE, PAuth, NMI, SCXTNUM, WFxT, MMFR3 registers)",
         machine: VIRT_V3_VHE,
         boot: Boot::Direct,
         vms: &["cpufeat"],
@@ -624,14 +624,14 @@ const LEAK_V3_LINES: &[&str] = &[
     "all VMs stopped; powering off",
 ];
 
-/// The cpufeat guest on `-cpu max` under elvisor: WFxT, MOPS, RAS and MTE (instructions only)
-/// advertised and working; SME, SVE, PAuth, NMI, SCXTNUM (CSV2 capped at 1) and every
-/// ID_AA64MMFR3_EL1 feature hidden and UNDEFINED.
+/// The cpufeat guest on `-cpu max` under elvisor: MOPS, RAS and MTE (instructions only)
+/// advertised and working; SME, SVE, PAuth, NMI, SCXTNUM (CSV2 capped at 1), WFxT and every
+/// ID_AA64MMFR3_EL1 feature hidden and UNDEFINED (WFIT where it traps at all).
 const CPUFEAT_MAX_LINES: &[&str] = &[
     "CPUFEAT: sme: ID_AA64PFR1_EL1.SME=0: not advertised",
     "CPUFEAT PASS: sme",
     "CPUFEAT PASS: sve",
-    "CPUFEAT: wfxt: ID_AA64ISAR2_EL1.WFxT=2: advertised",
+    "CPUFEAT: wfxt: ID_AA64ISAR2_EL1.WFxT=0: not advertised",
     "CPUFEAT PASS: wfxt",
     "CPUFEAT: mops: ID_AA64ISAR2_EL1.MOPS=1: advertised",
     "CPUFEAT PASS: mops",
