@@ -92,6 +92,34 @@ const VIRT_V2_NVHE_SMP4: &[&str] = &[
     "4",
 ];
 
+/// `-icount shift=0,sleep=off`: one instruction per nanosecond of guest time, the idle CPU's
+/// clock jumping to its next deadline. The hostile runs' victims are judged in guest time, which
+/// a loaded host cannot stretch (TCG becomes single-threaded: slower, but deterministic).
+const VIRT_V3_VHE_ICOUNT: &[&str] = &[
+    "-M",
+    "virt,virtualization=on,gic-version=3",
+    "-cpu",
+    "max",
+    "-m",
+    "1G",
+    "-smp",
+    "2",
+    "-icount",
+    "shift=0,sleep=off",
+];
+const VIRT_V2_NVHE_ICOUNT: &[&str] = &[
+    "-M",
+    "virt,virtualization=on,gic-version=2",
+    "-cpu",
+    "cortex-a72",
+    "-m",
+    "1G",
+    "-smp",
+    "2",
+    "-icount",
+    "shift=0,sleep=off",
+];
+
 /// What every smoke-VM run must print after the hypervisor's own banner lines.
 macro_rules! smoke_lines {
     ($($head:expr),* $(,)?) => {
@@ -540,6 +568,71 @@ pub const CASES: &[Case] = &[
         console_input: None,
     },
     Case {
+        name: "hostile-gicv3-vhe",
+        about: "guests/hostile, 1 vCPU, seed 0x5eed0001, 100k random ops with every register checked, under -icount; victims on pCPU 0 and 1 beat every 10 ms (<= 20 ms late in guest time) with their RAM checksummed",
+        machine: VIRT_V3_VHE_ICOUNT,
+        boot: Boot::Direct,
+        vms: &["hostile", "victim", "victim-cpu1"],
+        bootargs: None,
+        timeout_s: 120,
+        expect: HOSTILE_LINES,
+        reject: HOSTILE_REJECT,
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
+        name: "hostile-gicv3-nvhe",
+        about: "the hostile run (seed 0x5eed0004) on GICv3 with the non-VHE path forced, -icount, victim on pCPU 0 and 1",
+        machine: VIRT_V3_VHE_ICOUNT,
+        boot: Boot::Direct,
+        vms: &["hostile-c", "victim", "victim-cpu1"],
+        bootargs: Some("elvisor.vhe=off"),
+        timeout_s: 120,
+        expect: HOSTILE_LINES,
+        reject: HOSTILE_REJECT,
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
+        name: "hostile-gicv2-nvhe",
+        about: "the hostile run (seed 0x5eed0002) on GICv2, cortex-a72 (non-VHE), -icount, victims on pCPU 0 and 1",
+        machine: VIRT_V2_NVHE_ICOUNT,
+        boot: Boot::Direct,
+        vms: &["hostile-b", "victim", "victim-cpu1"],
+        bootargs: None,
+        timeout_s: 120,
+        expect: HOSTILE_LINES,
+        reject: HOSTILE_REJECT,
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
+        name: "hostile-smp-gicv3",
+        about: "4 hostile vCPUs on 2 pCPUs attacking at once (seed 0x5eed0003, 100k ops, CPU_ON/CPU_OFF races), victim on pCPU 0 (wall time: <= 2 s late)",
+        machine: VIRT_V3_VHE,
+        boot: Boot::Direct,
+        vms: &["hostile-smp", "victim-smp"],
+        bootargs: None,
+        timeout_s: 120,
+        expect: HOSTILE_SMP_LINES,
+        reject: HOSTILE_REJECT,
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
+        name: "hostile-smp-gicv2",
+        about: "4 hostile vCPUs at once on GICv2, cortex-a72 (seed 0x5eed0005), victim on pCPU 0",
+        machine: VIRT_V2_NVHE,
+        boot: Boot::Direct,
+        vms: &["hostile-smp-b", "victim-smp"],
+        bootargs: None,
+        timeout_s: 120,
+        expect: HOSTILE_SMP_LINES,
+        reject: HOSTILE_REJECT,
+        exit: Exit::Status(0),
+        console_input: None,
+    },
+    Case {
         name: "linux-gicv3",
         about: "Debian's arm64 Linux 6.1 with a busybox initramfs, 2 vCPUs, vGICv3, -cpu max",
         machine: VIRT_V3_VHE,
@@ -660,6 +753,40 @@ const CPUFEAT_A72_LINES: &[&str] = &[
     "CPUFEAT PASS: aie",
     "CPUFEAT RESULT: passed=16 failed=0",
     "all VMs stopped; powering off",
+];
+
+/// A hostile run next to two victims: the attack ends first (about 3.6 s of guest time), the
+/// victims beat for 4 s; any FAIL line (a corrupted register, a read from outside the VM, a
+/// late beat, changed memory) is rejected.
+const HOSTILE_LINES: &[&str] = &[
+    "[hostile] HOSTILE: seed=",
+    "[hostile] HOSTILE RESULT: passed=100000 failed=0 ops=100000",
+    "HB PASS: beats",
+    "HB PASS: memory",
+    "HB PASS: beats",
+    "HB PASS: memory",
+    "all VMs stopped; powering off",
+];
+
+/// The 4-vCPU attack and its victim: the victim may end before or after the attack.
+const HOSTILE_SMP_LINES: &[&str] = &[
+    "[hostile] HOSTILE: seed=",
+    "[hostile] HOSTILE: race: ",
+    "[hostile] HOSTILE RESULT: passed=100000 failed=0 ops=100000",
+    "all VMs stopped; powering off",
+];
+
+/// What a hostile run must never print besides [`ALWAYS_REJECT`]: QEMU's own assertion
+/// failures (its GIC emulation has aborted on guest-reachable states; QEMU's exit status fails
+/// the case too), a VM stopped by an SError, an unknown exception or a CPU_OFF of its last
+/// vCPU, a failed reset. (QEMU's "icount sleep disabled and no active timers" warning, printed
+/// when every CPU idles at the end of a GICv2 run, is harmless.)
+const HOSTILE_REJECT: &[&str] = &[
+    "Assertion",
+    "stopped: SError",
+    "stopped: every vCPU is off",
+    "stopped: unexpected exception class",
+    "reset failed",
 ];
 
 /// The Linux VM's /init output (scripts/mkinitramfs), after the kernel's own boot log.

@@ -10,6 +10,7 @@
 //! | `hb.period-ms=P` | 100 | time between beats |
 //! | `hb.reset-at=K` | none | on the first boot (`elvisor,reset-count` 0) call PSCI SYSTEM_RESET after beat K; after the reset, run normally |
 //! | `hb.max-late-ms=L` | 2000 | a beat later than this past its deadline fails the run (the VM was starved) |
+//! | `hb.checksum-kib=K` | 0 | fill K KiB of free RAM (from RAM base + 32 MiB) with a seeded pattern and check it at every beat: a VM whose memory another VM or the hypervisor changes fails `memory` |
 //!
 //! ```text
 //!   HB: heartbeat: beats=30 period=100 ms reset-at=None reset-count=Some(0) ...
@@ -61,6 +62,7 @@ struct Options {
     period_ms: u64,
     reset_at: Option<u32>,
     max_late_ms: u64,
+    checksum_kib: u64,
 }
 
 fn options(boot: &BootInfo) -> Options {
@@ -74,6 +76,7 @@ fn options(boot: &BootInfo) -> Options {
             .unwrap_or(DEFAULT_PERIOD_MS),
         reset_at: number(boot, "hb.reset-at"),
         max_late_ms: number(boot, "hb.max-late-ms").unwrap_or(DEFAULT_MAX_LATE_MS),
+        checksum_kib: number(boot, "hb.checksum-kib").unwrap_or(0),
     }
 }
 
@@ -100,6 +103,8 @@ fn main(boot: &BootInfo) {
         }
     };
 
+    let memory = Pattern::fill(opts.checksum_kib);
+    let mut memory_failure = None;
     let period = timer::ticks_from_us(opts.period_ms * 1000);
     let max_late = timer::ticks_from_us(opts.max_late_ms * 1000);
     let start = Timer::Virtual.count();
@@ -129,6 +134,9 @@ fn main(boot: &BootInfo) {
                 failure = Some((beat, "no virtual timer interrupt: watchdog fired", now));
                 break;
             }
+        }
+        if memory_failure.is_none() {
+            memory_failure = memory.check().err().map(|e| (beat, e));
         }
         report.note(format_args!("beat {beat}"));
         if reset_now == Some(beat) {
@@ -168,6 +176,15 @@ fn main(boot: &BootInfo) {
             format_args!("{other} interrupt(s) that are not timers"),
         ),
         None => report.pass("beats"),
+    }
+    if opts.checksum_kib > 0 {
+        match memory_failure {
+            None => report.pass("memory"),
+            Some((beat, (addr, want, got))) => report.fail(
+                "memory",
+                format_args!("at beat {beat}: word {addr:#x} is {got:#x}, was {want:#x}"),
+            ),
+        }
     }
     if opts.reset_at.is_some() && reset_count.is_some() {
         report.check(
@@ -244,4 +261,52 @@ fn on_irq() {
         OTHER_IRQS.store(OTHER_IRQS.load(Ordering::SeqCst) + 1, Ordering::SeqCst);
     }
     gic.end_of_interrupt(iar);
+}
+
+/// Words of free RAM filled with a pattern at start and compared at every beat: what this VM
+/// wrote must stay as written, whatever other VMs do.
+struct Pattern {
+    words: usize,
+}
+
+/// Where the pattern starts: RAM base + 32 MiB, clear of the image, its stack and the DTB.
+const PATTERN_OFFSET: usize = 32 << 20;
+
+impl Pattern {
+    fn word(i: usize) -> u32 {
+        let x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (x >> 32) as u32 ^ x as u32
+    }
+
+    fn addr(i: usize) -> Option<usize> {
+        let ram = elvisor_guest_rt::mem::guest_ram()?;
+        Some(ram.start + PATTERN_OFFSET + 4 * i)
+    }
+
+    fn fill(kib: u64) -> Self {
+        let mut words = 0;
+        for i in 0..(kib as usize * 256) {
+            match Self::addr(i).and_then(elvisor_guest_rt::mem::free_ram_word) {
+                Some(w) => w.store(Self::word(i), Ordering::SeqCst),
+                None => break,
+            }
+            words = i + 1;
+        }
+        Self { words }
+    }
+
+    /// `Err((address, expected, found))` for the first word that changed.
+    fn check(&self) -> Result<(), (usize, u32, u32)> {
+        for i in 0..self.words {
+            let Some(addr) = Self::addr(i) else { break };
+            let Some(w) = elvisor_guest_rt::mem::free_ram_word(addr) else {
+                break;
+            };
+            let got = w.load(Ordering::SeqCst);
+            if got != Self::word(i) {
+                return Err((addr, Self::word(i), got));
+            }
+        }
+        Ok(())
+    }
 }

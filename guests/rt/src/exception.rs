@@ -183,6 +183,10 @@ pub enum Recovery {
     /// ELR = saved x30: the probe branched with `blr` and the fault happened at or after the
     /// target, so resume at the instruction after the `blr`.
     ReturnToLr = 2,
+    /// ELR = an address given when arming ([`arm_resume_at`]): the attack trampoline resumes
+    /// after its one instruction whatever that instruction did (a branch into nowhere included),
+    /// with every general register as the exception left it.
+    ResumeAt = 3,
 }
 
 const DISARMED: u8 = 0;
@@ -195,6 +199,7 @@ struct CpuState {
     taken_esr: AtomicU64,
     taken_far: AtomicU64,
     taken_elr: AtomicU64,
+    resume_at: AtomicU64,
     in_handler: AtomicBool,
 }
 
@@ -206,6 +211,7 @@ static CPU_STATE: [CpuState; crate::arch::MAX_CPUS] = [const {
         taken_esr: AtomicU64::new(0),
         taken_far: AtomicU64::new(0),
         taken_elr: AtomicU64::new(0),
+        resume_at: AtomicU64::new(0),
         in_handler: AtomicBool::new(false),
     }
 }; crate::arch::MAX_CPUS];
@@ -221,6 +227,17 @@ pub(crate) fn arm(recovery: Recovery) {
     let state = state();
     state.taken.store(false, Ordering::SeqCst);
     state.armed.store(recovery as u8, Ordering::SeqCst);
+}
+
+/// Arms the handler for one synchronous exception after which execution resumes at `addr`
+/// (see [`Recovery::ResumeAt`]).
+pub(crate) fn arm_resume_at(addr: u64) {
+    let state = state();
+    state.resume_at.store(addr, Ordering::SeqCst);
+    state.taken.store(false, Ordering::SeqCst);
+    state
+        .armed
+        .store(Recovery::ResumeAt as u8, Ordering::SeqCst);
 }
 
 /// Disarms and returns the exception taken since [`arm`], if any.
@@ -275,6 +292,8 @@ pub(crate) fn dispatch(kind: usize, esr: u64, far: u64, elr: u64, frame: &mut Tr
         state.taken.store(true, Ordering::SeqCst);
         frame.elr = if armed == Recovery::ReturnToLr as u8 {
             frame.x[30]
+        } else if armed == Recovery::ResumeAt as u8 {
+            state.resume_at.load(Ordering::SeqCst)
         } else {
             elr.wrapping_add(4)
         };

@@ -6,6 +6,7 @@
 //! The rest of the runtime and every guest binary stay free of `asm!`; each `unsafe` block in
 //! here says why it is sound.
 
+pub mod attack;
 pub mod boot;
 pub mod conduit;
 pub mod features;
