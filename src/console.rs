@@ -8,7 +8,9 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use log::{Level, LevelFilter, Metadata, Record};
-use spin::{Mutex, Once};
+use spin::Once;
+
+use crate::arch::aarch64::sync::Mutex;
 
 /// A byte sink: the physical console UART.
 pub trait ConsoleUart: Sync {

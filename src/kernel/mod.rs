@@ -13,7 +13,9 @@ use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use buddy_system_allocator::LockedHeap;
 use log::{error, info, warn};
-use spin::{Mutex, Once};
+use spin::Once;
+
+use crate::arch::aarch64::sync::Mutex;
 
 use crate::arch::aarch64::ram::{Module, RamRegion};
 use crate::arch::aarch64::{cpu, exit as arch_exit, firmware, gic, guest, mmio, mmu, ram, timer};

@@ -16,7 +16,9 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use log::{error, info, warn};
-use spin::{Mutex, Once};
+use spin::Once;
+
+use crate::arch::aarch64::sync::Mutex;
 
 use super::{PLATFORM, Vm, VmState, power_off};
 use crate::arch::aarch64::cpu::{self, MAX_CPUS, VcpuPtr};
@@ -59,6 +61,10 @@ pub struct CpuSched {
     /// The slot whose FP/SIMD registers are in the CPU.
     fp_owner: Option<usize>,
     slice_end: u64,
+    /// Set when the scheduler picks a vCPU: its time slice starts when it is entered, not at
+    /// the pick (a put/load in between, or another CPU holding QEMU's single TCG thread under
+    /// -icount, may take a while; a slice already spent there would preempt it at once).
+    new_slice: bool,
 }
 
 impl CpuSched {
@@ -70,6 +76,7 @@ impl CpuSched {
             loaded: None,
             fp_owner: None,
             slice_end: 0,
+            new_slice: false,
         }
     }
 
@@ -735,7 +742,7 @@ fn schedule(s: &mut CpuSched, mut current: Option<(usize, &mut Vcpu)>) -> VcpuPt
             {
                 put(s, *cs, v);
             }
-            s.slice_end = timer::now() + timer::frequency() / SLICE_PER_SEC;
+            s.new_slice = true;
             return s.slots[n].ptr;
         }
         // Nothing runnable: idle until an interrupt. A blocked vCPU that is still loaded
@@ -859,7 +866,11 @@ pub fn enter(v: &mut Vcpu) {
     drop(s);
     let now = update_ptimer(vm, v);
     vgic_flush(vm, v);
-    let s = sched().lock();
+    let mut s = sched().lock();
+    if s.new_slice {
+        s.new_slice = false;
+        s.slice_end = now + timer::frequency() / SLICE_PER_SEC;
+    }
     arm_timer(&s, Some(slot), now);
 }
 

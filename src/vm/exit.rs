@@ -76,7 +76,7 @@ pub struct Fault {
 /// Everything of the VM a synchronous exit may touch.
 pub struct ExitCtx<'a> {
     pub regs: &'a mut GuestRegs,
-    pub mmio: &'a spin::Mutex<MmioBus>,
+    pub mmio: &'a crate::arch::aarch64::sync::Mutex<MmioBus>,
     pub debug: &'a mut DebugShadow,
     /// The vCPU's emulated EL1 physical timer.
     pub ptimer: &'a mut PhysTimer,
@@ -390,7 +390,11 @@ mod tests {
         1000
     }
 
-    fn setup() -> (GuestRegs, spin::Mutex<MmioBus>, DebugShadow) {
+    fn setup() -> (
+        GuestRegs,
+        crate::arch::aarch64::sync::Mutex<MmioBus>,
+        DebugShadow,
+    ) {
         let mut bus = MmioBus::new();
         bus.add(GuestPhysAddr(0x0900_0000), Box::new(Scratch([0; 16])))
             .unwrap();
@@ -398,7 +402,11 @@ mod tests {
             elr: 0x4008_0000,
             ..Default::default()
         };
-        (regs, spin::Mutex::new(bus), DebugShadow::default())
+        (
+            regs,
+            crate::arch::aarch64::sync::Mutex::new(bus),
+            DebugShadow::default(),
+        )
     }
 
     fn dabt(isv: bool, sas: u64, sse: bool, srt: u64, sf: bool, write: bool, fsc: u64) -> Esr {
@@ -415,7 +423,7 @@ mod tests {
 
     fn run(
         regs: &mut GuestRegs,
-        bus: &spin::Mutex<MmioBus>,
+        bus: &crate::arch::aarch64::sync::Mutex<MmioBus>,
         dbg: &mut DebugShadow,
         esr: Esr,
         ipa: u64,

@@ -10,6 +10,7 @@ use core::arch::asm;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
+use super::sync::Mutex;
 use aarch64_cpu::registers::{
     ICH_AP0R0_EL2, ICH_AP0R1_EL2, ICH_AP0R2_EL2, ICH_AP0R3_EL2, ICH_AP1R0_EL2, ICH_AP1R1_EL2,
     ICH_AP1R2_EL2, ICH_AP1R3_EL2, ICH_VTR_EL2,
@@ -19,7 +20,6 @@ use arm_gic::gicv2::registers::{Gicc, Gicd as GicdV2};
 use arm_gic::gicv3::GicV3;
 use arm_gic::gicv3::registers::{Gicd as GicdV3, GicrSgi};
 use arm_gic::{IntId, Trigger, UniqueMmioPointer};
-use spin::Mutex;
 use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::register_structs;
 use tock_registers::registers::{ReadOnly, ReadWrite};

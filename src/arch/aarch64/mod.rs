@@ -1,7 +1,8 @@
 //! AArch64 support: the only home of assembly, system registers, barriers, TLB and cache
-//! maintenance. `esr` and `tables` are pure and also build on the host for unit tests.
+//! maintenance. `esr`, `sync` and `tables` also build on the host for unit tests.
 
 pub mod esr;
+pub mod sync;
 pub mod tables;
 
 #[cfg(target_os = "none")]

@@ -60,7 +60,7 @@ mod tests;
 
 use alloc::sync::Arc;
 
-use spin::Mutex;
+use crate::arch::aarch64::sync::Mutex;
 
 pub use dist::{GICD_IIDR_V2, GICD_IIDR_V3, GICD_SIZE_BYTES};
 pub use lr::{FlushResult, Lr, LrState, MAX_LRS, decode_v2, decode_v3, encode_v2, encode_v3};
