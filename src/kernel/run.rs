@@ -801,9 +801,17 @@ fn put(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
 fn load(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
     let vm = super::vm_of(v);
     // The vCPU loaded before may not have been put (its VM stopped): an SError it left pending
-    // is taken here, before this vCPU can run into it. Its VM is stopped already.
-    if let Some(esr) = vectors::take_pending_serror() {
-        warn!("SError left pending by a stopped VM (ESR {esr:#x}); ignored");
+    // is taken here, before this vCPU can run into it, and stops that VM (if it has not
+    // stopped already). After a `put`, which took any pending SError itself, no guest ran here.
+    if let Some(old) = s.loaded
+        && let Some(esr) = vectors::take_pending_serror()
+        && let Some(prev) = s.slots.get(old).map(|sl| sl.vm)
+    {
+        warn!(
+            "{} ({}): SError pending at exit (ESR {esr:#x})",
+            prev.id, prev.name
+        );
+        stop_vm(prev, "SError");
     }
     // Whatever was loaded before (possibly a vCPU of a VM that stopped without being put)
     // must not leave the per-CPU virtual-timer PPI active: the new vCPU's timer needs it.
