@@ -23,7 +23,7 @@ mod bare_metal {
 
     #[panic_handler]
     fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-        elvisor::kernel::panic(info)
+        elvisor::kernel::halt::panic(info)
     }
 }
 

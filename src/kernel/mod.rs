@@ -18,7 +18,7 @@ use spin::Once;
 use crate::arch::aarch64::sync::Mutex;
 
 use crate::arch::aarch64::ram::{Module, RamRegion};
-use crate::arch::aarch64::{cpu, exit as arch_exit, firmware, gic, guest, mmio, mmu, ram, timer};
+use crate::arch::aarch64::{cpu, firmware, gic, guest, mmio, mmu, ram, timer};
 use crate::drivers::pl011::{Pl011, Pl011Regs};
 use crate::mm::frame::FrameAllocator;
 use crate::mm::pagetable::{El2Kind, El2Table, S2Kind, Stage2Table};
@@ -33,6 +33,7 @@ use crate::vm::timer::VTIMER_INTID;
 use crate::vm::vcpu::Vcpu;
 use crate::vm::{VcpuId, VmId, layout, loader};
 
+pub mod halt;
 pub mod run;
 use alloc::sync::Arc;
 
@@ -185,6 +186,13 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
 
     // VHE is chosen before any table exists: E2H changes the table and register formats.
     let force_nvhe = crate::console::bootarg(bootargs, "elvisor.vhe") == Some("off");
+    // Failures on purpose for the system tests; only a selftest build has them.
+    if let Some(kind) = crate::console::bootarg(bootargs, "elvisor.selftest") {
+        #[cfg(feature = "selftest")]
+        crate::arch::aarch64::selftest::configure(kind);
+        #[cfg(not(feature = "selftest"))]
+        warn!("elvisor.selftest={kind} ignored: this image was built without selftests");
+    }
     let vhe = cpu::has_vhe() && !force_nvhe;
     if vhe {
         mmu::enable_vhe();
@@ -913,15 +921,5 @@ fn fatal_config(e: &platform::PlatformError) -> ! {
     error!("bad configuration: {e}");
     // Without a parsed platform there is no known PSCI conduit to power off through.
     error!("stopping");
-    cpu::park()
-}
-
-/// The panic handler: message, syndrome registers, backtrace, then park this CPU.
-pub fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    crate::println!("elvisor: PANIC: {info}");
-    for (name, v) in arch_exit::fault_registers() {
-        crate::println!("  {name} = {v:#018x}");
-    }
-    arch_exit::backtrace(arch_exit::frame_pointer());
     cpu::park()
 }

@@ -132,6 +132,11 @@ pub fn run_cpu() -> ! {
     if let Some(up) = CPU_UP.get(i) {
         up.store(true, Ordering::Release);
     }
+    #[cfg(feature = "selftest")]
+    crate::arch::aarch64::selftest::at_scheduler_entry(
+        i,
+        PLATFORM.get().map_or(1, |p| p.cpus.len().min(MAX_CPUS)),
+    );
     let next = {
         let mut s = sched().lock();
         schedule(&mut s, None)
@@ -734,6 +739,8 @@ fn process_requests(s: &mut CpuSched) -> u64 {
 /// is the vCPU that just exited, if any: it is put (its state saved) when another vCPU runs.
 fn schedule(s: &mut CpuSched, mut current: Option<(usize, &mut Vcpu)>) -> VcpuPtr {
     loop {
+        // Another CPU failed: stop here rather than run a guest (kernel::halt).
+        super::halt::check();
         let now = process_requests(s);
         if let Some(n) = s.rq.pick() {
             if let Some((cs, v)) = current.as_mut()
@@ -967,6 +974,8 @@ fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) -> bool {
         }
         gic::deactivate(a);
         if intid == gic::KICK_SGI {
+            // A kick may come from a CPU that failed (kernel::halt): then park here.
+            super::halt::check();
             // Requests are read by the scheduler, unless the kick can only be news for the
             // running vCPU's vGIC state (which the flush on entry picks up).
             log::trace!("cpu{}: kick", s.index);

@@ -45,6 +45,47 @@ pub struct Case {
     /// Bytes typed on the serial console (QEMU's stdin) once the guest runs; after the
     /// U-Boot commands for U-Boot boots.
     pub console_input: Option<&'static str>,
+    /// Which hypervisor image QEMU boots.
+    pub image: Image,
+    /// Words of [`ALWAYS_REJECT`] this case expects instead (a panic on purpose, say): they
+    /// are then rejected only through [`Case::reject`], and the case must expect them.
+    pub allow: &'static [&'static str],
+    /// Substrings that must not appear after the [`Exit::KillAfter`] line (a guest still
+    /// running after the hypervisor said it halted); the grace period collects that output.
+    pub reject_after_exit: &'static [&'static str],
+}
+
+/// The hypervisor image a case boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Image {
+    /// build/elvisor.img: what users run.
+    Normal,
+    /// build/elvisor-selftest.img: built with the `selftest` feature, so that
+    /// `elvisor.selftest=KIND` makes it fail on purpose.
+    Selftest,
+}
+
+impl Image {
+    /// The image's path relative to the repository root.
+    pub fn path(self) -> &'static str {
+        match self {
+            Image::Normal => "build/elvisor.img",
+            Image::Selftest => "build/elvisor-selftest.img",
+        }
+    }
+}
+
+impl Case {
+    /// Everything the log must not contain: [`ALWAYS_REJECT`] less what the case allows, and
+    /// the case's own rejections.
+    pub fn rejects(&self) -> Vec<&'static str> {
+        ALWAYS_REJECT
+            .iter()
+            .filter(|r| !self.allow.contains(r))
+            .chain(self.reject)
+            .copied()
+            .collect()
+    }
 }
 
 /// Never acceptable in any log: a hypervisor panic or EL2 fault, or a failed guest check.
@@ -120,6 +161,47 @@ const VIRT_V2_NVHE_ICOUNT: &[&str] = &[
     "shift=0,sleep=off",
 ];
 
+/// The last line of a halted machine: every CPU acknowledged the halt.
+const HALTED: &str = "elvisor: halted: all CPUs parked";
+/// A panic on purpose prints these words of [`ALWAYS_REJECT`].
+const PANIC_WORDS: &[&str] = &["PANIC", "panicked"];
+/// A fatal exception on purpose prints this one.
+const FATAL_WORDS: &[&str] = &["FATAL"];
+
+/// A last-resort case: the selftest image, `allow`ed report words, the heartbeat guest's
+/// beats rejected after the halted line, and no clean power-off (a failed hypervisor parks).
+/// Expectations list the trigger's lines in order, ending with [`HALTED`].
+const fn lastresort(
+    name: &'static str,
+    about: &'static str,
+    machine: &'static [&'static str],
+    vms: &'static [&'static str],
+    bootargs: Option<&'static str>,
+    expect: &'static [&'static str],
+    allow: &'static [&'static str],
+) -> Case {
+    Case {
+        name,
+        about,
+        machine,
+        boot: Boot::Direct,
+        vms,
+        bootargs,
+        timeout_s: 30,
+        expect,
+        reject: &[
+            "all VMs stopped",
+            "did not stop",
+            "failure inside the failure",
+        ],
+        exit: Exit::KillAfter(HALTED),
+        console_input: None,
+        image: Image::Selftest,
+        allow,
+        reject_after_exit: &["HB: beat"],
+    }
+}
+
 /// What every smoke-VM run must print after the hypervisor's own banner lines.
 macro_rules! smoke_lines {
     ($($head:expr),* $(,)?) => {
@@ -145,6 +227,9 @@ pub const CASES: &[Case] = &[
         reject: &["SMOKE FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "virt-gicv2-nvhe-direct",
@@ -158,6 +243,9 @@ pub const CASES: &[Case] = &[
         reject: &["SMOKE FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "virt-gicv3-vhe-uboot",
@@ -176,6 +264,9 @@ pub const CASES: &[Case] = &[
         reject: &["SMOKE FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "virt-gicv2-nvhe-uboot",
@@ -194,6 +285,9 @@ pub const CASES: &[Case] = &[
         reject: &["SMOKE FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "wrong-el",
@@ -216,6 +310,9 @@ pub const CASES: &[Case] = &[
         reject: &["SMOKE"],
         exit: Exit::KillAfter("must be entered at EL2"),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "bad-config",
@@ -229,6 +326,9 @@ pub const CASES: &[Case] = &[
         reject: &["SMOKE"],
         exit: Exit::KillAfter("property \"memory\""),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "irq-gicv3-vhe",
@@ -242,6 +342,9 @@ pub const CASES: &[Case] = &[
         reject: &["IRQ FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "irq-gicv3-nvhe",
@@ -258,6 +361,9 @@ pub const CASES: &[Case] = &[
         reject: &["IRQ FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "irq-gicv2-nvhe",
@@ -271,6 +377,9 @@ pub const CASES: &[Case] = &[
         reject: &["IRQ FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "passthrough-gicv3",
@@ -288,6 +397,9 @@ pub const CASES: &[Case] = &[
         reject: &["IRQ FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "passthrough-gicv2",
@@ -305,6 +417,9 @@ pub const CASES: &[Case] = &[
         reject: &["IRQ FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "console-input-gicv3",
@@ -318,6 +433,9 @@ pub const CASES: &[Case] = &[
         reject: &["SMOKE FAIL"],
         exit: Exit::Status(0),
         console_input: Some("hello-elvisor"),
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "console-input-gicv2-uboot",
@@ -331,6 +449,9 @@ pub const CASES: &[Case] = &[
         reject: &["SMOKE FAIL"],
         exit: Exit::Status(0),
         console_input: Some("hello-elvisor"),
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "smp-gicv3-smp2",
@@ -344,6 +465,9 @@ pub const CASES: &[Case] = &[
         reject: &["SMP FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "smp-gicv2-smp2",
@@ -357,6 +481,9 @@ pub const CASES: &[Case] = &[
         reject: &["SMP FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "two-vms-gicv3-smp2",
@@ -370,6 +497,9 @@ pub const CASES: &[Case] = &[
         reject: &["SMP FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "two-vms-gicv3-smp4",
@@ -383,6 +513,9 @@ pub const CASES: &[Case] = &[
         reject: &["SMP FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "two-vms-gicv2-smp2",
@@ -396,6 +529,9 @@ pub const CASES: &[Case] = &[
         reject: &["SMP FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "two-vms-gicv2-smp4",
@@ -409,6 +545,9 @@ pub const CASES: &[Case] = &[
         reject: &["SMP FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "isolation-gicv3",
@@ -422,6 +561,9 @@ pub const CASES: &[Case] = &[
         reject: &["PROBE FAIL", "HB FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "isolation-gicv2",
@@ -435,6 +577,9 @@ pub const CASES: &[Case] = &[
         reject: &["PROBE FAIL", "HB FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "vm-reset-gicv3",
@@ -457,6 +602,9 @@ pub const CASES: &[Case] = &[
         reject: &["HB FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "vm-reset-gicv2",
@@ -479,6 +627,9 @@ pub const CASES: &[Case] = &[
         reject: &["HB FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "leak-gicv3",
@@ -492,6 +643,9 @@ pub const CASES: &[Case] = &[
         reject: &["SPY FAIL", "PLANT FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "leak-gicv3-nvhe",
@@ -505,6 +659,9 @@ pub const CASES: &[Case] = &[
         reject: &["SPY FAIL", "PLANT FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "leak-gicv2",
@@ -527,6 +684,9 @@ pub const CASES: &[Case] = &[
         reject: &["SPY FAIL", "PLANT FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "cpufeat-gicv3-vhe",
@@ -540,6 +700,9 @@ pub const CASES: &[Case] = &[
         reject: &["CPUFEAT FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "cpufeat-gicv3-nvhe",
@@ -553,6 +716,9 @@ pub const CASES: &[Case] = &[
         reject: &["CPUFEAT FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "cpufeat-gicv2",
@@ -566,7 +732,168 @@ pub const CASES: &[Case] = &[
         reject: &["CPUFEAT FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
+    // The last-resort paths, on build/elvisor-selftest.img: CPU 0 (or 1) fails on purpose
+    // 500 ms after every CPU is online, while a heartbeat VM beats on another CPU; the report
+    // must say what happened, every CPU must park, and no beat may follow the halted line.
+    lastresort(
+        "lastresort-panic",
+        "a hypervisor panic on cpu0 (4 CPUs, two idle): report, backtrace, every CPU parked, the guest on cpu1 stops",
+        VIRT_V3_VHE_SMP4,
+        &["heartbeat-cpu1"],
+        Some("elvisor.selftest=panic"),
+        &[
+            "HB: beat 2",
+            "selftest: cpu0: panic now",
+            "elvisor: PANIC on cpu0: panicked at",
+            "selftest: a hypervisor panic on purpose",
+            "backtrace:",
+            "  #0  0x",
+            "halted (cpu0 failed)",
+            "halted (cpu0 failed)",
+            "halted (cpu0 failed)",
+            HALTED,
+        ],
+        PANIC_WORDS,
+    ),
+    lastresort(
+        "lastresort-panic-gicv2",
+        "lastresort-panic on GICv2, cortex-a72 (non-VHE): the kicks that park the others go through GICD_SGIR",
+        VIRT_V2_NVHE_SMP4,
+        &["heartbeat-cpu1"],
+        Some("elvisor.selftest=panic"),
+        &[
+            "HB: beat 2",
+            "selftest: cpu0: panic now",
+            "elvisor: PANIC on cpu0: panicked at",
+            "backtrace:",
+            "  #0  0x",
+            "halted (cpu0 failed)",
+            "halted (cpu0 failed)",
+            "halted (cpu0 failed)",
+            HALTED,
+        ],
+        PANIC_WORDS,
+    ),
+    lastresort(
+        "lastresort-panic-secondary",
+        "a panic on cpu1 parks the boot CPU, whose guest stops beating",
+        VIRT_V3_VHE,
+        &["heartbeat"],
+        Some("elvisor.selftest=panic-secondary"),
+        &[
+            "HB: beat 2",
+            "selftest: cpu1: panic-secondary now",
+            "elvisor: PANIC on cpu1: panicked at",
+            "backtrace:",
+            "  #0  0x",
+            "elvisor: cpu0 halted (cpu1 failed)",
+            HALTED,
+        ],
+        PANIC_WORDS,
+    ),
+    lastresort(
+        "lastresort-stack-overflow",
+        "unbounded recursion on cpu0 hits the guard page below its stack and is reported as a stack overflow",
+        VIRT_V3_VHE,
+        &["heartbeat-cpu1"],
+        Some("elvisor.selftest=stack-overflow"),
+        &[
+            "HB: beat 2",
+            "selftest: cpu0: stack-overflow now",
+            "elvisor: FATAL on cpu0: stack overflow on cpu0 (guard page at 0x",
+            "  synchronous exception: ESR_EL2=0x96",
+            "backtrace:",
+            "  #0  0x",
+            "elvisor: cpu1 halted (cpu0 failed)",
+            HALTED,
+        ],
+        FATAL_WORDS,
+    ),
+    lastresort(
+        "lastresort-stack-overflow-gicv2",
+        "lastresort-stack-overflow on GICv2, cortex-a72 (non-VHE EL2 map)",
+        VIRT_V2_NVHE,
+        &["heartbeat-cpu1"],
+        Some("elvisor.selftest=stack-overflow"),
+        &[
+            "HB: beat 2",
+            "selftest: cpu0: stack-overflow now",
+            "elvisor: FATAL on cpu0: stack overflow on cpu0 (guard page at 0x",
+            "elvisor: cpu1 halted (cpu0 failed)",
+            HALTED,
+        ],
+        FATAL_WORDS,
+    ),
+    lastresort(
+        "lastresort-write-text",
+        "a store to hypervisor text takes a permission fault, reported as a W^X violation",
+        VIRT_V3_VHE,
+        &["heartbeat-cpu1"],
+        Some("elvisor.selftest=write-text"),
+        &[
+            "HB: beat 2",
+            "selftest: cpu0: write-text now",
+            "elvisor: FATAL on cpu0: write to hypervisor text at 0x",
+            " (W^X)",
+            "  synchronous exception: ESR_EL2=0x96",
+            "backtrace:",
+            "elvisor: cpu1 halted (cpu0 failed)",
+            HALTED,
+        ],
+        FATAL_WORDS,
+    ),
+    lastresort(
+        "lastresort-write-text-gicv2",
+        "lastresort-write-text on GICv2, cortex-a72 (non-VHE EL2 map)",
+        VIRT_V2_NVHE,
+        &["heartbeat-cpu1"],
+        Some("elvisor.selftest=write-text"),
+        &[
+            "HB: beat 2",
+            "elvisor: FATAL on cpu0: write to hypervisor text at 0x",
+            " (W^X)",
+            "elvisor: cpu1 halted (cpu0 failed)",
+            HALTED,
+        ],
+        FATAL_WORDS,
+    ),
+    lastresort(
+        "lastresort-exec-data",
+        "a branch into hypervisor data takes an instruction abort, reported as a W^X violation",
+        VIRT_V3_VHE,
+        &["heartbeat-cpu1"],
+        Some("elvisor.selftest=exec-data"),
+        &[
+            "HB: beat 2",
+            "selftest: cpu0: exec-data now",
+            "elvisor: FATAL on cpu0: instruction fetch from hypervisor data at 0x",
+            " (W^X)",
+            "  synchronous exception: ESR_EL2=0x86",
+            "backtrace:",
+            "elvisor: cpu1 halted (cpu0 failed)",
+            HALTED,
+        ],
+        FATAL_WORDS,
+    ),
+    lastresort(
+        "lastresort-exec-data-gicv2",
+        "lastresort-exec-data on GICv2, cortex-a72 (non-VHE EL2 map)",
+        VIRT_V2_NVHE,
+        &["heartbeat-cpu1"],
+        Some("elvisor.selftest=exec-data"),
+        &[
+            "HB: beat 2",
+            "elvisor: FATAL on cpu0: instruction fetch from hypervisor data at 0x",
+            " (W^X)",
+            "elvisor: cpu1 halted (cpu0 failed)",
+            HALTED,
+        ],
+        FATAL_WORDS,
+    ),
     Case {
         name: "hostile-gicv3-vhe",
         about: "guests/hostile, 1 vCPU, seed 0x5eed0001, 100k random ops with every register checked, under -icount; victims on pCPU 0 and 1 beat every 10 ms (<= 20 ms late in guest time) with their RAM checksummed",
@@ -579,6 +906,9 @@ pub const CASES: &[Case] = &[
         reject: HOSTILE_REJECT,
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "hostile-gicv3-nvhe",
@@ -592,6 +922,9 @@ pub const CASES: &[Case] = &[
         reject: HOSTILE_REJECT,
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "hostile-gicv2-nvhe",
@@ -605,6 +938,9 @@ pub const CASES: &[Case] = &[
         reject: HOSTILE_REJECT,
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "hostile-smp-gicv3",
@@ -618,6 +954,9 @@ pub const CASES: &[Case] = &[
         reject: HOSTILE_REJECT,
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "hostile-smp-gicv2",
@@ -631,6 +970,9 @@ pub const CASES: &[Case] = &[
         reject: HOSTILE_REJECT,
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "linux-gicv3",
@@ -644,6 +986,9 @@ pub const CASES: &[Case] = &[
         reject: LINUX_REJECT,
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "linux-gicv2",
@@ -657,6 +1002,9 @@ pub const CASES: &[Case] = &[
         reject: LINUX_REJECT,
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
 ];
 
@@ -830,6 +1178,48 @@ mod tests {
                 a.name
             );
         }
+    }
+
+    #[test]
+    fn allowed_words_come_from_always_reject_and_are_expected() {
+        for c in CASES {
+            for a in c.allow {
+                assert!(
+                    ALWAYS_REJECT.contains(a),
+                    "{}: {a} is not rejected anyway",
+                    c.name
+                );
+                assert!(
+                    c.expect.iter().any(|e| e.contains(a)),
+                    "{}: allows {a} but does not expect it",
+                    c.name
+                );
+            }
+            if !c.reject_after_exit.is_empty() {
+                assert!(
+                    matches!(c.exit, Exit::KillAfter(_)),
+                    "{}: reject_after_exit needs a KillAfter line",
+                    c.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_drop_only_what_the_case_allows() {
+        let c = CASES.iter().find(|c| c.name == "lastresort-panic").unwrap();
+        let r = c.rejects();
+        assert!(!r.contains(&"PANIC") && !r.contains(&"panicked"));
+        assert!(r.contains(&"FATAL") && r.contains(&"FAIL"));
+        assert!(r.contains(&"all VMs stopped"));
+        assert_eq!(c.image, Image::Selftest);
+        let smoke = CASES.iter().find(|c| c.name.starts_with("virt-")).unwrap();
+        assert_eq!(
+            smoke.rejects()[..ALWAYS_REJECT.len()],
+            ALWAYS_REJECT[..],
+            "a case without `allow` rejects everything"
+        );
+        assert_eq!(smoke.image.path(), "build/elvisor.img");
     }
 
     #[test]

@@ -27,6 +27,14 @@ pub fn first_rejected<'a>(log: &str, reject: &[&'a str]) -> Option<(&'a str, Str
         .map(|(at, r)| (r, line_at(log, at).to_string()))
 }
 
+/// The first of `needles` that appears after the first line containing `marker`, with its
+/// line; `None` when none does (or `marker` is absent).
+pub fn first_after<'a>(log: &str, marker: &str, needles: &[&'a str]) -> Option<(&'a str, String)> {
+    let at = log.find(marker)?;
+    let from = log[at..].find('\n').map_or(log.len(), |i| at + i);
+    first_rejected(&log[from..], needles)
+}
+
 /// The line containing byte offset `at`, without its line ending.
 pub fn line_at(log: &str, at: usize) -> &str {
     let start = log[..at].rfind('\n').map_or(0, |i| i + 1);
@@ -91,6 +99,18 @@ mod tests {
         assert_eq!(what, "FAIL");
         assert_eq!(line, "SMOKE FAIL: x");
         assert!(first_rejected(log, &["nothing"]).is_none());
+    }
+
+    #[test]
+    fn only_what_follows_the_marker_line_counts() {
+        let log = "HB: beat 1\r\nelvisor: halted: all CPUs parked\r\n";
+        assert!(first_after(log, "halted:", &["HB: beat"]).is_none());
+        let late = "HB: beat 1\nhalted: all\nHB: beat 2\n";
+        let (what, line) = first_after(late, "halted:", &["HB: beat"]).unwrap();
+        assert_eq!((what, line.as_str()), ("HB: beat", "HB: beat 2"));
+        // On the marker's own line it does not count; without the marker nothing does.
+        assert!(first_after("halted: HB: beat\n", "halted:", &["HB: beat"]).is_none());
+        assert!(first_after("HB: beat 3\n", "halted:", &["HB: beat"]).is_none());
     }
 
     #[test]

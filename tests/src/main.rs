@@ -83,7 +83,10 @@ fn main() -> ExitCode {
     }
     if list {
         for c in &selected {
-            println!("{:<24} {}", c.name, c.about);
+            match c.image {
+                cases::Image::Normal => println!("{:<24} {}", c.name, c.about),
+                other => println!("{:<24} {} [boots {}]", c.name, c.about, other.path()),
+            }
         }
         return ExitCode::SUCCESS;
     }

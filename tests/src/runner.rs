@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::cases::{ALWAYS_REJECT, Boot, Case, Exit};
-use crate::check::{first_rejected, missing_in_order, shell_quote};
+use crate::cases::{Boot, Case, Exit};
+use crate::check::{first_after, first_rejected, missing_in_order, shell_quote};
 use crate::sys;
 
 pub const UBOOT_BIN: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
@@ -84,7 +84,7 @@ fn run_inner(
 ) -> Result<(), String> {
     fs::create_dir_all(log_dir).map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
     let _ = fs::remove_file(log_path);
-    let image = root.join("build/elvisor.img");
+    let image = root.join(case.image.path());
     if !image.is_file() {
         return Err(format!(
             "{} is missing (run scripts/build)",
@@ -174,7 +174,7 @@ fn run_inner(
         })
     };
 
-    let rejects: Vec<&str> = ALWAYS_REJECT.iter().chain(case.reject).copied().collect();
+    let rejects = case.rejects();
     let started = Instant::now();
     let timeout = Duration::from_secs(case.timeout_s);
     let mut trigger: Option<(Trigger, Instant)> = None;
@@ -273,6 +273,14 @@ fn mkdtb(root: &Path, case: &Case) -> Result<Vec<String>, String> {
 fn judge(case: &Case, log: &str, rejects: &[&str], end: End) -> Result<(), String> {
     if let Some((what, line)) = first_rejected(log, rejects) {
         return Err(format!("log contains {what:?}: {}", line.trim()));
+    }
+    if let Exit::KillAfter(p) = case.exit
+        && let Some((what, line)) = first_after(log, p, case.reject_after_exit)
+    {
+        return Err(format!(
+            "log contains {what:?} after {p:?}: {}",
+            line.trim()
+        ));
     }
     let missing = missing_in_order(log, case.expect);
     match end {

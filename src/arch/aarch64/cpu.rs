@@ -54,6 +54,29 @@ pub fn guard_pages() -> impl Iterator<Item = PhysRange> {
     })
 }
 
+/// The guard page `addr` lies in, if any: whose stack it protects and which one.
+pub fn guard_of(addr: u64) -> Option<super::fatal::GuardHit> {
+    let off = addr.checked_sub(stacks_base())?;
+    let cpu = (off / PERCPU_STACKS_BYTES) as usize;
+    if cpu >= MAX_CPUS {
+        return None;
+    }
+    let block = stacks_base() + cpu as u64 * PERCPU_STACKS_BYTES;
+    let exc_guard = block + GUARD_BYTES + STACK_BYTES;
+    let (page, exception_stack) = match off % PERCPU_STACKS_BYTES {
+        o if o < GUARD_BYTES => (block, false),
+        o if (GUARD_BYTES + STACK_BYTES..2 * GUARD_BYTES + STACK_BYTES).contains(&o) => {
+            (exc_guard, true)
+        }
+        _ => return None,
+    };
+    Some(super::fatal::GuardHit {
+        cpu,
+        page,
+        exception_stack,
+    })
+}
+
 /// Per-CPU data. TPIDR_EL2 holds its address; the fatal-exception vector reads `exc_sp`
 /// at offset 0.
 #[repr(C)]

@@ -5,7 +5,9 @@ use aarch64_cpu::registers::{ELR_EL2, ESR_EL2, FAR_EL2, HPFAR_EL2, SPSR_EL2};
 use tock_registers::interfaces::Readable;
 
 use super::esr::Esr;
+use super::fatal::{El2Fault, ImageMap, classify, vector_name};
 use super::vectors::{EXIT_FIQ, EXIT_IRQ, EXIT_SERROR, EXIT_SYNC};
+use crate::kernel::halt::Role;
 use crate::vm::vcpu::{GuestRegs, Vcpu};
 
 /// Kind of guest exit.
@@ -83,52 +85,101 @@ pub struct FatalFrame {
     pub pad: u64,
 }
 
-/// An exception taken at EL2: a hypervisor bug. Report and park.
+/// An exception taken at EL2: a hypervisor bug. Report it in words where the syndrome says
+/// what happened (stack overflow, W^X), then the registers and a backtrace; every CPU parks
+/// (kernel::halt).
 #[unsafe(no_mangle)]
 extern "C" fn elvisor_el2_fatal(frame: *const FatalFrame, kind: u64) -> ! {
-    // SAFETY: the fatal vector passes the frame it just pushed on the exception stack.
-    let f = unsafe { &*frame };
-    let what = ["synchronous", "IRQ", "FIQ", "SError"]
-        .get(kind as usize)
-        .copied()
-        .unwrap_or("?");
-    log::error!(
-        "FATAL: {} exception at EL2: ESR_EL2={:#x} ELR_EL2={:#x} FAR_EL2={:#x} HPFAR_EL2={:#x} SPSR_EL2={:#x}",
-        what,
+    // The syndrome first, before anything here can fault and overwrite it.
+    let (esr, elr, far, hpfar, spsr) = (
         ESR_EL2.get(),
         ELR_EL2.get(),
         FAR_EL2.get(),
         HPFAR_EL2.get(),
-        SPSR_EL2.get()
+        SPSR_EL2.get(),
     );
+    let what = if kind == 0 {
+        let image = super::ram::image_layout();
+        let map = ImageMap {
+            text: (image.text.base.0, image.text.end().0),
+            data: (image.rodata.base.0, image.image.end().0),
+        };
+        classify(esr, far, &map, super::cpu::guard_of(far))
+    } else {
+        El2Fault::Other
+    };
+    let summary = Summary { what, kind };
+    match crate::kernel::halt::begin() {
+        Role::Report => {}
+        Role::Follow(first) => crate::kernel::halt::follow(first, Some(&summary)),
+        Role::Nested => crate::kernel::halt::nested(),
+    }
+    let me = super::cpu::this_cpu().map_or(0, |p| p.index);
+    crate::println!("elvisor: FATAL on cpu{me}: {summary}");
+    crate::println!(
+        "  {}: ESR_EL2={esr:#x} ELR_EL2={elr:#x} FAR_EL2={far:#x} HPFAR_EL2={hpfar:#x} SPSR_EL2={spsr:#x}",
+        vector_name(kind)
+    );
+    // SAFETY: the fatal vector passes the frame it just pushed on the exception stack.
+    let f = unsafe { &*frame };
     for (i, pair) in f.x.chunks(2).enumerate() {
         match pair {
-            [a, b] => log::error!("  x{:<2}={:#018x} x{:<2}={:#018x}", 2 * i, a, 2 * i + 1, b),
-            [a] => log::error!("  x{:<2}={:#018x}", 2 * i, a),
+            [a, b] => crate::println!("  x{:<2}={:#018x} x{:<2}={:#018x}", 2 * i, a, 2 * i + 1, b),
+            [a] => crate::println!("  x{:<2}={:#018x}", 2 * i, a),
             _ => {}
         }
     }
-    backtrace(f.x[29]);
-    super::cpu::park()
+    backtrace(&[("pc", elr), ("lr", f.x[30])], f.x[29]);
+    crate::kernel::halt::finish()
 }
 
+/// The first line of a fatal report: the fault in words, or the vector taken.
+struct Summary {
+    what: El2Fault,
+    kind: u64,
+}
+
+impl core::fmt::Display for Summary {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.what {
+            El2Fault::Other => write!(f, "{} at EL2", vector_name(self.kind)),
+            what => write!(f, "{what}"),
+        }
+    }
+}
+
+/// Most frames [`backtrace`] walks, and most lines it prints.
+const BACKTRACE_WALK: usize = 256;
+const BACKTRACE_LINES: usize = 32;
+
 /// Walks the AArch64 frame-pointer chain (each frame: [fp, lr]) from `fp`, printing return
-/// addresses. Only follows frames inside the image's stack area, so a corrupt chain ends the
-/// walk instead of faulting.
-pub fn backtrace(mut fp: u64) {
+/// addresses after the `first` ones given (the fatal handler's pc and lr). A run of frames with
+/// the same return address (a recursion) prints as one line. Only follows frames inside the
+/// image's stack area and outside its guard pages, so a corrupt chain ends the walk instead
+/// of faulting. `llvm-addr2line -e <the ELF> ADDR` names the functions.
+pub fn backtrace(first: &[(&str, u64)], mut fp: u64) {
     unsafe extern "C" {
         static __stacks_start: u8;
         static __stacks_end: u8;
     }
     let lo = core::ptr::addr_of!(__stacks_start) as u64;
     let hi = core::ptr::addr_of!(__stacks_end) as u64;
-    log::error!("backtrace:");
-    for depth in 0..32 {
-        if fp < lo || fp.saturating_add(16) > hi || fp & 7 != 0 {
+    crate::println!("backtrace:");
+    for (name, addr) in first {
+        crate::println!("  {name:<3} {addr:#x}");
+    }
+    let (mut last, mut repeats, mut lines) = (0u64, 0usize, 0usize);
+    for depth in 0..BACKTRACE_WALK {
+        if fp < lo
+            || fp.saturating_add(16) > hi
+            || fp & 7 != 0
+            || super::cpu::guard_of(fp).is_some()
+            || super::cpu::guard_of(fp + 8).is_some()
+        {
             break;
         }
-        // SAFETY: `fp` is 8-byte aligned and inside the stacks region, which is mapped
-        // (guard pages would fault, but a frame record never lives in one).
+        // SAFETY: `fp` is 8-byte aligned, inside the stacks region and, with the word after
+        // it, outside the guard pages, so both words are mapped.
         let (next, lr) = unsafe {
             let p = fp as *const u64;
             (p.read_volatile(), p.add(1).read_volatile())
@@ -136,11 +187,30 @@ pub fn backtrace(mut fp: u64) {
         if lr == 0 {
             break;
         }
-        log::error!("  #{depth:<2} {:#x}", lr);
+        if lr == last {
+            repeats += 1;
+        } else {
+            repeated(repeats, last);
+            repeats = 0;
+            if lines == BACKTRACE_LINES {
+                crate::println!("  (more frames)");
+                return;
+            }
+            crate::println!("  #{depth:<2} {lr:#x}");
+            lines += 1;
+            last = lr;
+        }
         if next <= fp {
             break;
         }
         fp = next;
+    }
+    repeated(repeats, last);
+}
+
+fn repeated(n: usize, lr: u64) {
+    if n > 0 {
+        crate::println!("  ... {n} more frame(s) returning to {lr:#x}");
     }
 }
 

@@ -265,7 +265,12 @@ pub fn kick(mpidr: u64, cpu: usize) {
         };
         return;
     }
-    match &mut *GIC.lock() {
+    kick_v2(&mut GIC.lock(), cpu);
+}
+
+/// GICv2's kick: a GICD_SGIR write through the driver.
+fn kick_v2(driver: &mut Option<Driver>, cpu: usize) {
+    match driver {
         Some(Driver::V2 { gic, .. }) => gic.send_sgi(
             IntId::sgi(KICK_SGI),
             arm_gic::gicv2::SgiTarget::List {
@@ -276,9 +281,28 @@ pub fn kick(mpidr: u64, cpu: usize) {
                 },
             },
         ),
-        // GICv3 was handled above; no driver, nothing to kick with.
+        // GICv3 kicks through the system register; no driver, nothing to kick with.
         Some(Driver::V3(_)) | None => {}
     }
+}
+
+/// [`kick`] for the halting path: on GICv2, gives up (returns false) when the driver lock stays
+/// taken for `spins` tries, because the CPU that failed may be the one holding it.
+pub fn try_kick(mpidr: u64, cpu: usize, spins: u32) -> bool {
+    if version() == 3 {
+        kick(mpidr, cpu);
+        return true;
+    }
+    for _ in 0..spins {
+        if let Some(mut g) = GIC.try_lock() {
+            // SAFETY: a barrier, as in `kick`.
+            unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
+            kick_v2(&mut g, cpu);
+            return true;
+        }
+        core::hint::spin_loop();
+    }
+    false
 }
 
 /// Routes SPI `intid` to this CPU.

@@ -1,7 +1,8 @@
 //! AArch64 support: the only home of assembly, system registers, barriers, TLB and cache
-//! maintenance. `esr`, `sync` and `tables` also build on the host for unit tests.
+//! maintenance. `esr`, `fatal`, `sync` and `tables` also build on the host for unit tests.
 
 pub mod esr;
+pub mod fatal;
 pub mod sync;
 pub mod tables;
 
@@ -29,6 +30,8 @@ pub mod mmio;
 pub mod mmu;
 #[cfg(target_os = "none")]
 pub mod ram;
+#[cfg(all(target_os = "none", feature = "selftest"))]
+pub mod selftest;
 #[cfg(target_os = "none")]
 pub mod timer;
 #[cfg(target_os = "none")]
