@@ -2,14 +2,14 @@
 //!
 //! ```text
 //!  failing CPU (the reporter)                        every other CPU (a follower)
-//!  begin: FAILED = me, kick the others ──kick SGI──> kick interrupt or scheduler: check()
+//!  begin: FAILED = me, halt SGI to the others ─────> takes it (guest exit or idle): check()
 //!  report: message, registers, backtrace             stops running guests, waits (bounded)
 //!  REPORT_DONE ────────────────────────────────────> "elvisor: cpuN halted (cpuM failed)"
 //!  waits (bounded) for every PARKED                  PARKED[n], parks
 //!  "elvisor: halted: all CPUs parked", parks
 //! ```
 //!
-//! The followers stop running guests as soon as the kick arrives, but print their line only
+//! The followers stop running guests as soon as the SGI arrives, but print their line only
 //! once the report is out, so the report reads in one piece. Nothing here powers the machine
 //! off: a hypervisor that failed must not look as if it had shut down cleanly. Nothing here
 //! allocates or takes a lock without a bound either: the CPU that failed may hold the heap's,
@@ -37,7 +37,7 @@ static DEPTH: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
 const REPORT_WAIT_MS: u64 = 3000;
 /// How long the reporter waits for the others to park.
 const PARK_WAIT_MS: u64 = 2000;
-/// Tries at the GICv2 driver lock per kick (the failed CPU may hold it).
+/// Tries at the GICv2 driver lock per halt SGI (the failed CPU may hold it).
 const KICK_SPINS: u32 = 1_000_000;
 
 /// What a CPU entering the failure path does.
@@ -55,7 +55,7 @@ fn this_index() -> usize {
 }
 
 /// Enters the failure path (the panic handler and the fatal-exception handler call it first).
-/// The first CPU to get here becomes the reporter and kicks every other CPU that is running.
+/// The first CPU to get here becomes the reporter and stops every other CPU that is running.
 pub fn begin() -> Role {
     let me = this_index();
     if DEPTH[me].fetch_add(1, Ordering::AcqRel) > 0 {
@@ -63,25 +63,26 @@ pub fn begin() -> Role {
     }
     match FAILED.compare_exchange(NONE, me, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => {
-            kick_others(me);
+            stop_others(me);
             Role::Report
         }
         Err(first) => Role::Follow(first),
     }
 }
 
-/// Sends the kick SGI to every other CPU that runs vCPUs. `gic::try_kick` orders the
-/// FAILED store before the SGI (a DSB, as for every kick), so a CPU taking it sees the flag.
-fn kick_others(me: usize) {
+/// Sends the halt SGI to every other CPU that runs vCPUs. `gic::try_send_halt` orders the
+/// FAILED store before the SGI (a DSB, as for the kick), so a CPU taking it sees the flag.
+fn stop_others(me: usize) {
     for i in (0..MAX_CPUS).filter(|&i| i != me && CPU_UP[i].load(Ordering::Acquire)) {
-        if !gic::try_kick(CPU_MPIDR[i].load(Ordering::Relaxed), i, KICK_SPINS) {
-            crate::println!("elvisor: cpu{me}: cannot kick cpu{i} (GIC driver lock held)");
+        if !gic::try_send_halt(CPU_MPIDR[i].load(Ordering::Relaxed), i, KICK_SPINS) {
+            crate::println!("elvisor: cpu{me}: cannot stop cpu{i} (GIC driver lock held)");
         }
     }
 }
 
-/// Parks this CPU if another one has failed. Called where a CPU notices interrupts (the kick
-/// SGI) and at each pass of its scheduler, never on the exit fast path.
+/// Parks this CPU if another one has failed. Called where a CPU takes the halt SGI (from a
+/// guest or from its idle loop: the same interrupt handling) and when it starts scheduling,
+/// never on the exit fast path nor on the kick's path.
 #[inline]
 pub fn check() {
     let first = FAILED.load(Ordering::Acquire);

@@ -385,7 +385,7 @@ fn set_percpu(index: usize) {
 
 /// The kernel's own private interrupts on CPU `index`: the guest virtual timer (forwarded
 /// with the HW bit), the EL2 timer (emulated physical timers, time slices), the vGIC
-/// maintenance interrupt, and the kick SGI.
+/// maintenance interrupt, the kick SGI and the halt SGI (kernel::halt).
 fn enable_kernel_interrupts(index: usize) {
     let maint = PLATFORM
         .get()
@@ -395,6 +395,7 @@ fn enable_kernel_interrupts(index: usize) {
     gic::enable(timer::HYP_TIMER_INTID, 0xa0, true, index);
     gic::enable(maint, 0xa0, true, index);
     gic::enable(gic::KICK_SGI, 0x90, false, index);
+    gic::enable(gic::HALT_SGI, 0x80, false, index);
 }
 
 fn set_slot(ptr: cpu::VcpuPtr, slot: usize) {

@@ -132,6 +132,8 @@ pub fn run_cpu() -> ! {
     if let Some(up) = CPU_UP.get(i) {
         up.store(true, Ordering::Release);
     }
+    // A CPU that comes up after another one failed parks before it runs anything.
+    super::halt::check();
     #[cfg(feature = "selftest")]
     crate::arch::aarch64::selftest::at_scheduler_entry(
         i,
@@ -739,8 +741,6 @@ fn process_requests(s: &mut CpuSched) -> u64 {
 /// is the vCPU that just exited, if any: it is put (its state saved) when another vCPU runs.
 fn schedule(s: &mut CpuSched, mut current: Option<(usize, &mut Vcpu)>) -> VcpuPtr {
     loop {
-        // Another CPU failed: stop here rather than run a guest (kernel::halt).
-        super::halt::check();
         let now = process_requests(s);
         if let Some(n) = s.rq.pick() {
             if let Some((cs, v)) = current.as_mut()
@@ -974,8 +974,6 @@ fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) -> bool {
         }
         gic::deactivate(a);
         if intid == gic::KICK_SGI {
-            // A kick may come from a CPU that failed (kernel::halt): then park here.
-            super::halt::check();
             // Requests are read by the scheduler, unless the kick can only be news for the
             // running vCPU's vGIC state (which the flush on entry picks up).
             log::trace!("cpu{}: kick", s.index);
@@ -997,6 +995,9 @@ fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) -> bool {
         } else if Some(intid) == uart {
             console_input();
             resched = true;
+        } else if intid == gic::HALT_SGI {
+            // Another CPU failed: park here (kernel::halt).
+            super::halt::check();
         } else {
             log::debug!("unexpected physical interrupt {intid}");
         }

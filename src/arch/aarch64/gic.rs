@@ -244,6 +244,9 @@ pub fn enable(intid: u32, priority: u8, level: bool, cpu: usize) {
 
 /// The SGI the kernel uses to kick another physical CPU (reschedule, deliver, stop).
 pub const KICK_SGI: u32 = 0;
+/// The SGI a failing CPU sends to stop the others (kernel::halt). Its own number keeps the
+/// halting check off the kick's path (virtual IPIs, VM stops).
+pub const HALT_SGI: u32 = 1;
 
 /// Sends the kick SGI to the CPU with affinity `mpidr` and GICv2 CPU-interface number `cpu`.
 pub fn kick(mpidr: u64, cpu: usize) {
@@ -265,14 +268,14 @@ pub fn kick(mpidr: u64, cpu: usize) {
         };
         return;
     }
-    kick_v2(&mut GIC.lock(), cpu);
+    sgi_v2(&mut GIC.lock(), KICK_SGI, cpu);
 }
 
-/// GICv2's kick: a GICD_SGIR write through the driver.
-fn kick_v2(driver: &mut Option<Driver>, cpu: usize) {
+/// A GICv2 SGI to CPU `cpu`: a GICD_SGIR write through the driver.
+fn sgi_v2(driver: &mut Option<Driver>, intid: u32, cpu: usize) {
     match driver {
         Some(Driver::V2 { gic, .. }) => gic.send_sgi(
-            IntId::sgi(KICK_SGI),
+            IntId::sgi(intid),
             arm_gic::gicv2::SgiTarget::List {
                 target_list_filter: arm_gic::gicv2::SgiTargetListFilter::CPUTargetList,
                 target_list: match V2_TARGET.get(cpu).map(|m| m.load(Ordering::Relaxed)) {
@@ -286,18 +289,25 @@ fn kick_v2(driver: &mut Option<Driver>, cpu: usize) {
     }
 }
 
-/// [`kick`] for the halting path: on GICv2, gives up (returns false) when the driver lock stays
-/// taken for `spins` tries, because the CPU that failed may be the one holding it.
-pub fn try_kick(mpidr: u64, cpu: usize, spins: u32) -> bool {
+/// Sends [`HALT_SGI`] like [`kick`] sends the kick, for the halting path: on GICv2 it gives up
+/// (returns false) when the driver lock stays taken for `spins` tries, because the CPU that
+/// failed may be the one holding it.
+pub fn try_send_halt(mpidr: u64, cpu: usize, spins: u32) -> bool {
+    // Stores before the SGI (the halting flag) are visible to the target once it takes the
+    // SGI: as in `kick`.
+    // SAFETY: a barrier; no memory or register is changed.
+    unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
     if version() == 3 {
-        kick(mpidr, cpu);
+        let v = sgi1r_to(HALT_SGI, mpidr);
+        // SAFETY: generates one group-1 SGI for the target CPU, as in `kick`.
+        unsafe {
+            asm!("msr icc_sgi1r_el1, {}", "isb", in(reg) v, options(nostack, preserves_flags))
+        };
         return true;
     }
     for _ in 0..spins {
         if let Some(mut g) = GIC.try_lock() {
-            // SAFETY: a barrier, as in `kick`.
-            unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
-            kick_v2(&mut g, cpu);
+            sgi_v2(&mut g, HALT_SGI, cpu);
             return true;
         }
         core::hint::spin_loop();
