@@ -348,8 +348,10 @@ pub fn ack() -> Option<Ack> {
     let raw = match VERSION.load(Ordering::Relaxed) {
         3 => {
             let v: u64;
-            // SAFETY: ICC_IAR1_EL1 read acknowledges one interrupt; the caller handles it.
-            unsafe { asm!("mrs {}, icc_iar1_el1", out(reg) v, options(nomem, nostack)) };
+            // SAFETY: ICC_IAR1_EL1 read acknowledges one interrupt; the caller handles it. Not
+            // `nomem`: what the interrupt's sender published must be read after the
+            // acknowledge, so the compiler may not hoist those loads above it.
+            unsafe { asm!("mrs {}, icc_iar1_el1", out(reg) v, options(nostack)) };
             v as u32 & 0xff_ffff
         }
         2 => gicc().iar.get(),
@@ -368,7 +370,7 @@ pub fn eoi(a: Ack) {
     match VERSION.load(Ordering::Relaxed) {
         // SAFETY: EOIR1 for an interrupt this CPU acknowledged.
         3 => unsafe {
-            asm!("msr icc_eoir1_el1, {}", "isb", in(reg) a.raw as u64, options(nomem, nostack))
+            asm!("msr icc_eoir1_el1, {}", "isb", in(reg) a.raw as u64, options(nostack))
         },
         2 => gicc().eoir.set(a.raw),
         _ => {}
@@ -385,9 +387,7 @@ pub fn deactivate(a: Ack) {
 pub fn deactivate_raw(raw: u32) {
     match VERSION.load(Ordering::Relaxed) {
         // SAFETY: DIR for an interrupt this CPU acknowledged and priority-dropped.
-        3 => unsafe {
-            asm!("msr icc_dir_el1, {}", "isb", in(reg) raw as u64, options(nomem, nostack))
-        },
+        3 => unsafe { asm!("msr icc_dir_el1, {}", "isb", in(reg) raw as u64, options(nostack)) },
         2 => gicc().dir.set(raw),
         _ => {}
     }

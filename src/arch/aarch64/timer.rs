@@ -39,8 +39,10 @@ pub fn disarm() {
 
 /// Waits for an interrupt with IRQs masked at EL2: WFI wakes on a pending physical interrupt
 /// whatever PSTATE.I says (ARM ARM D1.16.2), and the caller then acknowledges it through the
-/// GIC, so the kernel needs no EL2 IRQ vector.
+/// GIC, so the kernel needs no EL2 IRQ vector. Not `nomem`: the DSB must complete the stores
+/// made before the wait (another CPU may be polling them), and the compiler must neither sink
+/// them below it nor hoist the loads that follow (what the interrupt's sender published).
 pub fn wait_for_interrupt() {
     // SAFETY: WFI only suspends execution.
-    unsafe { asm!("dsb sy", "wfi", options(nomem, nostack)) };
+    unsafe { asm!("dsb sy", "wfi", options(nostack)) };
 }
