@@ -185,6 +185,14 @@ pub fn early_bootargs(dtb: &[u8]) -> Option<&str> {
     str_prop(chosen.node(), "bootargs").ok()?
 }
 
+/// The PSCI conduit named by the host's /psci node, if there is a valid one. Allocation-free:
+/// it lets a configuration error that stops the boot still power the machine off the way every
+/// other stop does.
+pub fn early_psci(dtb: &[u8]) -> Option<PsciConduit> {
+    let dtb = Dtb::new(dtb).ok()?;
+    parse_psci(&dtb).ok()?
+}
+
 /// Parses the host device tree.
 ///
 /// `dtb` is the blob (at least `totalsize` bytes), `dtb_pa` the physical address it lives at and
@@ -1902,6 +1910,10 @@ mod tests {
         assert_eq!(early_console(&[0u8; 64]), None);
         assert_eq!(early_console(&GICV3[..100]), None);
         assert_eq!(early_bootargs(GICV3), None);
+        assert_eq!(early_psci(GICV3), parse_ok(GICV3).psci);
+        assert!(early_psci(GICV3).is_some(), "QEMU virt's DTB has /psci");
+        assert_eq!(early_psci(RPI4B), None, "the Pi 4 firmware has no PSCI");
+        assert_eq!(early_psci(&[0u8; 64]), None);
         let dtb = host_dt(true, &|w| {
             w.property_string("bootargs", "console=hvc0 loglevel=8")?;
             w.property_string("stdout-path", "serial0:115200n8")

@@ -209,7 +209,7 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     let image = ram::image_layout();
     let plat = match platform::parse(dtb, PhysAddr(dtb_pa), image.image) {
         Ok(p) => p,
-        Err(e) => fatal_config(&e),
+        Err(e) => fatal_config(&e, dtb),
     };
     let plat = PLATFORM.call_once(|| plat);
     log_platform(plat, image.image, heap_range);
@@ -233,7 +233,7 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
             root
         }
         Err(e) => {
-            error!("cannot build the EL2 map: {e:?}");
+            error!("cannot build the EL2 map: {e}");
             power_off();
         }
     };
@@ -608,7 +608,7 @@ fn build_vm(
         vm_err(
             cfg,
             "memory",
-            alloc::format!("the kernel image does not fit: {e:?}"),
+            alloc::format!("the kernel image does not fit: {e}"),
         )
     })?;
     let fdt_offset = ram_bytes - layout::FDT_SLOT;
@@ -624,7 +624,7 @@ fn build_vm(
     let mut stage2 = Stage2Table::new(ipa_bits);
     stage2
         .map(layout::RAM_BASE, ram.range().base, ram_bytes, S2Kind::Ram)
-        .map_err(|e| vm_err(cfg, "memory", alloc::format!("stage-2 map failed: {e:?}")))?;
+        .map_err(|e| vm_err(cfg, "memory", alloc::format!("stage-2 map failed: {e}")))?;
 
     let version = match plat.gic.version {
         platform::GicVersion::V3 => vgic::GicVersion::V3,
@@ -672,7 +672,7 @@ fn build_vm(
                     layout::GICC_SIZE,
                     S2Kind::Device,
                 )
-                .map_err(|e| vm_err(cfg, "memory", alloc::format!("stage-2 GICV map: {e:?}")))?;
+                .map_err(|e| vm_err(cfg, "memory", alloc::format!("stage-2 GICV map: {e}")))?;
         }
     }
 
@@ -815,7 +815,7 @@ fn setup_passthrough(
                     r.size_bytes,
                     S2Kind::Device,
                 )
-                .map_err(|e| bad(alloc::format!("stage-2 map: {e:?}")))?;
+                .map_err(|e| bad(alloc::format!("stage-2 map: {e}")))?;
         }
         for &(intid, level) in &dev.irqs {
             if claimed_irqs.contains(&intid) {
@@ -910,17 +910,25 @@ pub fn load_images(vm: &Vm) -> Result<(), String> {
     }
 }
 
-/// Powers the machine off through the firmware's PSCI; parks if there is none.
+/// Powers the machine off through the firmware's PSCI; where there is none (the Raspberry Pi
+/// 4's firmware has no PSCI), says that the machine is halted and parks.
 fn power_off() -> ! {
-    firmware::system_off(PLATFORM.get().and_then(|p| p.psci));
-    error!("PSCI SYSTEM_OFF failed or no PSCI; parking");
+    stop_machine(PLATFORM.get().and_then(|p| p.psci))
+}
+
+/// Every way the hypervisor stops ends here: PSCI SYSTEM_OFF through `conduit`, else one
+/// "halted" line and the CPU parked (scripts and the test harness end QEMU on that line).
+fn stop_machine(conduit: Option<platform::PsciConduit>) -> ! {
+    firmware::system_off(conduit);
+    crate::println!(
+        "elvisor: halted: no PSCI SYSTEM_OFF to power off with; the machine can be reset or switched off now"
+    );
     cpu::park()
 }
 
-/// A bad host device tree: say which node and property, then stop.
-fn fatal_config(e: &platform::PlatformError) -> ! {
+/// A bad host device tree: one line naming the node and property, then the machine stops the
+/// same way as every other stop (PSCI SYSTEM_OFF if the device tree names a conduit).
+fn fatal_config(e: &platform::PlatformError, dtb: &[u8]) -> ! {
     error!("bad configuration: {e}");
-    // Without a parsed platform there is no known PSCI conduit to power off through.
-    error!("stopping");
-    cpu::park()
+    stop_machine(platform::early_psci(dtb))
 }

@@ -27,6 +27,17 @@ pub enum PageTableError {
     Map(MapError),
 }
 
+impl core::fmt::Display for PageTableError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PageTableError::OutOfRange => {
+                f.write_str("the range is outside the table's address space")
+            }
+            PageTableError::Map(e) => write!(f, "the mapping was refused ({e})"),
+        }
+    }
+}
+
 impl From<MapError> for PageTableError {
     fn from(e: MapError) -> Self {
         PageTableError::Map(e)

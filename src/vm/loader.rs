@@ -22,6 +22,25 @@ pub enum LoadError {
     TooBig { need_bytes: u64, have_bytes: u64 },
 }
 
+impl core::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            LoadError::Empty => f.write_str("the module is empty"),
+            LoadError::TooBig {
+                need_bytes,
+                have_bytes,
+            } => write!(
+                f,
+                "it needs {} KiB of guest RAM (with its bss and the device-tree slot) and the VM \
+                 has {} KiB; give the VM at least {} MiB",
+                need_bytes.div_ceil(1024),
+                have_bytes / 1024,
+                need_bytes.div_ceil(2 << 20) * 2
+            ),
+        }
+    }
+}
+
 const ARM64_MAGIC: u32 = 0x644d_5241; // "ARM\x64"
 
 fn le64(b: &[u8], off: usize) -> Option<u64> {
@@ -113,6 +132,16 @@ mod tests {
             place(&header(0x8_0000, 63 << 20), 64 << 20, 2 << 20),
             Err(LoadError::TooBig { .. })
         ));
+        // What a user reads: plain words and the size that would fit, no debug formatting.
+        let msg = alloc::format!(
+            "{}",
+            LoadError::TooBig {
+                need_bytes: 2_097_248,
+                have_bytes: 2_097_152
+            }
+        );
+        assert!(msg.contains("give the VM at least 4 MiB"), "{msg}");
+        assert!(!msg.contains('{'), "{msg}");
         // A hostile header cannot overflow the arithmetic.
         assert!(place(&header(u64::MAX, u64::MAX), 64 << 20, 2 << 20).is_err());
     }
