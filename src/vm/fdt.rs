@@ -82,6 +82,10 @@ pub enum FdtGenError {
     BadRegion(&'static str),
     /// An interrupt (named) whose INTID is not of the required kind (SPI or PPI).
     BadIntid { what: &'static str, intid: u32 },
+    /// A passthrough device whose node name (the last component of its host path) is empty or
+    /// already taken by another node at the root: siblings' names must differ (Devicetree
+    /// Specification v0.4, 2.2.1).
+    BadNodeName(String),
 }
 
 impl From<vm_fdt::Error> for FdtGenError {
@@ -112,6 +116,10 @@ impl fmt::Display for FdtGenError {
                     "guest device tree: INTID {intid} is not valid for the {what}"
                 )
             }
+            Self::BadNodeName(name) => write!(
+                f,
+                "guest device tree: passthrough node name \"{name}\" is empty or already used"
+            ),
         }
     }
 }
@@ -190,7 +198,34 @@ fn validate(spec: &GuestFdt<'_>) -> Result<(), FdtGenError> {
     if let Some((base, size)) = spec.initrd {
         check_region("initrd", base.as_u64(), size)?;
     }
+    // The root's children: ours (as `generate` names them), then one per passthrough device.
+    let mut names = vec![
+        "chosen".to_string(),
+        format!("memory@{:x}", spec.ram_base.as_u64()),
+        "cpus".to_string(),
+        "psci".to_string(),
+    ];
+    if let Some(gic) = &spec.gic {
+        names.push(format!("intc@{:x}", gic.gicd.0.as_u64()));
+        names.push("timer".to_string());
+    }
+    if let Some(uart) = &spec.uart {
+        names.push("apb-pclk".to_string());
+        names.push(format!("pl011@{:x}", uart.base.as_u64()));
+    }
+    for dev in spec.passthrough {
+        let name = passthrough_name(dev);
+        if name.is_empty() || names.iter().any(|n| n == name) {
+            return Err(FdtGenError::BadNodeName(name.to_string()));
+        }
+        names.push(name.to_string());
+    }
     Ok(())
+}
+
+/// A passthrough device's node name in the guest: its host node's (the path's last component).
+fn passthrough_name(dev: &crate::vm::config::Passthrough) -> &str {
+    dev.host_path.rsplit('/').next().unwrap_or_default()
 }
 
 fn strings(list: &[&str]) -> Vec<String> {
@@ -282,8 +317,7 @@ pub fn generate(spec: &GuestFdt<'_>) -> Result<Vec<u8>, FdtGenError> {
     }
 
     for dev in spec.passthrough {
-        let name = dev.host_path.rsplit('/').next().unwrap_or("device");
-        let node = w.begin_node(name)?;
+        let node = w.begin_node(passthrough_name(dev))?;
         let compat: Vec<&str> = dev.compatible.iter().map(String::as_str).collect();
         w.property_string_list("compatible", strings(&compat))?;
         let reg: Vec<u64> = dev
@@ -681,6 +715,46 @@ mod tests {
             },
             FdtGenError::Writer(vm_fdt::Error::InvalidString),
         );
+    }
+
+    /// Found by the `guest_fdt` fuzz target: a passthrough host path ending in '/' (or "/")
+    /// gave the guest a node with an empty name, and two devices with the same last path
+    /// component, or one named like a node of ours ("psci", "timer"), gave it two siblings of
+    /// one name. Each is now an error that names the node, not a malformed guest tree.
+    #[test]
+    fn passthrough_node_names_are_checked() {
+        let dev = |host_path: &str| crate::vm::config::Passthrough {
+            node_path: "/chosen/vm/pt".into(),
+            host_path: host_path.into(),
+            compatible: vec!["arm,pl061".into()],
+            regs: vec![PhysRange::new(PhysAddr(0x0903_0000), 0x1000)],
+            irqs: vec![],
+        };
+        for (devs, bad) in [
+            (vec![dev("/")], ""),
+            (vec![dev("/pl061@9030000/")], ""),
+            (vec![dev("/psci")], "psci"),
+            (vec![dev("/pl011@9000000")], "pl011@9000000"),
+            (vec![dev("/a/gpio@1"), dev("/b/gpio@1")], "gpio@1"),
+        ] {
+            let spec = GuestFdt {
+                passthrough: &devs,
+                ..spec_v3()
+            };
+            assert_eq!(
+                generate(&spec),
+                Err(FdtGenError::BadNodeName(bad.into())),
+                "{devs:?}"
+            );
+        }
+        let devs = [dev("/pl061@9030000"), dev("/soc/gpio@1")];
+        let blob = generate(&GuestFdt {
+            passthrough: &devs,
+            ..spec_v3()
+        })
+        .unwrap();
+        let fdt = fdt::Fdt::new(&blob).unwrap();
+        assert!(fdt.find_node("/pl061@9030000").is_some() && fdt.find_node("/gpio@1").is_some());
     }
 
     #[test]
