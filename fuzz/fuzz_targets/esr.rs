@@ -60,7 +60,12 @@ fuzz_target!(|raw: u64| {
             assert_eq!(key, acc.key());
             assert!(key < 1 << 16, "sysreg key {key:#x} wider than its fields");
         }
-        Exit::Wfx { wfe } => assert!(e.ec() == ec::WFX && wfe == (iss & 1 != 0)),
+        Exit::Wfx { wfe, timeout_reg } => {
+            assert!(e.ec() == ec::WFX && wfe == (iss & 1 != 0));
+            // WFIT/WFET (TI = 0b1x) with RV: the timeout register is RN, a valid Xn.
+            let want = (iss & 0b110 == 0b110).then_some(((iss >> 5) & 0x1f) as u8);
+            assert_eq!(timeout_reg, want);
+        }
         Exit::Other { ec } => {
             assert_eq!(ec, e.ec());
             assert!(

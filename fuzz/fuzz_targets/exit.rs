@@ -69,7 +69,7 @@ fn counter() -> u64 {
 fuzz_target!(|input: (bool, Vec<ExitIn>)| {
     let (v3, exits) = input;
     let version = if v3 { GicVersion::V3 } else { GicVersion::V2 };
-    let vgic: SharedVgic = std::sync::Arc::new(spin::Mutex::new(
+    let vgic: SharedVgic = std::sync::Arc::new(elvisor::arch::aarch64::sync::Mutex::new(
         Vgic::new(&VgicConfig {
             version,
             nr_spis: 64,
@@ -90,7 +90,7 @@ fuzz_target!(|input: (bool, Vec<ExitIn>)| {
         bus.add(layout::GICR_BASE, Box::new(GicrWindow::new(vgic.clone())))
             .expect("bus");
     }
-    let bus = spin::Mutex::new(bus);
+    let bus = elvisor::arch::aarch64::sync::Mutex::new(bus);
     let mut regs = GuestRegs {
         elr: 0x4008_0000,
         ..Default::default()
