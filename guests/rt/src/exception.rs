@@ -187,6 +187,10 @@ pub enum Recovery {
     /// after its one instruction whatever that instruction did (a branch into nowhere included),
     /// with every general register as the exception left it.
     ResumeAt = 3,
+    /// ELR += 4 and x3 = ESR_EL1 | 1 << 63 for *every* synchronous exception until [`disarm`]:
+    /// the generated MRS/MSR batches of [`crate::arch::sysregs`], in which x3 flags the
+    /// operation that faulted and nothing else lives in x3.
+    SkipEach = 4,
 }
 
 const DISARMED: u8 = 0;
@@ -240,6 +244,16 @@ pub(crate) fn arm_resume_at(addr: u64) {
         .store(Recovery::ResumeAt as u8, Ordering::SeqCst);
 }
 
+/// Arms the handler for any number of synchronous exceptions, each skipped with x3 set (see
+/// [`Recovery::SkipEach`]), until [`disarm`].
+pub(crate) fn arm_skip_each() {
+    let state = state();
+    state.taken.store(false, Ordering::SeqCst);
+    state
+        .armed
+        .store(Recovery::SkipEach as u8, Ordering::SeqCst);
+}
+
 /// Disarms and returns the exception taken since [`arm`], if any.
 pub(crate) fn disarm() -> Option<Fault> {
     let state = state();
@@ -283,6 +297,14 @@ pub(crate) fn dispatch(kind: usize, esr: u64, far: u64, elr: u64, frame: &mut Tr
         kind,
         ExceptionKind::CurrentSp0Sync | ExceptionKind::CurrentSpxSync
     );
+    if armed == Recovery::SkipEach as u8 && in_current_el {
+        // Stays armed: the batch goes on with its next operation.
+        state.taken_esr.store(esr, Ordering::SeqCst);
+        state.taken.store(true, Ordering::SeqCst);
+        frame.x[3] = esr | 1 << 63;
+        frame.elr = elr.wrapping_add(4);
+        return;
+    }
     if armed != DISARMED && in_current_el {
         state.armed.store(DISARMED, Ordering::SeqCst);
         state.taken_kind.store(kind as u8, Ordering::SeqCst);

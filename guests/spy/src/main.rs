@@ -6,12 +6,16 @@
 //!
 //! | option | default | meaning |
 //! |---|---|---|
-//! | `spy.role=plant\|watch` | watch | which half of the test this VM is |
-//! | `spy.plant-ms=P` | 300 | plant: how long to keep re-writing the markers before SYSTEM_OFF |
-//! | `spy.watch-ms=W` | 1500 | watch: how long to watch |
-//! | `spy.tail-ms=T` | 700 | watch: the last T ms must see a timer interrupt (the planter is gone by then) |
-//! | `spy.period-ms=N` | 10 | watch: virtual timer period |
-//! | `spy.max-pending-ms=M` | 300 | watch: a timer condition pending longer without its IRQ fails |
+//! | `spy.role=plant\|watch\|plant-all\|watch-all` | watch | which half of which test this VM is |
+//! | `spy.plant-ms=P` | 300 | plant, plant-all: how long to keep re-writing the markers before SYSTEM_OFF |
+//! | `spy.watch-ms=W` | 1500 | watch, watch-all: how long to watch |
+//! | `spy.tail-ms=T` | 700 | watch, watch-all: the last T ms must see a timer interrupt (the planter is gone by then) |
+//! | `spy.period-ms=N` | 10 | watch, watch-all: virtual timer period |
+//! | `spy.max-pending-ms=M` | 300 | watch, watch-all: a timer condition pending longer without its IRQ fails |
+//! | `spy.sweep-ms=S` | 5 | watch-all: time between two sweeps of every readable register |
+//! | `spy.plant-codes=LO..HI` | all | plant-all: write only encodings with LO <= code < HI (15-bit code: op0 - 2, op1, CRn, CRm, op2), to bisect a failure |
+//!
+//! `plant-all` and `watch-all` do the same for every system-register encoding (module [`all`]).
 //!
 //! What is planted (every register that exists here; the watcher reads the same ones):
 //!
@@ -57,6 +61,8 @@
 #![no_main]
 #![forbid(unsafe_code)]
 
+mod all;
+
 use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -73,6 +79,7 @@ const DEFAULT_WATCH_MS: u64 = 1_500;
 const DEFAULT_TAIL_MS: u64 = 700;
 const DEFAULT_PERIOD_MS: u64 = 10;
 const DEFAULT_MAX_PENDING_MS: u64 = 300;
+const DEFAULT_SWEEP_MS: u64 = 5;
 /// How often both roles touch the registers.
 const POLL_US: u64 = 1_000;
 /// A gap this long between two looks at the timer means the watcher was not running (another
@@ -99,6 +106,8 @@ static PERIOD_TICKS: AtomicU64 = AtomicU64::new(0);
 enum Role {
     Plant,
     Watch,
+    PlantAll,
+    WatchAll,
 }
 
 struct Options {
@@ -108,6 +117,10 @@ struct Options {
     tail_ms: u64,
     period_ms: u64,
     max_pending_ms: u64,
+    sweep_ms: u64,
+    /// plant-all: write only encodings whose 15-bit code (op0 - 2, op1, CRn, CRm, op2) is in
+    /// this range, for bisecting a failure.
+    plant_codes: core::ops::Range<u32>,
 }
 
 fn options(boot: &BootInfo) -> Options {
@@ -120,6 +133,8 @@ fn options(boot: &BootInfo) -> Options {
     let role = match boot.bootarg("spy.role") {
         None | Some("watch") => Ok(Role::Watch),
         Some("plant") => Ok(Role::Plant),
+        Some("plant-all") => Ok(Role::PlantAll),
+        Some("watch-all") => Ok(Role::WatchAll),
         Some(other) => Err(other),
     };
     let watch_ms = number(boot, "spy.watch-ms", DEFAULT_WATCH_MS);
@@ -130,6 +145,12 @@ fn options(boot: &BootInfo) -> Options {
         tail_ms: number(boot, "spy.tail-ms", DEFAULT_TAIL_MS).min(watch_ms),
         period_ms: number(boot, "spy.period-ms", DEFAULT_PERIOD_MS),
         max_pending_ms: number(boot, "spy.max-pending-ms", DEFAULT_MAX_PENDING_MS),
+        sweep_ms: number(boot, "spy.sweep-ms", DEFAULT_SWEEP_MS),
+        plant_codes: boot
+            .bootarg("spy.plant-codes")
+            .and_then(|range| range.split_once(".."))
+            .and_then(|(lo, hi)| Some(lo.parse().ok()?..hi.parse().ok()?))
+            .unwrap_or(0..u32::MAX),
     }
 }
 
@@ -139,6 +160,8 @@ fn main(boot: &BootInfo) {
     match opts.role {
         Ok(Role::Plant) => plant(boot, &opts),
         Ok(Role::Watch) => watch(boot, &opts),
+        Ok(Role::PlantAll) => all::plant(&opts),
+        Ok(Role::WatchAll) => all::watch(boot, &opts),
         Err(other) => {
             let mut report = Report::new("SPY");
             report.fail(
@@ -541,19 +564,15 @@ fn watch(boot: &BootInfo, opts: &Options) {
     let period = timer::ticks_from_us(opts.period_ms * 1000);
     let duration = timer::ticks_from_us(opts.watch_ms * 1000);
     let tail_from = duration - timer::ticks_from_us(opts.tail_ms * 1000).min(duration);
-    let max_pending = timer::ticks_from_us(opts.max_pending_ms * 1000);
     let poll = timer::ticks_from_us(POLL_US);
-    let gap = timer::ticks_from_us(DESCHEDULED_GAP_US);
     PERIOD_TICKS.store(period, Ordering::SeqCst);
 
     let mut leaked = [false; MAX_SPOTS];
     let mut settings_changed = false;
-    let mut blocked = false;
     let mut irqs_before_tail = None;
-    let mut pending_since: Option<u64> = None;
 
     let start = Timer::Virtual.count();
-    let mut last_look = start;
+    let mut delivery = Delivery::new(opts, start);
     let mut next_poll = start;
     Timer::Virtual.arm_at(start.wrapping_add(period));
     // From here on a deliverable IRQ is taken as soon as it is signalled.
@@ -613,38 +632,7 @@ fn watch(boot: &BootInfo, opts: &Options) {
             }
         }
 
-        // IRQs are unmasked here and `unmask` ends in an `isb`: an interrupt the CPU interface
-        // signals has been taken by now, and its handler moved CVAL on. A condition that stays
-        // pending is an interrupt that does not reach this vCPU.
-        let control = Timer::Virtual.control();
-        let fired = control & (CTL_ENABLE | CTL_IMASK | CTL_ISTATUS) == CTL_ENABLE | CTL_ISTATUS;
-        let now = Timer::Virtual.count();
-        if !fired || now.wrapping_sub(last_look) > gap {
-            pending_since = None;
-        }
-        if fired {
-            let since = *pending_since.get_or_insert(now);
-            if !blocked && now.wrapping_sub(since) > max_pending {
-                blocked = true;
-                irq::mask();
-                let running = gic.running_priority();
-                let pending = gic.highest_pending();
-                irq::unmask();
-                report.fail(
-                    "vtimer-delivery",
-                    format_args!(
-                        "virtual timer pending for {} ms without its interrupt ({} ms in, \
-                         {} timer IRQs so far; running priority {running:#x}, highest \
-                         pending {:#x})",
-                        ms_since(since, now),
-                        ms_since(start, now),
-                        TIMER_IRQS.load(Ordering::SeqCst),
-                        pending.raw()
-                    ),
-                );
-            }
-        }
-        last_look = now;
+        delivery.look(&gic, &mut report, start);
         core::hint::spin_loop();
     }
     irq::mask();
@@ -665,7 +653,7 @@ fn watch(boot: &BootInfo, opts: &Options) {
     if !settings_changed {
         report.pass("clean-settings");
     }
-    if !blocked {
+    if !delivery.blocked {
         report.pass("vtimer-delivery");
     }
     report.check(
@@ -677,6 +665,64 @@ fn watch(boot: &BootInfo, opts: &Options) {
         ),
     );
     report.finish();
+}
+
+/// Whether the virtual timer's interrupt keeps reaching this vCPU: a condition pending for
+/// `spy.max-pending-ms` with IRQs unmasked is one that does not (a FAIL, once).
+struct Delivery {
+    max_pending: u64,
+    gap: u64,
+    pending_since: Option<u64>,
+    last_look: u64,
+    blocked: bool,
+}
+
+impl Delivery {
+    fn new(opts: &Options, start: u64) -> Self {
+        Self {
+            max_pending: timer::ticks_from_us(opts.max_pending_ms * 1000),
+            gap: timer::ticks_from_us(DESCHEDULED_GAP_US),
+            pending_since: None,
+            last_look: start,
+            blocked: false,
+        }
+    }
+
+    /// One look at the timer, with IRQs unmasked; `start` is when watching began.
+    fn look(&mut self, gic: &Gic, report: &mut Report, start: u64) {
+        // IRQs are unmasked here and `unmask` ends in an `isb`: an interrupt the CPU interface
+        // signals has been taken by now, and its handler moved CVAL on. A condition that stays
+        // pending is an interrupt that does not reach this vCPU.
+        let control = Timer::Virtual.control();
+        let fired = control & (CTL_ENABLE | CTL_IMASK | CTL_ISTATUS) == CTL_ENABLE | CTL_ISTATUS;
+        let now = Timer::Virtual.count();
+        if !fired || now.wrapping_sub(self.last_look) > self.gap {
+            self.pending_since = None;
+        }
+        if fired {
+            let since = *self.pending_since.get_or_insert(now);
+            if !self.blocked && now.wrapping_sub(since) > self.max_pending {
+                self.blocked = true;
+                irq::mask();
+                let running = gic.running_priority();
+                let pending = gic.highest_pending();
+                irq::unmask();
+                report.fail(
+                    "vtimer-delivery",
+                    format_args!(
+                        "virtual timer pending for {} ms without its interrupt ({} ms in, \
+                             {} timer IRQs so far; running priority {running:#x}, highest \
+                             pending {:#x})",
+                        ms_since(since, now),
+                        ms_since(start, now),
+                        TIMER_IRQS.load(Ordering::SeqCst),
+                        pending.raw()
+                    ),
+                );
+            }
+        }
+        self.last_look = now;
+    }
 }
 
 /// Distributor and CPU interface up, the virtual timer's PPI enabled, the handler installed

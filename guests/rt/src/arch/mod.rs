@@ -16,6 +16,7 @@ pub mod mem;
 pub mod mmio;
 pub mod probe;
 pub mod smp;
+pub mod sysregs;
 pub mod timer;
 pub mod vectors;
 
