@@ -700,6 +700,9 @@ pub const CASES: &[Case] = &[
         reject: &["SPY FAIL", "PLANT FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "leak-all-gicv3-nvhe",
@@ -713,6 +716,9 @@ pub const CASES: &[Case] = &[
         reject: &["SPY FAIL", "PLANT FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "leak-all-gicv2",
@@ -726,6 +732,9 @@ pub const CASES: &[Case] = &[
         reject: &["SPY FAIL", "PLANT FAIL"],
         exit: Exit::Status(0),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "cpufeat-gicv3-vhe",
