@@ -842,6 +842,7 @@ fn load(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
     let n = gic::nr_lrs().min(v.lrs.len());
     for i in 0..n {
         let val = if v.lr_used & (1 << i) != 0 {
+            relink_vtimer(&mut v.lrs[i]);
             encode_lr(&v.lrs[i])
         } else {
             0
@@ -854,6 +855,29 @@ fn load(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
         sl.vtimer_deadline = None;
     }
     s.loaded = Some(slot);
+}
+
+/// On load, the inverse of `put`'s unlinking: a virtual-timer interrupt that waited in a list
+/// register while its vCPU was off the CPU is linked to the physical PPI again (HW bit).
+///
+/// Left virtual-only, it deadlocked the timer: when the vCPU's timer, restored with its
+/// condition still met, fired again, EL2 acknowledged the PPI and found the interrupt already
+/// in a list register, so nothing linked the new physical instance to the guest's
+/// deactivation; PPI 27 stayed active on that CPU and the vCPU never got another timer
+/// interrupt (seen as guests/spy's watcher losing its timer once its neighbour powered off, so
+/// that no later `load` deactivated the PPI). Linked, the guest's deactivation deactivates the
+/// PPI (a no-op if it is not active: `load` deactivated it, IHI 0069H §4.1.2), and a line still
+/// high fires again. The HW form has no pending-and-active state: the pending half of a level
+/// interrupt comes back from the line itself, so it is dropped (and no EOI maintenance request,
+/// which a HW entry cannot carry).
+fn relink_vtimer(lr: &mut Lr) {
+    if lr.intid == VTIMER_INTID && lr.hw.is_none() && lr.state != vgic::LrState::Invalid {
+        lr.hw = Some(VTIMER_INTID);
+        lr.eoi_maint = false;
+        if lr.state == vgic::LrState::PendingActive {
+            lr.state = vgic::LrState::Active;
+        }
+    }
 }
 
 /// Prepares `v` to run on this CPU (called on every entry): starts it if a CPU_ON or reset
