@@ -22,6 +22,7 @@ use crate::arch::aarch64::{cpu, firmware, gic, guest, mmio, mmu, ram, timer};
 use crate::drivers::pl011::{Pl011, Pl011Regs};
 use crate::mm::frame::FrameAllocator;
 use crate::mm::pagetable::{El2Kind, El2Table, S2Kind, Stage2Table};
+use crate::mm::rewrite::Segment;
 use crate::mm::{BLOCK_2M, GuestPhysAddr, PhysAddr, PhysRange};
 use crate::platform::{self, Platform, PsciConduit};
 use crate::vdev::MmioBus;
@@ -45,6 +46,9 @@ static RUNNING_VMS: AtomicUsize = AtomicUsize::new(0);
 /// Every VM, in configuration order (index = VmId).
 static VMS: Once<Vec<&'static Vm>> = Once::new();
 static CONSOLE_UART: Once<&'static Pl011> = Once::new();
+/// The kernel heap (`main.rs`'s global allocator), for the lifecycle accounting's
+/// bytes-in-use figure.
+static HEAP: Once<&'static LockedHeap<32>> = Once::new();
 /// Root of the EL2 translation table, for the secondary CPUs.
 static EL2_ROOT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
@@ -156,6 +160,7 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
         .and_then(platform::early_console)
         .and_then(mmio::claim_boot_console::<Pl011Regs>);
     let heap_range = ram::init_heap(heap);
+    HEAP.call_once(|| heap);
     let console_uart: Option<&'static Pl011> =
         uart.map(|regs| &*Box::leak(Box::new(Pl011::new(regs))));
     if let Some(u) = console_uart {
@@ -179,6 +184,14 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     };
     crate::console::init_logger(level);
     info!("elvisor {} booting at EL2", env!("CARGO_PKG_VERSION"));
+    if let Some(v) = crate::console::bootarg(bootargs, "elvisor.lifecycle-stats") {
+        match v.parse::<u32>() {
+            Ok(every) => run::set_lifecycle_stats(every),
+            Err(_) => warn!(
+                "elvisor.lifecycle-stats={v} is not a number of resets; no lifecycle statistics"
+            ),
+        }
+    }
     let Some(dtb) = dtb else {
         error!("no valid device tree at x0 = {dtb_pa:#x}; stopping");
         cpu::park();
@@ -846,6 +859,17 @@ fn setup_passthrough(
     Ok(irqs)
 }
 
+/// Bytes the kernel heap has handed out and not taken back (with the buddy allocator's
+/// rounding), if the heap is set up.
+pub fn heap_in_use_bytes() -> Option<usize> {
+    HEAP.get().map(|h| h.lock().stats_alloc_actual())
+}
+
+/// 4 KiB frames the frame allocator has free.
+pub fn free_frames() -> u64 {
+    FRAMES.lock().free_frames()
+}
+
 /// (Re)writes a VM's RAM from scratch: zeroes it, copies the kernel and initrd modules, and
 /// generates the device tree. Used at build and on SYSTEM_RESET, so nothing of a previous
 /// run survives.
@@ -896,11 +920,44 @@ pub fn load_images(vm: &Vm) -> Result<(), String> {
         ));
     }
     let mut ram = vm.ram.lock();
-    ram.zero();
-    let mut ok = ram.write(vm.entry_offset, vm.kernel.bytes()) && ram.write(vm.fdt_offset, &blob);
-    if let (Some(off), Some(m)) = (vm.initrd_offset, vm.ramdisk) {
-        ok &= ram.write(off, m.bytes());
+    // Zero and copy in one pass that stores only words that change (mm::rewrite says why);
+    // the same result as zeroing and then copying, which stays the way for a module that is
+    // not 8-byte aligned.
+    let (fdt_words, fdt_tail) = crate::mm::rewrite::to_words(&blob);
+    let mut segments: Vec<Segment<'_>> = Vec::with_capacity(3);
+    let mut aligned = true;
+    let images = [
+        (Some(vm.entry_offset), Some(vm.kernel)),
+        (vm.initrd_offset, vm.ramdisk),
+    ];
+    for (offset, module) in images {
+        if let (Some(offset), Some(module)) = (offset, module) {
+            match module.words() {
+                Some(seg) => segments.push(Segment {
+                    offset_bytes: offset as usize,
+                    ..seg
+                }),
+                None => aligned = false,
+            }
+        }
     }
+    segments.push(Segment {
+        offset_bytes: vm.fdt_offset as usize,
+        words: &fdt_words,
+        tail: fdt_tail,
+    });
+    segments.sort_by_key(|s| s.offset_bytes);
+    let ok = if aligned {
+        ram.rewrite(&segments).is_ok()
+    } else {
+        ram.zero();
+        let mut ok =
+            ram.write(vm.entry_offset, vm.kernel.bytes()) && ram.write(vm.fdt_offset, &blob);
+        if let (Some(off), Some(m)) = (vm.initrd_offset, vm.ramdisk) {
+            ok &= ram.write(off, m.bytes());
+        }
+        ok
+    };
     // The guest starts with its MMU off: make RAM coherent with non-cacheable accesses.
     ram.clean_to_poc();
     if ok {

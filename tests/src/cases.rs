@@ -1023,6 +1023,50 @@ pub const CASES: &[Case] = &[
         reject_after_exit: &[],
     },
     Case {
+        name: "soak-reset-1000",
+        about: "lifecycle soak: a 16 MiB VM resets itself 1000 times (fresh RAM and image each boot) next to heartbeats on both CPUs; no frame or heap leak, resets not slower at the end (check::check_soak)",
+        machine: VIRT_V3_VHE,
+        boot: Boot::Direct,
+        vms: &["resetter", "soak-heartbeat", "soak-heartbeat-cpu0"],
+        bootargs: Some("elvisor.lifecycle-stats=1"),
+        timeout_s: 240,
+        expect: SOAK_RESET_LINES,
+        reject: &["RESETTER FAIL", "HB FAIL"],
+        exit: Exit::KillAfter(SOAK_RESET_DONE),
+        console_input: None,
+    },
+    Case {
+        name: "soak-reset-200-gicv2",
+        about: "the lifecycle soak with 200 resets on GICv2, cortex-a72 (non-VHE)",
+        machine: VIRT_V2_NVHE,
+        boot: Boot::Direct,
+        vms: &["soak-resetter-200", "soak-heartbeat", "soak-heartbeat-cpu0"],
+        bootargs: Some("elvisor.lifecycle-stats=1"),
+        timeout_s: 120,
+        expect: SOAK_RESET_LINES,
+        reject: &["RESETTER FAIL", "HB FAIL"],
+        exit: Exit::KillAfter(SOAK_RESET_DONE),
+        console_input: None,
+    },
+    Case {
+        name: "soak-linux-reboot",
+        about: "lifecycle soak: Debian's Linux (1 vCPU, 64 MiB) reboots itself 100 times (reboot -f: PSCI SYSTEM_RESET) next to a heartbeat on the other CPU; no leak, reboots not slower",
+        machine: VIRT_V3_VHE,
+        boot: Boot::Direct,
+        vms: &["linux-soak", "soak-heartbeat"],
+        bootargs: Some("elvisor.lifecycle-stats=1"),
+        timeout_s: 420,
+        expect: &[
+            "[linux] INIT: soak: boot after reset 0 of ",
+            "[linux] INIT: soak: done after ",
+            SOAK_LINUX_DONE,
+            "[hb1] HB: beat",
+        ],
+        reject: SOAK_LINUX_REJECT,
+        exit: Exit::KillAfter(SOAK_LINUX_DONE),
+        console_input: None,
+    },
+    Case {
         name: "linux-gicv3",
         about: "Debian's arm64 Linux 6.1 with a busybox initramfs, 2 vCPUs, vGICv3, -cpu max",
         machine: VIRT_V3_VHE,
@@ -1208,6 +1252,61 @@ const LINUX_LINES: &[&str] = &[
     "reboot: Power down",
     "all VMs stopped; powering off",
 ];
+
+/// The resetter VM has powered off: the heartbeats are still beating, and the harness stops
+/// QEMU a moment later (they would beat for hours).
+const SOAK_RESET_DONE: &str = "vm0 (reset) stopped: PSCI SYSTEM_OFF";
+const SOAK_RESET_LINES: &[&str] = &[
+    "[reset] RESETTER: boot after reset 0 of ",
+    "[reset] RESETTER PASS: resets",
+    "[reset] RESETTER RESULT: passed=1 failed=0",
+    SOAK_RESET_DONE,
+    // Still beating after the soak, on both CPUs.
+    "[hb1] HB: beat",
+    "[hb0] HB: beat",
+];
+const SOAK_LINUX_DONE: &str = "vm0 (linux) stopped: PSCI SYSTEM_OFF";
+const SOAK_LINUX_REJECT: &[&str] = &[
+    "Kernel panic",
+    "Internal error:",
+    "Unable to handle kernel",
+    "BUG:",
+    "Oops",
+    "HB FAIL",
+];
+
+/// A check of the whole log after the expected lines, for the cases that need more than
+/// substrings: the lifecycle soaks (their figures are judged here, not by the hypervisor).
+/// On success it returns a summary of the figures, which the harness prints.
+pub type LogCheck = fn(&str) -> Result<String, String>;
+
+pub fn log_check(case: &str) -> Option<LogCheck> {
+    match case {
+        "soak-reset-1000" | "soak-reset-200-gicv2" => Some(|log| {
+            let n = crate::check::number_after(log, "[reset] RESETTER: boot after reset 0 of ")
+                .ok_or("the resetter never said how many resets it makes")?;
+            crate::check::check_soak(log, "reset", n, SOAK_RESET_LIMITS)
+        }),
+        "soak-linux-reboot" => Some(|log| {
+            let n = crate::check::number_after(log, "[linux] INIT: soak: boot after reset 0 of ")
+                .ok_or("/init never said how many reboots it makes")?;
+            crate::check::check_soak(log, "linux", n, SOAK_LINUX_LIMITS)
+        }),
+        _ => None,
+    }
+}
+
+/// 100 resets at each end of the run (a fifth of a shorter run), and the fastest of them at
+/// the end at most 2x the fastest at the start: see check::check_soak for why so loose.
+const SOAK_RESET_LIMITS: crate::check::SoakLimits = crate::check::SoakLimits {
+    window: 100,
+    max_slowdown: 2.0,
+};
+/// Linux reboots: 20 at each end (of 100).
+const SOAK_LINUX_LIMITS: crate::check::SoakLimits = crate::check::SoakLimits {
+    window: 20,
+    max_slowdown: 2.0,
+};
 
 /// What a Linux boot must not print.
 const LINUX_REJECT: &[&str] = &[

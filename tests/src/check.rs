@@ -70,9 +70,282 @@ pub fn shell_quote(arg: &str) -> String {
     }
 }
 
+/// One line of the hypervisor's lifecycle accounting (`elvisor.lifecycle-stats=1`):
+/// `elvisor: vm0 (reset) reset #12: 11702 us, frames free 222961, heap in use 101064 bytes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResetStat {
+    pub n: u32,
+    pub us: u64,
+    pub frames_free: u64,
+    pub heap_bytes: u64,
+}
+
+/// The lifecycle accounting lines of the VM called `vm`, in log order.
+pub fn reset_stats(log: &str, vm: &str) -> Vec<ResetStat> {
+    let tag = format!(" ({vm}) reset #");
+    log.lines()
+        .filter_map(|line| {
+            let rest = &line[line.find(&tag)? + tag.len()..];
+            let (n, rest) = rest.split_once(": ")?;
+            let (us, rest) = rest.split_once(" us, frames free ")?;
+            let (frames, rest) = rest.split_once(", heap in use ")?;
+            let heap = rest.trim_end().strip_suffix(" bytes")?;
+            Some(ResetStat {
+                n: n.parse().ok()?,
+                us: us.parse().ok()?,
+                frames_free: frames.parse().ok()?,
+                heap_bytes: heap.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The `q` quantile (0..=1) of `values`, by nearest rank.
+pub fn quantile(values: &[u64], q: f64) -> u64 {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    if v.is_empty() {
+        return 0;
+    }
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// What a lifecycle soak must show.
+#[derive(Clone, Copy, Debug)]
+pub struct SoakLimits {
+    /// Resets compared at each end of the run (fewer if the run is short: a fifth of it).
+    pub window: usize,
+    /// How much slower the last window's 10th-percentile reset may be than the first's.
+    pub max_slowdown: f64,
+}
+
+/// Checks the lifecycle accounting of VM `vm` after `resets` resets: one line per reset,
+/// numbered 1..=resets; the frame allocator's free count and the heap in use the same after
+/// the last reset as after the first (no tolerance: a reset that is complete gives back all it
+/// takes); and resets not getting slower. Returns a one-line summary of the figures.
+///
+/// Time is the counter's, which under QEMU follows the host clock, and the host is shared:
+/// load only ever adds time, in bursts. So each end of the run is judged by its 10th
+/// percentile (the fastest resets, with one outlier ignored), and the bound is loose enough
+/// for load that slows most of a window (seen: 1.7x) but not for cost that grows with the
+/// number of resets, which a leak into a list walked on every reset would give.
+pub fn check_soak(log: &str, vm: &str, resets: u32, limits: SoakLimits) -> Result<String, String> {
+    let stats = reset_stats(log, vm);
+    if stats.is_empty() {
+        return Err(format!(
+            "no lifecycle accounting lines for VM {vm:?} (elvisor.lifecycle-stats=1 set?)"
+        ));
+    }
+    for (i, s) in stats.iter().enumerate() {
+        if s.n as usize != i + 1 {
+            return Err(format!(
+                "lifecycle line {} of VM {vm:?} is for reset #{}, want #{}",
+                i + 1,
+                s.n,
+                i + 1
+            ));
+        }
+    }
+    if stats.len() != resets as usize {
+        return Err(format!(
+            "{} resets of VM {vm:?} accounted, want {resets}",
+            stats.len()
+        ));
+    }
+    let (first, last) = (&stats[0], &stats[stats.len() - 1]);
+    if last.frames_free != first.frames_free {
+        return Err(format!(
+            "frames free after reset #{}: {}, after reset #1: {} (a reset leaks frames)",
+            last.n, last.frames_free, first.frames_free
+        ));
+    }
+    if last.heap_bytes != first.heap_bytes {
+        return Err(format!(
+            "heap in use after reset #{}: {} bytes, after reset #1: {} bytes (a reset leaks heap)",
+            last.n, last.heap_bytes, first.heap_bytes
+        ));
+    }
+    let window = limits.window.min(stats.len().div_ceil(5)).max(1);
+    let us: Vec<u64> = stats.iter().map(|s| s.us).collect();
+    let (head, tail) = (&us[..window], &us[us.len() - window..]);
+    let (p10_head, p10_tail) = (quantile(head, 0.1), quantile(tail, 0.1));
+    let (med_head, med_tail) = (quantile(head, 0.5), quantile(tail, 0.5));
+    let summary = format!(
+        "{vm}: {} resets; first {window}: p10 {p10_head} us, median {med_head} us; \
+         last {window}: p10 {p10_tail} us, median {med_tail} us; frames free {}, heap in use \
+         {} bytes at reset #1 and #{}; heap max {} bytes",
+        stats.len(),
+        first.frames_free,
+        first.heap_bytes,
+        last.n,
+        stats.iter().map(|s| s.heap_bytes).max().unwrap_or(0),
+    );
+    if p10_tail as f64 > limits.max_slowdown * p10_head.max(1) as f64 {
+        return Err(format!(
+            "resets got slower: 10th percentile {p10_tail} us over the last {window}, \
+             {p10_head} us over the first {window} (bound {}x); {summary}",
+            limits.max_slowdown
+        ));
+    }
+    Ok(summary)
+}
+
+/// The number after `key` on the first line that has it (e.g. "boot after reset 0 of " -> N).
+pub fn number_after(log: &str, key: &str) -> Option<u32> {
+    let rest = &log[log.find(key)? + key.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn soak_log(
+        durations: &[u64],
+        frames: impl Fn(usize) -> u64,
+        heap: impl Fn(usize) -> u64,
+    ) -> String {
+        let mut log =
+            String::from("elvisor: booting\r\n[reset] RESETTER: boot after reset 0 of 7\r\n");
+        for (i, us) in durations.iter().enumerate() {
+            log.push_str(&format!(
+                "elvisor: vm0 (reset): PSCI SYSTEM_RESET (reset #{n})\r\n\
+                 elvisor: vm0 (reset) reset #{n}: {us} us, frames free {}, heap in use {} bytes\r\n\
+                 [hb] HB: beat {n}\r\n",
+                frames(i),
+                heap(i),
+                n = i + 1
+            ));
+        }
+        log
+    }
+
+    const LIMITS: SoakLimits = SoakLimits {
+        window: 100,
+        max_slowdown: 2.0,
+    };
+
+    #[test]
+    fn soak_lines_parse() {
+        let log = soak_log(&[10, 20], |_| 5, |i| 100 + i as u64);
+        let stats = reset_stats(&log, "reset");
+        assert_eq!(
+            stats,
+            [
+                ResetStat {
+                    n: 1,
+                    us: 10,
+                    frames_free: 5,
+                    heap_bytes: 100
+                },
+                ResetStat {
+                    n: 2,
+                    us: 20,
+                    frames_free: 5,
+                    heap_bytes: 101
+                },
+            ]
+        );
+        assert!(reset_stats(&log, "hb").is_empty());
+        assert_eq!(number_after(&log, "boot after reset 0 of "), Some(7));
+        assert_eq!(number_after(&log, "nothing"), None);
+    }
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let v: Vec<u64> = (1..=20).rev().collect();
+        assert_eq!(quantile(&v, 0.1), 2);
+        assert_eq!(quantile(&v, 0.5), 10);
+        assert_eq!(quantile(&v, 1.0), 20);
+        assert_eq!(quantile(&[7], 0.1), 7);
+        assert_eq!(quantile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn a_steady_soak_passes_despite_load_bursts() {
+        // 1000 resets of ~12 ms; a burst of load doubles a few, and slows a whole stretch.
+        let d: Vec<u64> = (0..1000)
+            .map(|i| match i {
+                5 | 17 | 950 => 40_000,
+                500..600 => 21_000,
+                _ => 11_700 + (i as u64 * 7919) % 900,
+            })
+            .collect();
+        let summary = check_soak(
+            &soak_log(&d, |_| 222_961, |_| 101_064),
+            "reset",
+            1000,
+            LIMITS,
+        )
+        .unwrap();
+        assert!(summary.contains("1000 resets"), "{summary}");
+        assert!(
+            summary.contains("frames free 222961, heap in use 101064 bytes"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn leaks_are_caught_with_no_tolerance() {
+        let d = vec![100; 10];
+        let frames = check_soak(
+            &soak_log(&d, |i| 500 - (i == 9) as u64, |_| 64),
+            "reset",
+            10,
+            LIMITS,
+        );
+        assert!(frames.unwrap_err().contains("leaks frames"));
+        let heap = check_soak(
+            &soak_log(&d, |_| 500, |i| 64 + 16 * (i == 9) as u64),
+            "reset",
+            10,
+            LIMITS,
+        );
+        assert!(heap.unwrap_err().contains("leaks heap"));
+        // Growth in between that is given back is not a leak.
+        assert!(
+            check_soak(
+                &soak_log(&d, |_| 500, |i| 64 + 8 * (i == 4) as u64),
+                "reset",
+                10,
+                LIMITS
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn growing_reset_time_is_caught() {
+        // Each reset 0.11% slower than the one before: 3x over 1000.
+        let d: Vec<u64> = (0..1000)
+            .map(|i| (10_000.0 * 1.0011f64.powi(i)) as u64)
+            .collect();
+        let err = check_soak(&soak_log(&d, |_| 1, |_| 1), "reset", 1000, LIMITS).unwrap_err();
+        assert!(err.contains("resets got slower"), "{err}");
+    }
+
+    #[test]
+    fn missing_or_misnumbered_resets_fail() {
+        let log = soak_log(&[1, 1, 1], |_| 1, |_| 1);
+        assert!(
+            check_soak(&log, "reset", 4, LIMITS)
+                .unwrap_err()
+                .contains("3 resets")
+        );
+        assert!(
+            check_soak(&log, "other", 3, LIMITS)
+                .unwrap_err()
+                .contains("no lifecycle")
+        );
+        let skipped = log.replace("reset #2:", "reset #9:");
+        assert!(
+            check_soak(&skipped, "reset", 3, LIMITS)
+                .unwrap_err()
+                .contains("want #2")
+        );
+    }
 
     #[test]
     fn in_order_matching() {

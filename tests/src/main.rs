@@ -139,6 +139,9 @@ fn main() -> ExitCode {
         if o.pass {
             passed += 1;
             println!("PASS {name} ({:.1}s)", o.secs);
+            if !o.note.is_empty() {
+                println!("  {}", o.note);
+            }
         } else {
             failed += 1;
             println!("FAIL {name}: {}", o.reason);

@@ -23,7 +23,8 @@ const GRACE: Duration = Duration::from_millis(1000);
 const POLL: Duration = Duration::from_millis(50);
 /// Re-scanned bytes before the new output: longer than any pattern.
 const OVERLAP: usize = 512;
-/// A run that prints more than this is stuck in a loop (an exception storm, say).
+/// A run that prints more than this is stuck in a loop (an exception storm, say); a soak
+/// made longer from the environment may print proportionally more.
 const MAX_LOG_BYTES: usize = 16 << 20;
 
 pub struct Outcome {
@@ -36,6 +37,8 @@ pub struct Outcome {
     pub log_path: PathBuf,
     /// The QEMU command line, shell-quoted, if it got that far.
     pub command: Option<String>,
+    /// Figures a passing case reports (the soaks' summary), empty for most.
+    pub note: String,
 }
 
 /// How the QEMU process ended.
@@ -65,6 +68,7 @@ pub fn run(root: &Path, case: &Case) -> Outcome {
         log: String::new(),
         log_path: log_path.clone(),
         command: None,
+        note: String::new(),
     };
     match run_inner(root, case, &log_dir, &log_path, &mut out) {
         Ok(()) => {}
@@ -92,7 +96,8 @@ fn run_inner(
         ));
     }
 
-    let dtb_args = mkdtb(root, case)?;
+    let (templates, scale) = soak_templates(root, case)?;
+    let dtb_args = mkdtb(root, case, &templates)?;
 
     // The QEMU command line.
     let mut args: Vec<String> = case.machine.iter().map(|s| s.to_string()).collect();
@@ -176,7 +181,7 @@ fn run_inner(
 
     let rejects = case.rejects();
     let started = Instant::now();
-    let timeout = Duration::from_secs(case.timeout_s);
+    let timeout = Duration::from_secs_f64(case.timeout_s as f64 * scale);
     let mut trigger: Option<(Trigger, Instant)> = None;
     let mut scanned = 0usize;
     let end = loop {
@@ -204,7 +209,7 @@ fn run_inner(
                 (String::from_utf8_lossy(&b[from..]).into_owned(), b.len())
             };
             scanned = len;
-            if len > MAX_LOG_BYTES {
+            if len as f64 > MAX_LOG_BYTES as f64 * scale {
                 break kill(&mut child, pgid, Trigger::TooMuchOutput);
             }
             if first_rejected(&text, &rejects).is_some() {
@@ -220,7 +225,88 @@ fn run_inner(
     let _ = collector.join();
     let log = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
     out.log = log;
-    judge(case, &out.log, &rejects, end)
+    judge(case, &out.log, &rejects, end, timeout)?;
+    if let Some(check) = crate::cases::log_check(case.name) {
+        out.note = check(&out.log)?;
+    }
+    Ok(())
+}
+
+/// The soak counts a long run can raise from the environment: variable, the bootarg in the
+/// VM templates it replaces, and its value in the templates.
+const SOAK_OVERRIDES: &[(&str, &str)] = &[
+    ("ELVISOR_SOAK_RESETS", "resetter.resets="),
+    ("ELVISOR_SOAK_REBOOTS", "soak.reboots="),
+];
+
+/// The case's VM templates, with a soak count replaced where the environment asks for a
+/// longer run (`ELVISOR_SOAK_RESETS=100000`): such a template is copied to build/test-dtb/
+/// with the new count. Also returns how much longer the run may take (new count / old).
+fn soak_templates(root: &Path, case: &Case) -> Result<(Vec<String>, f64), String> {
+    let mut out = Vec::new();
+    let mut scale: f64 = 1.0;
+    for vm in case.vms {
+        let path = if vm.contains('/') {
+            root.join(vm)
+        } else {
+            root.join(format!("boards/qemu-virt/vms/{vm}.dtsi"))
+        };
+        let mut text = None;
+        for (var, key) in SOAK_OVERRIDES {
+            let Some(want) = std::env::var(var).ok().filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            let want: u64 = want
+                .parse()
+                .map_err(|_| format!("{var}={want} is not a number"))?;
+            let t = match text.take() {
+                Some(t) => t,
+                None => fs::read_to_string(&path)
+                    .map_err(|e| format!("reading {}: {e}", path.display()))?,
+            };
+            text = Some(match replace_count(&t, key, want) {
+                Some((new, old)) => {
+                    scale = scale.max(want as f64 / old.max(1) as f64);
+                    new
+                }
+                None => t,
+            });
+        }
+        match text {
+            Some(t) => {
+                let name = Path::new(vm)
+                    .file_stem()
+                    .map_or_else(|| "vm".to_string(), |s| s.to_string_lossy().into_owned());
+                let copy = root.join(format!("build/test-dtb/{}-{name}.dtsi", case.name));
+                fs::create_dir_all(root.join("build/test-dtb"))
+                    .map_err(|e| format!("creating build/test-dtb: {e}"))?;
+                fs::write(&copy, t).map_err(|e| format!("writing {}: {e}", copy.display()))?;
+                out.push(copy.display().to_string());
+            }
+            None => out.push(vm.to_string()),
+        }
+    }
+    Ok((out, scale))
+}
+
+/// `text` with the number after every `key` replaced by `want`, and the first old number;
+/// `None` if `key` is not followed by a number anywhere.
+fn replace_count(text: &str, key: &str, want: u64) -> Option<(String, u64)> {
+    let mut out = String::new();
+    let mut old = None;
+    let mut rest = text;
+    while let Some(at) = rest.find(key) {
+        let after = &rest[at + key.len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        out.push_str(&rest[..at + key.len()]);
+        if digits > 0 {
+            old.get_or_insert(after[..digits].parse().ok()?);
+            out.push_str(&want.to_string());
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    old.map(|o| (out, o))
 }
 
 fn kill(child: &mut std::process::Child, pgid: u32, why: Trigger) -> End {
@@ -239,14 +325,14 @@ fn uboot_commands() -> String {
 }
 
 /// scripts/mkdtb for this case; returns the QEMU arguments it prints (-dtb, -device loader...).
-fn mkdtb(root: &Path, case: &Case) -> Result<Vec<String>, String> {
+fn mkdtb(root: &Path, case: &Case, templates: &[String]) -> Result<Vec<String>, String> {
     let dtb = format!("build/test-dtb/{}.dtb", case.name);
     let mut cmd = Command::new(root.join("scripts/mkdtb"));
     cmd.current_dir(root).arg("-o").arg(&dtb);
     if case.boot == Boot::UBoot {
         cmd.arg("--uboot");
     }
-    for vm in case.vms {
+    for vm in templates {
         cmd.arg("--vm").arg(vm);
     }
     if let Some(b) = case.bootargs {
@@ -270,7 +356,13 @@ fn mkdtb(root: &Path, case: &Case) -> Result<Vec<String>, String> {
         .collect())
 }
 
-fn judge(case: &Case, log: &str, rejects: &[&str], end: End) -> Result<(), String> {
+fn judge(
+    case: &Case,
+    log: &str,
+    rejects: &[&str],
+    end: End,
+    timeout: Duration,
+) -> Result<(), String> {
     if let Some((what, line)) = first_rejected(log, rejects) {
         return Err(format!("log contains {what:?}: {}", line.trim()));
     }
@@ -287,7 +379,7 @@ fn judge(case: &Case, log: &str, rejects: &[&str], end: End) -> Result<(), Strin
         End::Killed(Trigger::Interrupted) => Err("interrupted".into()),
         End::Killed(Trigger::Timeout) => Err(format!(
             "timed out after {}s{}",
-            case.timeout_s,
+            timeout.as_secs(),
             missing.map(|m| format!("; {m}")).unwrap_or_default()
         )),
         End::Killed(Trigger::Rejected) => Err("forbidden output".into()),
@@ -322,5 +414,23 @@ fn describe(status: ExitStatus) -> String {
         (Some(c), _) => format!("status {c}"),
         (None, Some(s)) => format!("signal {s}"),
         _ => status.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn soak_counts_are_replaced() {
+        let t = "bootargs = \"resetter.resets=1000 resetter.every=100\";";
+        let (new, old) = replace_count(t, "resetter.resets=", 100_000).unwrap();
+        assert_eq!(old, 1000);
+        assert_eq!(
+            new,
+            "bootargs = \"resetter.resets=100000 resetter.every=100\";"
+        );
+        assert!(replace_count(t, "soak.reboots=", 5).is_none());
+        assert!(replace_count("soak.reboots=x", "soak.reboots=", 5).is_none());
     }
 }

@@ -6,6 +6,7 @@
 //! memory the kernel owns.
 
 use crate::mm::frame::FrameAllocator;
+use crate::mm::rewrite::{RewriteError, Segment, rewrite};
 use crate::mm::{PhysAddr, PhysRange};
 
 use super::cache;
@@ -57,6 +58,20 @@ impl RamRegion {
         }
     }
 
+    /// Makes the region all zeroes except `segments` (see [`rewrite`]), storing only words
+    /// that change.
+    pub fn rewrite(&mut self, segments: &[Segment<'_>]) -> Result<usize, RewriteError> {
+        // SAFETY: as `bytes_mut`; the range is page-aligned and a whole number of pages, so it
+        // is also a slice of aligned u64s, and any bit pattern is a valid u64.
+        let words = unsafe {
+            core::slice::from_raw_parts_mut(
+                self.range.base.0 as *mut u64,
+                (self.range.size_bytes / 8) as usize,
+            )
+        };
+        rewrite(words, segments)
+    }
+
     /// Cleans and invalidates the region to the Point of Coherency, so a guest running with
     /// its MMU off (non-cacheable accesses) sees exactly what the kernel wrote.
     pub fn clean_to_poc(&self) {
@@ -90,6 +105,26 @@ impl Module {
                 self.range.size_bytes as usize,
             )
         }
+    }
+}
+
+impl Module {
+    /// The image as whole native-endian words and the bytes after the last one, for
+    /// [`RamRegion::rewrite`]; `None` if the module does not start on an 8-byte boundary.
+    pub fn words(&self) -> Option<Segment<'static>> {
+        let bytes = self.bytes();
+        if !self.range.base.0.is_multiple_of(8) {
+            return None;
+        }
+        let n = bytes.len() / 8;
+        // SAFETY: the first `n * 8` bytes of `bytes` (see `bytes`: reserved RAM, never
+        // written) start 8-byte aligned, and any bit pattern is a valid u64.
+        let words = unsafe { core::slice::from_raw_parts(bytes.as_ptr().cast::<u64>(), n) };
+        Some(Segment {
+            offset_bytes: 0,
+            words,
+            tail: &bytes[n * 8..],
+        })
     }
 }
 

@@ -381,7 +381,10 @@ impl Vgic {
             enable_grp0: false,
             enable_grp1: false,
             mmio_kicks: KickSet::EMPTY,
-            hw_deactivate: Vec::new(),
+            // Room for every interrupt at once (each is queued at most once until drained),
+            // so the queue never grows on a guest's timing: the heap in use stays the same
+            // from one VM reset to the next (the lifecycle soak checks it to the byte).
+            hw_deactivate: Vec::with_capacity(nr_private + config.nr_spis as usize),
             maybe: vec![u64::MAX; (nr_private + config.nr_spis as usize).div_ceil(64)],
             maybe_words: vec![u64::MAX; (nr_private + config.nr_spis as usize).div_ceil(64 * 64)],
             typer: 0,

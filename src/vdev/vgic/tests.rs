@@ -1350,6 +1350,31 @@ fn hw_linked_interrupt() {
 }
 
 #[test]
+fn hw_deactivation_queue_never_grows() {
+    // Every interrupt hardware-linked and taken for the guest, then a reset hands them all
+    // back at once: the queue holds them in the room it was built with, so the heap in use
+    // does not change across VM resets.
+    let mut g = v3(2);
+    let (room, at) = (g.hw_deactivate.capacity(), g.hw_deactivate.as_ptr());
+    assert!(room >= 2 * 32 + 64, "{room}");
+    for v in [V0, VcpuId(1)] {
+        g.set_hw(27, v, Some(27)).unwrap();
+        g.inject_edge(27, v).unwrap();
+    }
+    for intid in 32..96 {
+        g.set_hw(intid, V0, Some(intid)).unwrap();
+        g.inject_edge(intid, V0).unwrap();
+    }
+    g.reset();
+    assert_eq!(g.hw_deactivate.len(), 66);
+    assert_eq!(
+        (g.hw_deactivate.capacity(), g.hw_deactivate.as_ptr()),
+        (room, at)
+    );
+    while g.take_hw_deactivation().is_some() {}
+}
+
+#[test]
 fn hw_linked_v2_lr() {
     let mut g = v2(1);
     wr(&mut g, V0, 0x0, 1);
