@@ -695,7 +695,7 @@ fn reset_vm(vm: &'static Vm) {
             gic::deactivate_raw(p);
         }
     }
-    if let Err(e) = super::load_images(vm) {
+    if let Err(e) = super::load_images(vm, super::Reload::Reset) {
         error!("{} ({}): reset failed: {e}", vm.id, vm.name);
         vm.state.store(VmState::Running as u8, Ordering::Release);
         stop_vm(vm, "reset failed");

@@ -53,18 +53,10 @@ pub fn rewrite(ram: &mut [u64], segments: &[Segment<'_>]) -> Result<usize, Rewri
         }
     }
     let mut stored = 0;
-    let mut set = |w: &mut u64, v: u64| {
-        if *w != v {
-            *w = v;
-            stored += 1;
-        }
-    };
     let mut cursor = 0;
     for s in segments {
         let at = s.offset_bytes / 8;
-        for w in &mut ram[cursor..at] {
-            set(w, 0);
-        }
+        stored += zero(&mut ram[cursor..at]);
         // The image is read a block at a time into a buffer on the stack, then compared.
         // Word by word, source and destination alternate on every access, and QEMU's TCG
         // keeps its TLB direct-mapped: a module and a guest's RAM whose addresses differ by a
@@ -80,7 +72,7 @@ pub fn rewrite(ram: &mut [u64], segments: &[Segment<'_>]) -> Result<usize, Rewri
             // Keeps the copy: without it the compiler reads `src` in the loop below again.
             let buf = core::hint::black_box(buf);
             for (w, &v) in dst.iter_mut().zip(buf.iter()) {
-                set(w, v);
+                stored += set(w, v);
             }
         }
         cursor = at + s.words.len();
@@ -88,14 +80,42 @@ pub fn rewrite(ram: &mut [u64], segments: &[Segment<'_>]) -> Result<usize, Rewri
             // The last word: the tail bytes, then zeroes (RAM past the image is zero).
             let mut bytes = [0u8; 8];
             bytes[..s.tail.len()].copy_from_slice(s.tail);
-            set(&mut ram[cursor], u64::from_ne_bytes(bytes));
+            stored += set(&mut ram[cursor], u64::from_ne_bytes(bytes));
             cursor += 1;
         }
     }
-    for w in &mut ram[cursor..] {
-        set(w, 0);
-    }
+    stored += zero(&mut ram[cursor..]);
     Ok(stored)
+}
+
+/// Stores `v` in `w` unless it is there already; returns the number of stores (0 or 1).
+#[inline(always)]
+fn set(w: &mut u64, v: u64) -> usize {
+    if *w == v {
+        0
+    } else {
+        *w = v;
+        1
+    }
+}
+
+/// Zeroes `words`, storing only where needed. Free RAM is mostly zero already: eight words
+/// are tested at once and a block is written only when it has something to clear. Returns
+/// the number of stores.
+fn zero(words: &mut [u64]) -> usize {
+    let mut stored = 0;
+    let mut blocks = words.chunks_exact_mut(8);
+    for block in blocks.by_ref() {
+        if block.iter().fold(0, |acc, &w| acc | w) != 0 {
+            stored += block.iter_mut().map(|w| set(w, 0)).sum::<usize>();
+        }
+    }
+    stored += blocks
+        .into_remainder()
+        .iter_mut()
+        .map(|w| set(w, 0))
+        .sum::<usize>();
+    stored
 }
 
 /// Splits `bytes` into whole words and a tail, copying (for a blob that need not be aligned,

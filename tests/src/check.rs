@@ -116,7 +116,7 @@ pub fn quantile(values: &[u64], q: f64) -> u64 {
 pub struct SoakLimits {
     /// Resets compared at each end of the run (fewer if the run is short: a fifth of it).
     pub window: usize,
-    /// How much slower the last window's 10th-percentile reset may be than the first's.
+    /// How much slower the last window's fastest reset may be than the first window's.
     pub max_slowdown: f64,
 }
 
@@ -126,10 +126,12 @@ pub struct SoakLimits {
 /// takes); and resets not getting slower. Returns a one-line summary of the figures.
 ///
 /// Time is the counter's, which under QEMU follows the host clock, and the host is shared:
-/// load only ever adds time, in bursts. So each end of the run is judged by its 10th
-/// percentile (the fastest resets, with one outlier ignored), and the bound is loose enough
-/// for load that slows most of a window (seen: 1.7x) but not for cost that grows with the
-/// number of resets, which a leak into a list walked on every reset would give.
+/// load only ever adds time, and in whole stretches. With two cases running on two cores a
+/// reset takes 14 ms or, while the other case's QEMU shares its core, 27 ms, for 100 resets
+/// in a row at times (the fastest of such a window was still 1.6x the run's). So each end of
+/// the run is judged by its fastest reset, the best estimate of what a reset itself costs, and
+/// the bound is 2.5x: above what sharing a core does, below what cost growing with the number
+/// of resets gives (3x over the run, say, from something walked on every reset that grows).
 pub fn check_soak(log: &str, vm: &str, resets: u32, limits: SoakLimits) -> Result<String, String> {
     let stats = reset_stats(log, vm);
     if stats.is_empty() {
@@ -169,11 +171,11 @@ pub fn check_soak(log: &str, vm: &str, resets: u32, limits: SoakLimits) -> Resul
     let window = limits.window.min(stats.len().div_ceil(5)).max(1);
     let us: Vec<u64> = stats.iter().map(|s| s.us).collect();
     let (head, tail) = (&us[..window], &us[us.len() - window..]);
-    let (p10_head, p10_tail) = (quantile(head, 0.1), quantile(tail, 0.1));
+    let (min_head, min_tail) = (quantile(head, 0.0), quantile(tail, 0.0));
     let (med_head, med_tail) = (quantile(head, 0.5), quantile(tail, 0.5));
     let summary = format!(
-        "{vm}: {} resets; first {window}: p10 {p10_head} us, median {med_head} us; \
-         last {window}: p10 {p10_tail} us, median {med_tail} us; frames free {}, heap in use \
+        "{vm}: {} resets; first {window}: fastest {min_head} us, median {med_head} us; \
+         last {window}: fastest {min_tail} us, median {med_tail} us; frames free {}, heap in use \
          {} bytes at reset #1 and #{}; heap max {} bytes",
         stats.len(),
         first.frames_free,
@@ -181,10 +183,10 @@ pub fn check_soak(log: &str, vm: &str, resets: u32, limits: SoakLimits) -> Resul
         last.n,
         stats.iter().map(|s| s.heap_bytes).max().unwrap_or(0),
     );
-    if p10_tail as f64 > limits.max_slowdown * p10_head.max(1) as f64 {
+    if min_tail as f64 > limits.max_slowdown * min_head.max(1) as f64 {
         return Err(format!(
-            "resets got slower: 10th percentile {p10_tail} us over the last {window}, \
-             {p10_head} us over the first {window} (bound {}x); {summary}",
+            "resets got slower: the fastest of the last {window} took {min_tail} us, \
+             of the first {window} {min_head} us (bound {}x); {summary}",
             limits.max_slowdown
         ));
     }
@@ -224,7 +226,7 @@ mod tests {
 
     const LIMITS: SoakLimits = SoakLimits {
         window: 100,
-        max_slowdown: 2.0,
+        max_slowdown: 2.5,
     };
 
     #[test]
@@ -256,6 +258,7 @@ mod tests {
     #[test]
     fn quantiles_by_nearest_rank() {
         let v: Vec<u64> = (1..=20).rev().collect();
+        assert_eq!(quantile(&v, 0.0), 1);
         assert_eq!(quantile(&v, 0.1), 2);
         assert_eq!(quantile(&v, 0.5), 10);
         assert_eq!(quantile(&v, 1.0), 20);
@@ -265,12 +268,15 @@ mod tests {
 
     #[test]
     fn a_steady_soak_passes_despite_load_bursts() {
-        // 1000 resets of ~12 ms; a burst of load doubles a few, and slows a whole stretch.
+        // 1000 resets of ~14 ms; load triples a few and doubles whole stretches, the last
+        // window entirely but for one reset (seen: 1.6x for the fastest of such a window).
         let d: Vec<u64> = (0..1000)
             .map(|i| match i {
                 5 | 17 | 950 => 40_000,
-                500..600 => 21_000,
-                _ => 11_700 + (i as u64 * 7919) % 900,
+                500..600 => 27_000,
+                900..1000 if i != 940 => 28_000 + (i as u64 * 7919) % 900,
+                940 => 23_000,
+                _ => 14_000 + (i as u64 * 7919) % 900,
             })
             .collect();
         let summary = check_soak(
