@@ -1034,6 +1034,9 @@ pub const CASES: &[Case] = &[
         reject: &["RESETTER FAIL", "HB FAIL"],
         exit: Exit::KillAfter(SOAK_RESET_DONE),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "soak-reset-200-gicv2",
@@ -1047,6 +1050,9 @@ pub const CASES: &[Case] = &[
         reject: &["RESETTER FAIL", "HB FAIL"],
         exit: Exit::KillAfter(SOAK_RESET_DONE),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "soak-linux-reboot",
@@ -1065,6 +1071,9 @@ pub const CASES: &[Case] = &[
         reject: SOAK_LINUX_REJECT,
         exit: Exit::KillAfter(SOAK_LINUX_DONE),
         console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
     },
     Case {
         name: "linux-gicv3",
