@@ -1078,6 +1078,26 @@ fn kick_needs_scheduler(s: &CpuSched, cur: Option<&Vcpu>) -> bool {
 /// The running vCPU's own virtual timer fired: inject it, straight into a list register
 /// when the vGIC allows ([`vgic::Vgic::inject_edge_into`]).
 fn inject_vtimer(vm: &Vm, v: &mut Vcpu) {
+    // The timer is level-sensitive and has one physical instance at a time. If its interrupt
+    // is already in a list register (the shadow is current: the exit synced it), this
+    // acknowledge is that same instance, re-signalled because `load` deactivated the PPI:
+    // link it to that entry rather than latch a second one, which the guest would take after
+    // the first as a spurious early timer interrupt.
+    let mut used = v.lr_used;
+    while used != 0 {
+        let i = used.trailing_zeros() as usize;
+        used &= used - 1;
+        if let Some(lr) = v.lrs.get_mut(i)
+            && lr.intid == VTIMER_INTID
+            && lr.state != vgic::LrState::Invalid
+        {
+            if lr.hw.is_none() {
+                relink_vtimer(lr);
+                write_lrs(v, 1 << i);
+            }
+            return;
+        }
+    }
     let n = gic::nr_lrs().min(v.lrs.len());
     let r = vm
         .vgic
