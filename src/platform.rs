@@ -1507,8 +1507,8 @@ fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmConfig, Platfo
             cpu_affinity.push(pcpu);
         }
     }
-    // Without an affinity list, vCPU i goes to CPU i mod #CPUs (the kernel's default);
-    // more vCPUs than CPUs simply share them.
+    // Without an affinity list the kernel places the vCPUs on the least-loaded CPUs
+    // (vm::placement); more vCPUs than CPUs simply share them.
 
     let memory_bytes = match prop(node, "memory") {
         None => return Err(err("memory", "missing".into())),

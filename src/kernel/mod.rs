@@ -305,9 +305,11 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
 
     // Build every VM, then place its vCPUs on their physical CPUs.
     let mut built: Vec<&'static Vm> = Vec::new();
+    // vCPUs placed on each physical CPU so far (default placement balances against it).
+    let mut load: Vec<usize> = alloc::vec![0; ncpus];
     for (n, cfg) in plat.vms.iter().enumerate() {
         let heap_before = heap.lock().stats_alloc_actual();
-        let vm = match build_vm(VmId(n as u16), cfg, plat, pa_bits, ncpus) {
+        let vm = match build_vm(VmId(n as u16), cfg, plat, pa_bits, ncpus, &mut load) {
             Ok(vm) => vm,
             Err(e) => {
                 error!("{e}");
@@ -576,6 +578,7 @@ fn build_vm(
     plat: &Platform,
     pa_bits: u32,
     ncpus: usize,
+    load: &mut [usize],
 ) -> Result<&'static Vm, VmError> {
     let nvcpus = cfg.vcpus as usize;
     if nvcpus == 0 || nvcpus > vgic::MAX_VCPUS_V2 {
@@ -585,11 +588,14 @@ fn build_vm(
             alloc::format!("{nvcpus} vCPUs: 1 to 8 supported"),
         ));
     }
-    // Pinning: `elvisor,cpu-affinity`, else vCPU i on physical CPU i mod the CPU count.
+    // Pinning: `elvisor,cpu-affinity`, else the least-loaded CPUs (vm::placement), counting
+    // the vCPUs of every VM built before this one.
     let pcpus: Vec<usize> = if cfg.cpu_affinity.is_empty() {
-        (0..nvcpus).map(|i| i % ncpus.max(1)).collect()
+        crate::vm::placement::place(nvcpus, load)
     } else {
-        cfg.cpu_affinity.iter().map(|&c| c as usize).collect()
+        let p: Vec<usize> = cfg.cpu_affinity.iter().map(|&c| c as usize).collect();
+        crate::vm::placement::account(&p, load);
+        p
     };
     if let Some(bad) = pcpus.iter().find(|&&c| c >= ncpus) {
         return Err(vm_err(

@@ -18,7 +18,7 @@ pub struct VmConfig {
     /// Number of vCPUs (property `cpus`).
     pub vcpus: u32,
     /// Physical CPU (index into the host /cpus list) for each vCPU (property
-    /// `elvisor,cpu-affinity`); empty means "vCPU n on pCPU n".
+    /// `elvisor,cpu-affinity`); empty means the default placement (`vm::placement`).
     pub cpu_affinity: Vec<u32>,
     /// Guest RAM size in bytes (property `memory`, one 64-bit value in two cells).
     pub memory_bytes: u64,

@@ -6,6 +6,7 @@ pub mod exit;
 pub mod fdt;
 pub mod idregs;
 pub mod loader;
+pub mod placement;
 pub mod power;
 pub mod psci;
 pub mod sched;
