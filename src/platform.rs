@@ -111,6 +111,8 @@ pub struct Platform {
     pub psci: Option<PsciConduit>,
     /// /chosen `bootargs` of the host (the hypervisor's command line), empty if absent.
     pub bootargs: String,
+    /// /chosen `rng-seed` of the host (firmware or QEMU entropy), empty if absent.
+    pub rng_seed: Vec<u8>,
     /// VMs described under /chosen (nodes compatible with "elvisor,vm").
     pub vms: Vec<VmConfig>,
 }
@@ -234,6 +236,11 @@ pub fn parse(dtb: &[u8], dtb_pa: PhysAddr, image: PhysRange) -> Result<Platform,
             .to_string(),
         None => String::new(),
     };
+    let rng_seed = chosen
+        .as_ref()
+        .and_then(|c| prop(c.node(), "rng-seed"))
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
 
     let mut vms: Vec<VmConfig> = Vec::new();
     if let Some(chosen) = &chosen {
@@ -278,6 +285,7 @@ pub fn parse(dtb: &[u8], dtb_pa: PhysAddr, image: PhysRange) -> Result<Platform,
         timer,
         psci,
         bootargs,
+        rng_seed,
         vms,
     })
 }
@@ -1873,6 +1881,7 @@ mod tests {
             gic,
             psci: parse_psci(&fdt).unwrap(),
             bootargs: String::new(),
+            rng_seed: Vec::new(),
             vms: Vec::new(),
         };
         assert_rpi4b_devices(&p);

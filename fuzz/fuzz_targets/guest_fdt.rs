@@ -47,6 +47,8 @@ struct Spec {
     initrd: Option<Region>,
     reset_count: u32,
     passthrough: Vec<PtIn>,
+    rng_seed: Option<Vec<u8>>,
+    kaslr_seed: Option<u64>,
 }
 
 const NAMES: [&str; 8] = [
@@ -132,6 +134,8 @@ fuzz_target!(|spec: Spec| {
             .map(|r| (GuestPhysAddr(r.base), r.size)),
         reset_count: spec.reset_count,
         passthrough: &passthrough,
+        rng_seed: spec.rng_seed.as_deref(),
+        kaslr_seed: spec.kaslr_seed,
     };
     let blob = match fdt::generate(&g) {
         Ok(blob) => blob,
@@ -163,6 +167,16 @@ fuzz_target!(|spec: Spec| {
     assert_eq!(
         prop("/chosen", "elvisor,reset-count").map(be32s),
         Some(vec![spec.reset_count])
+    );
+    assert_eq!(
+        prop("/chosen", "rng-seed"),
+        spec.rng_seed.as_deref(),
+        "rng-seed"
+    );
+    assert_eq!(
+        prop("/chosen", "kaslr-seed").and_then(be64),
+        spec.kaslr_seed,
+        "kaslr-seed"
     );
     if let Some((base, size)) = g.initrd {
         assert_eq!(

@@ -42,6 +42,42 @@ static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator::new());
 /// SPIs each VM's virtual GIC has (INTIDs 32..96).
 const VM_SPIS: u32 = 64;
 static PLATFORM: Once<Platform> = Once::new();
+/// Entropy collected at boot, from which every guest boot's seeds are derived.
+static ENTROPY: Once<crate::vm::entropy::EntropyPool> = Once::new();
+
+/// The entropy pool: built from the host DT's `/chosen/rng-seed`, RNDR (FEAT_RNG) and counter
+/// jitter the first time it is needed (after the platform is parsed).
+fn entropy_pool() -> &'static crate::vm::entropy::EntropyPool {
+    ENTROPY.call_once(|| {
+        let host_seed = PLATFORM.get().map_or(&[][..], |p| p.rng_seed.as_slice());
+        let mut rndr = [0u64; 8];
+        let mut n = 0;
+        for slot in rndr.iter_mut() {
+            if let Some(v) = cpu::rndr() {
+                *slot = v;
+                n += 1;
+            }
+        }
+        // Counter samples around heap work: timing jitter, mixed in, never relied on alone.
+        let mut counter = [0u64; 16];
+        for c in counter.iter_mut() {
+            let v: Vec<u8> = alloc::vec![0; 257];
+            *c = timer::now() ^ (v.as_ptr() as u64);
+        }
+        let pool = crate::vm::entropy::EntropyPool::new(host_seed, &rndr[..n], &counter);
+        match pool.quality() {
+            crate::vm::entropy::Quality::Strong => info!(
+                "entropy: host rng-seed {} bytes, {n} RNDR values: each guest boot gets /chosen/rng-seed",
+                host_seed.len()
+            ),
+            crate::vm::entropy::Quality::JitterOnly => warn!(
+                "entropy: no host /chosen/rng-seed and no RNDR; guest rng-seeds come from timer jitter only \
+                 (give the firmware an RNG, e.g. U-Boot's rng driver, or pass /chosen/rng-seed)"
+            ),
+        }
+        pool
+    })
+}
 static RUNNING_VMS: AtomicUsize = AtomicUsize::new(0);
 /// Every VM, in configuration order (index = VmId).
 static VMS: Once<Vec<&'static Vm>> = Once::new();
@@ -891,6 +927,11 @@ pub enum Reload {
 /// run survives.
 pub fn load_images(vm: &Vm, how: Reload) -> Result<(), String> {
     let mpidrs = &vm.mpidrs;
+    // A fresh seed for this boot of this VM (vm::entropy).
+    let boot = vm.reset_count.load(Ordering::Relaxed);
+    let pool = entropy_pool();
+    let seed = pool.guest_seed(vm.id.0, boot, timer::now());
+    let kaslr = pool.kaslr_seed(vm.id.0, boot, timer::now());
     let initrd = vm.initrd_offset.zip(vm.ramdisk).map(|(off, m)| {
         (
             GuestPhysAddr(layout::RAM_BASE.0 + off),
@@ -927,6 +968,8 @@ pub fn load_images(vm: &Vm, how: Reload) -> Result<(), String> {
         initrd,
         reset_count: vm.reset_count.load(Ordering::Relaxed),
         passthrough: &vm.config.passthrough,
+        rng_seed: Some(&seed),
+        kaslr_seed: Some(kaslr),
     })
     .map_err(|e| alloc::format!("cannot generate the guest device tree: {e}"))?;
     if blob.len() as u64 > layout::FDT_SLOT {

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! /                     #address-cells = 2, #size-cells = 2, compatible = "elvisor,vm"
-//! ├── chosen            bootargs, stdout-path, linux,initrd-start/end, elvisor,reset-count
+//! ├── chosen            bootargs, stdout-path, linux,initrd-start/end, elvisor,reset-count,
+//! │                     rng-seed, kaslr-seed
 //! ├── memory@<base>     device_type = "memory", reg = <base size>
 //! ├── cpus              cpu@<mpidr>: reg = MPIDR affinity, enable-method = "psci"
 //! ├── psci              PSCI 1.0 / 0.2 over HVC (our emulation)
@@ -63,6 +64,9 @@ pub struct GuestFdt<'a> {
     pub reset_count: u32,
     /// Host devices passed through: each gets a copy of its node (same address, SPIs).
     pub passthrough: &'a [crate::vm::config::Passthrough],
+    /// `/chosen/rng-seed` (bytes for the guest's RNG at boot) and `/chosen/kaslr-seed`.
+    pub rng_seed: Option<&'a [u8]>,
+    pub kaslr_seed: Option<u64>,
 }
 
 /// Why a guest device tree could not be generated.
@@ -262,6 +266,14 @@ pub fn generate(spec: &GuestFdt<'_>) -> Result<Vec<u8>, FdtGenError> {
         w.property_u64("linux,initrd-end", base.as_u64() + size)?;
     }
     w.property_u32("elvisor,reset-count", spec.reset_count)?;
+    // Entropy for the guest's RNG and KASLR (Linux: drivers/of/fdt.c; the guest's CRNG is
+    // seeded from rng-seed before anything needs it). Fresh for every boot (vm::entropy).
+    if let Some(seed) = spec.rng_seed {
+        w.property("rng-seed", seed)?;
+    }
+    if let Some(k) = spec.kaslr_seed {
+        w.property_u64("kaslr-seed", k)?;
+    }
     w.end_node(chosen)?;
 
     let memory = w.begin_node(&format!("memory@{:x}", spec.ram_base.as_u64()))?;
@@ -424,6 +436,8 @@ mod tests {
             initrd: Some((GuestPhysAddr(0x4800_0000), 0x10_0000)),
             reset_count: 3,
             passthrough: &[],
+            rng_seed: None,
+            kaslr_seed: None,
         }
     }
 
@@ -755,6 +769,33 @@ mod tests {
         .unwrap();
         let fdt = fdt::Fdt::new(&blob).unwrap();
         assert!(fdt.find_node("/pl061@9030000").is_some() && fdt.find_node("/gpio@1").is_some());
+    }
+
+    #[test]
+    fn entropy_seeds_in_chosen() {
+        let seed: Vec<u8> = (1..=64).collect();
+        let blob = generate(&GuestFdt {
+            rng_seed: Some(&seed),
+            kaslr_seed: Some(0x0123_4567_89ab_cdef),
+            ..spec_v3()
+        })
+        .unwrap();
+        let fdt = fdt::Fdt::new(&blob).unwrap();
+        let chosen = fdt.find_node("/chosen").unwrap();
+        assert_eq!(chosen.property("rng-seed").unwrap().value, &seed[..]);
+        assert_eq!(
+            chosen.property("kaslr-seed").unwrap().value,
+            0x0123_4567_89ab_cdefu64.to_be_bytes()
+        );
+        // Without them, no empty properties.
+        let blob = generate(&spec_v3()).unwrap();
+        let fdt = fdt::Fdt::new(&blob).unwrap();
+        assert!(
+            fdt.find_node("/chosen")
+                .unwrap()
+                .property("rng-seed")
+                .is_none()
+        );
     }
 
     #[test]

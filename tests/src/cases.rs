@@ -1253,6 +1253,9 @@ const HOSTILE_REJECT: &[&str] = &[
 /// The Linux VM's /init output (scripts/mkinitramfs), after the kernel's own boot log.
 const LINUX_LINES: &[&str] = &[
     "Booting Linux on physical CPU 0x0000000000",
+    // Seeded from the /chosen/rng-seed elvisor puts in every guest DT: the CRNG is ready at
+    // once, even on a Cortex-A72 without RNDR (before, it never initialised there).
+    "random: crng init done",
     "INIT: nproc=2",
     "arch_timer",
     "IPI",

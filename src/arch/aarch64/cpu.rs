@@ -26,6 +26,22 @@ fn stacks_base() -> u64 {
     core::ptr::addr_of!(__stacks_start) as u64
 }
 
+/// One RNDR value (FEAT_RNG, ID_AA64ISAR0_EL1.RNDR [63:60]), or `None` where the CPU has no
+/// RNDR or the read reported failure (NZCV = 0b0100, ARM ARM C5.2.16).
+pub fn rndr() -> Option<u64> {
+    if (super::idregs::read(6, 0) >> 60) & 0xf == 0 {
+        return None;
+    }
+    let v: u64;
+    let ok: u64;
+    // SAFETY: reads RNDR (S3_3_C2_C4_0) and the Z flag; no memory, no other state.
+    unsafe {
+        core::arch::asm!("mrs {v}, s3_3_c2_c4_0", "cset {ok}, ne", v = out(reg) v, ok = out(reg) ok,
+            options(nomem, nostack))
+    };
+    (ok != 0).then_some(v)
+}
+
 /// Top of CPU `cpu`'s kernel stack.
 pub fn stack_top(cpu: usize) -> u64 {
     stacks_base() + cpu as u64 * PERCPU_STACKS_BYTES + GUARD_BYTES + STACK_BYTES
