@@ -301,12 +301,14 @@ pub fn fault() -> Fault {
 }
 
 /// FEAT_RAS (ID_AA64PFR0_EL1.RAS != 0): VDISR_EL2 exists and is part of a vCPU's state.
-/// The Cortex-A72 has no RAS; QEMU's `max` CPU has it.
+/// The Cortex-A72 has no RAS; QEMU's `max` CPU has it. Read once per CPU by
+/// [`init_cpu_traps`], not on every vCPU switch.
 fn has_ras() -> bool {
-    use aarch64_cpu::registers::ID_AA64PFR0_EL1;
-    // RAS is ID_AA64PFR0_EL1[31:28] (ARM ARM D24.2.76); aarch64-cpu names no field for it.
-    (ID_AA64PFR0_EL1.get() >> 28) & 0xf != 0
+    HAS_RAS.load(core::sync::atomic::Ordering::Relaxed)
 }
+
+/// See [`has_ras`].
+static HAS_RAS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// FEAT_PAN (ID_AA64MMFR1_EL1.PAN).
 fn has_pan() -> bool {
@@ -441,9 +443,12 @@ pub fn init_cpu_traps() {
         plain_rw!(write "s3_4_c3_c1_4", 0); // HDFGRTR_EL2
         plain_rw!(write "s3_4_c3_c1_5", 0); // HDFGWTR_EL2
     }
-    if nibble(ID_AA64PFR0_EL1.get(), 44) != 0 {
+    let pfr0 = ID_AA64PFR0_EL1.get();
+    if nibble(pfr0, 44) != 0 {
         CPTR_EXTRA.store(1 << 30, core::sync::atomic::Ordering::Relaxed);
     }
+    // RAS is ID_AA64PFR0_EL1[31:28] (ARM ARM D24.2.76); aarch64-cpu names no field for it.
+    HAS_RAS.store(nibble(pfr0, 28) != 0, core::sync::atomic::Ordering::Relaxed);
     // The counter event stream, from this CPU's first lock wait on (vCPU loads rewrite
     // CNTHCTL_EL2 with the same bits, `guest_cnthctl`).
     let cnthctl = plain_rw!(read "cnthctl_el2");
