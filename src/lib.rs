@@ -13,6 +13,7 @@ extern crate alloc;
 
 pub mod arch;
 pub mod console;
+pub mod fdt;
 pub mod mm;
 pub mod platform;
 pub mod vdev;

@@ -24,7 +24,7 @@ use crate::mm::frame::FrameAllocator;
 use crate::mm::pagetable::{El2Kind, El2Table, S2Kind, Stage2Table};
 use crate::mm::rewrite::Segment;
 use crate::mm::{BLOCK_2M, GuestPhysAddr, PhysAddr, PhysRange};
-use crate::platform::{self, Platform, PsciConduit};
+use crate::platform::{self, GicVersion, Platform, PsciConduit};
 use crate::vdev::MmioBus;
 use crate::vdev::pl011::Pl011 as VPl011;
 use crate::vdev::vgic::{self, GicdWindow, GicrWindow, Vgic, VgicConfig};
@@ -551,13 +551,13 @@ fn log_platform(p: &Platform, image: PhysRange, heap: PhysRange) {
     );
     let g = &p.gic;
     match g.version {
-        platform::GicVersion::V3 => info!(
+        GicVersion::V3 => info!(
             "gic: GICv3, GICD {:#x}, {} GICR region(s) at {:#x}",
             g.gicd.base.0,
             g.gicr.len(),
             g.gicr.first().map(|r| r.base.0).unwrap_or(0)
         ),
-        platform::GicVersion::V2 => info!(
+        GicVersion::V2 => info!(
             "gic: GICv2, GICD {:#x}, GICC {:#x}, GICH {:#x}, GICV {:#x}",
             g.gicd.base.0,
             g.gicc.map(|r| r.base.0).unwrap_or(0),
@@ -681,12 +681,8 @@ fn build_vm(
         .map(layout::RAM_BASE, ram.range().base, ram_bytes, S2Kind::Ram)
         .map_err(|e| vm_err(cfg, "memory", alloc::format!("stage-2 map failed: {e}")))?;
 
-    let version = match plat.gic.version {
-        platform::GicVersion::V3 => vgic::GicVersion::V3,
-        platform::GicVersion::V2 => vgic::GicVersion::V2,
-    };
     let mut vg = Vgic::new(&VgicConfig {
-        version,
+        version: plat.gic.version,
         nr_spis: VM_SPIS,
         mpidrs: &mpidrs,
     })
@@ -710,11 +706,11 @@ fn build_vm(
     bus.add(layout::GICD_BASE, Box::new(GicdWindow::new(vgic.clone())))
         .map_err(overlap)?;
     match plat.gic.version {
-        platform::GicVersion::V3 => {
+        GicVersion::V3 => {
             bus.add(layout::GICR_BASE, Box::new(GicrWindow::new(vgic.clone())))
                 .map_err(overlap)?;
         }
-        platform::GicVersion::V2 => {
+        GicVersion::V2 => {
             // The hardware virtual CPU interface (GICV) appears at the guest's GICC address.
             let gicv = plat
                 .gic
@@ -948,8 +944,8 @@ pub fn load_images(vm: &Vm, how: Reload) -> Result<(), String> {
             intid: Some(layout::UART_INTID),
         }),
         gic: Some(match vm.vgic.lock().version() {
-            vgic::GicVersion::V3 => GuestGic {
-                version: platform::GicVersion::V3,
+            version @ GicVersion::V3 => GuestGic {
+                version,
                 gicd: (layout::GICD_BASE, layout::GICD_SIZE),
                 gicr_or_gicc: (
                     layout::GICR_BASE,
@@ -957,8 +953,8 @@ pub fn load_images(vm: &Vm, how: Reload) -> Result<(), String> {
                 ),
                 maintenance_intid: None,
             },
-            vgic::GicVersion::V2 => GuestGic {
-                version: platform::GicVersion::V2,
+            version @ GicVersion::V2 => GuestGic {
+                version,
                 gicd: (layout::GICD_BASE, layout::GICD_V2_SIZE),
                 gicr_or_gicc: (layout::GICC_BASE, layout::GICC_SIZE),
                 maintenance_intid: None,
@@ -1046,7 +1042,7 @@ fn stop_machine(conduit: Option<platform::PsciConduit>) -> ! {
 
 /// A bad host device tree: one line naming the node and property, then the machine stops the
 /// same way as every other stop (PSCI SYSTEM_OFF if the device tree names a conduit).
-fn fatal_config(e: &platform::PlatformError, dtb: &[u8]) -> ! {
+fn fatal_config(e: &platform::ConfigError, dtb: &[u8]) -> ! {
     error!("bad configuration: {e}");
     stop_machine(platform::early_psci(dtb))
 }

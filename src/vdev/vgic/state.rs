@@ -38,15 +38,7 @@ pub const MAX_SPIS: u32 = 960;
 /// three bits of every priority field are RAZ/WI.
 pub const PRIORITY_MASK: u8 = 0xF8;
 
-/// Which GIC architecture the guest sees.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum GicVersion {
-    /// GICv2: GICD plus the hardware GICV mapped as the guest's GICC.
-    V2,
-    /// GICv3 with affinity routing (ARE=1) and a single security state (DS=1): GICD, one
-    /// GICR frame pair per vCPU, the CPU interface through ICV_* system registers.
-    V3,
-}
+pub use crate::platform::GicVersion;
 
 /// Shape of a VM's virtual GIC.
 #[derive(Clone, Copy, Debug)]

@@ -1,12 +1,19 @@
 //! VM configuration as data: one /chosen node per VM (in the spirit of Xen's dom0less).
 //!
-//! See docs/configuration.md for the binding. Parsing lives in [`crate::platform`], which owns
-//! the host device tree; this file holds the resulting types.
+//! See docs/configuration.md for the binding. [`crate::platform::parse`] walks the host device
+//! tree and hands each VM node to [`parse_vm`] (in `node.rs`); this file holds the resulting
+//! types.
+#![forbid(unsafe_code)]
 
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::mm::PhysRange;
+
+mod node;
+
+pub use node::MAX_VCPUS;
+pub(crate) use node::{VmLimits, parse_vm};
 
 /// One VM, as described by a `compatible = "elvisor,vm"` node under /chosen.
 #[derive(Clone, PartialEq, Eq, Debug)]

@@ -1,0 +1,694 @@
+use super::*;
+use crate::fdt::{FDT_END_NODE, FDT_PROP, be32, nop_node};
+use vm_fdt::{FdtWriter, FdtWriterResult};
+
+static GICV3: &[u8] = include_bytes!("../../tests/fixtures/qemu-virt-gicv3.dtb");
+static GICV2: &[u8] = include_bytes!("../../tests/fixtures/qemu-virt-gicv2.dtb");
+static GICV3_VM: &[u8] = include_bytes!("../../tests/fixtures/qemu-virt-gicv3-vm.dtb");
+static RPI4B: &[u8] = include_bytes!("../../tests/fixtures/rpi4b.dtb");
+static RPI4B_QEMU: &[u8] = include_bytes!("../../tests/fixtures/rpi4b-qemu.dtb");
+
+const DTB_PA: PhysAddr = PhysAddr(0x4800_0000);
+const IMAGE: PhysRange = PhysRange::new(PhysAddr(0x4008_0000), 0x20_0000);
+
+fn range(base: u64, size: u64) -> PhysRange {
+    PhysRange::new(PhysAddr(base), size)
+}
+
+fn parse_ok(dtb: &[u8]) -> Platform {
+    parse(dtb, DTB_PA, IMAGE).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn parse_err(dtb: &[u8]) -> ConfigError {
+    parse(dtb, DTB_PA, IMAGE).expect_err("the device tree should be rejected")
+}
+
+#[test]
+fn qemu_virt_gicv3() {
+    let p = parse_ok(GICV3);
+    assert_eq!(p.ram, [range(0x4000_0000, 0x4000_0000)]);
+    assert_eq!(
+        p.cpus,
+        [
+            Cpu {
+                mpidr: 0,
+                enable_method: EnableMethod::Psci
+            },
+            Cpu {
+                mpidr: 1,
+                enable_method: EnableMethod::Psci
+            },
+        ]
+    );
+    assert_eq!(p.gic.version, GicVersion::V3);
+    assert_eq!(p.gic.gicd, range(0x0800_0000, 0x1_0000));
+    assert_eq!(p.gic.gicr, [range(0x080a_0000, 0xf6_0000)]);
+    assert_eq!((p.gic.gicc, p.gic.gich, p.gic.gicv), (None, None, None));
+    assert_eq!(p.gic.maintenance_intid, Some(25));
+    assert_eq!(
+        p.timer,
+        Timer {
+            secure_phys_intid: 29,
+            phys_intid: 30,
+            virt_intid: 27,
+            hyp_phys_intid: 26,
+            hyp_virt_intid: Some(28),
+        }
+    );
+    assert_eq!(p.uart.path, "/pl011@9000000");
+    assert_eq!(p.uart.base, PhysAddr(0x0900_0000));
+    assert_eq!(p.uart.size_bytes, 0x1000);
+    assert_eq!(p.uart.intid, Some(33));
+    assert_eq!(p.psci, Some(PsciConduit::Smc));
+    assert_eq!(p.bootargs, "");
+    assert!(p.vms.is_empty());
+    // The dumped blob is QEMU's unpacked 1 MiB one.
+    assert_eq!(p.reserved, [IMAGE, range(DTB_PA.0, 0x10_0000)]);
+}
+
+#[test]
+fn qemu_virt_gicv2() {
+    let p = parse_ok(GICV2);
+    assert_eq!(p.ram, [range(0x4000_0000, 0x4000_0000)]);
+    assert_eq!(p.cpus.len(), 2);
+    assert!(p.cpus.iter().all(|c| c.enable_method == EnableMethod::Psci));
+    assert_eq!(p.gic.version, GicVersion::V2);
+    assert_eq!(p.gic.gicd, range(0x0800_0000, 0x1_0000));
+    assert!(p.gic.gicr.is_empty());
+    assert_eq!(p.gic.gicc, Some(range(0x0801_0000, 0x1_0000)));
+    assert_eq!(p.gic.gich, Some(range(0x0803_0000, 0x1_0000)));
+    assert_eq!(p.gic.gicv, Some(range(0x0804_0000, 0x1_0000)));
+    assert_eq!(p.gic.maintenance_intid, Some(25));
+    // -cpu cortex-a72 has no VHE, so QEMU lists no EL2 virtual timer.
+    assert_eq!(
+        p.timer,
+        Timer {
+            secure_phys_intid: 29,
+            phys_intid: 30,
+            virt_intid: 27,
+            hyp_phys_intid: 26,
+            hyp_virt_intid: None,
+        }
+    );
+    assert_eq!(p.uart.base, PhysAddr(0x0900_0000));
+    assert_eq!(p.uart.intid, Some(33));
+    assert_eq!(p.psci, Some(PsciConduit::Smc));
+}
+
+fn rpi4b_cpus() -> Vec<Cpu> {
+    [0xd8, 0xe0, 0xe8, 0xf0]
+        .iter()
+        .enumerate()
+        .map(|(i, &addr)| Cpu {
+            mpidr: i as u64,
+            enable_method: EnableMethod::SpinTable {
+                release_addr: PhysAddr(addr),
+            },
+        })
+        .collect()
+}
+
+fn assert_rpi4b_devices(p: &Platform) {
+    assert_eq!(p.cpus, rpi4b_cpus());
+    assert_eq!(p.gic.version, GicVersion::V2);
+    assert_eq!(p.gic.gicd, range(0xff84_1000, 0x1000));
+    assert_eq!(p.gic.gicc, Some(range(0xff84_2000, 0x2000)));
+    assert_eq!(p.gic.gich, Some(range(0xff84_4000, 0x2000)));
+    assert_eq!(p.gic.gicv, Some(range(0xff84_6000, 0x2000)));
+    assert_eq!(p.gic.maintenance_intid, Some(25));
+    assert_eq!(
+        p.timer,
+        Timer {
+            secure_phys_intid: 29,
+            phys_intid: 30,
+            virt_intid: 27,
+            hyp_phys_intid: 26,
+            hyp_virt_intid: None,
+        }
+    );
+    // stdout-path is "serial1:115200n8", the mini-UART; serial0 is the PL011.
+    assert_eq!(p.uart.path, "/soc/serial@7e201000");
+    assert_eq!(p.uart.base, PhysAddr(0xfe20_1000));
+    assert_eq!(p.uart.size_bytes, 0x200);
+    assert_eq!(p.uart.intid, Some(32 + 0x79));
+    assert_eq!(p.psci, None);
+}
+
+#[test]
+fn rpi4b_as_qemu_passes_it() {
+    let p = parse_ok(RPI4B_QEMU);
+    // QEMU fills in /memory@0 with the 960 MiB below the VideoCore carve-out.
+    assert_eq!(p.ram, [range(0, 0x3c00_0000)]);
+    assert_rpi4b_devices(&p);
+    // /memreserve/ keeps the spin table page; nvram@0 is disabled, linux,cma has no reg.
+    assert_eq!(
+        p.reserved,
+        [range(0, 0x1000), IMAGE, range(DTB_PA.0, 74772)]
+    );
+}
+
+#[test]
+fn rpi4b_as_debian_ships_it() {
+    // The firmware fills in memory@0; as shipped its reg is <0 0 0>.
+    let e = parse_err(RPI4B);
+    assert_eq!((e.node.as_str(), e.property.as_str()), ("/memory", "reg"));
+
+    // Everything else parses; check the pieces one by one.
+    let fdt = Dtb::new(RPI4B).unwrap();
+    let blob = fdt.blob;
+    let root = Lineage::root(&fdt).unwrap();
+    let (gic, gic_node) = parse_gic(&root).unwrap();
+    let p = Platform {
+        ram: Vec::new(),
+        reserved: memreserve(blob).unwrap(),
+        cpus: parse_cpus(&fdt).unwrap(),
+        timer: parse_timer(&root, &gic_node).unwrap(),
+        uart: parse_uart(&fdt, &gic_node).unwrap(),
+        gic,
+        psci: parse_psci(&fdt).unwrap(),
+        bootargs: String::new(),
+        rng_seed: Vec::new(),
+        vms: Vec::new(),
+    };
+    assert_rpi4b_devices(&p);
+    assert_eq!(p.reserved, [range(0, 0x1000)]);
+    assert_eq!(early_console(RPI4B), Some(PhysAddr(0xfe20_1000)));
+}
+
+#[test]
+fn vm_fixture() {
+    let p = parse_ok(GICV3_VM);
+    let kernel = range(0x6000_0000, 0x1_0000);
+    assert_eq!(
+        p.vms,
+        [VmConfig {
+            name: "vm-smoke".into(),
+            node_path: "/chosen/vm-smoke".into(),
+            vcpus: 1,
+            cpu_affinity: Vec::new(),
+            memory_bytes: 0x400_0000,
+            bootargs: "hello".into(),
+            kernel,
+            ramdisk: None,
+            passthrough: Vec::new(),
+        }]
+    );
+    assert!(p.reserved.contains(&kernel));
+    assert!(p.reserved.windows(2).all(|w| w[0].base <= w[1].base));
+}
+
+#[test]
+fn early_helpers() {
+    assert_eq!(early_console(GICV3), Some(PhysAddr(0x0900_0000)));
+    assert_eq!(early_console(GICV2), Some(PhysAddr(0x0900_0000)));
+    assert_eq!(early_console(RPI4B_QEMU), Some(PhysAddr(0xfe20_1000)));
+    assert_eq!(early_console(&[0u8; 64]), None);
+    assert_eq!(early_console(&GICV3[..100]), None);
+    assert_eq!(early_bootargs(GICV3), None);
+    assert_eq!(early_psci(GICV3), parse_ok(GICV3).psci);
+    assert!(early_psci(GICV3).is_some(), "QEMU virt's DTB has /psci");
+    assert_eq!(early_psci(RPI4B), None, "the Pi 4 firmware has no PSCI");
+    assert_eq!(early_psci(&[0u8; 64]), None);
+    let dtb = host_dt(true, &|w| {
+        w.property_string("bootargs", "console=hvc0 loglevel=8")?;
+        w.property_string("stdout-path", "serial0:115200n8")
+    });
+    assert_eq!(early_bootargs(&dtb), Some("console=hvc0 loglevel=8"));
+    assert_eq!(early_console(&dtb), Some(PhysAddr(0x0900_0000)));
+    assert_eq!(parse_ok(&dtb).bootargs, "console=hvc0 loglevel=8");
+}
+
+// --- Small trees built in the test -------------------------------------------------------
+
+type Build<'f> = &'f dyn Fn(&mut FdtWriter) -> FdtWriterResult<()>;
+
+/// A QEMU-virt-like host tree; `chosen` writes the /chosen properties and subnodes.
+fn host_dt(memory: bool, chosen: Build<'_>) -> Vec<u8> {
+    host_dt_with(memory, &|_| Ok(()), chosen)
+}
+
+/// As [`host_dt`], with `extra` writing more nodes under the root.
+fn host_dt_with(memory: bool, extra: Build<'_>, chosen: Build<'_>) -> Vec<u8> {
+    let mut w = FdtWriter::new().unwrap();
+    let build = |w: &mut FdtWriter| -> FdtWriterResult<()> {
+        let root = w.begin_node("")?;
+        w.property_u32("#address-cells", 2)?;
+        w.property_u32("#size-cells", 2)?;
+        w.property_u32("interrupt-parent", 1)?;
+        if memory {
+            let n = w.begin_node("memory@40000000")?;
+            w.property_string("device_type", "memory")?;
+            w.property_array_u64("reg", &[0x4000_0000, 0x4000_0000])?;
+            w.end_node(n)?;
+        }
+        let cpus = w.begin_node("cpus")?;
+        w.property_u32("#address-cells", 1)?;
+        w.property_u32("#size-cells", 0)?;
+        for i in 0..2u32 {
+            let n = w.begin_node(&format!("cpu@{i}"))?;
+            w.property_string("device_type", "cpu")?;
+            w.property_u32("reg", i)?;
+            w.property_string("enable-method", "psci")?;
+            w.end_node(n)?;
+        }
+        w.end_node(cpus)?;
+        let n = w.begin_node("psci")?;
+        w.property_string("method", "hvc")?;
+        w.end_node(n)?;
+        let n = w.begin_node("intc@8000000")?;
+        w.property_string("compatible", "arm,gic-v3")?;
+        w.property_null("interrupt-controller")?;
+        w.property_u32("#interrupt-cells", 3)?;
+        w.property_array_u64("reg", &[0x800_0000, 0x1_0000, 0x80a_0000, 0xf6_0000])?;
+        w.property_u32("phandle", 1)?;
+        w.end_node(n)?;
+        let n = w.begin_node("timer")?;
+        w.property_string("compatible", "arm,armv8-timer")?;
+        w.property_array_u32("interrupts", &[1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4])?;
+        w.end_node(n)?;
+        let n = w.begin_node("pl011@9000000")?;
+        w.property_string("compatible", "arm,pl011")?;
+        w.property_array_u64("reg", &[0x900_0000, 0x1000])?;
+        w.property_array_u32("interrupts", &[0, 1, 4])?;
+        w.end_node(n)?;
+        extra(w)?;
+        let n = w.begin_node("aliases")?;
+        w.property_string("serial0", "/pl011@9000000")?;
+        w.end_node(n)?;
+        let n = w.begin_node("chosen")?;
+        chosen(w)?;
+        w.end_node(n)?;
+        w.end_node(root)
+    };
+    build(&mut w).unwrap();
+    w.finish().unwrap()
+}
+
+fn stdout(w: &mut FdtWriter) -> FdtWriterResult<()> {
+    w.property_string("stdout-path", "/pl011@9000000")
+}
+
+/// /chosen with the console and one VM node `vm-a`; `props` writes its properties and
+/// `kernel` says whether it gets a kernel module at 0x6000_0000.
+fn vm_dt(props: Build<'_>, kernel: bool) -> Vec<u8> {
+    host_dt(true, &|w| {
+        stdout(w)?;
+        let vm = w.begin_node("vm-a")?;
+        w.property_string("compatible", "elvisor,vm")?;
+        props(w)?;
+        if kernel {
+            let k = w.begin_node("kernel")?;
+            w.property_string_list(
+                "compatible",
+                vec!["multiboot,kernel".into(), "multiboot,module".into()],
+            )?;
+            w.property_array_u64("reg", &[0x6000_0000, 0x10_0000])?;
+            w.end_node(k)?;
+        }
+        w.end_node(vm)
+    })
+}
+
+fn good_vm(w: &mut FdtWriter) -> FdtWriterResult<()> {
+    w.property_u32("cpus", 2)?;
+    w.property_u64("memory", 0x800_0000)
+}
+
+fn assert_error(dtb: &[u8], node: &str, property: &str) {
+    let e = parse_err(dtb);
+    assert_eq!(
+        (e.node.as_str(), e.property.as_str()),
+        (node, property),
+        "unexpected error: {e}"
+    );
+    assert!(!e.problem.is_empty());
+}
+
+#[test]
+fn built_tree_parses() {
+    let p = parse_ok(&vm_dt(
+        &|w| {
+            good_vm(w)?;
+            w.property_string("elvisor,name", "linux")?;
+            w.property_array_u32("elvisor,cpu-affinity", &[1, 0])?;
+            w.property_string("bootargs", "console=ttyAMA0")?;
+            let r = w.begin_node("ramdisk")?;
+            w.property_string("compatible", "multiboot,ramdisk")?;
+            w.property_array_u64("reg", &[0x6100_0000, 0x20_0000])?;
+            w.end_node(r)
+        },
+        true,
+    ));
+    assert_eq!(p.psci, Some(PsciConduit::Hvc));
+    assert_eq!(p.timer.hyp_virt_intid, None);
+    let vm = &p.vms[0];
+    assert_eq!(vm.name, "linux");
+    assert_eq!(vm.vcpus, 2);
+    assert_eq!(vm.cpu_affinity, [1, 0]);
+    assert_eq!(vm.memory_bytes, 0x800_0000);
+    assert_eq!(vm.bootargs, "console=ttyAMA0");
+    assert_eq!(vm.kernel, range(0x6000_0000, 0x10_0000));
+    assert_eq!(vm.ramdisk, Some(range(0x6100_0000, 0x20_0000)));
+}
+
+#[test]
+fn missing_memory_node() {
+    assert_error(&host_dt(false, &stdout), "/memory", "reg");
+}
+
+#[test]
+fn missing_stdout_path() {
+    assert_error(&host_dt(true, &|_| Ok(())), "/chosen", "stdout-path");
+    assert_eq!(early_console(&host_dt(true, &|_| Ok(()))), None);
+    // linux,stdout-path is the fallback.
+    let dtb = host_dt(true, &|w| w.property_string("linux,stdout-path", "serial0"));
+    assert_eq!(parse_ok(&dtb).uart.base, PhysAddr(0x900_0000));
+    // A name that resolves to nothing.
+    let dtb = host_dt(true, &|w| w.property_string("stdout-path", "serial7:9600"));
+    assert_error(&dtb, "/chosen", "stdout-path");
+}
+
+#[test]
+fn vm_without_kernel() {
+    assert_error(&vm_dt(&good_vm, false), "/chosen/vm-a", "");
+}
+
+#[test]
+fn vm_bad_memory() {
+    let bad_size = |bytes: u64| {
+        vm_dt(
+            &move |w| {
+                w.property_u32("cpus", 1)?;
+                w.property_u64("memory", bytes)
+            },
+            true,
+        )
+    };
+    assert_error(&bad_size(0x30_0000), "/chosen/vm-a", "memory");
+    assert_error(&bad_size(0), "/chosen/vm-a", "memory");
+    let one_cell = vm_dt(
+        &|w| {
+            w.property_u32("cpus", 1)?;
+            w.property_u32("memory", 0x400_0000)
+        },
+        true,
+    );
+    assert_error(&one_cell, "/chosen/vm-a", "memory");
+    assert_error(
+        &vm_dt(&|w| w.property_u32("cpus", 1), true),
+        "/chosen/vm-a",
+        "memory",
+    );
+}
+
+#[test]
+fn vm_bad_cpus() {
+    let cpus = |n: u32| {
+        vm_dt(
+            &move |w| {
+                w.property_u32("cpus", n)?;
+                w.property_u64("memory", 0x20_0000)
+            },
+            true,
+        )
+    };
+    assert_error(&cpus(0), "/chosen/vm-a", "cpus");
+    assert_error(&cpus(65), "/chosen/vm-a", "cpus");
+    // Two host CPUs and no affinity list: the vCPUs share them (i mod 2).
+    let p = parse_ok(&cpus(3));
+    assert_eq!((p.vms[0].vcpus, p.vms[0].cpu_affinity.len()), (3, 0));
+    let affinity = |list: &'static [u32]| {
+        vm_dt(
+            &move |w| {
+                good_vm(w)?;
+                w.property_array_u32("elvisor,cpu-affinity", list)
+            },
+            true,
+        )
+    };
+    assert_error(&affinity(&[0]), "/chosen/vm-a", "elvisor,cpu-affinity");
+    assert_error(&affinity(&[0, 2]), "/chosen/vm-a", "elvisor,cpu-affinity");
+}
+
+#[test]
+fn vm_bad_modules() {
+    let module = |reg: &'static [u64], second_kernel: bool| {
+        vm_dt(
+            &move |w| {
+                good_vm(w)?;
+                for name in ["kernel", "kernel2"]
+                    .iter()
+                    .take(1 + second_kernel as usize)
+                {
+                    let k = w.begin_node(name)?;
+                    w.property_string("compatible", "multiboot,kernel")?;
+                    w.property_array_u64("reg", reg)?;
+                    w.end_node(k)?;
+                }
+                Ok(())
+            },
+            false,
+        )
+    };
+    let path = "/chosen/vm-a/kernel";
+    assert_error(&module(&[0x6000_0000, 0], false), path, "reg");
+    assert_error(&module(&[0x6000_0000], false), path, "reg");
+    // Outside RAM, over the host DTB, over the hypervisor image.
+    assert_error(&module(&[0x1000_0000, 0x1000], false), path, "reg");
+    assert_error(&module(&[DTB_PA.0, 0x1000], false), path, "reg");
+    assert_error(
+        &module(&[IMAGE.base.0 + 0x1000, 0x1000], false),
+        path,
+        "reg",
+    );
+    assert_error(
+        &module(&[0x6000_0000, 0x1000], true),
+        "/chosen/vm-a/kernel2",
+        "compatible",
+    );
+    // 1-cell address and size through the VM node's own cells.
+    let p = parse_ok(&vm_dt(
+        &|w| {
+            good_vm(w)?;
+            w.property_u32("#address-cells", 1)?;
+            w.property_u32("#size-cells", 1)?;
+            let k = w.begin_node("kernel")?;
+            w.property_string("compatible", "multiboot,kernel")?;
+            w.property_array_u32("reg", &[0x6000_0000, 0x8000])?;
+            w.end_node(k)
+        },
+        false,
+    ));
+    assert_eq!(p.vms[0].kernel, range(0x6000_0000, 0x8000));
+}
+
+#[test]
+fn duplicate_vm_names() {
+    let dtb = host_dt(true, &|w| {
+        stdout(w)?;
+        for name in ["vm@0", "vm@1"] {
+            let vm = w.begin_node(name)?;
+            w.property_string("compatible", "elvisor,vm")?;
+            w.property_string("elvisor,name", "twin")?;
+            good_vm(w)?;
+            let k = w.begin_node("kernel")?;
+            w.property_string("compatible", "multiboot,kernel")?;
+            w.property_array_u64("reg", &[0x6000_0000, 0x1000])?;
+            w.end_node(k)?;
+            w.end_node(vm)?;
+        }
+        Ok(())
+    });
+    assert_error(&dtb, "/chosen/vm@1", "elvisor,name");
+}
+
+#[test]
+fn reserved_memory() {
+    let extra = |w: &mut FdtWriter| -> FdtWriterResult<()> {
+        let rm = w.begin_node("reserved-memory")?;
+        w.property_u32("#address-cells", 2)?;
+        w.property_u32("#size-cells", 2)?;
+        w.property_null("ranges")?;
+        for (name, base, status) in [
+            ("fw@60000000", 0x6000_0000u64, "okay"),
+            ("off@70000000", 0x7000_0000, "disabled"),
+        ] {
+            let n = w.begin_node(name)?;
+            w.property_array_u64("reg", &[base, 0x10_0000])?;
+            w.property_string("status", status)?;
+            w.end_node(n)?;
+        }
+        let n = w.begin_node("pool")?;
+        w.property_string("compatible", "shared-dma-pool")?;
+        w.property_u32("size", 0x40_0000)?;
+        w.end_node(n)?;
+        w.end_node(rm)
+    };
+    let p = parse_ok(&host_dt_with(true, &extra, &stdout));
+    assert_eq!(
+        p.reserved,
+        [
+            IMAGE,
+            range(DTB_PA.0, p.reserved[1].size_bytes),
+            range(0x6000_0000, 0x10_0000)
+        ]
+    );
+    // A kernel module placed over the firmware's reservation.
+    let dtb = host_dt_with(true, &extra, &|w| {
+        stdout(w)?;
+        let vm = w.begin_node("vm-a")?;
+        w.property_string("compatible", "elvisor,vm")?;
+        good_vm(w)?;
+        let k = w.begin_node("kernel")?;
+        w.property_string("compatible", "multiboot,kernel")?;
+        w.property_array_u64("reg", &[0x6008_0000, 0x1000])?;
+        w.end_node(k)?;
+        w.end_node(vm)
+    });
+    assert_error(&dtb, "/chosen/vm-a/kernel", "reg");
+}
+
+/// A Raspberry-Pi-like /soc bus holding a second PL011 at bus address 0x7e20_1000.
+fn soc(ranges: Option<&'static [u32]>) -> impl Fn(&mut FdtWriter) -> FdtWriterResult<()> {
+    move |w| {
+        let n = w.begin_node("soc")?;
+        w.property_u32("#address-cells", 1)?;
+        w.property_u32("#size-cells", 1)?;
+        if let Some(ranges) = ranges {
+            w.property_array_u32("ranges", ranges)?;
+        }
+        let s = w.begin_node("serial@7e201000")?;
+        w.property_string_list(
+            "compatible",
+            vec!["arm,pl011".into(), "arm,primecell".into()],
+        )?;
+        w.property_array_u32("reg", &[0x7e20_1000, 0x200])?;
+        w.property_array_u32("interrupts", &[0, 0x79, 4])?;
+        w.end_node(s)?;
+        w.end_node(n)
+    }
+}
+
+fn soc_console(w: &mut FdtWriter) -> FdtWriterResult<()> {
+    w.property_string("stdout-path", "/soc/serial@7e201000:115200n8")
+}
+
+#[test]
+fn ranges_translation() {
+    const PI_RANGES: &[u32] = &[
+        0x7e00_0000,
+        0,
+        0xfe00_0000,
+        0x180_0000, //
+        0x4000_0000,
+        0,
+        0xff80_0000,
+        0x80_0000,
+    ];
+    let dtb = host_dt_with(true, &soc(Some(PI_RANGES)), &soc_console);
+    let p = parse_ok(&dtb);
+    assert_eq!(p.uart.base, PhysAddr(0xfe20_1000));
+    assert_eq!(p.uart.intid, Some(153));
+    assert_eq!(early_console(&dtb), Some(PhysAddr(0xfe20_1000)));
+
+    // Empty ranges: identity.
+    let dtb = host_dt_with(true, &soc(Some(&[])), &soc_console);
+    assert_eq!(parse_ok(&dtb).uart.base, PhysAddr(0x7e20_1000));
+
+    // No ranges: not translatable, and the error names the bus.
+    let dtb = host_dt_with(true, &soc(None), &soc_console);
+    assert_error(&dtb, "/soc", "ranges");
+    assert_eq!(early_console(&dtb), None);
+
+    // A ranges entry that does not cover the device.
+    let dtb = host_dt_with(
+        true,
+        &soc(Some(&[0x4000_0000, 0, 0xff80_0000, 0x80_0000])),
+        &soc_console,
+    );
+    assert_error(&dtb, "/soc", "ranges");
+}
+
+#[test]
+fn non_pl011_console() {
+    // stdout-path names a UART we cannot drive and no serialN alias names a PL011.
+    let extra = |w: &mut FdtWriter| -> FdtWriterResult<()> {
+        let n = w.begin_node("serial@9100000")?;
+        w.property_string("compatible", "ns16550a")?;
+        w.property_array_u64("reg", &[0x910_0000, 0x100])?;
+        w.end_node(n)
+    };
+    let dtb = host_dt_with(true, &extra, &|w| {
+        w.property_string("stdout-path", "/serial@9100000")
+    });
+    // serial0 names the PL011, so it is used instead.
+    assert_eq!(parse_ok(&dtb).uart.base, PhysAddr(0x900_0000));
+}
+
+#[test]
+fn nop_tokens_are_skipped() {
+    // QEMU's raspi4b blob (rpi4b_as_qemu_passes_it) is full of them; here, one node's worth
+    // between properties and subnodes, between siblings and before FDT_END_NODE.
+    let p = parse_ok(&nop_node(GICV3_VM, "psci"));
+    assert_eq!(p.psci, None);
+    assert_eq!(p.vms.len(), 1);
+    let no_kernel = nop_node(GICV3_VM, "kernel");
+    let e = parse_err(&no_kernel);
+    assert_eq!(
+        (e.node.as_str(), e.property.as_str()),
+        ("/chosen/vm-smoke", "")
+    );
+    let p = parse_ok(&nop_node(GICV3_VM, "vm-smoke"));
+    assert!(p.vms.is_empty());
+    assert_eq!(
+        early_console(&nop_node(GICV3_VM, "aliases")),
+        Some(PhysAddr(0x900_0000))
+    );
+}
+
+#[test]
+fn malformed_blobs_fail_cleanly() {
+    assert!(parse(&[], DTB_PA, IMAGE).is_err());
+    assert!(parse(&GICV3_VM[..GICV3_VM.len() - 1], DTB_PA, IMAGE).is_err());
+    // A property token turned into FDT_END_NODE unbalances the tree.
+    let mut bad = GICV3_VM.to_vec();
+    let first = be32(&bad, 8).unwrap() as usize + 8;
+    assert_eq!(be32(&bad, first), Some(FDT_PROP));
+    bad[first..first + 4].copy_from_slice(&FDT_END_NODE.to_be_bytes());
+    assert!(parse(&bad, DTB_PA, IMAGE).is_err());
+    assert_eq!(early_console(&bad), None);
+    assert_eq!(early_bootargs(&bad), None);
+}
+
+/// Flips bytes all over real blobs: every result must be a value, never a panic.
+#[test]
+fn mutated_blobs_never_panic() {
+    let mut seed: u64 = 0x1234_5678_9abc_def0;
+    let mut next = move || {
+        // xorshift64*
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    for (blob, rounds) in [(GICV3_VM, 3000), (RPI4B_QEMU, 300)] {
+        let used = fdt_total_size(blob).unwrap().min(blob.len());
+        for _ in 0..rounds {
+            let mut copy = blob[..used].to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % used as u64) as usize;
+                copy[at] = match next() % 4 {
+                    0 => 0,
+                    1 => 0xff,
+                    2 => copy[at] ^ (1 << (next() % 8)),
+                    _ => next() as u8,
+                };
+            }
+            let _ = parse(&copy, DTB_PA, IMAGE);
+            let _ = early_console(&copy);
+            let _ = early_bootargs(&copy);
+            let cut = (next() % used as u64) as usize;
+            let _ = parse(&copy[..cut], DTB_PA, IMAGE);
+        }
+    }
+}
