@@ -21,6 +21,9 @@ mod bare_metal {
         elvisor::kernel::secondary_main(index as usize)
     }
 
+    // The kernel's exit policy, scheduler entry and halt protocol, as the arch code calls them.
+    elvisor::install_handlers!(elvisor::kernel::Kernel);
+
     #[panic_handler]
     fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         elvisor::kernel::halt::panic(info)

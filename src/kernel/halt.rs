@@ -18,9 +18,13 @@
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
-use super::run::{CPU_MPIDR, CPU_UP};
+use super::PLATFORM;
+use super::sched::{CPU_MPIDR, CPU_UP};
 use crate::arch::aarch64::cpu::{self, MAX_CPUS};
+use crate::arch::aarch64::firmware;
+use crate::arch::aarch64::handlers::Role;
 use crate::arch::aarch64::{exit as arch_exit, gic, timer};
+use crate::platform;
 
 /// No CPU has failed.
 const NONE: usize = usize::MAX;
@@ -39,16 +43,6 @@ const REPORT_WAIT_MS: u64 = 3000;
 const PARK_WAIT_MS: u64 = 2000;
 /// Tries at the GICv2 driver lock per halt SGI (the failed CPU may hold it).
 const KICK_SPINS: u32 = 1_000_000;
-
-/// What a CPU entering the failure path does.
-pub enum Role {
-    /// First to fail: print the report, then [`finish`].
-    Report,
-    /// Another CPU failed first (index): say so and park ([`follow`]).
-    Follow(usize),
-    /// This CPU failed again inside its own failure path ([`nested`]).
-    Nested,
-}
 
 fn this_index() -> usize {
     cpu::this_cpu().map_or(0, |p| p.index).min(MAX_CPUS - 1)
@@ -200,4 +194,20 @@ impl fmt::Display for CpuList {
         }
         Ok(())
     }
+}
+
+/// Powers the machine off through the firmware's PSCI; where there is none (the Raspberry Pi
+/// 4's firmware has no PSCI), says that the machine is halted and parks.
+pub(super) fn power_off() -> ! {
+    stop_machine(PLATFORM.get().and_then(|p| p.psci))
+}
+
+/// Every way the hypervisor stops ends here: PSCI SYSTEM_OFF through `conduit`, else one
+/// "halted" line and the CPU parked (scripts and the test harness end QEMU on that line).
+pub(super) fn stop_machine(conduit: Option<platform::PsciConduit>) -> ! {
+    firmware::system_off(conduit);
+    crate::println!(
+        "elvisor: halted: no PSCI SYSTEM_OFF to power off with; the machine can be reset or switched off now"
+    );
+    cpu::park()
 }

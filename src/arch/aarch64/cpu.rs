@@ -183,12 +183,12 @@ impl VcpuPtr {
     }
 }
 
-/// Runs `next` on this CPU: the kernel loads it (`kernel::run::enter`), then the world switch
+/// Runs `next` on this CPU: the kernel loads it (`Handlers::enter`), then the world switch
 /// enters the guest. Used when a CPU starts running vCPUs.
 pub fn run(next: VcpuPtr) -> ! {
     // SAFETY: called by the owning CPU with no vCPU reference live (boot or idle).
     let v = unsafe { next.get() };
-    crate::kernel::run::enter(v);
+    super::handlers::enter(v);
     // SAFETY: `enter` loaded the vCPU's EL1 context, traps and stage 2 on this CPU and set
     // host_sp; the vCPU is leaked and never moves.
     unsafe { super::vectors::enter_guest(&mut v.regs) }

@@ -6,18 +6,11 @@ use tock_registers::interfaces::Readable;
 
 use super::esr::Esr;
 use super::fatal::{El2Fault, ImageMap, classify, vector_name};
+use super::handlers::{self, Next, Role};
 use super::vectors::{EXIT_FIQ, EXIT_IRQ, EXIT_SERROR, EXIT_SYNC};
-use crate::kernel::halt::Role;
 use crate::vm::vcpu::{GuestRegs, Vcpu};
 
-/// Kind of guest exit.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum ExitKind {
-    Sync(Esr),
-    Irq,
-    Fiq,
-    SError(Esr),
-}
+pub use super::handlers::ExitKind;
 
 /// The synchronous-exit fast path, called by the lower-EL sync vector with only the
 /// caller-saved registers in the frame (see vectors.rs): returns `regs` when the exit was
@@ -30,7 +23,7 @@ extern "C" fn elvisor_sync_fast(regs: *mut GuestRegs) -> usize {
     // `#[repr(C)]` `Vcpu` (asserted in vm::vcpu), so the cast recovers the vCPU. Only this CPU
     // runs it, and this reference ends here.
     let vcpu = unsafe { &mut *regs.cast::<Vcpu>() };
-    let handled = crate::kernel::run::fast_sync(vcpu, esr, false);
+    let handled = handlers::fast_sync(vcpu, esr, false);
     regs as usize | usize::from(!handled)
 }
 
@@ -46,7 +39,7 @@ extern "C" fn elvisor_exit(regs: *mut GuestRegs, kind: u64) -> *mut GuestRegs {
             // one of x19..x28, which the first attempt had to refuse.
             // (Only where the register can have been the reason: hypercalls never are.)
             if matches!(esr.ec(), super::esr::ec::SYS64 | super::esr::ec::DABT_LOWER)
-                && crate::kernel::run::fast_sync(vcpu, esr, true)
+                && handlers::fast_sync(vcpu, esr, true)
             {
                 return regs;
             }
@@ -66,13 +59,13 @@ extern "C" fn elvisor_exit(regs: *mut GuestRegs, kind: u64) -> *mut GuestRegs {
 fn slow_exit(regs: *mut GuestRegs, kind: ExitKind) -> *mut GuestRegs {
     // SAFETY: as in `elvisor_sync_fast`: the frame of the live vCPU that exited.
     let vcpu = unsafe { &mut *regs.cast::<Vcpu>() };
-    match crate::kernel::run::handle_exit(&mut *vcpu, kind) {
-        crate::kernel::run::Next::Resume => &mut vcpu.regs,
-        crate::kernel::run::Next::Switch(next) => {
+    match handlers::handle_exit(&mut *vcpu, kind) {
+        Next::Resume => &mut vcpu.regs,
+        Next::Switch(next) => {
             // SAFETY: `handle_exit` returns a vCPU of this CPU's run queue; the reference to
             // the exiting vCPU is not used again, so this is the only live one.
             let next = unsafe { next.get() };
-            crate::kernel::run::enter(next);
+            handlers::enter(next);
             &mut next.regs
         }
     }
@@ -109,10 +102,10 @@ extern "C" fn elvisor_el2_fatal(frame: *const FatalFrame, kind: u64) -> ! {
         El2Fault::Other
     };
     let summary = Summary { what, kind };
-    match crate::kernel::halt::begin() {
+    match handlers::halt_begin() {
         Role::Report => {}
-        Role::Follow(first) => crate::kernel::halt::follow(first, Some(&summary)),
-        Role::Nested => crate::kernel::halt::nested(),
+        Role::Follow(first) => handlers::halt_follow(first, Some(&summary)),
+        Role::Nested => handlers::halt_nested(),
     }
     let me = super::cpu::this_cpu().map_or(0, |p| p.index);
     crate::println!("elvisor: FATAL on cpu{me}: {summary}");
@@ -130,7 +123,7 @@ extern "C" fn elvisor_el2_fatal(frame: *const FatalFrame, kind: u64) -> ! {
         }
     }
     backtrace(&[("pc", elr), ("lr", f.x[30])], f.x[29]);
-    crate::kernel::halt::finish()
+    handlers::halt_finish()
 }
 
 /// The first line of a fatal report: the fault in words, or the vector taken.

@@ -23,6 +23,8 @@ pub mod gic;
 #[cfg(target_os = "none")]
 pub mod guest;
 #[cfg(target_os = "none")]
+pub mod handlers;
+#[cfg(target_os = "none")]
 pub mod idregs;
 #[cfg(target_os = "none")]
 pub mod mmio;

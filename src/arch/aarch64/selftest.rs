@@ -120,10 +120,7 @@ pub fn at_scheduler_entry(index: usize, ncpus: usize) {
 }
 
 fn all_online(ncpus: usize) -> bool {
-    crate::kernel::run::CPU_UP
-        .iter()
-        .take(ncpus)
-        .all(|up| up.load(Ordering::Acquire))
+    super::handlers::cpus_up(ncpus)
 }
 
 fn deadline_after(ms: u64) -> u64 {
