@@ -43,6 +43,15 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
         );
         cpu::park();
     }
+    // Loaded at an address the image cannot run from (boot.rs moved it only to say so).
+    if let Some(at) = crate::arch::aarch64::boot::misplaced_load_address() {
+        let ran_at = crate::arch::aarch64::boot::load_address();
+        crate::println!(
+            "elvisor: {}. Stopping.",
+            crate::mm::placement::misaligned(at, ran_at)
+        );
+        stop_machine(dtb.and_then(platform::early_psci));
+    }
     let bootargs: &str = dtb.and_then(platform::early_bootargs).unwrap_or("");
     let level = match crate::console::level_from_bootargs(bootargs) {
         Ok(l) => l,
@@ -95,6 +104,11 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     };
     let plat = PLATFORM.call_once(|| plat);
     log_platform(plat, image.image, heap_range);
+    check_image_placement(
+        plat,
+        image.image,
+        PhysRange::new(PhysAddr(dtb_pa), dtb.len() as u64),
+    );
 
     // Frames: RAM minus the image, the DTB, modules and firmware reservations.
     let free = FRAMES.lock().add_ram(&plat.ram, &plat.reserved);
@@ -420,6 +434,23 @@ fn log_platform(p: &Platform, image: PhysRange, heap: PhysRange) {
             v.kernel.base.0,
             v.kernel.size_bytes
         );
+    }
+}
+
+/// The image relocates itself, but it must still lie in RAM that nothing else uses: a loader
+/// that put the DTB, a firmware reservation (the Pi's spin table) or a module inside its span,
+/// or placed it outside RAM, gets one line and a clean stop.
+fn check_image_placement(plat: &Platform, image: PhysRange, dtb: PhysRange) {
+    let mut others: Vec<(PhysRange, &'static str)> = alloc::vec![(dtb, "the host device tree")];
+    others.extend(
+        plat.reserved
+            .iter()
+            .filter(|r| **r != image && **r != dtb)
+            .map(|r| (*r, "memory the device tree reserves (or a VM module)")),
+    );
+    if let Err(e) = crate::mm::placement::check(image, &plat.ram, &others) {
+        error!("{e}. Stopping.");
+        power_off();
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod addr;
 pub mod frame;
 pub mod pagetable;
+pub mod placement;
 pub mod rewrite;
 
 pub use addr::{GuestPhysAddr, PhysAddr, PhysRange, VirtAddr};

@@ -16,7 +16,8 @@ use crate::sys;
 
 pub const UBOOT_BIN: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
 /// Where U-Boot finds the hypervisor image. Not 0x4008_0000: QEMU's DTB ROM for the firmware
-/// sits at the bottom of RAM; booti moves the image to 0x4008_0000 itself.
+/// sits at the bottom of RAM. booti moves the image to the 2 MiB-aligned base at or below
+/// this address + text_offset (0x4028_0000: the header allows any base), where it relocates itself.
 pub const UBOOT_IMAGE_ADDR: &str = "0x40200000";
 /// How long the log is still collected after a kill trigger (pattern seen, forbidden line seen).
 const GRACE: Duration = Duration::from_millis(1000);

@@ -157,7 +157,17 @@ pub fn backtrace(first: &[(&str, u64)], mut fp: u64) {
     }
     let lo = core::ptr::addr_of!(__stacks_start) as u64;
     let hi = core::ptr::addr_of!(__stacks_end) as u64;
-    crate::println!("backtrace:");
+    let load = super::boot::load_address();
+    if load == super::boot::LINK_BASE {
+        crate::println!("backtrace:");
+    } else {
+        // addr2line wants link addresses: subtract the difference.
+        crate::println!(
+            "backtrace: (image at {load:#x}, linked at {:#x}: subtract {:#x} for addr2line)",
+            super::boot::LINK_BASE,
+            load.wrapping_sub(super::boot::LINK_BASE)
+        );
+    }
     for (name, addr) in first {
         crate::println!("  {name:<3} {addr:#x}");
     }
