@@ -84,6 +84,23 @@ pub(super) fn build_vm(
         ),
         None => None,
     };
+    // A module the loader never wrote (U-Boot's load failed, a wrong address in the overlay)
+    // reads as zeros: say so instead of starting a guest at a page of zeros.
+    for (what, m) in [("kernel", Some(&kernel)), ("ramdisk", ramdisk.as_ref())] {
+        if let Some(m) = m
+            && m.bytes().iter().all(|&b| b == 0)
+        {
+            return Err(vm_err(
+                cfg,
+                "reg",
+                alloc::format!(
+                    "the {what} module at {:#x} ({} bytes) is all zeros: nothing was loaded there",
+                    m.bytes().as_ptr() as u64,
+                    m.bytes().len()
+                ),
+            ));
+        }
+    }
     let ram_bytes = cfg.memory_bytes;
     let ipa_bits = pa_bits.min(48);
     if layout::RAM_BASE.0 + ram_bytes > (1u64 << ipa_bits) {

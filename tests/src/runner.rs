@@ -227,7 +227,9 @@ fn run_inner(
     let log = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
     out.log = log;
     judge(case, &out.log, &rejects, end, timeout)?;
-    if let Some(check) = crate::cases::log_check(case.name) {
+    if let Some(check) =
+        crate::cases::log_check(case.name).or_else(|| crate::cases_rpi4::log_check(case.name))
+    {
         out.note = check(&out.log)?;
     }
     Ok(())
@@ -250,7 +252,7 @@ fn soak_templates(root: &Path, case: &Case) -> Result<(Vec<String>, f64), String
         let path = if vm.contains('/') {
             root.join(vm)
         } else {
-            root.join(format!("boards/qemu-virt/vms/{vm}.dtsi"))
+            root.join(format!("boards/{}/vms/{vm}.dtsi", board(case)))
         };
         let mut text = None;
         for (var, key) in SOAK_OVERRIDES {
@@ -325,6 +327,16 @@ fn uboot_commands() -> String {
     )
 }
 
+/// The board directory (boards/NAME) of a case, from its QEMU machine: raspi4b is the
+/// Raspberry Pi 4 (boards/rpi4), everything else QEMU virt.
+pub fn board(case: &Case) -> &'static str {
+    let raspi = case
+        .machine
+        .iter()
+        .any(|a| *a == "raspi4b" || a.starts_with("raspi4b,"));
+    if raspi { "rpi4" } else { "qemu-virt" }
+}
+
 /// scripts/mkdtb for this case; returns the QEMU arguments it prints (-dtb, -device loader...).
 fn mkdtb(root: &Path, case: &Case, templates: &[String]) -> Result<Vec<String>, String> {
     let dtb = format!("build/test-dtb/{}.dtb", case.name);
@@ -333,6 +345,7 @@ fn mkdtb(root: &Path, case: &Case, templates: &[String]) -> Result<Vec<String>, 
     if case.boot == Boot::UBoot {
         cmd.arg("--uboot");
     }
+    cmd.arg("--board").arg(board(case));
     for vm in templates {
         cmd.arg("--vm").arg(vm);
     }

@@ -205,6 +205,11 @@ pub fn release_spin_table(release_addr: PhysAddr, entry: u64, ram: &[PhysRange])
     // SAFETY: an 8-byte aligned word inside host RAM (identity-mapped read/write), which the
     // firmware reserved for exactly this handshake.
     unsafe { (release_addr.0 as *mut u64).write_volatile(entry) };
+    // The waiting core reads the word with its MMU off, i.e. as Device/Non-cacheable memory
+    // that bypasses this core's cache: the store must reach the Point of Coherency first
+    // (ARM ARM D7.5.9, data cache maintenance for observers that do not use the caches), and
+    // the DSB in clean_invalidate_to_poc completes it before the SEV below wakes the core
+    // (SEV is not a memory access and orders nothing by itself; the DSB SY does).
     cache::clean_invalidate_to_poc(release_addr.0, 8);
     // SAFETY: barrier and event only.
     unsafe { core::arch::asm!("dsb sy", "sev", options(nostack, preserves_flags)) };
