@@ -73,44 +73,24 @@ pub const CASES: &[Case] = &[
         ],
         &["SMOKE FAIL", "did not start"],
     ),
-    // Open finding (boards/rpi4/README.md): on raspi4b only, and only sometimes (it failed
-    // on every run alone, passed once next to other cases), wfi-wakes (a) sees its WFI ended by
-    // the guest's 105 ms physical-timer watchdog instead of the virtual timer. Every other
-    // IRQ test must pass (each is rejected by name); log_check accepts exactly two outcomes:
-    // all ten passed, or nine with that one failure line.
-    Case {
-        allow: &["FAIL"],
-        ..rpi4(
-            "rpi4-irq",
-            "raspi4b: the interrupt guest (vGIC on GICv2, timers at 62.5 MHz); wfi-wakes (a) is a known intermittent raspi4b-only failure",
-            &["irq"],
-            90,
-            rpi4_boot_lines![
-                "IRQ PASS: gic-id",
-                "IRQ PASS: lr-overflow",
-                "IRQ PASS: eoimode1",
-                "IRQ PASS: vtimer",
-                "IRQ PASS: ptimer",
-                "IRQ RESULT: passed=",
-                "all VMs stopped; powering off",
-                MACHINE_HALTED,
-            ],
-            &[
-                "panicked",
-                "PANIC",
-                "FATAL",
-                "IRQ FAIL: gic-id",
-                "IRQ FAIL: spurious",
-                "IRQ FAIL: self-ipi",
-                "IRQ FAIL: priority-order",
-                "IRQ FAIL: pmr-masking",
-                "IRQ FAIL: lr-overflow",
-                "IRQ FAIL: eoimode1",
-                "IRQ FAIL: vtimer",
-                "IRQ FAIL: ptimer",
-            ],
-        )
-    },
+    rpi4(
+        "rpi4-irq",
+        "raspi4b: the interrupt guest (vGIC on GICv2, timers at 62.5 MHz): all ten IRQ tests pass",
+        &["irq"],
+        90,
+        rpi4_boot_lines![
+            "IRQ PASS: gic-id",
+            "IRQ PASS: lr-overflow",
+            "IRQ PASS: eoimode1",
+            "IRQ PASS: vtimer",
+            "IRQ PASS: ptimer",
+            "IRQ PASS: wfi-wakes",
+            "IRQ RESULT: passed=10 failed=0",
+            "all VMs stopped; powering off",
+            MACHINE_HALTED,
+        ],
+        &["panicked", "PANIC", "FATAL", "IRQ FAIL"],
+    ),
     rpi4(
         "rpi4-smp4",
         "raspi4b: a 4-vCPU SMP guest, one vCPU per core (PSCI CPU_ON/OFF, races, SGIs across cores)",
@@ -197,9 +177,6 @@ pub fn log_check(case: &str) -> Option<crate::cases::LogCheck> {
     if case == "rpi4-linux" {
         return Some(linux_next_to_heartbeat);
     }
-    if case == "rpi4-irq" {
-        return Some(irq_known_outcomes);
-    }
     runs_vms.then_some(all_cpus_up as crate::cases::LogCheck)
 }
 
@@ -209,24 +186,6 @@ fn linux_next_to_heartbeat(log: &str) -> Result<String, String> {
         Ok(String::new())
     } else {
         Err("the heartbeat VM next to Linux did not finish with passed=1 failed=0".into())
-    }
-}
-
-/// The wfi-wakes failure that raspi4b shows at times (boards/rpi4/README.md, open finding).
-const WFI_WAKES_KNOWN: &str =
-    "IRQ FAIL: wfi-wakes: (a) WFI with IRQs unmasked: delivered [27, 30] (want [27])";
-
-fn irq_known_outcomes(log: &str) -> Result<String, String> {
-    all_cpus_up(log)?;
-    let fails: Vec<&str> = log.lines().filter(|l| l.contains("IRQ FAIL")).collect();
-    let all_pass = log.contains("IRQ RESULT: passed=10 failed=0") && fails.is_empty();
-    let known = log.contains("IRQ RESULT: passed=9 failed=1")
-        && fails.len() == 1
-        && fails[0].trim_end() == WFI_WAKES_KNOWN;
-    match (all_pass, known) {
-        (true, _) => Ok("all 10 passed".into()),
-        (_, true) => Ok("9 passed; the known wfi-wakes (a) failure".into()),
-        _ => Err(format!("unexpected IRQ outcome; failures: {fails:?}")),
     }
 }
 
@@ -272,12 +231,5 @@ mod tests {
         assert!(log_check("rpi4-smoke").is_some());
         assert!(log_check("rpi4-bad-module").is_none());
         assert!(log_check("virt-gicv3-vhe-direct").is_none());
-        let up = "elvisor: cpu1 up (MPIDR 0x1)\nelvisor: cpu2 up (MPIDR 0x2)\nelvisor: cpu3 up (MPIDR 0x3)\n";
-        let ok = format!("{up}IRQ RESULT: passed=10 failed=0\n");
-        assert!(irq_known_outcomes(&ok).is_ok());
-        let known = format!("{up}{WFI_WAKES_KNOWN}\r\nIRQ RESULT: passed=9 failed=1\n");
-        assert!(irq_known_outcomes(&known).is_ok());
-        let other = format!("{up}IRQ FAIL: wfi-wakes: (b) late\nIRQ RESULT: passed=9 failed=1\n");
-        assert!(irq_known_outcomes(&other).is_err());
     }
 }

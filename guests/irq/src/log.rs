@@ -67,6 +67,8 @@ static TOTAL: AtomicUsize = AtomicUsize::new(0);
 static SPURIOUS: AtomicUsize = AtomicUsize::new(0);
 /// Whether the storm guard tripped since the last reset.
 static STORM: AtomicBool = AtomicBool::new(false);
+/// Where the first delivery since the last reset interrupted the program (ELR_EL1).
+static FIRST_INTERRUPTED_AT: AtomicU64 = AtomicU64::new(0);
 /// EOImode = 1 is on: the handler deactivates (DIR) everything except HOLD_ACTIVE.
 static SPLIT_EOI: AtomicBool = AtomicBool::new(false);
 /// With SPLIT_EOI: the INTID left active for the test to deactivate.
@@ -88,6 +90,12 @@ pub fn reset() {
     TOTAL.store(0, Ordering::SeqCst);
     SPURIOUS.store(0, Ordering::SeqCst);
     STORM.store(false, Ordering::SeqCst);
+}
+
+/// The return address of the first delivery since the last reset (valid if [`total`] > 0):
+/// see [`irq::unmask_wfi_mask`].
+pub fn first_interrupted_at() -> u64 {
+    FIRST_INTERRUPTED_AT.load(Ordering::SeqCst)
 }
 
 /// Deliveries since the last reset.
@@ -271,6 +279,9 @@ fn mask_timer(timer: Timer) -> (u64, u64) {
 
 fn record(iar: Iar, count: u64, timer_ctl: u64, running_priority: u8) {
     let n = TOTAL.load(Ordering::SeqCst);
+    if n == 0 {
+        FIRST_INTERRUPTED_AT.store(irq::interrupted_at(), Ordering::SeqCst);
+    }
     if let Some(slot) = SLOTS.get(n) {
         slot.iar.store(iar.raw(), Ordering::SeqCst);
         slot.intid.store(iar.intid(), Ordering::SeqCst);

@@ -286,6 +286,7 @@ pub(crate) fn dispatch(kind: usize, esr: u64, far: u64, elr: u64, frame: &mut Tr
         ExceptionKind::CurrentSpxIrq | ExceptionKind::CurrentSp0Irq
     ) && let Some(handler) = crate::arch::irq::handler()
     {
+        crate::arch::irq::set_interrupted_at(elr);
         // The vector code restores the whole interrupted context, ELR included.
         handler();
         return;

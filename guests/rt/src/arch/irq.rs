@@ -8,10 +8,12 @@
 //! guests use group 1), and so do SError and debug.
 
 use core::arch::asm;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 /// The guest's IRQ handler, or null: a `fn()` cast to a data pointer.
 static HANDLER: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+/// ELR_EL1 of the IRQ being handled (the interrupted instruction), for [`interrupted_at`].
+static INTERRUPTED_AT: AtomicU64 = AtomicU64::new(0);
 
 /// Installs (or with `None` removes) the function the vectors call for every IRQ.
 ///
@@ -20,6 +22,16 @@ static HANDLER: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
 pub fn set_handler(handler: Option<fn()>) {
     let raw = handler.map_or(core::ptr::null_mut(), |f| f as *mut ());
     HANDLER.store(raw, Ordering::SeqCst);
+}
+
+/// Where the IRQ now being handled interrupted the program: its preferred return address
+/// (ELR_EL1), the first instruction not executed. Meaningful inside the handler only.
+pub fn interrupted_at() -> u64 {
+    INTERRUPTED_AT.load(Ordering::SeqCst)
+}
+
+pub(crate) fn set_interrupted_at(elr: u64) {
+    INTERRUPTED_AT.store(elr, Ordering::SeqCst);
 }
 
 /// The installed IRQ handler, if any.
@@ -69,6 +81,29 @@ pub fn masked() -> bool {
 pub fn wfi() {
     // SAFETY: `wfi` only suspends execution; not `nomem`, so it orders like a call.
     unsafe { asm!("wfi", options(nostack, preserves_flags)) };
+}
+
+/// Unmasks IRQs, executes one `wfi`, masks IRQs again; returns the address of that `wfi`.
+///
+/// One asm block, so the address is exact. An IRQ taken with [`interrupted_at`] at or before
+/// that address was taken before the wait began (the `wfi` then ran after the handler); one
+/// taken at the address after it ended the wait.
+pub fn unmask_wfi_mask() -> u64 {
+    let wfi_at: u64;
+    // SAFETY: as `unmask`, `wfi` and `mask`: the handler may run between them and the vector
+    // code preserves every register of this context; `adr` only computes an address.
+    unsafe {
+        asm!(
+            "adr {at}, 2f",
+            "msr daifclr, #2",
+            "isb",
+            "2: wfi",
+            "msr daifset, #2",
+            at = out(reg) wfi_at,
+            options(nostack, preserves_flags),
+        )
+    };
+    wfi_at
 }
 
 /// `isb`: context synchronization, for callers that change system state and must see it applied.
