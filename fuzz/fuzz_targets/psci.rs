@@ -10,7 +10,7 @@
 
 use arbitrary::Arbitrary;
 use elvisor::vm::power::{self, AFF_OFF, AFF_ON, AFF_ON_PENDING, VcpuPower};
-use elvisor::vm::psci::{self, Call, Ret, ret};
+use elvisor::vm::psci::{self, Call, Error, Ret, ret};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -74,13 +74,13 @@ fuzz_target!(|input: Input| {
                     power::valid_affinity(target) && mpidrs[i] == target && ram.contains(&entry)
                 )
             }
-            Err(ret::INVALID_PARAMETERS) => {
+            Err(Error::InvalidParameters) => {
                 assert!(!power::valid_affinity(target) || !mpidrs.contains(&target))
             }
-            Err(ret::INVALID_ADDRESS) => {
+            Err(Error::InvalidAddress) => {
                 assert!(mpidrs.contains(&target) && !ram.contains(&entry))
             }
-            Err(other) => panic!("CPU_ON returned {other}"),
+            Err(other) => panic!("CPU_ON returned {other:?}"),
         }
     }
     let state_of = |i: usize| match input.states.get(i).copied().unwrap_or(0) % 3 {
@@ -127,7 +127,7 @@ fuzz_target!(|input: Input| {
             PowerOp::On { entry, context } => {
                 let r = p.cpu_on(entry, context);
                 if on {
-                    assert_eq!(r, Err(ret::ALREADY_ON));
+                    assert_eq!(r, Err(Error::AlreadyOn));
                 } else {
                     assert_eq!(r, Ok(()));
                     (on, pending) = (true, Some((entry, context)));

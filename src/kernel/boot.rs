@@ -239,15 +239,9 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     for (i, c) in plat.cpus.iter().enumerate().take(ncpus).skip(1) {
         match (c.enable_method, plat.psci) {
             (platform::EnableMethod::Psci, Some(conduit)) => {
-                let r = firmware::smccc_call(
-                    conduit,
-                    0xc400_0003,
-                    c.mpidr,
-                    crate::arch::aarch64::boot::secondary_entry_pa(),
-                    i as u64,
-                ) as i64;
-                if r != 0 {
-                    warn!("cpu{i} (MPIDR {:#x}): PSCI CPU_ON failed ({r})", c.mpidr);
+                let entry = crate::arch::aarch64::boot::secondary_entry_pa();
+                if let Err(e) = firmware::cpu_on(conduit, c.mpidr, entry, i as u64) {
+                    warn!("cpu{i} (MPIDR {:#x}): PSCI CPU_ON failed: {e}", c.mpidr);
                 }
             }
             (platform::EnableMethod::SpinTable { release_addr }, _) => {

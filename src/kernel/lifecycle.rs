@@ -64,7 +64,7 @@ pub(super) fn psci_call(vm: &'static Vm, v: &mut Vcpu, call: Call) -> bool {
                     kick_all(vm, KickSet::single(t))
                 }
                 Err(e) => {
-                    set_ret(v, e);
+                    set_ret(v, e.into());
                     false
                 }
             }

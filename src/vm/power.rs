@@ -6,7 +6,8 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
-use super::psci::ret;
+use super::psci::{Error, ret};
+use smccc::psci::AffinityState;
 
 const OFF: u8 = 0;
 const ON: u8 = 1;
@@ -35,10 +36,10 @@ impl VcpuPower {
     }
 
     /// PSCI CPU_ON for this vCPU: OFF -> ON with a start request, or ALREADY_ON.
-    pub fn cpu_on(&self, entry: u64, context: u64) -> Result<(), i64> {
+    pub fn cpu_on(&self, entry: u64, context: u64) -> Result<(), Error> {
         self.state
             .compare_exchange(OFF, ON, Ordering::AcqRel, Ordering::Acquire)
-            .map_err(|_| ret::ALREADY_ON)?;
+            .map_err(|_| Error::AlreadyOn)?;
         self.entry.store(entry, Ordering::Relaxed);
         self.context.store(context, Ordering::Relaxed);
         // Publishes entry and context to the CPU that takes the request.
@@ -81,9 +82,9 @@ impl VcpuPower {
 }
 
 /// AFFINITY_INFO results (DEN0022D §5.1.5, Table 18).
-pub const AFF_ON: i64 = 0;
-pub const AFF_OFF: i64 = 1;
-pub const AFF_ON_PENDING: i64 = 2;
+pub const AFF_ON: i64 = AffinityState::On as i64;
+pub const AFF_OFF: i64 = AffinityState::Off as i64;
+pub const AFF_ON_PENDING: i64 = AffinityState::OnPending as i64;
 
 /// The MPIDR affinity fields Aff3 [39:32], Aff2 [23:16], Aff1 [15:8], Aff0 [7:0].
 pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
@@ -144,16 +145,16 @@ pub fn check_cpu_on(
     entry: u64,
     mpidrs: &[u64],
     ram: core::ops::Range<u64>,
-) -> Result<usize, i64> {
+) -> Result<usize, Error> {
     if !valid_affinity(target_mpidr) {
-        return Err(ret::INVALID_PARAMETERS);
+        return Err(Error::InvalidParameters);
     }
     let index = mpidrs
         .iter()
         .position(|&m| m == target_mpidr)
-        .ok_or(ret::INVALID_PARAMETERS)?;
+        .ok_or(Error::InvalidParameters)?;
     if !ram.contains(&entry) {
-        return Err(ret::INVALID_ADDRESS);
+        return Err(Error::InvalidAddress);
     }
     Ok(index)
 }
@@ -170,7 +171,7 @@ mod tests {
         assert_eq!(p.affinity_info(), 1);
         assert_eq!(p.take_start(), None);
         assert_eq!(p.cpu_on(0x4008_0000, 7), Ok(()));
-        assert_eq!(p.cpu_on(0x4008_0000, 8), Err(ret::ALREADY_ON));
+        assert_eq!(p.cpu_on(0x4008_0000, 8), Err(Error::AlreadyOn));
         assert_eq!(p.affinity_info(), AFF_ON_PENDING);
         assert!(p.start_pending());
         assert_eq!(p.take_start(), Some((0x4008_0000, 7)));
@@ -192,7 +193,7 @@ mod tests {
                     std::thread::spawn(move || match p.cpu_on(0x4000_0000 + t, t) {
                         Ok(()) => wins.fetch_add(1, Ordering::SeqCst),
                         Err(e) => {
-                            assert_eq!(e, ret::ALREADY_ON);
+                            assert_eq!(e, Error::AlreadyOn);
                             already.fetch_add(1, Ordering::SeqCst)
                         }
                     })
@@ -286,21 +287,21 @@ mod tests {
         ] {
             assert_eq!(
                 check_cpu_on(bad, 0x4008_0000, &mpidrs, ram.clone()),
-                Err(ret::INVALID_PARAMETERS),
+                Err(Error::InvalidParameters),
                 "{bad:#x}"
             );
         }
         assert_eq!(
             check_cpu_on(7, 0x4008_0000, &mpidrs, ram.clone()),
-            Err(ret::INVALID_PARAMETERS)
+            Err(Error::InvalidParameters)
         );
         assert_eq!(
             check_cpu_on(1, 0x1000, &mpidrs, ram.clone()),
-            Err(ret::INVALID_ADDRESS)
+            Err(Error::InvalidAddress)
         );
         assert_eq!(
             check_cpu_on(1, 0x4400_0000, &mpidrs, ram),
-            Err(ret::INVALID_ADDRESS)
+            Err(Error::InvalidAddress)
         );
     }
 }

@@ -4,40 +4,37 @@
 //!
 //! Unknown function ids return NOT_SUPPORTED (-1) and the guest goes on, per SMCCC 1.1 §5.
 
-/// SMCCC / PSCI return codes.
+pub use smccc::psci::Error;
+
+/// SMCCC / PSCI return codes as the x0 values a guest sees (DEN0022 §5.2.2), taken from the
+/// `smccc` crate's constants.
 pub mod ret {
-    pub const SUCCESS: i64 = 0;
-    pub const NOT_SUPPORTED: i64 = -1;
-    pub const INVALID_PARAMETERS: i64 = -2;
-    pub const DENIED: i64 = -3;
-    pub const ALREADY_ON: i64 = -4;
-    pub const ON_PENDING: i64 = -5;
-    pub const INTERNAL_FAILURE: i64 = -6;
-    pub const NOT_PRESENT: i64 = -7;
-    pub const DISABLED: i64 = -8;
-    pub const INVALID_ADDRESS: i64 = -9;
+    use smccc::psci::error as e;
+
+    pub const SUCCESS: i64 = e::SUCCESS as i64;
+    pub const NOT_SUPPORTED: i64 = e::NOT_SUPPORTED as i64;
+    pub const INVALID_PARAMETERS: i64 = e::INVALID_PARAMETERS as i64;
+    pub const DENIED: i64 = e::DENIED as i64;
+    pub const ALREADY_ON: i64 = e::ALREADY_ON as i64;
+    pub const ON_PENDING: i64 = e::ON_PENDING as i64;
+    pub const INTERNAL_FAILURE: i64 = e::INTERNAL_FAILURE as i64;
+    pub const NOT_PRESENT: i64 = e::NOT_PRESENT as i64;
+    pub const DISABLED: i64 = e::DISABLED as i64;
+    pub const INVALID_ADDRESS: i64 = e::INVALID_ADDRESS as i64;
 }
 
-/// Function ids (SMC32 / SMC64 fast calls).
+/// Function ids (SMC32 / SMC64 fast calls): the architecture and PSCI ids are the `smccc`
+/// crate's; only our vendor hypervisor service is defined here.
 pub mod fid {
-    pub const SMCCC_VERSION: u32 = 0x8000_0000;
-    pub const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
-    pub const SMCCC_ARCH_WORKAROUND_1: u32 = 0x8000_8000;
-    pub const SMCCC_ARCH_WORKAROUND_2: u32 = 0x8000_7fff;
-    pub const SMCCC_ARCH_WORKAROUND_3: u32 = 0x8000_3fff;
-
-    pub const PSCI_VERSION: u32 = 0x8400_0000;
-    pub const PSCI_CPU_SUSPEND_32: u32 = 0x8400_0001;
-    pub const PSCI_CPU_SUSPEND_64: u32 = 0xc400_0001;
-    pub const PSCI_CPU_OFF: u32 = 0x8400_0002;
-    pub const PSCI_CPU_ON_32: u32 = 0x8400_0003;
-    pub const PSCI_CPU_ON_64: u32 = 0xc400_0003;
-    pub const PSCI_AFFINITY_INFO_32: u32 = 0x8400_0004;
-    pub const PSCI_AFFINITY_INFO_64: u32 = 0xc400_0004;
-    pub const PSCI_MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
-    pub const PSCI_SYSTEM_OFF: u32 = 0x8400_0008;
-    pub const PSCI_SYSTEM_RESET: u32 = 0x8400_0009;
-    pub const PSCI_FEATURES: u32 = 0x8400_000a;
+    pub use smccc::arch::{
+        SMCCC_ARCH_FEATURES, SMCCC_ARCH_WORKAROUND_1, SMCCC_ARCH_WORKAROUND_2,
+        SMCCC_ARCH_WORKAROUND_3, SMCCC_VERSION,
+    };
+    pub use smccc::psci::{
+        PSCI_AFFINITY_INFO_32, PSCI_AFFINITY_INFO_64, PSCI_CPU_OFF, PSCI_CPU_ON_32, PSCI_CPU_ON_64,
+        PSCI_CPU_SUSPEND_32, PSCI_CPU_SUSPEND_64, PSCI_FEATURES, PSCI_MIGRATE_INFO_TYPE,
+        PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, PSCI_VERSION,
+    };
 
     /// elvisor vendor hypervisor call: give up the rest of the time slice to the next
     /// runnable vCPU on this physical CPU (returns 0).
@@ -53,7 +50,7 @@ pub const SMCCC_VERSION: u64 = 0x1_0001;
 /// PSCI version we implement: 1.1.
 pub const PSCI_VERSION: u64 = 0x1_0001;
 /// MIGRATE_INFO_TYPE: "Trusted OS not present or does not require migration".
-pub const MIGRATE_INFO_TYPE_NONE: u64 = 2;
+pub const MIGRATE_INFO_TYPE_NONE: u64 = smccc::psci::MigrateType::MigrationNotRequired as u64;
 
 /// elvisor's vendor hypervisor UID (a random UUID, 61a9c2f4-3e4e-4b6f-9d0e-6c7576697361),
 /// returned as four 32-bit words in w0..w3 per SMCCC §6.

@@ -12,6 +12,7 @@ use elvisor_guest_rt::gic::{Gic, Version, gicc, gicd, gicr, icc_bits};
 use elvisor_guest_rt::smccc::psci_ret;
 use elvisor_guest_rt::smp;
 use elvisor_guest_rt::timer::{CTL_ENABLE, Timer, TimerInterrupts};
+use smccc::psci;
 
 use crate::rng::Rng;
 use crate::{Stat, bump, fail};
@@ -265,12 +266,16 @@ fn random_regs(rng: &mut Rng) -> Registers {
 
 // --- SMCCC and PSCI ------------------------------------------------------------------------
 
-const PSCI_CPU_SUSPEND: [u32; 2] = [0x8400_0001, 0xc400_0001];
-const PSCI_CPU_ON: [u32; 2] = [0x8400_0003, 0xc400_0003];
-const PSCI_AFFINITY_INFO: [u32; 2] = [0x8400_0004, 0xc400_0004];
+const PSCI_CPU_SUSPEND: [u32; 2] = [psci::PSCI_CPU_SUSPEND_32, psci::PSCI_CPU_SUSPEND_64];
+const PSCI_CPU_ON: [u32; 2] = [psci::PSCI_CPU_ON_32, psci::PSCI_CPU_ON_64];
+const PSCI_AFFINITY_INFO: [u32; 2] = [psci::PSCI_AFFINITY_INFO_32, psci::PSCI_AFFINITY_INFO_64];
 /// Calls that would end or reset this VM, or switch off the calling vCPU: never sent with a
 /// zero immediate (SYSTEM_OFF, SYSTEM_RESET, CPU_OFF; the race category does CPU_OFF itself).
-const FATAL: [u32; 3] = [0x8400_0008, 0x8400_0009, 0x8400_0002];
+const FATAL: [u32; 3] = [
+    psci::PSCI_SYSTEM_OFF,
+    psci::PSCI_SYSTEM_RESET,
+    psci::PSCI_CPU_OFF,
+];
 
 fn smccc(ctx: &mut Ctx<'_>, rng: &mut Rng) {
     let env = ctx.env;
@@ -290,15 +295,15 @@ fn smccc(ctx: &mut Ctx<'_>, rng: &mut Rng) {
                 PSCI_AFFINITY_INFO[1],
                 PSCI_CPU_SUSPEND[0],
                 PSCI_CPU_SUSPEND[1],
-                0x8400_0012, // SYSTEM_RESET2
-                0xc400_0012,
-                0x8400_0013, // MEM_PROTECT
-                0x8400_0014, // MEM_PROTECT_CHECK_RANGE
-                0xc400_0014,
-                0x8400_000a, // PSCI_FEATURES
-                0x8000_0001, // SMCCC_ARCH_FEATURES
-                0x8400_0006,
-                0x8400_0000,
+                psci::PSCI_SYSTEM_RESET2_32,
+                psci::PSCI_SYSTEM_RESET2_64,
+                psci::PSCI_MEM_PROTECT,
+                psci::PSCI_MEM_PROTECT_CHECK_RANGE_32,
+                psci::PSCI_MEM_PROTECT_CHECK_RANGE_64,
+                psci::PSCI_FEATURES,
+                smccc::arch::SMCCC_ARCH_FEATURES,
+                psci::PSCI_MIGRATE_INFO_TYPE,
+                psci::PSCI_VERSION,
                 0x8600_0001, // ELVISOR_YIELD
             ]);
             let target = match rng.below(3) {

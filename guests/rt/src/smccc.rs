@@ -8,26 +8,27 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 pub use crate::arch::conduit::{hvc_call, smc_call, try_hvc_call, try_smc_call};
 
-/// SMCCC function ids the guests use.
+/// SMCCC function ids the guests use: the `smccc` crate's, under the names the guests call
+/// them by.
 pub mod fid {
     /// SMCCC_VERSION (SMCCC 7.2): returns the version as major << 16 | minor.
-    pub const SMCCC_VERSION: u32 = 0x8000_0000;
-    /// PSCI_VERSION.
-    pub const PSCI_VERSION: u32 = 0x8400_0000;
-    /// CPU_OFF: powers down the calling CPU; does not return on success.
-    pub const CPU_OFF: u32 = 0x8400_0002;
-    /// CPU_ON (SMC64): x1 target MPIDR, x2 entry point address, x3 context id.
-    pub const CPU_ON: u32 = 0xc400_0003;
+    pub use smccc::arch::SMCCC_VERSION;
     /// AFFINITY_INFO (SMC64): x1 target affinity, x2 lowest affinity level.
-    pub const AFFINITY_INFO: u32 = 0xc400_0004;
-    /// MIGRATE_INFO_TYPE: 2 = no Trusted OS that needs migrating.
-    pub const MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
-    /// SYSTEM_OFF.
-    pub const SYSTEM_OFF: u32 = 0x8400_0008;
-    /// SYSTEM_RESET.
-    pub const SYSTEM_RESET: u32 = 0x8400_0009;
+    pub use smccc::psci::PSCI_AFFINITY_INFO_64 as AFFINITY_INFO;
+    /// CPU_OFF: powers down the calling CPU; does not return on success.
+    pub use smccc::psci::PSCI_CPU_OFF as CPU_OFF;
+    /// CPU_ON (SMC64): x1 target MPIDR, x2 entry point address, x3 context id.
+    pub use smccc::psci::PSCI_CPU_ON_64 as CPU_ON;
     /// PSCI_FEATURES (x1 = function id).
-    pub const PSCI_FEATURES: u32 = 0x8400_000a;
+    pub use smccc::psci::PSCI_FEATURES;
+    /// MIGRATE_INFO_TYPE: 2 = no Trusted OS that needs migrating.
+    pub use smccc::psci::PSCI_MIGRATE_INFO_TYPE as MIGRATE_INFO_TYPE;
+    /// SYSTEM_OFF.
+    pub use smccc::psci::PSCI_SYSTEM_OFF as SYSTEM_OFF;
+    /// SYSTEM_RESET.
+    pub use smccc::psci::PSCI_SYSTEM_RESET as SYSTEM_RESET;
+    /// PSCI_VERSION.
+    pub use smccc::psci::PSCI_VERSION;
     /// Vendor-specific hypervisor service: call count.
     pub const VENDOR_HYP_CALL_COUNT: u32 = 0x8600_ff00;
     /// Vendor-specific hypervisor service: UID (128 bits in w0..w3).
@@ -37,26 +38,32 @@ pub mod fid {
 }
 
 /// SMCCC/PSCI return value NOT_SUPPORTED (-1), as it comes back in x0.
-pub const NOT_SUPPORTED: i64 = -1;
+pub const NOT_SUPPORTED: i64 = psci_ret::NOT_SUPPORTED;
 
-/// PSCI return codes (DEN0022 5.2.2), as they come back in x0.
+/// PSCI return codes (DEN0022 5.2.2), as they come back in x0: the `smccc` crate's values.
 pub mod psci_ret {
+    use smccc::psci::error as e;
+
     /// SUCCESS.
-    pub const SUCCESS: i64 = 0;
+    pub const SUCCESS: i64 = e::SUCCESS as i64;
     /// NOT_SUPPORTED.
-    pub const NOT_SUPPORTED: i64 = -1;
+    pub const NOT_SUPPORTED: i64 = e::NOT_SUPPORTED as i64;
     /// INVALID_PARAMETERS: for CPU_ON / AFFINITY_INFO, no CPU with that MPIDR.
-    pub const INVALID_PARAMETERS: i64 = -2;
+    pub const INVALID_PARAMETERS: i64 = e::INVALID_PARAMETERS as i64;
     /// DENIED.
-    pub const DENIED: i64 = -3;
+    pub const DENIED: i64 = e::DENIED as i64;
     /// ALREADY_ON: CPU_ON of a CPU that is on.
-    pub const ALREADY_ON: i64 = -4;
+    pub const ALREADY_ON: i64 = e::ALREADY_ON as i64;
     /// ON_PENDING: CPU_ON of a CPU whose earlier CPU_ON has not completed.
-    pub const ON_PENDING: i64 = -5;
+    pub const ON_PENDING: i64 = e::ON_PENDING as i64;
     /// INTERNAL_FAILURE.
-    pub const INTERNAL_FAILURE: i64 = -6;
+    pub const INTERNAL_FAILURE: i64 = e::INTERNAL_FAILURE as i64;
+    /// NOT_PRESENT.
+    pub const NOT_PRESENT: i64 = e::NOT_PRESENT as i64;
+    /// DISABLED.
+    pub const DISABLED: i64 = e::DISABLED as i64;
     /// INVALID_ADDRESS: CPU_ON with an entry point the caller may not use.
-    pub const INVALID_ADDRESS: i64 = -9;
+    pub const INVALID_ADDRESS: i64 = e::INVALID_ADDRESS as i64;
 
     /// The name of a PSCI return code, for messages.
     pub fn name(code: i64) -> &'static str {
@@ -68,22 +75,24 @@ pub mod psci_ret {
             ALREADY_ON => "ALREADY_ON",
             ON_PENDING => "ON_PENDING",
             INTERNAL_FAILURE => "INTERNAL_FAILURE",
-            -7 => "NOT_PRESENT",
-            -8 => "DISABLED",
+            NOT_PRESENT => "NOT_PRESENT",
+            DISABLED => "DISABLED",
             INVALID_ADDRESS => "INVALID_ADDRESS",
             _ => "?",
         }
     }
 }
 
-/// AFFINITY_INFO results (DEN0022 5.7.2).
+/// AFFINITY_INFO results (DEN0022 5.7.2): the `smccc` crate's `AffinityState` values.
 pub mod affinity {
+    use smccc::psci::AffinityState;
+
     /// At least one CPU of the affinity instance is on.
-    pub const ON: i64 = 0;
+    pub const ON: i64 = AffinityState::On as i64;
     /// Every CPU of the affinity instance is off.
-    pub const OFF: i64 = 1;
+    pub const OFF: i64 = AffinityState::Off as i64;
     /// A CPU_ON for it is pending.
-    pub const ON_PENDING: i64 = 2;
+    pub const ON_PENDING: i64 = AffinityState::OnPending as i64;
 }
 
 /// SMCCC/PSCI version 1.1 as returned by the VERSION calls.

@@ -1,39 +1,35 @@
-//! PSCI client: calls into the firmware (EL3, or QEMU's built-in PSCI) through the conduit the
-//! host device tree names.
+//! PSCI client: the hypervisor's own calls into the firmware (EL3, or QEMU's built-in PSCI)
+//! through the conduit the host device tree names.
+//!
+//! The calls are the `smccc` crate's: its PSCI wrappers carry the DEN0022 function ids and turn
+//! the return value into its typed `psci::Error`, and its `smc64`/`hvc64` declare every register
+//! SMCCC lets the callee change (x0..x17) without `nomem`, which is what our own asm did.
 
-use core::arch::asm;
+use smccc::psci::{self, Error};
+use smccc::{Hvc, Smc};
 
 use crate::platform::PsciConduit;
 
-const SYSTEM_OFF: u64 = 0x8400_0008;
-
-/// Makes an SMCCC call with up to three arguments; returns x0.
-pub fn smccc_call(conduit: PsciConduit, fid: u64, a1: u64, a2: u64, a3: u64) -> u64 {
-    let mut x0 = fid;
+/// PSCI CPU_ON (SMC64): starts the physical CPU `target_mpidr` at `entry_pa` (MMU off) with
+/// x0 = `context`.
+pub fn cpu_on(
+    conduit: PsciConduit,
+    target_mpidr: u64,
+    entry_pa: u64,
+    context: u64,
+) -> Result<(), Error> {
     match conduit {
-        // SAFETY: SMCCC 1.1 calls clobber at most x0..x17; all are declared.
-        PsciConduit::Smc => unsafe {
-            asm!("smc #0", inout("x0") x0, inout("x1") a1 => _, inout("x2") a2 => _,
-                 inout("x3") a3 => _, out("x4") _, out("x5") _, out("x6") _, out("x7") _,
-                 out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _,
-                 out("x13") _, out("x14") _, out("x15") _, out("x16") _, out("x17") _,
-                 options(nostack))
-        },
-        // SAFETY: as above.
-        PsciConduit::Hvc => unsafe {
-            asm!("hvc #0", inout("x0") x0, inout("x1") a1 => _, inout("x2") a2 => _,
-                 inout("x3") a3 => _, out("x4") _, out("x5") _, out("x6") _, out("x7") _,
-                 out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _,
-                 out("x13") _, out("x14") _, out("x15") _, out("x16") _, out("x17") _,
-                 options(nostack))
-        },
+        PsciConduit::Smc => psci::cpu_on::<Smc>(target_mpidr, entry_pa, context),
+        PsciConduit::Hvc => psci::cpu_on::<Hvc>(target_mpidr, entry_pa, context),
     }
-    x0
 }
 
 /// PSCI SYSTEM_OFF. Returns only if the firmware refused (or there is no PSCI).
 pub fn system_off(conduit: Option<PsciConduit>) {
-    if let Some(c) = conduit {
-        smccc_call(c, SYSTEM_OFF, 0, 0, 0);
-    }
+    // A refusal leaves nothing to do here: the caller says the machine is halted and parks.
+    let _ = match conduit {
+        Some(PsciConduit::Smc) => psci::system_off::<Smc>(),
+        Some(PsciConduit::Hvc) => psci::system_off::<Hvc>(),
+        None => Ok(()),
+    };
 }
