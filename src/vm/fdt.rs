@@ -265,7 +265,7 @@ pub fn generate(spec: &GuestFdt<'_>) -> Result<Vec<u8>, FdtGenError> {
         w.property_u64("linux,initrd-start", base.as_u64())?;
         w.property_u64("linux,initrd-end", base.as_u64() + size)?;
     }
-    w.property_u32("elvisor,reset-count", spec.reset_count)?;
+    w.property_u32(elvisor_abi::dt::RESET_COUNT_PROPERTY, spec.reset_count)?;
     // Entropy for the guest's RNG and KASLR (Linux: drivers/of/fdt.c; the guest's CRNG is
     // seeded from rng-seed before anything needs it). Fresh for every boot (vm::entropy).
     if let Some(seed) = spec.rng_seed {

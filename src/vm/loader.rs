@@ -41,7 +41,8 @@ impl core::fmt::Display for LoadError {
     }
 }
 
-const ARM64_MAGIC: u32 = 0x644d_5241; // "ARM\x64"
+/// "ARM\x64": the Image header magic (shared with the guests through `elvisor_abi`).
+const ARM64_MAGIC: u32 = elvisor_abi::image::MAGIC;
 
 fn le64(b: &[u8], off: usize) -> Option<u64> {
     b.get(off..off + 8)
@@ -71,7 +72,7 @@ pub fn place(
         let image_size = le64(image, 16).unwrap_or(0);
         // Pre-3.17 kernels have image_size 0 and an implied text_offset of 0x80000.
         let (off, size) = if image_size == 0 {
-            (0x8_0000, file)
+            (elvisor_abi::image::TEXT_OFFSET, file)
         } else {
             (text_offset, image_size.max(file))
         };

@@ -43,24 +43,26 @@ impl fmt::Display for VmId {
 ///                  top - 2 MiB: device tree (2 MiB slot)
 ///                  below the DTB: initrd, if any
 /// ```
+///
+/// The numbers are `elvisor_abi::layout`'s, which the guests build against too; here they get
+/// their address type.
 pub mod layout {
     use crate::mm::GuestPhysAddr;
+    use elvisor_abi::layout as abi;
 
     /// GIC distributor (GICv3: 64 KiB; GICv2: 4 KiB in the guest's device tree).
-    pub const GICD_BASE: GuestPhysAddr = GuestPhysAddr(0x0800_0000);
-    pub const GICD_SIZE: u64 = 0x1_0000;
-    pub const GICD_V2_SIZE: u64 = 0x1000;
+    pub const GICD_BASE: GuestPhysAddr = GuestPhysAddr(abi::GICD_BASE);
+    pub use abi::{GICD_SIZE, GICD_V2_SIZE};
     /// GICv2 CPU interface: the hardware GICV, mapped by stage 2 (8 KiB: GICC_DIR is at 0x1000).
-    pub const GICC_BASE: GuestPhysAddr = GuestPhysAddr(0x0801_0000);
-    pub const GICC_SIZE: u64 = 0x2000;
+    pub const GICC_BASE: GuestPhysAddr = GuestPhysAddr(abi::GICC_BASE);
+    pub use abi::GICC_SIZE;
     /// GICv3 redistributors, one 128 KiB frame pair (RD_base + SGI_base) per vCPU.
-    pub const GICR_BASE: GuestPhysAddr = GuestPhysAddr(0x080a_0000);
-    pub const GICR_STRIDE: u64 = 0x2_0000;
-    pub const UART_BASE: GuestPhysAddr = GuestPhysAddr(0x0900_0000);
-    pub const UART_SIZE: u64 = 0x1000;
-    /// INTID of the UART's SPI (SPI 1).
-    pub const UART_INTID: u32 = 33;
-    pub const RAM_BASE: GuestPhysAddr = GuestPhysAddr(0x4000_0000);
+    pub const GICR_BASE: GuestPhysAddr = GuestPhysAddr(abi::GICR_BASE);
+    pub use abi::GICR_STRIDE;
+    pub const UART_BASE: GuestPhysAddr = GuestPhysAddr(abi::UART_BASE);
+    /// Size and INTID (SPI 1) of the UART.
+    pub use abi::{UART_INTID, UART_SIZE};
+    pub const RAM_BASE: GuestPhysAddr = GuestPhysAddr(abi::RAM_BASE);
     /// Room reserved at the top of RAM for the device tree.
-    pub const FDT_SLOT: u64 = 2 << 20;
+    pub use abi::FDT_SLOT;
 }

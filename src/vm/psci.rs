@@ -24,7 +24,7 @@ pub mod ret {
 }
 
 /// Function ids (SMC32 / SMC64 fast calls): the architecture and PSCI ids are the `smccc`
-/// crate's; only our vendor hypervisor service is defined here.
+/// crate's, our vendor hypervisor service's come from `elvisor_abi` (shared with the guests).
 pub mod fid {
     pub use smccc::arch::{
         SMCCC_ARCH_FEATURES, SMCCC_ARCH_WORKAROUND_1, SMCCC_ARCH_WORKAROUND_2,
@@ -38,11 +38,12 @@ pub mod fid {
 
     /// elvisor vendor hypervisor call: give up the rest of the time slice to the next
     /// runnable vCPU on this physical CPU (returns 0).
-    pub const ELVISOR_YIELD: u32 = 0x8600_0001;
+    pub use elvisor_abi::hypercall::YIELD as ELVISOR_YIELD;
     /// Vendor-specific hypervisor service (owner 6): standard queries.
-    pub const VENDOR_HYP_CALL_COUNT: u32 = 0x8600_ff00;
-    pub const VENDOR_HYP_CALL_UID: u32 = 0x8600_ff01;
-    pub const VENDOR_HYP_REVISION: u32 = 0x8600_ff03;
+    pub use elvisor_abi::hypercall::{
+        CALL_COUNT_FID as VENDOR_HYP_CALL_COUNT, REVISION_FID as VENDOR_HYP_REVISION,
+        UID_FID as VENDOR_HYP_CALL_UID,
+    };
 }
 
 /// SMCCC version we implement: 1.1.
@@ -52,11 +53,10 @@ pub const PSCI_VERSION: u64 = 0x1_0001;
 /// MIGRATE_INFO_TYPE: "Trusted OS not present or does not require migration".
 pub const MIGRATE_INFO_TYPE_NONE: u64 = smccc::psci::MigrateType::MigrationNotRequired as u64;
 
-/// elvisor's vendor hypervisor UID (a random UUID, 61a9c2f4-3e4e-4b6f-9d0e-6c7576697361),
-/// returned as four 32-bit words in w0..w3 per SMCCC §6.
-pub const ELVISOR_UID: [u32; 4] = [0xf4c2_a961, 0x6f4b_4e3e, 0x7576_0e9d, 0x6173_6976];
 /// Revision of our vendor hypervisor interface (major.minor in w0/w1).
-pub const ELVISOR_REVISION: (u32, u32) = (0, 1);
+pub use elvisor_abi::hypercall::REVISION as ELVISOR_REVISION;
+/// elvisor's vendor hypervisor UID, returned as four 32-bit words in w0..w3 per SMCCC §6.
+pub use elvisor_abi::hypercall::UID as ELVISOR_UID;
 
 /// What the VM layer must do with a call.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -139,7 +139,9 @@ pub fn dispatch(imm: u16, x: [u64; 4]) -> Call {
             None,
             None,
         ])),
-        fid::VENDOR_HYP_CALL_COUNT => Call::Return(Ret::x0(4)),
+        fid::VENDOR_HYP_CALL_COUNT => {
+            Call::Return(Ret::x0(elvisor_abi::hypercall::CALL_COUNT as i64))
+        }
         fid::ELVISOR_YIELD => Call::Yield,
         _ => Call::Return(Ret::x0(ret::NOT_SUPPORTED)),
     }

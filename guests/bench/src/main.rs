@@ -62,7 +62,7 @@ const IPI_ROUNDS: u64 = 64;
 
 /// An SMCCC function id no service implements: fast call, SMC32, owner 2 (SiP), function
 /// 0xffff. A hypervisor must answer NOT_SUPPORTED (SMCCC 1.1+).
-const UNALLOCATED_FID: u32 = 0x8200_ffff;
+const UNALLOCATED_FID: u32 = elvisor_guest_rt::abi::hypercall::UNALLOCATED_SIP;
 
 fn main(boot: &BootInfo) {
     // Sets the prefix of the runtime's panic and exception lines: `BENCH FAIL: ...`.

@@ -14,7 +14,7 @@
 //! `in_y` inside one of x's gaps.
 //!
 //! - `method=yield`: the VMs give the CPU to each other with elvisor's ELVISOR_YIELD hypercall
-//!   (`hvc #0`, x0 = 0x8600_0001), the counter read right before and right after it. A switch
+//!   (`hvc #0`, x0 = `elvisor_abi::hypercall::YIELD`), the counter read right before and right after it. A switch
 //!   is then the hypervisor's whole path from one VM's yield to the other VM's return from its
 //!   own yield (exit, scheduler, EL1/vGIC/timer state switch, entry), plus two guest
 //!   instructions.
@@ -30,7 +30,7 @@ use crate::arch;
 /// Switches each VM records before it stops.
 const SWITCHES: usize = 32;
 /// elvisor's yield hypercall: give the rest of the time slice to the next runnable vCPU.
-const ELVISOR_YIELD: u32 = 0x8600_0001;
+const ELVISOR_YIELD: u32 = elvisor_guest_rt::smccc::fid::ELVISOR_YIELD;
 /// Time-slice mode: a pause in the count longer than this is a gap (a slice is 10 ms =
 /// 10,000,000 ticks at 1 GHz; an interrupt exit costs a few thousand).
 const GAP_TICKS: u64 = 200_000;

@@ -4,12 +4,13 @@
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use elvisor_guest_rt::abi::layout;
 use elvisor_guest_rt::arch::attack::{self, Access, Insn, Registers, SysReg};
 use elvisor_guest_rt::arch::gicv3 as icc;
 use elvisor_guest_rt::arch::mmio::Region;
 use elvisor_guest_rt::exception::{Fault, ec, fsc};
 use elvisor_guest_rt::gic::{Gic, Version, gicc, gicd, gicr, icc_bits};
-use elvisor_guest_rt::smccc::psci_ret;
+use elvisor_guest_rt::smccc::{fid, psci_ret};
 use elvisor_guest_rt::smp;
 use elvisor_guest_rt::timer::{CTL_ENABLE, Timer, TimerInterrupts};
 use smccc::psci;
@@ -304,7 +305,7 @@ fn smccc(ctx: &mut Ctx<'_>, rng: &mut Rng) {
                 smccc::arch::SMCCC_ARCH_FEATURES,
                 psci::PSCI_MIGRATE_INFO_TYPE,
                 psci::PSCI_VERSION,
-                0x8600_0001, // ELVISOR_YIELD
+                fid::ELVISOR_YIELD,
             ]);
             let target = match rng.below(3) {
                 0 => smp::mpidr_of(rng.below(12) as usize),
@@ -499,8 +500,8 @@ fn outside(ctx: &mut Ctx<'_>, rng: &mut Rng) {
     let env = ctx.env;
     let addr = loop {
         let a = match rng.below(6) {
-            0 => rng.below(0x0800_0000),
-            1 => 0x0800_0000 + rng.below(0x0200_0000),
+            0 => rng.below(layout::GICD_BASE),
+            1 => layout::GICD_BASE + rng.below(0x0200_0000),
             2 => 0x0a00_0000 + rng.below(0x3600_0000),
             3 | 4 => HOST_RAM.start + rng.below(HOST_RAM.end - HOST_RAM.start),
             _ => rng.next() >> rng.below(24),

@@ -13,10 +13,10 @@ use fdt::node::FdtNode;
 use crate::smccc::Conduit;
 
 /// The PL011 of QEMU `virt` (and of elvisor's guests today), used when the tree names none.
-pub const DEFAULT_UART_BASE: usize = 0x0900_0000;
+pub const DEFAULT_UART_BASE: usize = elvisor_abi::layout::UART_BASE as usize;
 
 /// `/chosen` property: how many times this VM has been reset with PSCI SYSTEM_RESET.
-pub const RESET_COUNT_PROPERTY: &str = "elvisor,reset-count";
+pub const RESET_COUNT_PROPERTY: &str = elvisor_abi::dt::RESET_COUNT_PROPERTY;
 
 /// The boot environment, discovered once from the device tree in x0.
 pub struct BootInfo {

@@ -49,6 +49,9 @@ mod panic;
 
 pub use arch::mem;
 pub use boot::BootInfo;
+/// What the guests and elvisor agree on (vendor hypercalls, UID, guest memory map), shared
+/// with the hypervisor.
+pub use elvisor_abi as abi;
 pub use exception::{ExceptionKind, Fault};
 pub use report::Report;
 

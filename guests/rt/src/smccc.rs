@@ -8,9 +8,17 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 pub use crate::arch::conduit::{hvc_call, smc_call, try_hvc_call, try_smc_call};
 
-/// SMCCC function ids the guests use: the `smccc` crate's, under the names the guests call
-/// them by.
+/// SMCCC function ids the guests use: the `smccc` crate's and elvisor's vendor service's
+/// (`elvisor_abi`, shared with the hypervisor), under the names the guests call them by.
 pub mod fid {
+    /// Vendor-specific hypervisor service: call count.
+    pub use elvisor_abi::hypercall::CALL_COUNT_FID as VENDOR_HYP_CALL_COUNT;
+    /// Vendor-specific hypervisor service: revision (major in w0, minor in w1).
+    pub use elvisor_abi::hypercall::REVISION_FID as VENDOR_HYP_REVISION;
+    /// Vendor-specific hypervisor service: UID (128 bits in w0..w3).
+    pub use elvisor_abi::hypercall::UID_FID as VENDOR_HYP_CALL_UID;
+    /// elvisor's yield: give the rest of the time slice to the next runnable vCPU.
+    pub use elvisor_abi::hypercall::YIELD as ELVISOR_YIELD;
     /// SMCCC_VERSION (SMCCC 7.2): returns the version as major << 16 | minor.
     pub use smccc::arch::SMCCC_VERSION;
     /// AFFINITY_INFO (SMC64): x1 target affinity, x2 lowest affinity level.
@@ -29,12 +37,6 @@ pub mod fid {
     pub use smccc::psci::PSCI_SYSTEM_RESET as SYSTEM_RESET;
     /// PSCI_VERSION.
     pub use smccc::psci::PSCI_VERSION;
-    /// Vendor-specific hypervisor service: call count.
-    pub const VENDOR_HYP_CALL_COUNT: u32 = 0x8600_ff00;
-    /// Vendor-specific hypervisor service: UID (128 bits in w0..w3).
-    pub const VENDOR_HYP_CALL_UID: u32 = 0x8600_ff01;
-    /// Vendor-specific hypervisor service: revision (major in w0, minor in w1).
-    pub const VENDOR_HYP_REVISION: u32 = 0x8600_ff03;
 }
 
 /// SMCCC/PSCI return value NOT_SUPPORTED (-1), as it comes back in x0.

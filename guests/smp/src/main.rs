@@ -51,6 +51,7 @@
 mod secondary;
 mod shared;
 
+use elvisor_guest_rt::abi::layout;
 use elvisor_guest_rt::arch::{self, MAX_CPUS, irq};
 use elvisor_guest_rt::boot::find_node;
 use elvisor_guest_rt::gic::{self, Gic, SgiTarget, Version};
@@ -276,7 +277,7 @@ fn cpu_on_invalid_address(report: &mut Report, ctx: &Ctx) {
         ));
         return;
     }
-    for entry in [0x1000u64, ctx.ram_end as u64, 0x0900_0000] {
+    for entry in [0x1000u64, ctx.ram_end as u64, layout::UART_BASE] {
         let ret = psci::cpu_on(smp::mpidr_of(1), entry, 0);
         if ret != psci_ret::INVALID_ADDRESS {
             report.fail(

@@ -22,14 +22,14 @@
 use core::arch::global_asm;
 
 /// Image header `text_offset`: where the loader places the Image above the RAM base.
-pub const TEXT_OFFSET: u64 = 0x8_0000;
+pub const TEXT_OFFSET: u64 = elvisor_abi::image::TEXT_OFFSET;
 
 /// Image header `flags`: bit 0 = 0 little-endian, bits 1-2 = 0b01 4 KiB pages,
 /// bit 3 = 0 "placed 2 MiB aligned from the base of DRAM".
 pub const IMAGE_FLAGS: u64 = 0x2;
 
 /// Image header magic "ARM\x64" read as a little-endian u32 at offset 0x38.
-pub const IMAGE_MAGIC: u32 = 0x644d_5241;
+pub const IMAGE_MAGIC: u32 = elvisor_abi::image::MAGIC;
 
 /// CPACR_EL1.FPEN = 0b11: no FP/SIMD traps at EL1 or EL0 (ARM ARM D19.2.30).
 const CPACR_EL1_FPEN_NONE: u64 = 0b11 << 20;

@@ -1,0 +1,89 @@
+//! The interface between elvisor and the guests it runs, as both sides must agree on it: the
+//! vendor hypervisor service's function ids, UID and revision; the guest physical memory map
+//! the hypervisor lays out; the Image header fields the loader reads; the device-tree
+//! properties of our own that a guest may read.
+//!
+//! One definition for the hypervisor (the root workspace) and the guest runtime and test
+//! guests (the guests/ workspace), so the two cannot drift apart. Standard SMCCC/PSCI ids are
+//! not here: both sides take those from the `smccc` crate.
+#![no_std]
+#![forbid(unsafe_code)]
+
+/// elvisor's vendor-specific hypervisor service (SMCCC owner 6, DEN0028 §6), fast SMC32 calls
+/// through `hvc #0` (or a trapped `smc #0`).
+pub mod hypercall {
+    /// Give up the rest of the time slice to the next runnable vCPU on this physical CPU
+    /// (returns SUCCESS). Ours.
+    pub const YIELD: u32 = 0x8600_0001;
+    /// Vendor hypervisor service call count (DEN0028 §6.2): x0 = [`CALL_COUNT`].
+    pub const CALL_COUNT_FID: u32 = 0x8600_ff00;
+    /// Vendor hypervisor service UID: w0..w3 = [`UID`].
+    pub const UID_FID: u32 = 0x8600_ff01;
+    /// Vendor hypervisor service revision: w0 = major, w1 = minor ([`REVISION`]).
+    pub const REVISION_FID: u32 = 0x8600_ff03;
+
+    /// elvisor's vendor hypervisor UID (a random UUID, 61a9c2f4-3e4e-4b6f-9d0e-6c7576697361),
+    /// as the four 32-bit words returned in w0..w3 (SMCCC §6).
+    pub const UID: [u32; 4] = [0xf4c2_a961, 0x6f4b_4e3e, 0x7576_0e9d, 0x6173_6976];
+    /// Revision of the vendor hypervisor interface: (major, minor).
+    pub const REVISION: (u32, u32) = (0, 1);
+    /// How many calls the service has: YIELD and the three queries.
+    pub const CALL_COUNT: u64 = 4;
+
+    /// An SMCCC id that elvisor never allocates (an unallocated SiP service call): the null
+    /// hypercall the bench guest times, answered NOT_SUPPORTED on the exit fast path.
+    pub const UNALLOCATED_SIP: u32 = 0x8200_ffff;
+}
+
+/// The guest physical memory map elvisor gives every VM (that of QEMU `virt`, so one guest
+/// image runs under elvisor and on bare QEMU alike):
+///
+/// ```text
+///   0x0800_0000  GIC distributor, 64 KiB (GICv2 guests see 4 KiB)
+///   0x0801_0000  GICv2 CPU interface (the hardware GICV), 8 KiB
+///   0x080a_0000  GICv3 redistributors, 128 KiB per vCPU
+///   0x0900_0000  PL011 UART (emulated), 4 KiB, SPI 1
+///   0x4000_0000  RAM
+///                  +0x8_0000 (TEXT_OFFSET): the image
+///                  top - 2 MiB: the device tree
+/// ```
+pub mod layout {
+    /// GIC distributor (GICv3: 64 KiB; GICv2: 4 KiB in the guest's device tree).
+    pub const GICD_BASE: u64 = 0x0800_0000;
+    pub const GICD_SIZE: u64 = 0x1_0000;
+    pub const GICD_V2_SIZE: u64 = 0x1000;
+    /// GICv2 CPU interface (8 KiB: GICC_DIR is at 0x1000).
+    pub const GICC_BASE: u64 = 0x0801_0000;
+    pub const GICC_SIZE: u64 = 0x2000;
+    /// GICv3 redistributors, one 128 KiB frame pair (RD_base + SGI_base) per vCPU.
+    pub const GICR_BASE: u64 = 0x080a_0000;
+    pub const GICR_STRIDE: u64 = 0x2_0000;
+    /// The console PL011.
+    pub const UART_BASE: u64 = 0x0900_0000;
+    pub const UART_SIZE: u64 = 0x1000;
+    /// INTID of the UART's SPI (SPI 1).
+    pub const UART_INTID: u32 = 33;
+    /// Guest RAM base.
+    pub const RAM_BASE: u64 = 0x4000_0000;
+    /// Room reserved at the top of RAM for the device tree.
+    pub const FDT_SLOT: u64 = 2 << 20;
+}
+
+/// The arm64 Image header fields the loader reads and the guests write (Linux
+/// Documentation/arch/arm64/booting.rst).
+pub mod image {
+    /// Header magic "ARM\x64", the little-endian u32 at offset 0x38.
+    pub const MAGIC: u32 = 0x644d_5241;
+    /// `text_offset` the guests are linked for, and the one a header with `image_size` 0
+    /// (pre-3.17 Linux) implies: the image is loaded at RAM base + 0x8_0000.
+    pub const TEXT_OFFSET: u64 = 0x8_0000;
+    /// Where a guest image linked for elvisor starts: [`super::layout::RAM_BASE`] +
+    /// [`TEXT_OFFSET`].
+    pub const LOAD_ADDRESS: u64 = super::layout::RAM_BASE + TEXT_OFFSET;
+}
+
+/// Device-tree properties of our own in the tree elvisor generates for a guest.
+pub mod dt {
+    /// `/chosen` property: how many times this VM has been reset with PSCI SYSTEM_RESET.
+    pub const RESET_COUNT_PROPERTY: &str = "elvisor,reset-count";
+}
