@@ -37,7 +37,7 @@ static BOOT_CNTPCT: AtomicU64 = AtomicU64::new(u64::MAX);
 // code. The header below is the one the loader reads (text_offset, image_size, magic); the
 // runtime's header, now 0x40+ bytes into the image, is never read.
 global_asm!(
-    ".pushsection .text.bench_head, \"ax\"",
+    ".pushsection .text.image_head, \"ax\"",
     ".global _bench_start",
     ".type _bench_start, %function",
     "_bench_start:",
