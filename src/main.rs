@@ -1,5 +1,7 @@
 //! Entry glue: the global allocator, the panic handler, and the jump into the kernel.
 #![cfg_attr(target_os = "none", no_std, no_main)]
+// The only unsafe here is exporting the two entry symbols the boot code calls by name.
+#![deny(unsafe_code)]
 
 #[cfg(target_os = "none")]
 mod bare_metal {
@@ -10,12 +12,14 @@ mod bare_metal {
     static HEAP: LockedHeap<32> = LockedHeap::empty();
 
     /// Called by the boot code (arch/aarch64/boot.rs) with the DTB address and CurrentEL.
+    #[allow(unsafe_code)] // an exported symbol: nothing else may define it
     #[unsafe(no_mangle)]
     extern "C" fn elvisor_primary_main(dtb_pa: u64, el: u64) -> ! {
         elvisor::kernel::primary_main(dtb_pa, el, &HEAP)
     }
 
     /// Called by the secondary-CPU entry code with the CPU's index.
+    #[allow(unsafe_code)] // as above
     #[unsafe(no_mangle)]
     extern "C" fn elvisor_secondary_main(index: u64) -> ! {
         elvisor::kernel::secondary_main(index as usize)

@@ -52,12 +52,12 @@ pub fn kill_group(pgid: u32) {
 /// has the kernel kill it if the harness dies first.
 pub fn own_group_die_with_parent(cmd: &mut Command) {
     cmd.process_group(0);
+    let die_with_parent = || {
+        // SAFETY: prctl(2) PR_SET_PDEATHSIG takes a signal number and touches no memory.
+        unsafe { prctl(PR_SET_PDEATHSIG, SIGKILL as std::ffi::c_ulong) };
+        Ok(())
+    };
     // SAFETY: the closure runs in the forked child before exec and calls only prctl(2), which
     // is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            prctl(PR_SET_PDEATHSIG, SIGKILL as std::ffi::c_ulong);
-            Ok(())
-        });
-    }
+    unsafe { cmd.pre_exec(die_with_parent) };
 }

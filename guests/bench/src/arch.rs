@@ -482,11 +482,10 @@ pub enum CpuInterface {
 /// counter reads. Returns (ticks, IAR value; 0 for the `nop`s). IRQs must be masked at the PE.
 pub fn ack_eoi_timed(cpu: CpuInterface, real: bool) -> (u64, u32) {
     let (t0, t1, iar): (u64, u64, u64);
-    // SAFETY: IAR/EOIR only change GIC state; GICv2 accesses go to the CPU interface block
-    // (an Mmio, so no Rust object); registers used are outputs.
-    unsafe {
-        match (cpu, real) {
-            (CpuInterface::V3, true) => asm!(
+    match (cpu, real) {
+        // SAFETY: the ICC acknowledge and EOI only change GIC state; registers are outputs.
+        (CpuInterface::V3, true) => unsafe {
+            asm!(
                 "isb",
                 "mrs {t0}, cntvct_el0",
                 "mrs {iar}, icc_iar1_el1",
@@ -495,8 +494,12 @@ pub fn ack_eoi_timed(cpu: CpuInterface, real: bool) -> (u64, u32) {
                 "mrs {t1}, cntvct_el0",
                 t0 = out(reg) t0, t1 = out(reg) t1, iar = out(reg) iar,
                 options(nostack),
-            ),
-            (CpuInterface::V2(Mmio(base)), true) => asm!(
+            )
+        },
+        // SAFETY: GICC_IAR/EOIR in the CPU interface block (an Mmio, no Rust object) only
+        // change GIC state; registers are outputs.
+        (CpuInterface::V2(Mmio(base)), true) => unsafe {
+            asm!(
                 "isb",
                 "mrs {t0}, cntvct_el0",
                 "ldr {iar:w}, [{base}, #{giar}]",
@@ -507,8 +510,11 @@ pub fn ack_eoi_timed(cpu: CpuInterface, real: bool) -> (u64, u32) {
                 giar = const GICC_IAR, geoir = const GICC_EOIR,
                 t0 = out(reg) t0, t1 = out(reg) t1, iar = out(reg) iar,
                 options(nostack),
-            ),
-            (_, false) => {
+            )
+        },
+        (_, false) => {
+            // SAFETY: counter reads and `nop`s only.
+            unsafe {
                 asm!(
                     "isb",
                     "mrs {t0}, cntvct_el0",
@@ -518,9 +524,9 @@ pub fn ack_eoi_timed(cpu: CpuInterface, real: bool) -> (u64, u32) {
                     "mrs {t1}, cntvct_el0",
                     t0 = out(reg) t0, t1 = out(reg) t1,
                     options(nostack),
-                );
-                iar = 0;
-            }
+                )
+            };
+            iar = 0;
         }
     }
     (t1.wrapping_sub(t0), iar as u32)
@@ -733,15 +739,19 @@ impl Buffer {
     #[inline(always)]
     pub fn read(&self, index: usize) -> u64 {
         assert!(index < self.words);
+        // SAFETY: `index < words`: in bounds of the buffer (checked by `new`).
+        let p = unsafe { self.base.add(index) };
         // SAFETY: in bounds of a RAM range no Rust object lives in (checked by `new`), aligned.
-        unsafe { self.base.add(index).read_volatile() }
+        unsafe { p.read_volatile() }
     }
 
     /// Writes word `index`. Panics if out of range.
     #[inline(always)]
     pub fn write(&mut self, index: usize, value: u64) {
         assert!(index < self.words);
+        // SAFETY: `index < words`: in bounds of the buffer (checked by `new`).
+        let p = unsafe { self.base.add(index) };
         // SAFETY: as in `read`; `&mut self` makes this the only access through the buffer.
-        unsafe { self.base.add(index).write_volatile(value) }
+        unsafe { p.write_volatile(value) }
     }
 }

@@ -181,12 +181,11 @@ pub fn backtrace(first: &[(&str, u64)], mut fp: u64) {
         {
             break;
         }
-        // SAFETY: `fp` is 8-byte aligned, inside the stacks region and, with the word after
-        // it, outside the guard pages, so both words are mapped.
-        let (next, lr) = unsafe {
-            let p = fp as *const u64;
-            (p.read_volatile(), p.add(1).read_volatile())
-        };
+        // SAFETY: `fp` is 8-byte aligned, inside the stacks region and outside the guard
+        // pages, so the word is mapped.
+        let next = unsafe { (fp as *const u64).read_volatile() };
+        // SAFETY: as above for the word after it (checked against the guard pages too).
+        let lr = unsafe { ((fp + 8) as *const u64).read_volatile() };
         if lr == 0 {
             break;
         }

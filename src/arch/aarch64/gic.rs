@@ -114,9 +114,11 @@ pub fn init(info: &GicInfo, cpus: usize) -> Result<(), &'static str> {
                 .ok_or("GICv3 without a redistributor region")?;
             let gicd = NonNull::new(info.gicd.base.0 as *mut GicdV3).ok_or("GICD at 0")?;
             let gicr = NonNull::new(gicr.base.0 as *mut GicrSgi).ok_or("GICR at 0")?;
-            // SAFETY: the addresses come from the host device tree's GIC node and are mapped
-            // as Device memory by the EL2 map; this is the only driver instance.
-            let mut gic = unsafe { GicV3::new(UniqueMmioPointer::new(gicd), gicr, cpus) }
+            // SAFETY: the address comes from the host device tree's GIC node and is mapped as
+            // Device memory by the EL2 map; this is the only pointer to the distributor.
+            let gicd = unsafe { UniqueMmioPointer::new(gicd) };
+            // SAFETY: as above for the redistributors; this is the only driver instance.
+            let mut gic = unsafe { GicV3::new(gicd, gicr, cpus) }
                 .map_err(|_| "GICv3 redistributor frames not found")?;
             gic.setup(0);
             Driver::V3(gic)
@@ -124,20 +126,20 @@ pub fn init(info: &GicInfo, cpus: usize) -> Result<(), &'static str> {
         GicVersion::V2 => {
             let gicc_r = info.gicc.ok_or("GICv2 without GICC")?;
             let gich_r = info.gich.ok_or("GICv2 without GICH")?;
-            // SAFETY: as above for GICD/GICC. `GiccExtra` aliases GICC only for CTLR and DIR,
-            // which the arm-gic driver never writes after `setup`; both are volatile MMIO on
-            // the same lock.
-            let (gic, gicd_targets, gicc, gich) = unsafe {
-                let mut gic =
-                    GicV2::new(info.gicd.base.0 as *mut GicdV2, gicc_r.base.0 as *mut Gicc);
-                gic.setup();
-                (
-                    gic,
-                    &*(info.gicd.base.0 as *const GicdTargets),
-                    &*(gicc_r.base.0 as *const GiccExtra),
-                    &*(gich_r.base.0 as *const GichRegs),
-                )
-            };
+            // SAFETY: as above for GICD/GICC: from the host device tree, mapped as Device
+            // memory, the only driver instance.
+            let mut gic =
+                unsafe { GicV2::new(info.gicd.base.0 as *mut GicdV2, gicc_r.base.0 as *mut Gicc) };
+            gic.setup();
+            // SAFETY: `GicdTargets` aliases GICD only for TARGETS, which the arm-gic driver
+            // never writes after `setup`; both are volatile MMIO used under the same lock.
+            let gicd_targets = unsafe { &*(info.gicd.base.0 as *const GicdTargets) };
+            // SAFETY: `GiccExtra` aliases GICC only for CTLR and DIR, which the arm-gic driver
+            // never writes after `setup`; both are volatile MMIO used under the same lock.
+            let gicc = unsafe { &*(gicc_r.base.0 as *const GiccExtra) };
+            // SAFETY: GICH from the host device tree, mapped as Device memory; only this
+            // module touches it.
+            let gich = unsafe { &*(gich_r.base.0 as *const GichRegs) };
             GICH.store(gich_r.base.0 as usize, Ordering::Relaxed);
             GICC.store(gicc_r.base.0 as usize, Ordering::Relaxed);
             Driver::V2 {
@@ -174,13 +176,14 @@ pub fn init_cpu(cpu: usize) {
             }
             arm_gic::gicv3::GicCpuInterface::enable_system_register_el2(true);
             arm_gic::gicv3::GicCpuInterface::set_priority_mask(0xff);
+            let ctlr: u64;
+            // SAFETY: reads this CPU's physical interface control register; no side effects.
+            unsafe { asm!("mrs {}, icc_ctlr_el1", out(reg) ctlr, options(nomem, nostack)) };
             // SAFETY: sets EOImode in this CPU's physical interface; only the kernel acks.
             unsafe {
-                let mut ctlr: u64;
-                asm!("mrs {}, icc_ctlr_el1", out(reg) ctlr, options(nomem, nostack));
-                ctlr |= ICC_CTLR_EOIMODE;
-                asm!("msr icc_ctlr_el1, {}", "isb", in(reg) ctlr, options(nomem, nostack));
-            }
+                asm!("msr icc_ctlr_el1, {}", "isb", in(reg) ctlr | ICC_CTLR_EOIMODE,
+                     options(nomem, nostack))
+            };
             arm_gic::gicv3::GicCpuInterface::enable_group1(true);
             let lrs = ICH_VTR_EL2.read(ICH_VTR_EL2::ListRegs) + 1;
             NR_LRS.store(lrs as usize, Ordering::Relaxed);

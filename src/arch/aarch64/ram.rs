@@ -135,11 +135,12 @@ pub fn boot_dtb(pa: u64) -> Option<&'static [u8]> {
     if pa == 0 || pa & 7 != 0 {
         return None;
     }
-    let p = pa as *const u32;
     // SAFETY: the boot protocol puts a DTB at x0 in RAM, 8-byte aligned; the header's first
     // two words are read with the MMU off (all memory readable) before anything else
     // depends on them.
-    let (magic, size) = unsafe { (p.read_volatile(), p.add(1).read_volatile()) };
+    let magic = unsafe { (pa as *const u32).read_volatile() };
+    // SAFETY: as above: the header's second word.
+    let size = unsafe { ((pa + 4) as *const u32).read_volatile() };
     let (magic, size) = (u32::from_be(magic), u32::from_be(size));
     if magic != 0xd00d_feed || !(40..=MAX_DTB_BYTES).contains(&size) {
         return None;

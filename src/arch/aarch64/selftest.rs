@@ -148,13 +148,12 @@ fn recurse(depth: u64) -> u64 {
 fn write_text() {
     let word = write_text as *const () as *mut u32;
     // SAFETY: `word` is the first instruction of this function: mapped (read-only) text, so
-    // the read is sound and the store must take a permission fault, which is fatal and never
-    // returns. Were text writable after all, the store writes back the value just read and
-    // the code is unchanged (the instruction cache never sees a different value).
-    unsafe {
-        let v = word.read_volatile();
-        word.write_volatile(v);
-    }
+    // the read is sound.
+    let v = unsafe { word.read_volatile() };
+    // SAFETY: the store must take a permission fault, which is fatal and never returns. Were
+    // text writable after all, it writes back the value just read and the code is unchanged
+    // (the instruction cache never sees a different value).
+    unsafe { word.write_volatile(v) };
 }
 
 /// A RET instruction (0xd65f03c0) in .data: an atomic has interior mutability, so it is

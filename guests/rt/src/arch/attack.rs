@@ -161,9 +161,11 @@ fn page() -> (usize, usize) {
     if !READY[cpu].load(Ordering::SeqCst) {
         let template = &raw const elvisor_attack_start;
         for i in 0..len {
-            // SAFETY: `i < len`, the template's length; it is code in .text, readable; the page
-            // has room (asserted below) and only this CPU writes it.
-            unsafe { page.add(i).write_volatile(template.add(i).read_volatile()) };
+            // SAFETY: `i < len`, the template's length; it is code in .text, readable.
+            let word = unsafe { template.wrapping_add(i).read_volatile() };
+            // SAFETY: the page has room for `len` words (asserted below) and only this CPU
+            // writes it.
+            unsafe { page.wrapping_add(i).write_volatile(word) };
             sync_icache(page as usize + 4 * i);
         }
         READY[cpu].store(true, Ordering::SeqCst);

@@ -103,14 +103,13 @@ fn run_batch(ops: &[Op], out: &mut [Outcome]) {
     let mut at = 0usize;
     let mut changed = false;
     let mut emit = |word: u32| {
+        let slot = area.wrapping_add(at);
         // SAFETY: `at` stays below BATCH * WORDS_PER_OP + 1 <= CODE_WORDS (asserted at compile
-        // time); this CPU alone writes its area, and it is not executing it now.
-        unsafe {
-            let slot = area.add(at);
-            if slot.read_volatile() != word {
-                slot.write_volatile(word);
-                changed = true;
-            }
+        // time), so `slot` is inside this CPU's area.
+        if unsafe { slot.read_volatile() } != word {
+            // SAFETY: as above; this CPU alone writes its area, and it is not executing it now.
+            unsafe { slot.write_volatile(word) };
+            changed = true;
         }
         at += 1;
     };
