@@ -7,6 +7,7 @@
 
 pub mod pl011;
 pub mod vgic;
+pub mod virtio;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
