@@ -178,6 +178,7 @@ pub(super) fn build_vm(
         }
     }
 
+    let virtio_nodes = super::virtio::add_devices(cfg, plat, &ram, &mut bus)?;
     let passthrough_irqs = setup_passthrough(cfg, plat, &bus, &mut stage2, &vgic, ram_bytes)?;
 
     let vmid = id.0 as u64 + 1;
@@ -202,6 +203,12 @@ pub(super) fn build_vm(
         mmio: Mutex::new(bus),
         vgic,
         passthrough_irqs,
+        guest_nodes: cfg
+            .passthrough
+            .iter()
+            .cloned()
+            .chain(virtio_nodes)
+            .collect(),
         hw,
         reset_count: AtomicU32::new(0),
         warn_budget: AtomicU32::new(crate::vm::exit::WARN_BUDGET),

@@ -68,7 +68,7 @@ pub fn load_images(vm: &Vm, how: Reload) -> Result<(), String> {
         bootargs: &vm.config.bootargs,
         initrd,
         reset_count: vm.reset_count.load(Ordering::Relaxed),
-        passthrough: &vm.config.passthrough,
+        passthrough: &vm.guest_nodes,
         rng_seed: Some(&seed),
         kaslr_seed: Some(kaslr),
     })

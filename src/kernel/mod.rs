@@ -43,6 +43,7 @@ mod irq;
 mod lifecycle;
 mod lrs;
 pub mod sched;
+mod virtio;
 
 pub use boot::{primary_main, secondary_main};
 pub use images::{Reload, load_images};
@@ -198,6 +199,8 @@ pub struct Vm {
     pub vgic: Arc<Mutex<Vgic>>,
     /// Physical SPIs passed through to this VM (forwarded with the HW bit).
     pub passthrough_irqs: Vec<u32>,
+    /// Device nodes of the guest DT: the passthrough devices, then the virtio-mmio devices.
+    guest_nodes: Vec<crate::vm::config::Passthrough>,
     pub hw: guest::VcpuHwConfig,
     pub reset_count: AtomicU32,
     /// Guest-caused diagnostics left before they are suppressed.

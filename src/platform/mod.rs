@@ -231,8 +231,10 @@ pub fn parse(dtb: &[u8], dtb_pa: PhysAddr, image: PhysRange) -> Result<Platform,
                     ),
                 ));
             }
+            crate::vm::config::check_disks_against(&vm, &vms)?;
             reserved.push(vm.kernel);
             reserved.extend(vm.ramdisk);
+            reserved.extend(vm.disks.iter().map(|d| d.range));
             vms.push(vm);
         }
     }

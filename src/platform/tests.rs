@@ -191,6 +191,7 @@ fn vm_fixture() {
             kernel,
             ramdisk: None,
             passthrough: Vec::new(),
+            disks: Vec::new(),
         }]
     );
     assert!(p.reserved.contains(&kernel));
@@ -691,4 +692,124 @@ fn mutated_blobs_never_panic() {
             let _ = parse(&copy[..cut], DTB_PA, IMAGE);
         }
     }
+}
+
+/// `disk` modules (vm::config::disk): parsed in node order with `read-only` and `elvisor,id`,
+/// reserved, and refused when malformed, outside RAM, over another module (of this VM or
+/// another), or more than there are virtio-mmio slots.
+#[test]
+fn vm_disks() {
+    let disk = |w: &mut FdtWriter, name: &str, reg: &[u64], ro: bool| -> FdtWriterResult<()> {
+        let d = w.begin_node(name)?;
+        w.property_string_list(
+            "compatible",
+            vec!["elvisor,disk".into(), "multiboot,module".into()],
+        )?;
+        w.property_array_u64("reg", reg)?;
+        if ro {
+            w.property_null("read-only")?;
+        }
+        w.end_node(d)
+    };
+    let p = parse_ok(&vm_dt(
+        &|w| {
+            good_vm(w)?;
+            disk(w, "disk-a", &[0x6200_0000, 0x10_0600], false)?;
+            disk(w, "disk-b", &[0x6400_0000, 0x200], true)?;
+            let d = w.begin_node("disk-c")?;
+            w.property_string("compatible", "elvisor,disk")?;
+            w.property_string("elvisor,id", "serial-42")?;
+            w.property_array_u64("reg", &[0x6500_0000, 0x1000])?;
+            w.end_node(d)
+        },
+        true,
+    ));
+    let d = &p.vms[0].disks;
+    assert_eq!(d.len(), 3);
+    assert_eq!(
+        (
+            d[0].node_path.as_str(),
+            d[0].range,
+            d[0].read_only,
+            d[0].id.as_str()
+        ),
+        (
+            "/chosen/vm-a/disk-a",
+            range(0x6200_0000, 0x10_0600),
+            false,
+            "disk-a"
+        )
+    );
+    assert!(d[1].read_only);
+    assert_eq!(d[2].id, "serial-42");
+    for x in d {
+        assert!(p.reserved.contains(&x.range));
+    }
+
+    let one = |reg: &'static [u64]| {
+        vm_dt(
+            &move |w| {
+                good_vm(w)?;
+                disk(w, "disk", reg, false)
+            },
+            true,
+        )
+    };
+    let path = "/chosen/vm-a/disk";
+    assert_error(&one(&[0x6200_0000, 0x100]), path, "reg"); // under one sector
+    assert_error(&one(&[0x6200_0000]), path, "reg");
+    assert_error(&one(&[0x1000_0000, 0x1000]), path, "reg"); // not RAM
+    assert_error(&one(&[DTB_PA.0, 0x1000]), path, "reg");
+    assert_error(&one(&[0x6008_0000, 0x10_0000]), path, "reg"); // over the kernel
+    assert_error(&one(&[u64::MAX - 0xfff, 0x1000]), path, "reg");
+    let two_overlapping = vm_dt(
+        &|w| {
+            good_vm(w)?;
+            disk(w, "disk-a", &[0x6200_0000, 0x2000], false)?;
+            disk(w, "disk-b", &[0x6200_1000, 0x2000], false)
+        },
+        true,
+    );
+    assert_error(&two_overlapping, "/chosen/vm-a/disk-b", "reg");
+    let too_many = vm_dt(
+        &|w| {
+            good_vm(w)?;
+            for i in 0..33u64 {
+                disk(
+                    w,
+                    &format!("disk{i}"),
+                    &[0x6200_0000 + i * 0x1000, 0x1000],
+                    false,
+                )?;
+            }
+            Ok(())
+        },
+        true,
+    );
+    assert_error(&too_many, "/chosen/vm-a/disk32", "compatible");
+
+    // Across VMs: a disk over another VM's kernel, or a kernel over an earlier VM's disk.
+    let two_vms = |disk_first: bool| {
+        host_dt(true, &move |w| {
+            stdout(w)?;
+            for (i, name) in ["vm@0", "vm@1"].iter().enumerate() {
+                let vm = w.begin_node(name)?;
+                w.property_string("compatible", "elvisor,vm")?;
+                good_vm(w)?;
+                let k = w.begin_node("kernel")?;
+                w.property_string("compatible", "multiboot,kernel")?;
+                w.property_array_u64("reg", &[0x6000_0000 + i as u64 * 0x100_0000, 0x1000])?;
+                w.end_node(k)?;
+                if (i == 0) == disk_first {
+                    // Over the other VM's kernel.
+                    let other = 0x6000_0000 + (1 - i as u64) * 0x100_0000;
+                    disk(w, "disk", &[other, 0x1000], false)?;
+                }
+                w.end_node(vm)?;
+            }
+            Ok(())
+        })
+    };
+    assert_error(&two_vms(false), "/chosen/vm@1/disk", "reg");
+    assert_error(&two_vms(true), "/chosen/vm@1", "reg");
 }

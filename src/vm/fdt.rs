@@ -352,6 +352,11 @@ pub fn generate(spec: &GuestFdt<'_>) -> Result<Vec<u8>, FdtGenError> {
                 .collect();
             w.property_array_u32("interrupts", &irqs)?;
         }
+        // virtio-mmio devices (ours) reach guest RAM through the cacheable EL2 map, so
+        // the guest must treat them as coherent (QEMU virt says the same of its own).
+        if compat.contains(&"virtio,mmio") {
+            w.property_null("dma-coherent")?;
+        }
         // AMBA (PrimeCell) devices need their bus clock to probe under Linux.
         if spec.uart.is_some() && compat.contains(&"arm,primecell") {
             w.property_array_u32("clocks", &[CLOCK_PHANDLE])?;

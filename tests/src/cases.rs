@@ -1107,6 +1107,8 @@ pub const CASES: &[Case] = &[
         allow: &[],
         reject_after_exit: &[],
     },
+    crate::cases_virtio::VIRTIO_GICV3,
+    crate::cases_virtio::VIRTIO_GICV2,
 ];
 
 const IRQ_LINES: &[&str] = &[

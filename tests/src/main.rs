@@ -11,6 +11,7 @@
 
 mod cases;
 mod cases_rpi4;
+mod cases_virtio;
 mod check;
 mod runner;
 mod sys;

@@ -96,12 +96,15 @@ struct Window {
 const GICR_FRAMES: u64 = 8;
 const GICR_FRAME_BYTES: u64 = 0x2_0000;
 const UART_BYTES: u64 = 0x1000;
+/// QEMU virt's virtio-mmio slots (32 of 0x200 bytes), which every VM has.
+const VIRTIO_MMIO_BASE: u64 = 0x0a00_0000;
+const VIRTIO_MMIO_BYTES: u64 = 32 * 0x200;
 
 /// What one vCPU knows about its VM.
 pub struct Env {
     cpu: usize,
     gic: Gic,
-    windows: [Window; 3],
+    windows: [Window; 4],
     ram: Range<u64>,
     uart: u64,
     vtimer: u32,
@@ -146,6 +149,12 @@ impl Env {
                     base: uart,
                     len: UART_BYTES,
                     uart: true,
+                },
+                // QEMU virt's virtio-mmio window: 32 slots, empty ones included, all emulated.
+                Window {
+                    base: VIRTIO_MMIO_BASE,
+                    len: VIRTIO_MMIO_BYTES,
+                    uart: false,
                 },
             ],
             gic,

@@ -79,6 +79,97 @@ impl RamRegion {
     }
 }
 
+impl RamRegion {
+    /// Checked access to this region for device models (virtio), which see it as guest RAM
+    /// at `guest_base`. Frames taken by a `RamRegion` are never given back (a VM lives for
+    /// the hypervisor's lifetime), so the accessor stays valid.
+    pub fn guest_access(&self, guest_base: crate::mm::GuestPhysAddr) -> GuestRamAccess {
+        GuestRamAccess {
+            host: self.range,
+            guest_base,
+        }
+    }
+}
+
+/// A VM's RAM as a [`crate::vdev::virtio::GuestMemory`]: raw copies at offsets the
+/// trait's checked methods computed, checked here once more.
+pub struct GuestRamAccess {
+    host: PhysRange,
+    guest_base: crate::mm::GuestPhysAddr,
+}
+
+impl GuestRamAccess {
+    /// The host address of `len` bytes at `offset`, if they are inside the region.
+    fn host_addr(&self, offset: u64, len: usize) -> Option<u64> {
+        let end = offset.checked_add(len as u64)?;
+        (end <= self.host.size_bytes).then_some(self.host.base.0 + offset)
+    }
+}
+
+impl crate::vdev::virtio::GuestMemory for GuestRamAccess {
+    fn ram_base(&self) -> crate::mm::GuestPhysAddr {
+        self.guest_base
+    }
+
+    fn ram_size_bytes(&self) -> u64 {
+        self.host.size_bytes
+    }
+
+    fn read_raw(&self, offset: u64, buf: &mut [u8]) {
+        let Some(src) = self.host_addr(offset, buf.len()) else {
+            buf.fill(0);
+            return;
+        };
+        // SAFETY: `src..src + len` is inside the VM's RAM region (checked above), which is
+        // identity-mapped read/write at EL2 and owned by the VM for the hypervisor's lifetime;
+        // `buf` is hypervisor memory, so the two do not overlap. The guest may write the
+        // same bytes meanwhile (it is the other side of a shared ring, as with DMA): the
+        // copy goes through raw pointers and no reference to guest RAM is ever formed.
+        unsafe {
+            core::ptr::copy_nonoverlapping(src as *const u8, buf.as_mut_ptr(), buf.len());
+        }
+    }
+
+    fn write_raw(&mut self, offset: u64, data: &[u8]) {
+        let Some(dst) = self.host_addr(offset, data.len()) else {
+            return;
+        };
+        // SAFETY: as in `read_raw`, with the roles of the two buffers swapped.
+        unsafe {
+            core::ptr::copy_nonoverlapping(data.as_ptr(), dst as *mut u8, data.len());
+        }
+    }
+}
+
+/// Disk modules already handed out as writable regions (each may be taken once).
+static TAKEN_DISKS: super::sync::Mutex<alloc::vec::Vec<PhysRange>> =
+    super::sync::Mutex::new(alloc::vec::Vec::new());
+
+/// A disk image the loader left in reserved host memory, handed to exactly one virtio-blk
+/// device as its writable backing store.
+///
+/// Returns `None` unless `range` is nonempty, inside host RAM and inside a reserved range,
+/// and overlaps no disk taken before (so the slice is the only reference to those bytes).
+pub fn take_disk(
+    range: PhysRange,
+    ram: &[PhysRange],
+    reserved: &[PhysRange],
+) -> Option<&'static mut [u8]> {
+    Module::new(range, ram, reserved)?;
+    let mut taken = TAKEN_DISKS.lock();
+    if taken.iter().any(|t| t.overlaps(&range)) {
+        return None;
+    }
+    taken.push(range);
+    // SAFETY: the range is RAM (identity-mapped read/write) and reserved, so the frame
+    // allocator never hands it out; the platform refuses a disk that overlaps any other
+    // module (kernel, ramdisk or disk, of any VM), and `TAKEN_DISKS` makes sure it is taken
+    // only once, so this is the only reference to these bytes for the hypervisor's lifetime.
+    Some(unsafe {
+        core::slice::from_raw_parts_mut(range.base.0 as *mut u8, range.size_bytes as usize)
+    })
+}
+
 /// A module image in reserved host memory (read-only to the kernel).
 #[derive(Clone, Copy)]
 pub struct Module {

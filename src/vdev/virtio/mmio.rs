@@ -25,6 +25,7 @@
 //! wires to an SPI on the vGIC ([`crate::vdev::MmioBus`] reports its edges); the driver's
 //! InterruptACK lowers it (§4.2.3.4).
 
+use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::mem::GuestMemory;
@@ -71,6 +72,9 @@ const DRIVER_STATUS_BITS: u32 =
 /// next notification.
 const CHAINS_PER_NOTIFY_IN_SIZES: usize = 2;
 
+/// How many driver errors a device logs (each one also sets DEVICE_NEEDS_RESET).
+const LOGGED_ERRORS: u64 = 8;
+
 /// A virtio-mmio transport in front of device `D`, reaching the VM's RAM through `M`.
 pub struct VirtioMmio<M: GuestMemory, D: VirtioDevice> {
     mem: M,
@@ -90,6 +94,8 @@ pub struct VirtioMmio<M: GuestMemory, D: VirtioDevice> {
     errors: u64,
     /// Chain segments, reused from chain to chain.
     segs: Vec<Segment>,
+    /// Names the device in log lines ("vm0 virtio-blk@0xa000000").
+    label: String,
 }
 
 impl<M: GuestMemory, D: VirtioDevice> VirtioMmio<M, D> {
@@ -112,7 +118,13 @@ impl<M: GuestMemory, D: VirtioDevice> VirtioMmio<M, D> {
             diagnostic: None,
             errors: 0,
             segs: Vec::new(),
+            label: String::from("virtio-mmio"),
         }
+    }
+
+    /// Names the device in the warnings it logs.
+    pub fn set_label(&mut self, label: String) {
+        self.label = label;
     }
 
     /// The guest memory accessor (tests build rings through it).
@@ -179,6 +191,13 @@ impl<M: GuestMemory, D: VirtioDevice> VirtioMmio<M, D> {
     /// the driver resets the device.
     fn fail(&mut self, e: VirtioError) {
         self.errors += 1;
+        // A driver that fails, resets and fails again must not flood the console.
+        if self.errors <= LOGGED_ERRORS {
+            log::warn!("{}: device needs reset: {}", self.label, e);
+            if self.errors == LOGGED_ERRORS {
+                log::warn!("{}: further driver errors are not logged", self.label);
+            }
+        }
         if self.diagnostic.is_none() {
             self.diagnostic = Some(e);
         }

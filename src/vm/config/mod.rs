@@ -10,7 +10,11 @@ use alloc::vec::Vec;
 
 use crate::mm::PhysRange;
 
+mod disk;
 mod node;
+
+pub(crate) use disk::check_disks_against;
+pub use disk::disk_id_bytes;
 
 pub use node::MAX_VCPUS;
 pub(crate) use node::{VmLimits, parse_vm};
@@ -37,6 +41,24 @@ pub struct VmConfig {
     pub ramdisk: Option<PhysRange>,
     /// Host devices passed through to this VM (subnodes compatible "elvisor,passthrough").
     pub passthrough: Vec<Passthrough>,
+    /// Disk images given to this VM as virtio-blk devices (subnodes compatible
+    /// "elvisor,disk"), in virtio-mmio slot order.
+    pub disks: Vec<Disk>,
+}
+
+/// A disk module (`vm::config::disk`): a disk image in host RAM that the VM reads and writes
+/// through virtio-blk. Writes go to that host RAM, so they survive VM resets and restarts but
+/// not a power-off of the machine.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Disk {
+    /// The disk subnode, for diagnostics.
+    pub node_path: String,
+    /// Where the loader put the image (host physical).
+    pub range: PhysRange,
+    /// Property `read-only`: VIRTIO_BLK_F_RO, every write fails.
+    pub read_only: bool,
+    /// The GET_ID string (property `elvisor,id`, else the node name).
+    pub id: String,
 }
 
 /// A host device given to a VM: its registers appear at the same guest physical address,

@@ -101,6 +101,9 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
             "no kernel module (a child node compatible with \"multiboot,kernel\")",
         )
     })?;
+    let mut images = alloc::vec![kernel];
+    images.extend(ramdisk);
+    let disks = super::disk::parse_disks(lin, limits, &images)?;
 
     Ok(VmConfig {
         name,
@@ -112,6 +115,7 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
         kernel,
         ramdisk,
         passthrough,
+        disks,
     })
 }
 

@@ -1,0 +1,93 @@
+//! System cases of the virtio devices (guests/virtio, boards/qemu-virt/vms/virtio.dtsi, disk
+//! images from scripts/mkdisk): empty virtio-mmio slots, virtio-blk read/write/flush/GET_ID
+//! and read-only, a hostile driver that must end in DEVICE_NEEDS_RESET while the hypervisor
+//! (and, on GICv2, a heartbeat VM next to it) keeps going, and disk writes that survive a VM
+//! reset. Hooked into [`crate::cases::CASES`] by name.
+
+use crate::cases::{Boot, Case, Exit, Image};
+
+const VIRT_V3_VHE: &[&str] = &[
+    "-M",
+    "virt,virtualization=on,gic-version=3",
+    "-cpu",
+    "max",
+    "-m",
+    "1G",
+    "-smp",
+    "2",
+];
+const VIRT_V2_NVHE: &[&str] = &[
+    "-M",
+    "virt,virtualization=on,gic-version=2",
+    "-cpu",
+    "cortex-a72",
+    "-m",
+    "1G",
+    "-smp",
+    "2",
+];
+
+/// What every virtio run shows, in order: the devices placed, the guest's checks of the first
+/// boot, the hypervisor's diagnostics of the hostile driver, the reset and the second boot.
+const VIRTIO_LINES: &[&str] = &[
+    "virtio: virtio-blk in slot 0 at 0xa000000 (SPI 16): 2051 sectors",
+    "virtio: virtio-blk in slot 1 at 0xa000200 (SPI 17): 1000 sectors, read-only",
+    "VIRTIO PASS: dt: exactly the two disks",
+    "VIRTIO PASS: empty slots 2..31: magic, version 2, device ID 0, writes ignored",
+    "VIRTIO PASS: rw: GET_ID",
+    "VIRTIO PASS: rw: used-buffer interrupt reaches the vGIC, acknowledge lowers it",
+    "VIRTIO PASS: rw: write through an indirect table, read back",
+    "VIRTIO PASS: rw: flush",
+    "VIRTIO PASS: ro: a write fails with IOERR and writes nothing",
+    "virtio virtio-blk@0xa000000: device needs reset: queue 0: chain 0: descriptor loop",
+    "VIRTIO PASS: hostile: descriptor loop",
+    "device needs reset: queue 0: chain 0: buffer 0x60000000+0x200 outside the VM's RAM",
+    "VIRTIO PASS: hostile: buffer outside the VM's RAM",
+    "VIRTIO PASS: hostile: queue size 6",
+    "VIRTIO PASS: hostile: notify before DRIVER_OK",
+    "VIRTIO PASS: hostile: the device works again after a reset",
+    "VIRTIO PASS: marker written",
+    "VIRTIO PASS: a disk write survives a VM reset",
+    "VIRTIO RESULT: passed=2 failed=0",
+];
+
+pub const VIRTIO_GICV3: Case = Case {
+    name: "virtio-blk-gicv3",
+    about: "virtio-mmio on QEMU virt's window: empty slots, virtio-blk (rw and read-only), a hostile driver, writes surviving a VM reset; GICv3, VHE",
+    machine: VIRT_V3_VHE,
+    boot: Boot::Direct,
+    vms: &["virtio"],
+    bootargs: None,
+    timeout_s: 60,
+    expect: VIRTIO_LINES,
+    reject: &["VIRTIO FAIL"],
+    exit: Exit::Status(0),
+    console_input: None,
+    image: Image::Normal,
+    allow: &[],
+    reject_after_exit: &[],
+};
+
+pub const VIRTIO_GICV2: Case = Case {
+    name: "virtio-blk-gicv2-heartbeat",
+    about: "the virtio guest on vGICv2, cortex-a72 (non-VHE), next to a heartbeat VM that must beat on through the hostile driver",
+    machine: VIRT_V2_NVHE,
+    boot: Boot::Direct,
+    vms: &["virtio", "heartbeat"],
+    bootargs: None,
+    timeout_s: 60,
+    expect: &[
+        "[virtio] VIRTIO PASS: hostile: descriptor loop",
+        "[virtio] VIRTIO PASS: hostile: the device works again after a reset",
+        "[virtio] VIRTIO PASS: a disk write survives a VM reset",
+        "[virtio] VIRTIO RESULT: passed=2 failed=0",
+        "[hb] HB RESULT: passed=1 failed=0",
+        "all VMs stopped; powering off",
+    ],
+    reject: &["VIRTIO FAIL", "HB FAIL"],
+    exit: Exit::Status(0),
+    console_input: None,
+    image: Image::Normal,
+    allow: &[],
+    reject_after_exit: &[],
+};
