@@ -304,10 +304,13 @@ impl MmioBus {
             .any(|r| r.device.get().console_input(byte))
     }
 
-    /// Resets every device (VM reset).
+    /// Resets every device (VM reset). The caller resets the vGIC too, so every line starts
+    /// low on both sides: a device that raises its output again before anything samples it
+    /// is then still reported as a rising edge.
     pub fn reset_all(&mut self) {
         for r in &mut self.regions {
             r.device.get().reset();
+            r.last_level = false;
         }
     }
 

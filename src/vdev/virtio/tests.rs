@@ -999,3 +999,59 @@ fn blk_malformed_requests_need_a_reset() {
     d.notify();
     assert!(d.needs_reset());
 }
+
+// ---- on the bus --------------------------------------------------------------------------------
+
+/// A VM reset lowers every line on both sides (the vGIC is reset with the bus): a device
+/// that raises its output again before anything sampled it must still be reported.
+#[test]
+fn bus_reports_the_line_again_after_a_vm_reset() {
+    use crate::vdev::MmioBus;
+    let mut d = Driver::up(probe(), feature::VERSION_1, 8);
+    d.desc(0, BUF, 1, WRITE, 0);
+    d.offer(0);
+    // The transport, its queue ready and one chain available, moves onto a bus.
+    let spare = VirtioMmio::new(VecMemory::new(GuestPhysAddr(RAM), 0), probe());
+    let t = core::mem::replace(&mut d.t, spare);
+    let mut bus = MmioBus::new();
+    let intid = slot_intid(0);
+    bus.add_with_irq(slot_base(0), alloc::boxed::Box::new(t), Some(intid))
+        .unwrap();
+    let mut edges = Vec::new();
+    write_bus(&mut bus, reg::QUEUE_NOTIFY, 0);
+    bus.irq_changes(|i, l| edges.push((i, l)));
+    assert_eq!(edges, [(intid, true)]);
+    // VM reset; the driver brings the device up again and the same chain completes before
+    // anything samples the line: the rising edge must be reported again.
+    bus.reset_all();
+    edges.clear();
+    for (o, v) in [
+        (reg::STATUS, status::ACKNOWLEDGE | status::DRIVER),
+        (reg::DRIVER_FEATURES_SEL, 1),
+        (reg::DRIVER_FEATURES, 1),
+        (
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        ),
+        (reg::QUEUE_NUM, 8),
+        (reg::QUEUE_DESC_LOW, DESC as u32),
+        (reg::QUEUE_DRIVER_LOW, AVAIL as u32),
+        (reg::QUEUE_DEVICE_LOW, USED as u32),
+        (reg::QUEUE_READY, 1),
+        (
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        ),
+        (reg::QUEUE_NOTIFY, 0),
+    ] {
+        write_bus(&mut bus, o, v);
+    }
+    bus.irq_changes(|i, l| edges.push((i, l)));
+    assert_eq!(edges, [(intid, true)], "the rise after the reset was lost");
+}
+
+fn write_bus(bus: &mut crate::vdev::MmioBus, offset: u64, value: u32) {
+    let (dev, at) = bus.find(GuestPhysAddr(slot_base(0).0 + offset)).unwrap();
+    dev.write(V0, at, AccessWidth::Word, u64::from(value))
+        .unwrap();
+}
