@@ -4,7 +4,7 @@
 //! Property: no input panics. When `parse` accepts a blob, what it returns is consistent with
 //! the early readers (which the boot code trusts before the heap exists) and with the reservations
 //! it promises: the reserved list is sorted, holds the DTB and the image, and no VM module overlaps
-//! either of them.
+//! either of them; every module (disks too) is reserved, and no module of any VM overlaps a disk.
 #![no_main]
 
 use elvisor::mm::{PhysAddr, PhysRange};
@@ -49,7 +49,11 @@ fuzz_target!(|data: &[u8]| {
     assert!(p.reserved.contains(&dtb) && p.reserved.contains(&IMAGE));
     for vm in &p.vms {
         assert!(vm.vcpus >= 1, "{}: no vCPUs", vm.node_path);
-        for module in core::iter::once(&vm.kernel).chain(vm.ramdisk.iter()) {
+        let disks = vm.disks.iter().map(|d| &d.range);
+        for module in core::iter::once(&vm.kernel)
+            .chain(vm.ramdisk.iter())
+            .chain(disks)
+        {
             assert!(
                 !module.overlaps(&dtb) && !module.overlaps(&IMAGE),
                 "{}: module {module:?} overlaps the DTB or the image",
@@ -59,6 +63,28 @@ fuzz_target!(|data: &[u8]| {
                 p.reserved.contains(module),
                 "{}: module not reserved",
                 vm.node_path
+            );
+        }
+        // A disk is the one VM's writable storage: no other module of any VM overlaps it.
+        for d in &vm.disks {
+            for other in &p.vms {
+                let theirs = core::iter::once(&other.kernel)
+                    .chain(other.ramdisk.iter())
+                    .chain(other.disks.iter().map(|e| &e.range));
+                for m in theirs {
+                    assert!(
+                        core::ptr::eq(m, &d.range) || !m.overlaps(&d.range),
+                        "{}: disk {:?} overlaps module {m:?} of {}",
+                        d.node_path,
+                        d.range,
+                        other.node_path
+                    );
+                }
+            }
+            assert!(
+                d.range.size_bytes >= 512,
+                "{}: disk under a sector",
+                d.node_path
             );
         }
         for pt in &vm.passthrough {
