@@ -9,6 +9,11 @@ pub enum Boot {
     /// `qemu -bios u-boot.bin`, the image preloaded at 0x4020_0000, then `booti` typed at the
     /// U-Boot prompt with U-Boot's control DTB (which is our host DTB) in x0.
     UBoot,
+    /// `qemu -bios u-boot.bin` with a FAT disk (virtio-blk) that scripts/mkboot made from the
+    /// case's VMs, and nothing typed or preloaded: U-Boot's distro boot finds boot.scr, which
+    /// loads everything from the disk. `dt_from_firmware`: boot.scr starts from the tree
+    /// U-Boot was handed (`mkboot --dt firmware`, the Pi's way) instead of a DTB on the disk.
+    UBootDisk { dt_from_firmware: bool },
 }
 
 /// How the run is expected to end.

@@ -10,6 +10,7 @@
 //! Logs: build/test-logs/<case>.log (and .cmd with the command line to reproduce it).
 
 mod cases;
+mod cases_boot;
 mod cases_rpi4;
 mod cases_virtio;
 mod check;
@@ -78,6 +79,7 @@ fn main() -> ExitCode {
     let selected: Vec<&'static Case> = CASES
         .iter()
         .chain(cases_rpi4::CASES)
+        .chain(cases_boot::CASES)
         .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
         .collect();
     if selected.is_empty() {

@@ -98,7 +98,12 @@ fn run_inner(
     }
 
     let (templates, scale) = soak_templates(root, case)?;
-    let dtb_args = mkdtb(root, case, &templates)?;
+    let dtb_args = match case.boot {
+        Boot::UBootDisk { dt_from_firmware } => {
+            crate::cases_boot::mkboot(root, case, &templates, dt_from_firmware)?
+        }
+        _ => mkdtb(root, case, &templates)?,
+    };
 
     // The QEMU command line.
     let mut args: Vec<String> = case.machine.iter().map(|s| s.to_string()).collect();
@@ -118,6 +123,10 @@ fn run_inner(
                 image.display()
             ));
             stdin_text = Some(uboot_commands() + case.console_input.unwrap_or(""));
+        }
+        Boot::UBootDisk { .. } => {
+            args.push("-bios".into());
+            args.push(UBOOT_BIN.into());
         }
     }
     args.extend(dtb_args);
