@@ -2,6 +2,8 @@
 //! a boot method, the VMs in the host device tree, and what the serial log must and must not show.
 
 /// How the hypervisor image reaches the CPU.
+// `UBoot` is U-Boot, not "U" + the enum's name.
+#[allow(clippy::enum_variant_names)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Boot {
     /// `qemu -kernel build/elvisor.img -dtb host.dtb`: QEMU's boot stub jumps to the Image.

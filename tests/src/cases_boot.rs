@@ -60,13 +60,11 @@ const REMOVE: &[(&str, &str)] = &[("boot-disk-missing-module", "elvisor/smoke.im
 const fn disk(
     name: &'static str,
     about: &'static str,
-    machine: &'static [&'static str],
-    dt_from_firmware: bool,
+    (machine, dt_from_firmware): (&'static [&'static str], bool),
     vms: &'static [&'static str],
     timeout_s: u64,
     expect: &'static [&'static str],
     reject: &'static [&'static str],
-    exit: Exit,
 ) -> Case {
     Case {
         name,
@@ -78,7 +76,7 @@ const fn disk(
         timeout_s,
         expect,
         reject,
-        exit,
+        exit: Exit::Status(0),
         console_input: None,
         image: Image::Normal,
         allow: &[],
@@ -90,8 +88,7 @@ pub const CASES: &[Case] = &[
     disk(
         "boot-disk-gicv3-vhe",
         "U-Boot distro boot from a FAT virtio disk: boot.scr loads the DTB, overlay, smoke VM and hypervisor; GICv3, VHE",
-        VIRT_V3_VHE,
-        false,
+        (VIRT_V3_VHE, false),
         &["smoke"],
         90,
         disk_lines![
@@ -105,13 +102,11 @@ pub const CASES: &[Case] = &[
             "all VMs stopped; powering off",
         ],
         &["SMOKE FAIL", "could not load"],
-        Exit::Status(0),
     ),
     disk(
         "boot-disk-gicv2-nvhe-fwdt",
         "as boot-disk-gicv3-vhe, GICv2, cortex-a72 (non-VHE), the tree U-Boot was handed moved and extended (the Pi's way)",
-        VIRT_V2_NVHE,
-        true,
+        (VIRT_V2_NVHE, true),
         &["smoke"],
         90,
         disk_lines![
@@ -125,13 +120,11 @@ pub const CASES: &[Case] = &[
             "all VMs stopped; powering off",
         ],
         &["SMOKE FAIL", "could not load"],
-        Exit::Status(0),
     ),
     disk(
         "boot-disk-linux",
         "U-Boot loads Debian's Linux (33 MB), its initramfs and a heartbeat VM from the FAT disk; Linux runs to /init next to it",
-        VIRT_V3_VHE,
-        false,
+        (VIRT_V3_VHE, false),
         &["linux", "heartbeat-cpu1"],
         150,
         disk_lines![
@@ -151,7 +144,6 @@ pub const CASES: &[Case] = &[
             "Unable to handle kernel",
             "Oops",
         ],
-        Exit::Status(0),
     ),
     Case {
         name: "boot-disk-missing-module",
