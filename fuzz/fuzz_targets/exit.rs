@@ -130,6 +130,7 @@ fuzz_target!(|input: (bool, Vec<ExitIn>)| {
                 vcpu: VcpuId(u16::from(e.vcpu % 3)),
                 vm_name: "fuzz",
                 warn_budget: &budget,
+                ram_bytes: 64 << 20,
             };
             exit::handle_sync(&mut ctx, Esr(raw), || Fault {
                 far: e.far,
@@ -178,6 +179,20 @@ fuzz_target!(|input: (bool, Vec<ExitIn>)| {
             }
             (Exit::DataAbort(da), Action::InjectDataAbort { far, write }) => {
                 assert!(pc == 0 && far == e.far && write == da.write);
+            }
+            (
+                Exit::DataAbort(esr::DataAbort { fsc, .. })
+                | Exit::InstrAbort(esr::InstrAbort { fsc, .. }),
+                Action::BackRam { ipa: at },
+            ) => {
+                assert_eq!(pc, 0, "backing RAM moved the PC");
+                assert!(esr::fsc::is_translation(fsc), "backed RAM on a {fsc:#x}");
+                let off = at.0.wrapping_sub(layout::RAM_BASE.0);
+                assert!(
+                    at.0 == ipa && off < 64 << 20,
+                    "backed RAM outside RAM: {:#x}",
+                    at.0
+                );
             }
             (Exit::DataAbort(_), a) => panic!("data abort gave {a:?}"),
             (_, Action::InjectUndef | Action::InjectInstrAbort { .. } | Action::Stop(_)) => {

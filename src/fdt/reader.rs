@@ -88,6 +88,10 @@ pub(crate) struct Dtb<'a> {
 pub(crate) struct Tree<'a> {
     pub(crate) structs: &'a [u8],
     pub(crate) strings: &'a [u8],
+    /// The strings block as text when all of it is UTF-8 (the usual case), checked once:
+    /// property lookups then compare names without re-validating them (that validation was
+    /// most of the hypervisor's boot time before the first guest instruction).
+    pub(crate) strings_text: Option<&'a str>,
 }
 
 /// A node: its name and where its properties start in the structure block.
@@ -115,8 +119,11 @@ pub(crate) enum Token<'a> {
         body: usize,
     },
     End,
+    /// A property: its name is the string at `name_off` in the strings block, resolved only
+    /// when asked for ([`Tree::string`]; walks over properties never need it).
     Prop {
-        property: Property<'a>,
+        name_off: usize,
+        value: &'a [u8],
         next: usize,
     },
     Nop,
@@ -131,11 +138,13 @@ impl<'a> Dtb<'a> {
         let h = header(dtb)?;
         let blob = dtb.get(..h.total).ok_or("truncated blob")?;
         let block = |off: usize, len: usize| blob.get(off..off.checked_add(len)?);
+        let strings =
+            block(h.off_strings, h.size_strings).ok_or("strings block outside the blob")?;
         let tree = Tree {
             structs: block(h.off_struct, h.size_struct)
                 .ok_or("structure block outside the blob")?,
-            strings: block(h.off_strings, h.size_strings)
-                .ok_or("strings block outside the blob")?,
+            strings,
+            strings_text: core::str::from_utf8(strings).ok(),
         };
         let mut pos = 0;
         let mut depth = 0usize;
@@ -164,10 +173,15 @@ impl<'a> Dtb<'a> {
                     props_allowed = false;
                     pos = next;
                 }
-                Token::Prop { next: after, .. } => {
+                Token::Prop {
+                    next: after,
+                    name_off,
+                    ..
+                } => {
                     if !props_allowed {
                         return Err("a property outside a node or after a subnode");
                     }
+                    tree.string(name_off).ok_or("bad property name offset")?;
                     pos = after;
                 }
                 Token::Nop => pos = next,
@@ -226,12 +240,12 @@ impl<'a> Tree<'a> {
                     .checked_add(len)
                     .and_then(|end| self.structs.get(start..end))
                     .ok_or("a property value runs past the structure block")?;
-                let name = self.string(name_off).ok_or("bad property name offset")?;
                 let after = align4(len)
                     .and_then(|n| start.checked_add(n))
                     .ok_or("property too long")?;
                 Token::Prop {
-                    property: Property { name, value },
+                    name_off,
+                    value,
                     next: after,
                 }
             }
@@ -244,6 +258,12 @@ impl<'a> Tree<'a> {
 
     /// The NUL-terminated UTF-8 string at `offset` in the strings block.
     pub(crate) fn string(&self, offset: usize) -> Option<&'a str> {
+        if let Some(text) = self.strings_text {
+            // `get` refuses an offset inside a multi-byte character, as validation would.
+            let rest = text.get(offset..)?;
+            let len = rest.bytes().position(|b| b == 0)?;
+            return rest.get(..len);
+        }
         let rest = self.strings.get(offset..)?;
         let len = rest.iter().position(|&b| b == 0)?;
         core::str::from_utf8(rest.get(..len)?).ok()
@@ -257,9 +277,17 @@ impl<'a> Node<'a> {
             loop {
                 match self.tree.token(pos?).ok() {
                     Some((Token::Nop, next)) => pos = Some(next),
-                    Some((Token::Prop { property, next }, _)) => {
+                    Some((
+                        Token::Prop {
+                            name_off,
+                            value,
+                            next,
+                        },
+                        _,
+                    )) => {
                         pos = Some(next);
-                        return Some(property);
+                        let name = self.tree.string(name_off)?;
+                        return Some(Property { name, value });
                     }
                     _ => {
                         pos = None;
@@ -271,7 +299,34 @@ impl<'a> Node<'a> {
     }
 
     pub(crate) fn property(self, name: &str) -> Option<Property<'a>> {
-        self.properties().find(|p| p.name == name)
+        // Names are compared in the strings block where they are, byte for byte, instead of
+        // decoding every property on the way (the lookups of platform discovery are the bulk
+        // of the hypervisor's boot).
+        let t = self.tree;
+        let mut pos = self.body;
+        loop {
+            match be32(t.structs, pos)? {
+                FDT_NOP => pos = pos.checked_add(4)?,
+                FDT_PROP => {
+                    let len = be32(t.structs, pos.checked_add(4)?)? as usize;
+                    let off = be32(t.structs, pos.checked_add(8)?)? as usize;
+                    let end = off.checked_add(name.len())?;
+                    if t.strings.get(off..end) == Some(name.as_bytes())
+                        && t.strings.get(end) == Some(&0)
+                    {
+                        return match t.token(pos).ok()? {
+                            (Token::Prop { value, .. }, _) => Some(Property {
+                                name: t.string(off)?,
+                                value,
+                            }),
+                            _ => None,
+                        };
+                    }
+                    pos = pos.checked_add(12)?.checked_add(align4(len)?)?;
+                }
+                _ => return None,
+            }
+        }
     }
 
     /// Offset of the first token after the node's properties.

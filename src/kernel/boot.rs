@@ -24,9 +24,11 @@ use crate::vm::{VcpuId, VmId};
 /// Boot CPU entry from `elvisor_primary_main`.
 pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     let dtb = ram::boot_dtb(dtb_pa);
+    // Checked once, then shared by every lookup below.
+    let host = dtb.and_then(platform::HostDtb::new);
     // The console first: everything after this can report what went wrong.
-    let uart = dtb
-        .and_then(platform::early_console)
+    let uart = host
+        .and_then(|h| h.console())
         .and_then(mmio::claim_boot_console::<Pl011Regs>);
     let heap_range = ram::init_heap(heap);
     HEAP.call_once(|| heap);
@@ -50,9 +52,9 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
             "elvisor: {}. Stopping.",
             crate::mm::placement::misaligned(at, ran_at)
         );
-        stop_machine(dtb.and_then(platform::early_psci));
+        stop_machine(host.and_then(|h| h.psci()));
     }
-    let bootargs: &str = dtb.and_then(platform::early_bootargs).unwrap_or("");
+    let bootargs: &str = host.and_then(|h| h.bootargs()).unwrap_or("");
     let level = match crate::console::level_from_bootargs(bootargs) {
         Ok(l) => l,
         Err(bad) => {
@@ -89,6 +91,7 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
         mmu::enable_vhe();
     }
     guest::set_vhe(vhe);
+    guest::set_s2fwb(cpu::has_s2fwb());
     if vhe {
         info!("running in VHE mode (E2H=1)");
     } else if force_nvhe && cpu::has_vhe() {
@@ -98,7 +101,12 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     }
 
     let image = ram::image_layout();
-    let plat = match platform::parse(dtb, PhysAddr(dtb_pa), image.image) {
+    let parsed = match &host {
+        Some(h) => platform::parse_host(h, PhysAddr(dtb_pa), image.image),
+        // Not well-formed: parse the blob for the error that says why.
+        None => platform::parse(dtb, PhysAddr(dtb_pa), image.image),
+    };
+    let plat = match parsed {
         Ok(p) => p,
         Err(e) => fatal_config(&e, dtb),
     };

@@ -11,6 +11,7 @@ use log::info;
 use crate::arch::aarch64::sync::Mutex;
 
 use super::images::{Reload, load_images};
+use super::ram::VmRam;
 use super::{FRAMES, VM_SPIS, Vm, VmError, VmState};
 use crate::arch::aarch64::ram::{Module, RamRegion};
 use crate::arch::aarch64::{cpu, gic, guest, timer};
@@ -127,10 +128,13 @@ pub(super) fn build_vm(
             alloc::format!("cannot allocate {} MiB of host RAM", ram_bytes >> 20),
         )
     })?;
-    let mut stage2 = Stage2Table::new(ipa_bits);
+    let mut stage2 = Stage2Table::new(ipa_bits).with_forced_write_back(guest::s2fwb());
     stage2
         .map(layout::RAM_BASE, ram.range().base, ram_bytes, S2Kind::Ram)
         .map_err(|e| vm_err(cfg, "memory", alloc::format!("stage-2 map failed: {e}")))?;
+    let vmid = id.0 as u64 + 1;
+    // Lives as long as the hypervisor: device models hold on to it (mm::lazy).
+    let vm_ram: &'static VmRam = Box::leak(Box::new(VmRam::new(ram, stage2, vmid)));
 
     let mut vg = Vgic::new(&VgicConfig {
         version: plat.gic.version,
@@ -167,7 +171,8 @@ pub(super) fn build_vm(
                 .gic
                 .gicv
                 .ok_or_else(|| vm_err(cfg, "compatible", "GICv2 host without GICV"))?;
-            stage2
+            vm_ram
+                .stage2()
                 .map(
                     layout::GICC_BASE,
                     gicv.base,
@@ -178,14 +183,15 @@ pub(super) fn build_vm(
         }
     }
 
-    let virtio_nodes = super::virtio::add_devices(cfg, plat, &ram, &mut bus)?;
-    let passthrough_irqs = setup_passthrough(cfg, plat, &bus, &mut stage2, &vgic, ram_bytes)?;
+    let virtio_nodes = super::virtio::add_devices(cfg, plat, vm_ram, &mut bus)?;
+    let passthrough_irqs =
+        setup_passthrough(cfg, plat, &bus, &mut vm_ram.stage2(), &vgic, ram_bytes)?;
 
-    let vmid = id.0 as u64 + 1;
+    let root_level = vm_ram.stage2().root_level();
     let hw = guest::VcpuHwConfig {
         hcr: guest::guest_hcr(),
-        vttbr: (vmid << 48) | stage2.root_pa().0,
-        vtcr: guest::vtcr(ipa_bits, stage2.root_level(), pa_bits),
+        vttbr: vm_ram.vttbr(),
+        vtcr: guest::vtcr(ipa_bits, root_level, pa_bits),
         vmpidr: 1 << 31,
         vpidr: cpu::midr(),
         cnthctl: guest::guest_cnthctl(),
@@ -198,8 +204,7 @@ pub(super) fn build_vm(
         id,
         name: cfg.name.clone(),
         config: cfg.clone(),
-        ram: Mutex::new(ram),
-        stage2,
+        ram: vm_ram,
         mmio: Mutex::new(bus),
         vgic,
         passthrough_irqs,
@@ -229,11 +234,12 @@ pub(super) fn build_vm(
     }));
     load_images(vm, Reload::FreshRam).map_err(|p| vm_err(cfg, "bootargs", p))?;
     info!(
-        "{} ({}): {} MiB at host {:#x}, IPA {} bits, VMID {}, {} image at +{:#x}",
+        "{} ({}): {} MiB at host {:#x} ({} MiB backed at boot), IPA {} bits, VMID {}, {} image at +{:#x}",
         vm.id,
         vm.name,
         ram_bytes >> 20,
-        vm.ram.lock().range().base.0,
+        vm.ram.host_range().base.0,
+        vm.ram.backed_bytes() >> 20,
         ipa_bits,
         vmid,
         if placement.is_linux_image {

@@ -190,6 +190,7 @@ pub fn handle_exit(v: &mut Vcpu, kind: ExitKind) -> Next {
                     vcpu: v.id,
                     vm_name: &vm.name,
                     warn_budget: &vm.warn_budget,
+                    ram_bytes: vm.config.memory_bytes,
                 };
                 crate::vm::exit::handle_sync(&mut ctx, esr, guest::fault)
             };
@@ -291,6 +292,18 @@ fn apply(vm: &'static Vm, v: &mut Vcpu, esr: Esr, action: Action) -> bool {
             stop_vm(vm, why);
             true
         }
+        // The access is retried when the guest resumes (its PC was not moved).
+        Action::BackRam { ipa } => match vm.ram.fault(ipa) {
+            Some(true) => false,
+            _ => {
+                warn!(
+                    "{} ({}): cannot back guest RAM at IPA {:#x}",
+                    vm.id, vm.name, ipa.0
+                );
+                stop_vm(vm, "guest RAM could not be backed");
+                true
+            }
+        },
     }
 }
 

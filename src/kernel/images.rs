@@ -8,6 +8,7 @@ use core::sync::atomic::Ordering;
 use super::{Vm, entropy_pool};
 use crate::arch::aarch64::timer;
 use crate::mm::GuestPhysAddr;
+use crate::mm::lazy::BLOCK_BYTES;
 use crate::mm::rewrite::Segment;
 use crate::platform::GicVersion;
 use crate::vm::fdt::{GuestFdt, GuestGic, GuestUart};
@@ -16,16 +17,17 @@ use crate::vm::layout;
 /// What a VM's RAM held before [`load_images`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Reload {
-    /// Just taken from the frame allocator (VM build): zeroed with plain stores, then the
-    /// images copied, which costs the fewest instructions.
+    /// Just taken from the frame allocator (VM build): the image blocks zeroed (DC ZVA),
+    /// then the images copied, which costs the fewest instructions.
     FreshRam,
     /// The previous run (SYSTEM_RESET): rewritten storing only the words that change.
     Reset,
 }
 
-/// (Re)writes a VM's RAM from scratch: zeroes it, copies the kernel and initrd modules, and
-/// generates the device tree. Used at build and on SYSTEM_RESET, so nothing of a previous
-/// run survives.
+/// (Re)writes a VM's RAM from scratch: copies the kernel and initrd modules and the device
+/// tree it generates into zeroed blocks, and unmaps every other block, to be zeroed when the
+/// guest first touches it. Used at build and on SYSTEM_RESET, so nothing of a previous run
+/// survives.
 pub fn load_images(vm: &Vm, how: Reload) -> Result<(), String> {
     let mpidrs = &vm.mpidrs;
     // A fresh seed for this boot of this VM (vm::entropy).
@@ -79,12 +81,19 @@ pub fn load_images(vm: &Vm, how: Reload) -> Result<(), String> {
             blob.len()
         ));
     }
-    let mut ram = vm.ram.lock();
+    // Only the blocks the images touch are written now; every other block is left unmapped
+    // and zeroed when the guest first touches it (kernel::ram, mm::lazy).
+    let mut placed: Vec<(u64, u64)> = Vec::with_capacity(3);
+    placed.push((vm.entry_offset, vm.kernel.bytes().len() as u64));
+    if let (Some(off), Some(m)) = (vm.initrd_offset, vm.ramdisk) {
+        placed.push((off, m.bytes().len() as u64));
+    }
+    placed.push((vm.fdt_offset, blob.len() as u64));
+    let eager = vm.ram.eager(&placed);
+    vm.ram.prepare(&eager, how == Reload::Reset)?;
     // After a run, zero and copy in one pass that stores only words that change (mm::rewrite
     // says why): the same result as zeroing and then copying, which stays the way for fresh
-    // RAM (nothing to spare there, and plain zeroing is fewer instructions: 61 M instead of
-    // 95 M before the first guest instruction of the bench VM) and for a module that is not
-    // 8-byte aligned.
+    // RAM (DC ZVA there) and for a module that is not 8-byte aligned.
     let (fdt_words, fdt_tail) = crate::mm::rewrite::to_words(&blob);
     let mut segments: Vec<Segment<'_>> = Vec::with_capacity(3);
     let mut aligned = true;
@@ -109,19 +118,40 @@ pub fn load_images(vm: &Vm, how: Reload) -> Result<(), String> {
         tail: fdt_tail,
     });
     segments.sort_by_key(|s| s.offset_bytes);
-    let ok = if aligned && how == Reload::Reset {
-        ram.rewrite(&segments).is_ok()
-    } else {
-        ram.zero();
-        let mut ok =
-            ram.write(vm.entry_offset, vm.kernel.bytes()) && ram.write(vm.fdt_offset, &blob);
-        if let (Some(off), Some(m)) = (vm.initrd_offset, vm.ramdisk) {
-            ok &= ram.write(off, m.bytes());
+    let mut ram = vm.ram.region.lock();
+    let mut ok = true;
+    for run in crate::mm::lazy::runs(&eager) {
+        let off = run.start as u64 * BLOCK_BYTES;
+        let len = run.len() as u64 * BLOCK_BYTES;
+        let inside = |o: u64| (off..off + len).contains(&o);
+        if aligned && how == Reload::Reset {
+            let shifted: Vec<Segment<'_>> = segments
+                .iter()
+                .filter(|s| inside(s.offset_bytes as u64))
+                .map(|s| Segment {
+                    offset_bytes: s.offset_bytes - off as usize,
+                    ..*s
+                })
+                .collect();
+            ok &= ram.rewrite_range(off, len, &shifted).is_ok();
+        } else {
+            ram.zero_range(off, len);
+            for (o, bytes) in [
+                (Some(vm.entry_offset), Some(vm.kernel.bytes())),
+                (vm.initrd_offset, vm.ramdisk.map(|m| m.bytes())),
+                (Some(vm.fdt_offset), Some(&blob[..])),
+            ] {
+                if let (Some(o), Some(bytes)) = (o, bytes)
+                    && inside(o)
+                {
+                    ok &= ram.write(o, bytes);
+                }
+            }
         }
-        ok
-    };
-    // The guest starts with its MMU off: make RAM coherent with non-cacheable accesses.
-    ram.clean_to_poc();
+        // The guest starts with its MMU off: what it reads first must be in memory, not
+        // only in this CPU's cache (ARM ARM D8.2: its accesses are Non-cacheable).
+        ram.clean_range(off, len);
+    }
     if ok {
         Ok(())
     } else {

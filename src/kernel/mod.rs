@@ -19,11 +19,10 @@ use spin::Once;
 
 use crate::arch::aarch64::sync::Mutex;
 
-use crate::arch::aarch64::ram::{Module, RamRegion};
+use crate::arch::aarch64::ram::Module;
 use crate::arch::aarch64::{cpu, guest, timer};
 use crate::drivers::pl011::Pl011;
 use crate::mm::frame::FrameAllocator;
-use crate::mm::pagetable::Stage2Table;
 use crate::platform::Platform;
 use crate::vdev::MmioBus;
 use crate::vdev::vgic::Vgic;
@@ -42,6 +41,7 @@ mod images;
 mod irq;
 mod lifecycle;
 mod lrs;
+pub mod ram;
 pub mod sched;
 mod virtio;
 
@@ -192,8 +192,8 @@ pub struct Vm {
     pub id: VmId,
     pub name: String,
     pub config: VmConfig,
-    pub ram: Mutex<RamRegion>,
-    pub stage2: Stage2Table,
+    /// RAM, its stage-2 table and on-demand backing.
+    pub ram: &'static ram::VmRam,
     pub mmio: Mutex<MmioBus>,
     /// The virtual GIC, shared with its MMIO windows on the bus.
     pub vgic: Arc<Mutex<Vgic>>,

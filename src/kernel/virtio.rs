@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 
 use log::info;
 
-use crate::arch::aarch64::ram::{self, RamRegion};
+use crate::arch::aarch64::ram;
 use crate::mm::{PhysAddr, PhysRange};
 use crate::platform::Platform;
 use crate::vdev::MmioBus;
@@ -18,7 +18,6 @@ use crate::vdev::virtio::blk::Blk;
 use crate::vdev::virtio::empty::EmptySlot;
 use crate::vdev::virtio::{self, VirtioMmio};
 use crate::vm::config::{Passthrough, VmConfig, disk_id_bytes};
-use crate::vm::layout;
 
 use super::VmError;
 
@@ -28,7 +27,7 @@ use super::VmError;
 pub(super) fn add_devices(
     cfg: &VmConfig,
     plat: &Platform,
-    ram: &RamRegion,
+    ram: &'static super::ram::VmRam,
     bus: &mut MmioBus,
 ) -> Result<Vec<Passthrough>, VmError> {
     let mut nodes = Vec::new();
@@ -57,7 +56,7 @@ pub(super) fn add_devices(
                     .ok_or_else(|| bad(format!("{:?} is not a reserved disk module", d.range)))?;
                 let sectors = bytes.len() / 512;
                 let blk = Blk::new(bytes, d.read_only, disk_id_bytes(d));
-                let mut dev = VirtioMmio::new(ram.guest_access(layout::RAM_BASE), blk);
+                let mut dev = VirtioMmio::new(ram.guest_access(), blk);
                 dev.set_label(format!("{} virtio-blk@{:#x}", cfg.name, base.0));
                 info!(
                     "{}: virtio-blk in slot {n} at {:#x} (SPI {}): {} sectors{}, disk at host {:#x}",

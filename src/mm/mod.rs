@@ -2,6 +2,7 @@
 
 pub mod addr;
 pub mod frame;
+pub mod lazy;
 pub mod pagetable;
 pub mod placement;
 pub mod rewrite;

@@ -68,7 +68,15 @@ pub enum S2Kind {
 pub struct Stage2Table {
     root: RootTable<Stage2Regime, HeapTranslation>,
     ipa_bits: u32,
+    /// HCR_EL2.FWB is set for the VM (FEAT_S2FWB): RAM is mapped "forced Write-Back".
+    forced_write_back: bool,
 }
+
+/// Stage-2 MemAttr (descriptor bits [5:2]) with HCR_EL2.FWB = 1: 0b0110 makes the access
+/// Normal Write-Back whatever the guest's stage 1 says, its MMU being off included (ARM ARM
+/// D8.6, "Stage 2 memory type and Cacheability attributes when FEAT_S2FWB is enabled"). Device
+/// encodings (MemAttr[2] = 0) are the same with and without FWB.
+const S2_FWB_NORMAL_WB: usize = 0b0110 << 2;
 
 impl Stage2Table {
     /// An empty table for a guest with `ipa_bits` of IPA space (32..=48).
@@ -77,7 +85,21 @@ impl Stage2Table {
         Self {
             root: RootTable::new(HeapTranslation, root_level(ipa_bits), Stage2Regime),
             ipa_bits,
+            forced_write_back: false,
         }
+    }
+
+    /// The same table for a VM that runs with HCR_EL2.FWB set: RAM mappings use the FWB
+    /// encoding, so every guest access to RAM is cacheable and coherent with the hypervisor's
+    /// own (cacheable) writes to it. Call before mapping anything.
+    pub fn with_forced_write_back(mut self, on: bool) -> Self {
+        self.forced_write_back = on;
+        self
+    }
+
+    /// Whether RAM is mapped forced Write-Back (see [`Self::with_forced_write_back`]).
+    pub fn forced_write_back(&self) -> bool {
+        self.forced_write_back
     }
 
     pub fn ipa_bits(&self) -> u32 {
@@ -111,6 +133,9 @@ impl Stage2Table {
             return Err(PageTableError::OutOfRange);
         }
         let attrs = match kind {
+            S2Kind::Ram if self.forced_write_back => {
+                Stage2Attributes::from_bits_retain(S2_FWB_NORMAL_WB) | Stage2Attributes::SH_INNER
+            }
             S2Kind::Ram => {
                 Stage2Attributes::MEMATTR_NORMAL_INNER_WB
                     | Stage2Attributes::MEMATTR_NORMAL_OUTER_WB
@@ -124,6 +149,29 @@ impl Stage2Table {
             &MemoryRegion::new(ipa.0 as usize, end as usize),
             PhysicalAddress(pa.0 as usize),
             attrs,
+            Constraints::empty(),
+        )?;
+        Ok(())
+    }
+
+    /// Makes `[ipa, ipa + size)` invalid. A range that covers whole blocks of a larger block
+    /// mapping splits it first (allocating table pages); a range that is exactly a 2 MiB block
+    /// already mapped as one is made invalid in place, and its level-2 table stays, so
+    /// mapping it again later writes one descriptor and allocates nothing.
+    ///
+    /// No TLB maintenance: on a live table the caller invalidates the VMID's TLB entries.
+    pub fn unmap(&mut self, ipa: GuestPhysAddr, size_bytes: u64) -> Result<(), PageTableError> {
+        let end = ipa
+            .0
+            .checked_add(size_bytes)
+            .ok_or(PageTableError::OutOfRange)?;
+        if end > (1u64 << self.ipa_bits) {
+            return Err(PageTableError::OutOfRange);
+        }
+        self.root.map_range(
+            &MemoryRegion::new(ipa.0 as usize, end as usize),
+            PhysicalAddress(0),
+            Stage2Attributes::empty(),
             Constraints::empty(),
         )?;
         Ok(())
@@ -332,6 +380,46 @@ mod tests {
         .unwrap();
         let (pa, size) = s2.translate(GuestPhysAddr(0x0801_1004)).unwrap();
         assert_eq!((pa, size), (PhysAddr(0x0804_1004), PAGE_SIZE));
+    }
+
+    #[test]
+    fn stage2_unmap_and_remap_blocks() {
+        // 1 GiB-aligned RAM starts as a 1 GiB block; taking 2 MiB blocks out splits it once,
+        // and putting them back maps exactly that block again.
+        let mut s2 = Stage2Table::new(40);
+        s2.map(
+            GuestPhysAddr(0x4000_0000),
+            PhysAddr(0x8000_0000),
+            1024 * MIB,
+            S2Kind::Ram,
+        )
+        .unwrap();
+        for b in 1..512u64 {
+            s2.unmap(GuestPhysAddr(0x4000_0000 + b * 2 * MIB), 2 * MIB)
+                .unwrap();
+        }
+        assert_eq!(
+            s2.translate(GuestPhysAddr(0x4000_1000)),
+            Some((PhysAddr(0x8000_1000), 2 * MIB))
+        );
+        assert_eq!(s2.translate(GuestPhysAddr(0x4020_0000)), None);
+        assert_eq!(s2.translate(GuestPhysAddr(0x7fff_f000)), None);
+        s2.map(
+            GuestPhysAddr(0x4060_0000),
+            PhysAddr(0x8060_0000),
+            2 * MIB,
+            S2Kind::Ram,
+        )
+        .unwrap();
+        assert_eq!(
+            s2.translate(GuestPhysAddr(0x4070_0008)),
+            Some((PhysAddr(0x8070_0008), 2 * MIB))
+        );
+        assert_eq!(s2.translate(GuestPhysAddr(0x4080_0000)), None);
+        assert_eq!(
+            s2.unmap(GuestPhysAddr(u64::MAX - 0xfff), 0x2000),
+            Err(PageTableError::OutOfRange)
+        );
     }
 
     #[test]

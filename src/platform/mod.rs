@@ -130,31 +130,63 @@ pub struct Platform {
     pub vms: Vec<VmConfig>,
 }
 
-/// The base of the console PL011 named by /chosen `stdout-path`, translated through `ranges`.
-///
-/// Allocation-free: it runs before the heap exists, e.g. to report that the image was entered
-/// at EL1. Falls back to the lowest-numbered `serialN` alias that names an enabled PL011 when
-/// `stdout-path` names some other UART (the Raspberry Pi 4 DTB names the mini-UART).
+/// The host device tree, checked once (header, nesting, every token: what `Dtb::new` walks),
+/// then shared by the early lookups and [`parse_host`]. Checking it again for each of them was
+/// a good part of the hypervisor's own boot time.
+#[derive(Clone, Copy)]
+pub struct HostDtb<'a>(Dtb<'a>);
+
+impl<'a> HostDtb<'a> {
+    /// The blob if it is a well-formed device tree. Allocation-free.
+    pub fn new(blob: &'a [u8]) -> Option<Self> {
+        Dtb::new(blob).ok().map(Self)
+    }
+
+    /// The blob, cut to its `totalsize`.
+    pub fn blob(&self) -> &'a [u8] {
+        self.0.blob
+    }
+
+    /// The base of the console PL011 named by /chosen `stdout-path`, translated through
+    /// `ranges`.
+    ///
+    /// Allocation-free: it runs before the heap exists, e.g. to report that the image was
+    /// entered at EL1. Falls back to the lowest-numbered `serialN` alias that names an enabled
+    /// PL011 when `stdout-path` names some other UART (the Raspberry Pi 4 DTB names the
+    /// mini-UART).
+    pub fn console(&self) -> Option<PhysAddr> {
+        let console = console_node(&self.0).ok()?;
+        let (base, _) = crate::fdt::reg(&console, 0).ok()??;
+        Some(PhysAddr(base))
+    }
+
+    /// The host's /chosen `bootargs`, if present and a valid string. Allocation-free.
+    pub fn bootargs(&self) -> Option<&'a str> {
+        let chosen = lookup(&self.0, "/chosen")?;
+        str_prop(chosen.node(), "bootargs").ok()?
+    }
+
+    /// The PSCI conduit named by the host's /psci node, if there is a valid one.
+    /// Allocation-free: it lets a configuration error that stops the boot still power the
+    /// machine off the way every other stop does.
+    pub fn psci(&self) -> Option<PsciConduit> {
+        parse_psci(&self.0).ok()?
+    }
+}
+
+/// [`HostDtb::console`] of a blob.
 pub fn early_console(dtb: &[u8]) -> Option<PhysAddr> {
-    let dtb = Dtb::new(dtb).ok()?;
-    let console = console_node(&dtb).ok()?;
-    let (base, _) = crate::fdt::reg(&console, 0).ok()??;
-    Some(PhysAddr(base))
+    HostDtb::new(dtb)?.console()
 }
 
-/// The host's /chosen `bootargs`, if present and a valid string. Allocation-free.
+/// [`HostDtb::bootargs`] of a blob.
 pub fn early_bootargs(dtb: &[u8]) -> Option<&str> {
-    let dtb = Dtb::new(dtb).ok()?;
-    let chosen = lookup(&dtb, "/chosen")?;
-    str_prop(chosen.node(), "bootargs").ok()?
+    HostDtb::new(dtb)?.bootargs()
 }
 
-/// The PSCI conduit named by the host's /psci node, if there is a valid one. Allocation-free:
-/// it lets a configuration error that stops the boot still power the machine off the way every
-/// other stop does.
+/// [`HostDtb::psci`] of a blob.
 pub fn early_psci(dtb: &[u8]) -> Option<PsciConduit> {
-    let dtb = Dtb::new(dtb).ok()?;
-    parse_psci(&dtb).ok()?
+    HostDtb::new(dtb)?.psci()
 }
 
 /// Parses the host device tree.
@@ -164,6 +196,16 @@ pub fn early_psci(dtb: &[u8]) -> Option<PsciConduit> {
 /// /memreserve/ entries, the /reserved-memory children and every VM module.
 pub fn parse(dtb: &[u8], dtb_pa: PhysAddr, image: PhysRange) -> Result<Platform, ConfigError> {
     let dt = Dtb::new(dtb).map_err(|problem| ConfigError::new("/", "", problem))?;
+    parse_host(&HostDtb(dt), dtb_pa, image)
+}
+
+/// [`parse`] of a tree checked already.
+pub fn parse_host(
+    host: &HostDtb<'_>,
+    dtb_pa: PhysAddr,
+    image: PhysRange,
+) -> Result<Platform, ConfigError> {
+    let dt = host.0;
     let blob = dt.blob;
     let root = Lineage::root(&dt).ok_or_else(|| ConfigError::new("/", "", "no root node"))?;
 

@@ -62,6 +62,9 @@ pub enum Action {
     FpAccess,
     /// The guest did something we cannot continue from; stop the VM with this diagnostic.
     Stop(&'static str),
+    /// A translation fault on the guest's own RAM: the block is not backed yet (mm::lazy).
+    /// Back it and retry the access (the PC is unchanged).
+    BackRam { ipa: GuestPhysAddr },
 }
 
 /// Fault addresses, read by the arch layer only for aborts.
@@ -90,6 +93,17 @@ pub struct ExitCtx<'a> {
     pub vm_name: &'a str,
     /// Diagnostics this VM may still print ([`WARN_BUDGET`] to start with).
     pub warn_budget: &'a AtomicU32,
+    /// Bytes of guest RAM at [`super::layout::RAM_BASE`].
+    pub ram_bytes: u64,
+}
+
+impl ExitCtx<'_> {
+    /// Whether `ipa` is in the VM's RAM.
+    fn in_ram(&self, ipa: GuestPhysAddr) -> bool {
+        ipa.0
+            .checked_sub(super::layout::RAM_BASE.0)
+            .is_some_and(|off| off < self.ram_bytes)
+    }
 }
 
 /// Handles a synchronous exit from the guest. `fault` is only called for aborts.
@@ -102,9 +116,14 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
             smccc(ctx.regs, imm)
         }
         Exit::DataAbort(da) => data_abort(ctx, esr, da, fault()),
-        Exit::InstrAbort(_) => {
-            // Instruction fetch from an IPA with no RAM behind it (devices are never executable).
+        Exit::InstrAbort(ia) => {
             let f = fault();
+            // The first fetch from a RAM block that is not backed yet (also on a stage-1 walk
+            // through it: the walk's IPA is the one reported).
+            if fsc::is_translation(ia.fsc) && ctx.in_ram(f.ipa) {
+                return Action::BackRam { ipa: f.ipa };
+            }
+            // Instruction fetch from an IPA with no RAM behind it (devices are never executable).
             guest_warn!(
                 ctx,
                 "{}: instruction fetch from unbacked IPA {:#x} (pc {:#x}); injecting abort",
@@ -225,6 +244,10 @@ fn data_abort(ctx: &mut ExitCtx<'_>, esr: Esr, da: DataAbort, f: Fault) -> Actio
         far: f.far,
         write: da.write,
     };
+    // A RAM block the guest touches first (or its stage-1 table walk does): back it.
+    if fsc::is_translation(da.fsc) && ctx.in_ram(f.ipa) {
+        return Action::BackRam { ipa: f.ipa };
+    }
     // Only translation faults can be emulated MMIO: RAM is mapped RW, so a permission or
     // access-flag fault, or a fault on the guest's own table walk, means the guest touched
     // something it may not.
@@ -440,6 +463,7 @@ mod tests {
             vcpu: VcpuId(0),
             vm_name: "t",
             warn_budget: &budget,
+            ram_bytes: TEST_RAM_BYTES,
         };
         handle_sync(&mut ctx, esr, || Fault {
             far: ipa,
@@ -540,6 +564,72 @@ mod tests {
         );
         assert!(matches!(a, Action::InjectDataAbort { .. }));
         assert_eq!(regs.elr, 0x4008_0000, "aborts do not step the PC");
+    }
+
+    /// Guest RAM in these tests: 64 MiB at RAM_BASE.
+    const TEST_RAM_BYTES: u64 = 64 << 20;
+
+    #[test]
+    fn ram_translation_faults_back_the_block() {
+        let (mut regs, bus, mut dbg) = setup();
+        let base = super::super::layout::RAM_BASE.0;
+        // Loads, stores and stage-1 walks that miss at stage 2 inside RAM: back the block,
+        // retry the access (the PC stays).
+        for (write, s1ptw, fsc) in [
+            (false, false, 0x06),
+            (true, false, 0x07),
+            (false, true, 0x05),
+        ] {
+            let ipa = base + TEST_RAM_BYTES - 8;
+            let esr = Esr(dabt(true, 3, false, 1, false, write, fsc).0 | (u64::from(s1ptw) << 7));
+            let a = run(&mut regs, &bus, &mut dbg, esr, ipa);
+            assert_eq!(
+                a,
+                Action::BackRam {
+                    ipa: GuestPhysAddr(ipa)
+                }
+            );
+        }
+        let a = run(
+            &mut regs,
+            &bus,
+            &mut dbg,
+            Esr((0x20 << 26) | (1 << 25) | 0x06),
+            base,
+        );
+        assert_eq!(
+            a,
+            Action::BackRam {
+                ipa: GuestPhysAddr(base)
+            }
+        );
+        assert_eq!(regs.elr, 0x4008_0000);
+        // A permission fault in RAM is the guest's own doing; the byte after RAM is unbacked.
+        let a = run(
+            &mut regs,
+            &bus,
+            &mut dbg,
+            dabt(true, 3, false, 1, false, true, 0x0f),
+            base,
+        );
+        assert!(matches!(a, Action::InjectDataAbort { .. }));
+        let end = base + TEST_RAM_BYTES;
+        let a = run(
+            &mut regs,
+            &bus,
+            &mut dbg,
+            dabt(true, 3, false, 1, false, false, 0x06),
+            end,
+        );
+        assert!(matches!(a, Action::InjectDataAbort { .. }));
+        let a = run(
+            &mut regs,
+            &bus,
+            &mut dbg,
+            Esr((0x20 << 26) | (1 << 25) | 0x06),
+            end,
+        );
+        assert!(matches!(a, Action::InjectInstrAbort { .. }));
     }
 
     #[test]

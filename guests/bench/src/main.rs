@@ -14,7 +14,9 @@
 //!   virtual-ipi         SGI from one vCPU to another (needs 2 CPUs in the device tree)
 //!   vm-switch           two VMs time-sliced on one CPU: a separate run (bootarg bench=vm-switch,
 //!                       see [`switch`]); the normal run prints it as skipped
+//!   first-touch         first write to a 2 MiB block of RAM untouched since boot
 //!   guest-compute       ~30 M instructions of compute over a 64 MiB buffer, no exits
+//!                       (every page touched once before the clock starts)
 //! ```
 //!
 //! Loops run [`LOOP_ITERS`] times and have the same loop with a `nop` in place of the operation
@@ -124,6 +126,7 @@ fn main(boot: &BootInfo) {
         with_gic(&gic_up, |g| ipi::virtual_ipi(boot, g, IPI_ROUNDS)),
     );
     results.add("vm-switch", vm_switch(boot));
+    results.add("first-touch", compute::first_touch());
     results.add("guest-compute", compute::guest_compute());
 
     results.print_table();

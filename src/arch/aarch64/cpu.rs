@@ -126,6 +126,16 @@ pub fn has_vhe() -> bool {
     ID_AA64MMFR1_EL1.read(ID_AA64MMFR1_EL1::VH) != 0
 }
 
+/// True when the CPU implements FEAT_S2FWB (ID_AA64MMFR2_EL1.FWB, bits [43:40]).
+pub fn has_s2fwb() -> bool {
+    let mmfr2: u64;
+    // SAFETY: reads an ID register, which has no side effects.
+    unsafe {
+        core::arch::asm!("mrs {}, id_aa64mmfr2_el1", out(reg) mmfr2, options(nomem, nostack, preserves_flags))
+    };
+    (mmfr2 >> 40) & 0xf != 0
+}
+
 /// Physical address size in bits (ID_AA64MMFR0_EL1.PARange).
 pub fn pa_bits() -> u32 {
     match ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange) {

@@ -35,6 +35,8 @@ pub mod hcr {
     pub const TERR: u64 = 1 << 36;
     pub const APK: u64 = 1 << 40;
     pub const API: u64 = 1 << 41;
+    /// Forced Write-Back of stage 2 (FEAT_S2FWB): only set where the CPU has it.
+    pub const FWB: u64 = 1 << 46;
 }
 
 /// MDCR_EL2: trap PMU (TPM, TPMCR) and debug (TDA, TDOSA, TDRA) registers.
@@ -65,6 +67,18 @@ pub fn vhe() -> bool {
     VHE.load(core::sync::atomic::Ordering::Relaxed)
 }
 
+/// Whether guests run with HCR_EL2.FWB (stage 2 forced Write-Back). Set once at boot from
+/// the CPU's FEAT_S2FWB, before any VM is built.
+static S2FWB: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+pub fn set_s2fwb(on: bool) {
+    S2FWB.store(on, core::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn s2fwb() -> bool {
+    S2FWB.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// HCR_EL2 for guests: stage 2 on, physical IRQ/FIQ/SError routed to EL2, WFI and SMC trapped,
 /// ID registers and implementation-defined registers trapped, RAS error records trapped
 /// (TERR: they are shared by all VMs), AArch64 EL1. Pointer authentication is hidden from
@@ -88,6 +102,7 @@ pub fn guest_hcr() -> u64 {
         | hcr::TIDCP
         | hcr::RW
         | hcr::TERR;
+    let base = if s2fwb() { base | hcr::FWB } else { base };
     if vhe() { base | hcr::E2H } else { base }
 }
 
@@ -177,6 +192,44 @@ pub fn load_config(c: &VcpuHwConfig) {
             cntvoff = in(reg) c.cntvoff,
             mdcr = in(reg) c.mdcr,
             cptr = in(reg) c.cptr,
+            options(nostack, preserves_flags),
+        )
+    };
+}
+
+/// Completes stage-2 descriptor writes that turned invalid entries valid, for every CPU's
+/// table walker (ARM ARM D8.13: a DSB orders a translation table write before any later walk
+/// that uses it). No TLB maintenance: invalid entries are not cached.
+pub fn publish_stage2_write() {
+    // SAFETY: a barrier only.
+    unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
+}
+
+/// Removes every stage-1 and stage-2 TLB entry of the VMID in `vttbr`, on every CPU of the
+/// Inner Shareable domain, after stage-2 descriptors of that VM were made invalid (its RAM
+/// blocks taken back at a reset). Runs in the hypervisor with IRQs masked; restores the
+/// VTTBR_EL2 it found.
+///
+/// ARM ARM D8.13 ("TLB maintenance"): the descriptor writes must be complete before the TLBI
+/// (DSB ISHST), TLBI VMALLS12E1IS acts on the VMID in VTTBR_EL2 (so VTTBR is switched and
+/// synchronised first), and a DSB ISH waits for the invalidation on every CPU. HCR_EL2.TGE
+/// is never set by this hypervisor, so the EL1&0 regime the TLBI names is the guest's under
+/// VHE too.
+pub fn invalidate_vmid_tlbs(vttbr: u64) {
+    // SAFETY: only VTTBR_EL2 (the lower ELs' stage 2, unused while EL2 runs) changes, and is
+    // restored; TLB maintenance and barriers have no other effect on the program.
+    unsafe {
+        asm!(
+            "dsb ishst",
+            "mrs {old}, vttbr_el2",
+            "msr vttbr_el2, {new}",
+            "isb",
+            "tlbi vmalls12e1is",
+            "dsb ish",
+            "msr vttbr_el2, {old}",
+            "isb",
+            old = out(reg) _,
+            new = in(reg) vttbr,
             options(nostack, preserves_flags),
         )
     };

@@ -6,6 +6,7 @@
 //! memory the kernel owns.
 
 use crate::mm::frame::FrameAllocator;
+use crate::mm::lazy::EnsureBacked;
 use crate::mm::rewrite::{RewriteError, Segment, rewrite};
 use crate::mm::{PhysAddr, PhysRange};
 
@@ -38,9 +39,25 @@ impl RamRegion {
         }
     }
 
-    /// Zeroes the whole region.
-    pub fn zero(&mut self) {
-        self.bytes_mut().fill(0);
+    /// Zeroes `[offset, offset + len)` of the region (clipped to it), with DC ZVA where the
+    /// CPU allows it.
+    pub fn zero_range(&mut self, offset: u64, len: u64) {
+        let start = offset.min(self.range.size_bytes);
+        let end = offset.saturating_add(len).min(self.range.size_bytes);
+        // SAFETY: `[start, end)` is inside the region, which the frame allocator gave to
+        // `self` alone; it is RAM mapped read/write (Normal memory) in the EL2 map, and
+        // `&mut self` means no reference into it is live. Device models reach guest RAM
+        // only through raw copies into blocks that are already backed (mm::lazy), never
+        // into a block being zeroed.
+        unsafe { cache::zero(self.range.base.0 + start, end - start) };
+    }
+
+    /// Cleans and invalidates `[offset, offset + len)` of the region (clipped to it) to the
+    /// Point of Coherency.
+    pub fn clean_range(&self, offset: u64, len: u64) {
+        let start = offset.min(self.range.size_bytes);
+        let end = offset.saturating_add(len).min(self.range.size_bytes);
+        cache::clean_invalidate_to_poc(self.range.base.0 + start, end - start);
     }
 
     /// Copies `data` to `offset`. Returns false (copying nothing) if it does not fit.
@@ -58,24 +75,31 @@ impl RamRegion {
         }
     }
 
-    /// Makes the region all zeroes except `segments` (see [`rewrite`]), storing only words
-    /// that change.
-    pub fn rewrite(&mut self, segments: &[Segment<'_>]) -> Result<usize, RewriteError> {
-        // SAFETY: as `bytes_mut`; the range is page-aligned and a whole number of pages, so it
-        // is also a slice of aligned u64s, and any bit pattern is a valid u64.
+    /// Makes `[offset, offset + len)` of the region all zeroes except `segments` (see
+    /// [`rewrite`]; their offsets are relative to `offset`), storing only words that change.
+    /// `offset` and `len` must be multiples of 8 inside the region.
+    pub fn rewrite_range(
+        &mut self,
+        offset: u64,
+        len: u64,
+        segments: &[Segment<'_>],
+    ) -> Result<usize, RewriteError> {
+        let inside = offset
+            .checked_add(len)
+            .is_some_and(|end| end <= self.range.size_bytes);
+        if !inside || !offset.is_multiple_of(8) || !len.is_multiple_of(8) {
+            return Err(RewriteError::TooBig);
+        }
+        // SAFETY: as `bytes_mut`, for the sub-range checked above; the region is page-aligned
+        // and `offset` a multiple of 8, so it is a slice of aligned u64s, and any bit pattern
+        // is a valid u64.
         let words = unsafe {
             core::slice::from_raw_parts_mut(
-                self.range.base.0 as *mut u64,
-                (self.range.size_bytes / 8) as usize,
+                (self.range.base.0 + offset) as *mut u64,
+                (len / 8) as usize,
             )
         };
         rewrite(words, segments)
-    }
-
-    /// Cleans and invalidates the region to the Point of Coherency, so a guest running with
-    /// its MMU off (non-cacheable accesses) sees exactly what the kernel wrote.
-    pub fn clean_to_poc(&self) {
-        cache::clean_invalidate_to_poc(self.range.base.0, self.range.size_bytes);
     }
 }
 
@@ -83,26 +107,36 @@ impl RamRegion {
     /// Checked access to this region for device models (virtio), which see it as guest RAM
     /// at `guest_base`. Frames taken by a `RamRegion` are never given back (a VM lives for
     /// the hypervisor's lifetime), so the accessor stays valid.
-    pub fn guest_access(&self, guest_base: crate::mm::GuestPhysAddr) -> GuestRamAccess {
+    /// Blocks not backed yet (mm::lazy) are backed through `backing` before a byte of them
+    /// is read or written.
+    pub fn guest_access(
+        &self,
+        guest_base: crate::mm::GuestPhysAddr,
+        backing: &'static dyn EnsureBacked,
+    ) -> GuestRamAccess {
         GuestRamAccess {
             host: self.range,
             guest_base,
+            backing,
         }
     }
 }
 
 /// A VM's RAM as a [`crate::vdev::virtio::GuestMemory`]: raw copies at offsets the
-/// trait's checked methods computed, checked here once more.
+/// trait's checked methods computed, checked here once more, into blocks made backed first.
 pub struct GuestRamAccess {
     host: PhysRange,
     guest_base: crate::mm::GuestPhysAddr,
+    backing: &'static dyn EnsureBacked,
 }
 
 impl GuestRamAccess {
-    /// The host address of `len` bytes at `offset`, if they are inside the region.
+    /// The host address of `len` bytes at `offset`, if they are inside the region and
+    /// backed (zeroed for this boot if the guest never wrote them).
     fn host_addr(&self, offset: u64, len: usize) -> Option<u64> {
         let end = offset.checked_add(len as u64)?;
-        (end <= self.host.size_bytes).then_some(self.host.base.0 + offset)
+        (end <= self.host.size_bytes && self.backing.ensure(offset, len as u64))
+            .then_some(self.host.base.0 + offset)
     }
 }
 
