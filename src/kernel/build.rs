@@ -147,6 +147,8 @@ pub(super) fn build_vm(
     for i in 0..nvcpus {
         let _ = vg.set_hw(VTIMER_INTID, VcpuId(i as u16), Some(VTIMER_INTID));
     }
+    // Its line and those of passthrough level SPIs are re-sampled where they may have fallen.
+    vg.set_line_sampler(super::irq::sample_hw_line);
     let vgic: vgic::SharedVgic = Arc::new(Mutex::new(vg));
 
     let overlap = |_| vm_err(cfg, "compatible", "device windows overlap");

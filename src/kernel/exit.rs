@@ -97,9 +97,16 @@ fn fast_mmio_read(v: &mut Vcpu, esr: Esr, full_frame: bool) -> bool {
     // (its lock, the window search, the dynamic dispatch; the window has no interrupt line).
     let gicd = f.ipa.0.wrapping_sub(super::layout::GICD_BASE.0);
     if gicd < vgic::GICD_SIZE_BYTES {
-        let Ok(value) = vm.vgic.lock().dist_read(v.id, gicd, da.width) else {
+        let mut vg = vm.vgic.lock();
+        let Ok(value) = vg.dist_read(v.id, gicd, da.width) else {
             return false;
         };
+        // A pending-register read re-samples hardware-linked lines; one found low hands back
+        // its physical interrupt, which must not stay active (vgic::LineSampler).
+        while let Some(p) = vg.take_hw_deactivation() {
+            gic::deactivate_raw(p);
+        }
+        drop(vg);
         crate::vm::exit::mmio_load_result(&mut v.regs, da, value);
         v.regs.elr = v.regs.elr.wrapping_add(esr.insn_len());
         return true;
@@ -178,6 +185,8 @@ pub fn handle_exit(v: &mut Vcpu, kind: ExitKind) -> Next {
         vgic_sync(vm, v);
     }
     let resched = match kind {
+        // A guest acknowledge trapped to re-check passthrough lines: re-executed, no action.
+        ExitKind::Sync(esr) if super::lrs::ack_trap(vm, v, esr) => return Next::Resume,
         ExitKind::Sync(esr) => {
             let action = {
                 let mut ctx = ExitCtx {

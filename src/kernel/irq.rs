@@ -8,7 +8,7 @@ use super::lifecycle::kick_all;
 use super::lrs::write_lrs;
 use super::sched::{CpuSched, MAINT_INTID, relink_vtimer};
 use super::{PLATFORM, Vm, VmState};
-use crate::arch::aarch64::{gic, timer};
+use crate::arch::aarch64::{gic, guest, timer};
 use crate::vdev::vgic::{self, KickSet};
 use crate::vm::VcpuId;
 use crate::vm::timer::{PTIMER_INTID, VTIMER_INTID};
@@ -38,7 +38,7 @@ pub(super) fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) -> bool 
                     // into a free list register if nothing else waits for its flush.
                     Some(v) if v.slot == l => inject_vtimer(sl.vm, v),
                     _ => {
-                        let _ = sl.vm.vgic.lock().inject_edge(VTIMER_INTID, sl.id);
+                        let _ = sl.vm.vgic.lock().inject_hw(VTIMER_INTID, sl.id);
                     }
                 }
             }
@@ -48,7 +48,7 @@ pub(super) fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) -> bool 
             let kicks = vm
                 .vgic
                 .lock()
-                .inject_edge(intid, VcpuId(0))
+                .inject_hw(intid, VcpuId(0))
                 .unwrap_or(KickSet(0));
             // The vGIC says which vCPU the SPI is routed to; kick that one only (and look at
             // the scheduler if it lives here: it may be blocked).
@@ -71,9 +71,11 @@ pub(super) fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) -> bool 
         } else if intid == maint {
             // Underflow (UIE): the exit synced the list registers and marked a refill; UIE is
             // level-sensitive, so turn it off now. The flush on entry re-arms it if needed.
-            gic::write_hcr(gic::HCR_EN);
+            // (TALL1, a pending line check, stays as it was.)
+            let hcr = cur.as_ref().map_or(gic::HCR_EN, |v| v.hcr & !gic::HCR_UIE);
+            gic::write_hcr(hcr);
             if let Some(v) = cur.as_mut() {
-                v.hcr = gic::HCR_EN;
+                v.hcr = hcr;
             }
         } else if Some(intid) == uart {
             console_input();
@@ -104,7 +106,7 @@ fn kick_needs_scheduler(s: &CpuSched, cur: Option<&Vcpu>) -> bool {
 }
 
 /// The running vCPU's own virtual timer fired: inject it, straight into a list register
-/// when the vGIC allows ([`vgic::Vgic::inject_edge_into`]).
+/// when the vGIC allows ([`vgic::Vgic::inject_hw_into`]).
 fn inject_vtimer(vm: &Vm, v: &mut Vcpu) {
     // The timer is level-sensitive and has one physical instance at a time. If its interrupt
     // is already in a list register (the shadow is current: the exit synced it), this
@@ -130,12 +132,27 @@ fn inject_vtimer(vm: &Vm, v: &mut Vcpu) {
     let r = vm
         .vgic
         .lock()
-        .inject_edge_into(VTIMER_INTID, v.id, &mut v.lrs[..n]);
+        .inject_hw_into(VTIMER_INTID, v.id, &mut v.lrs[..n]);
     if let Ok((_, changed)) = r
         && changed != 0
     {
         write_lrs(v, changed);
         v.lr_used |= changed;
+    }
+}
+
+/// The vGIC's [`vgic::LineSampler`]: the current level of a hardware-linked level line. The
+/// virtual timer is read from the CPU's CNTV_CTL, which holds the running vCPU's timer, so only
+/// for that vCPU (`local`); another vCPU's timer is re-sampled at its own exits. A passthrough
+/// SPI's line is its pending bit at the physical distributor (the hypervisor keeps it active
+/// while the guest owns it, so the bit is the line).
+pub(super) fn sample_hw_line(pintid: u32, local: bool) -> Option<bool> {
+    if pintid == VTIMER_INTID {
+        local.then(guest::vtimer_line)
+    } else if pintid >= 32 {
+        Some(gic::spi_line_pending(pintid))
+    } else {
+        None
     }
 }
 

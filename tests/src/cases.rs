@@ -339,7 +339,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "irq-gicv3-vhe",
-        about: "interrupt guest on vGICv3, VHE: timers, priorities, PMR, LR overflow, EOImode=1, WFI",
+        about: "interrupt guest on vGICv3, VHE: timers, priorities, PMR, LR overflow, EOImode=1, WFI, the virtual timer's pending state following its line",
         machine: VIRT_V3_VHE,
         boot: Boot::Direct,
         vms: &["irq"],
@@ -363,7 +363,8 @@ pub const CASES: &[Case] = &[
         timeout_s: 90,
         expect: &[
             "non-VHE mode (E2H=0), forced",
-            "IRQ RESULT: passed=10 failed=0",
+            "IRQ PASS: vtimer-level",
+            "IRQ RESULT: passed=11 failed=0",
         ],
         reject: &["IRQ FAIL"],
         exit: Exit::Status(0),
@@ -390,7 +391,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "passthrough-gicv3",
-        about: "a host PL031 passed through: its SPI reaches the guest with the HW bit, twice",
+        about: "a host PL031 passed through: its SPI reaches the guest with the HW bit, twice; EOIed before the RTC is cleared, each alarm is taken once",
         machine: VIRT_V3_VHE,
         boot: Boot::Direct,
         vms: &["irq-passthrough"],
@@ -399,7 +400,8 @@ pub const CASES: &[Case] = &[
         expect: &[
             "passthrough /pl031@9010000",
             "IRQ PASS: passthrough-rtc",
-            "IRQ RESULT: passed=11 failed=0",
+            "IRQ PASS: passthrough-eoi-first",
+            "IRQ RESULT: passed=13 failed=0",
         ],
         reject: &["IRQ FAIL"],
         exit: Exit::Status(0),
@@ -419,7 +421,8 @@ pub const CASES: &[Case] = &[
         expect: &[
             "passthrough /pl031@9010000",
             "IRQ PASS: passthrough-rtc",
-            "IRQ RESULT: passed=11 failed=0",
+            "IRQ PASS: passthrough-eoi-first",
+            "IRQ RESULT: passed=13 failed=0",
         ],
         reject: &["IRQ FAIL"],
         exit: Exit::Status(0),
@@ -1125,7 +1128,8 @@ const IRQ_LINES: &[&str] = &[
     "IRQ PASS: vtimer",
     "IRQ PASS: ptimer",
     "IRQ PASS: wfi-wakes",
-    "IRQ RESULT: passed=10 failed=0",
+    "IRQ PASS: vtimer-level",
+    "IRQ RESULT: passed=11 failed=0",
     "all VMs stopped; powering off",
 ];
 

@@ -85,7 +85,7 @@ pub const CASES: &[Case] = &[
             "IRQ PASS: vtimer",
             "IRQ PASS: ptimer",
             "IRQ PASS: wfi-wakes",
-            "IRQ RESULT: passed=10 failed=0",
+            "IRQ RESULT: passed=11 failed=0",
             "all VMs stopped; powering off",
             MACHINE_HALTED,
         ],

@@ -228,12 +228,29 @@ impl core::fmt::Display for Intids<'_> {
 /// the MMIO address of the device's interrupt-clear register (written with 1).
 static DEVICE_INTID: AtomicU32 = AtomicU32::new(u32::MAX);
 static DEVICE_CLEAR_ADDR: AtomicUsize = AtomicUsize::new(0);
+/// Clear the device after the EOI instead of before it.
+static DEVICE_CLEAR_AFTER_EOI: AtomicBool = AtomicBool::new(false);
 
 /// Registers a level-sensitive device interrupt (e.g. a passed-through RTC) whose line the
 /// handler must lower by writing 1 to `clear_addr` before the EOI.
 pub fn set_device_ack(intid: u32, clear_addr: usize) {
     DEVICE_CLEAR_ADDR.store(clear_addr, Ordering::SeqCst);
     DEVICE_INTID.store(intid, Ordering::SeqCst);
+}
+
+/// Whether the handler lowers the device's line after its EOI (`true`) instead of before.
+/// Legal for a level-sensitive interrupt: the line, still high at the deactivation, makes it
+/// pending again at once, and it must stop being pending when the line falls.
+pub fn set_device_clear_after_eoi(after: bool) {
+    DEVICE_CLEAR_AFTER_EOI.store(after, Ordering::SeqCst);
+}
+
+/// Writes 1 to the registered device's interrupt-clear register.
+fn clear_device() {
+    let addr = DEVICE_CLEAR_ADDR.load(Ordering::SeqCst);
+    if let Some(reg) = elvisor_guest_rt::arch::mmio::Region::new(addr, 4) {
+        reg.write32(0, 1);
+    }
 }
 
 /// The IRQ handler.
@@ -256,16 +273,18 @@ fn handle() {
         (Timer::Virtual.count(), 0)
     };
     record(iar, count, timer_ctl, gic.running_priority());
-    if intid == DEVICE_INTID.load(Ordering::SeqCst) {
-        let addr = DEVICE_CLEAR_ADDR.load(Ordering::SeqCst);
-        if let Some(reg) = elvisor_guest_rt::arch::mmio::Region::new(addr, 4) {
-            reg.write32(0, 1);
-        }
+    let device = intid == DEVICE_INTID.load(Ordering::SeqCst);
+    let clear_after = DEVICE_CLEAR_AFTER_EOI.load(Ordering::SeqCst);
+    if device && !clear_after {
+        clear_device();
     }
 
     gic.end_of_interrupt(iar);
     if SPLIT_EOI.load(Ordering::SeqCst) && intid != HOLD_ACTIVE.load(Ordering::SeqCst) {
         gic.deactivate(iar);
+    }
+    if device && clear_after {
+        clear_device();
     }
 }
 

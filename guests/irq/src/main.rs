@@ -15,6 +15,9 @@
 //!   vtimer, ptimer            CNTV / CNTP 1 ms ahead: one interrupt, not early, not late
 //!   wfi-wakes                 WFI blocks until the timer fires; returns at once if an
 //!                             interrupt is already pending
+//!   vtimer-level              the virtual timer's pending state follows its line: dropped
+//!                             with IRQs masked (ENABLE=0, IMASK=1, CVAL ahead) it reads 0
+//!                             and is not delivered; kept high it reads 1, delivered once
 //!   (cross-vCPU tests)        skipped with a note: they are guests/smp's
 //!   IRQ RESULT: passed=N failed=M, then PSCI SYSTEM_OFF (returning from main)
 //! ```
@@ -33,6 +36,7 @@
 
 mod findings;
 mod gic_tests;
+mod level_tests;
 mod log;
 mod passthrough;
 mod timer_tests;
@@ -46,7 +50,7 @@ use elvisor_guest_rt::{BootInfo, Report, dt};
 elvisor_guest_rt::entry!(main);
 
 /// Every test, in the order run (the names of the PASS/FAIL lines).
-const TESTS: [&str; 10] = [
+const TESTS: [&str; 11] = [
     "gic-id",
     "spurious",
     "self-ipi",
@@ -57,6 +61,7 @@ const TESTS: [&str; 10] = [
     "vtimer",
     "ptimer",
     "wfi-wakes",
+    "vtimer-level",
 ];
 
 /// What every test works with.
@@ -198,6 +203,7 @@ fn main(boot: &BootInfo) {
     timer_tests::timer(&mut report, &ctx, Timer::Virtual, "vtimer");
     timer_tests::timer(&mut report, &ctx, Timer::Physical, "ptimer");
     timer_tests::wfi_wakes(&mut report, &ctx);
+    level_tests::vtimer_level(&mut report, &ctx);
     passthrough::rtc(&mut report, &ctx, fdt);
     cross_vcpu(&report, &ctx);
 

@@ -54,6 +54,18 @@ pub fn spin_for(ticks: u64) {
     spin_until(ticks, || false);
 }
 
+/// Busy-waits `ticks` of the virtual counter with IRQs left as they are (masked: nothing is
+/// taken, but physical interrupts still reach the hypervisor).
+pub fn masked_spin_for(ticks: u64) {
+    let start = Timer::Virtual.count();
+    for _ in 0..SPIN_LIMIT {
+        if Timer::Virtual.count().wrapping_sub(start) >= ticks {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+}
+
 /// Lets any pending IRQ be taken: unmask, `isb`, mask.
 pub fn take_pending() {
     irq::unmask();

@@ -97,6 +97,10 @@ static V2_TARGET: [AtomicU8; super::cpu::MAX_CPUS] =
 static GICH: AtomicUsize = AtomicUsize::new(0);
 /// GICC base for lock-free acknowledge/EOI/deactivate on GICv2 (banked per CPU).
 static GICC: AtomicUsize = AtomicUsize::new(0);
+/// GICD base, for lock-free reads of an SPI's pending state ([`spi_line_pending`]).
+static GICD: AtomicUsize = AtomicUsize::new(0);
+/// GICD_ISPENDR<n>: the same offset in GICv2 (IHI 0048B §4.3.7) and GICv3 (IHI 0069 §12.9.24).
+const GICD_ISPENDR: usize = 0x200;
 
 /// ICC_CTLR_EL1.EOImode.
 const ICC_CTLR_EOIMODE: u64 = 1 << 1;
@@ -151,6 +155,7 @@ pub fn init(info: &GicInfo, cpus: usize) -> Result<(), &'static str> {
         }
     };
     *GIC.lock() = Some(driver);
+    GICD.store(info.gicd.base.0 as usize, Ordering::Relaxed);
     VERSION.store(
         match info.version {
             GicVersion::V3 => 3,
@@ -396,6 +401,24 @@ pub fn deactivate_raw(raw: u32) {
     }
 }
 
+/// Whether SPI `intid` is pending at the physical distributor (GICD_ISPENDR). For a
+/// level-sensitive SPI that the hypervisor acknowledged and left active (forwarded with the HW
+/// bit), that is its input line: the interrupt is "active and pending" exactly while the line
+/// is asserted (IHI 0069 §4.1.2; IHI 0048B §3.2.4), since acknowledging cleared any latch.
+/// False before `init` and for INTIDs below 32 (banked per CPU, not read here).
+pub fn spi_line_pending(intid: u32) -> bool {
+    let base = GICD.load(Ordering::Relaxed);
+    if base == 0 || !(32..1020).contains(&intid) {
+        return false;
+    }
+    let addr = base + GICD_ISPENDR + 4 * (intid as usize / 32);
+    // SAFETY: GICD_ISPENDR<n> of the distributor set in `init` (from the host device tree,
+    // mapped as Device memory); n <= 31 stays inside the 64 KiB frame; a read has no side
+    // effects, so no lock is needed against the driver's accesses.
+    let word = unsafe { core::ptr::read_volatile(addr as *const u32) };
+    word & (1 << (intid % 32)) != 0
+}
+
 /// GIC version in use (2 or 3), 0 before `init`.
 pub fn version() -> u8 {
     VERSION.load(Ordering::Relaxed)
@@ -428,6 +451,9 @@ const _: () =
 /// ICH_HCR_EL2 / GICH_HCR bits (same positions in both).
 pub const HCR_EN: u32 = 1 << 0;
 pub const HCR_UIE: u32 = 1 << 1;
+/// ICH_HCR_EL2.TALL1 (GICv3 only; IHI 0069 §12.4.6): EL1 accesses to the group-1 ICC
+/// registers (ICC_IAR1/EOIR1/HPPIR1/BPR1/AP1Rn/IGRPEN1_EL1) trap to EL2.
+pub const HCR_TALL1: u32 = 1 << 12;
 
 fn gicc() -> &'static GiccExtra {
     // SAFETY: set once in `init` to the GICC base from the device tree (mapped as Device);

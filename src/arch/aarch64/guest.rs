@@ -432,6 +432,19 @@ pub fn save_vtimer() -> (u64, u64) {
     (ctl & 0b11, cval)
 }
 
+/// The output line of the loaded guest's EL1 virtual timer, read from CNTV_CTL_EL0 (the
+/// `_EL02` alias under VHE): asserted while ENABLE = 1, IMASK = 0 and ISTATUS = 1, where the
+/// hardware keeps ISTATUS equal to CVAL <= CNTVCT (ARM ARM D11.2.4, "Operation of the
+/// CompareValue views of the timers"). A guest write that disables or masks the timer, or
+/// moves CVAL ahead, does not trap; this is how the hypervisor sees the line fall.
+pub fn vtimer_line() -> bool {
+    const ENABLE: u64 = 1 << 0;
+    const IMASK: u64 = 1 << 1;
+    const ISTATUS: u64 = 1 << 2;
+    let ctl = el1_rw!(read "cntv_ctl_el0", "s3_5_c14_c3_1");
+    ctl & (ENABLE | IMASK | ISTATUS) == ENABLE | ISTATUS
+}
+
 /// Restores a guest's EL1 virtual timer (CVAL first, then CTL).
 pub fn restore_vtimer(t: (u64, u64)) {
     if vhe() {

@@ -374,6 +374,11 @@ impl Vgic {
                 GicVersion::V3 => GICD_IIDR_V3,
                 GicVersion::V2 => GICD_IIDR_V2,
             },
+            DistReg::Bits(reg @ (BitReg::SetPending | BitReg::ClearPending), first) => {
+                // The pending state follows hardware-linked lines at the moment of the read.
+                self.resample_word(first, accessor, accessor);
+                self.read_bits(reg, first, accessor)
+            }
             DistReg::Bits(reg, first) => self.read_bits(reg, first, accessor),
             DistReg::Priority(first) => self.read_priority(first, accessor),
             DistReg::Targets(first) => self.read_targets(first, accessor),

@@ -193,6 +193,13 @@ pub struct FlushResult {
     /// Other vCPUs to kick: an interrupt retracted from this vCPU's LRs (disabled, re-routed)
     /// may now be delivered to them.
     pub kick: KickSet,
+    /// A hardware-linked level SPI (a passthrough device) waits in an LR, only pending, and its
+    /// line has not been re-sampled since it was injected: the guest may lower it by a
+    /// passthrough access with no exit and then acknowledge a stale instance. The caller traps
+    /// the guest's acknowledge (GICv3: ICH_HCR_EL2.TALL1), re-samples at that exit ([`Vgic::sync`])
+    /// and calls [`Vgic::check_lines_done`]. (The virtual timer needs no trap: the hypervisor
+    /// reads its line at any exit.)
+    pub check_lines: bool,
 }
 
 /// A candidate for an LR: its sort key (lower is better) and INTID.
@@ -367,11 +374,47 @@ impl Vgic {
             s.scan = overflow;
             s.nhints = 0;
         }
+        let check_lines = BitIter(live).any(|i| {
+            lrs.get(i).is_some_and(|lr| {
+                lr.hw.is_some()
+                    && lr.intid >= NR_PRIVATE
+                    && lr.state == LrState::Pending
+                    && self
+                        .irq(lr.intid, v)
+                        .is_some_and(|irq| irq.hw_level() && !irq.checked)
+            })
+        });
         FlushResult {
             overflow,
             live,
             changed,
             kick: KickSet(kick.0 & !KickSet::single(v).0),
+            check_lines,
+        }
+    }
+
+    /// After an exit that trapped the guest's acknowledge for [`FlushResult::check_lines`]:
+    /// [`Vgic::sync`] re-sampled the lines of `vcpu`'s pending hardware-linked entries and took
+    /// back those that fell; the rest were high at that moment and are marked checked, so the
+    /// next flush (which must run: the vCPU is marked) stops asking for the trap. `lrs` is the
+    /// vCPU's LR shadow as the sync left it.
+    pub fn check_lines_done(&mut self, vcpu: VcpuId, lrs: &[Lr]) {
+        let Some(v) = self.vcpu_index(vcpu) else {
+            return;
+        };
+        let live = self.live_lrs(vcpu);
+        for i in BitIter(live) {
+            let Some(lr) = lrs.get(i) else {
+                continue;
+            };
+            if lr.hw.is_some()
+                && let Some(irq) = self.irq_mut(lr.intid, v)
+            {
+                irq.checked = true;
+            }
+        }
+        if let Some(s) = self.vcpus.get_mut(v) {
+            s.dirty = true;
         }
     }
 
@@ -479,7 +522,7 @@ impl Vgic {
         (best, total)
     }
 
-    /// [`Vgic::inject_edge`] of a private interrupt of `vcpu`, delivered straight into a free
+    /// [`Vgic::inject_hw`] of a private interrupt of `vcpu`, delivered straight into a free
     /// list register when that is all a [`Vgic::flush`] would do: nothing else was waiting for
     /// the vCPU's flush (it was not dirty) and an LR is free. `lrs` is the vCPU's LR shadow,
     /// current since its last sync. Returns the kicks and the LRs changed (to write to
@@ -487,7 +530,7 @@ impl Vgic {
     ///
     /// This is the running vCPU's own virtual timer on its way in: the full flush scans the
     /// index, this touches one interrupt.
-    pub fn inject_edge_into(
+    pub fn inject_hw_into(
         &mut self,
         intid: u32,
         vcpu: VcpuId,
@@ -499,14 +542,14 @@ impl Vgic {
             .get(v)
             .is_some_and(|s| !s.dirty && !s.scrub && !s.scan);
         if !idle || intid >= NR_PRIVATE {
-            return Ok((self.inject_edge(intid, vcpu)?, 0));
+            return Ok((self.inject_hw(intid, vcpu)?, 0));
         }
         let n = lrs.len().min(MAX_LRS);
         let all = low_bits(n);
         let live = self.vcpus.get(v).map_or(all, |s| s.lr_live) & all;
         let free = BitIter(all & !live).next();
-        // What `inject_edge` does, without marking the vCPU for a flush yet.
-        let bank = self.latch_edge(intid, vcpu)?;
+        // What `inject_hw` does, without marking the vCPU for a flush yet.
+        let bank = self.take_hw(intid, vcpu)?;
         let placeable = self
             .irq(intid, v)
             .is_some_and(|irq| self.is_candidate(intid, v, irq, v));
@@ -547,10 +590,10 @@ impl Vgic {
         {
             if v2_sgi {
                 irq.sgi_sources |= 1u8.checked_shl(lr.source.into()).unwrap_or(0);
-            } else if !irq.level_sw() {
+            } else if irq.edge {
                 irq.latch = true;
             }
-            // Level-sensitive: the latch and line never left software.
+            // Level-sensitive (hardware-linked or not): the latch and line never left software.
             irq.owner = None;
             irq.lr_state = LrState::Invalid;
             irq.unpend_req = false;
@@ -577,12 +620,13 @@ impl Vgic {
                 irq.sgi_sources &= !(1u8 << (source & 7));
                 true
             }
-        } else if irq.level_sw() {
-            // The latch stays until the guest acknowledges; the line keeps being followed.
-            irq.latch || irq.line
         } else if hw.is_some() && active {
             // Never pending+active with HW: the physical side holds the pending state.
             false
+        } else if !irq.edge {
+            // Level-sensitive, hardware-linked or not: the latch stays until the guest
+            // acknowledges; the line keeps being followed.
+            irq.latch || irq.line
         } else {
             core::mem::take(&mut irq.latch)
         };
@@ -647,8 +691,11 @@ impl Vgic {
                 irq.sgi_sources &= !bit;
                 pending = true;
             }
-        } else if irq.level_sw() {
-            pending = irq.latch || irq.line;
+        } else if !irq.edge {
+            // Level-sensitive: the pending state is the software latch and line, which may have
+            // fallen since the flush that loaded the LR (a line re-sampled low). A HW entry
+            // has no pending-and-active form: the physical GIC holds the pending half.
+            pending = (irq.latch || irq.line) && !(lr.hw.is_some() && active);
         } else {
             if irq.unpend_req {
                 pending = false;
@@ -667,15 +714,17 @@ impl Vgic {
             // Retract: the pending state goes back to software.
             if v2_sgi {
                 irq.sgi_sources |= 1u8.checked_shl(lr.source.into()).unwrap_or(0);
-            } else if !irq.level_sw() {
+            } else if irq.edge {
                 irq.latch = true;
             }
             None
         } else if !pending && !active {
-            // Cleared by ICPENDR / ICACTIVER. A HW link whose physical interrupt is still active
-            // needs the hypervisor to deactivate it now.
+            // Cleared by ICPENDR / ICACTIVER or a fallen line. A HW link whose physical
+            // interrupt is still active needs the hypervisor to deactivate it now (the physical
+            // GIC then tracks the line again: a line still high is signalled anew).
             if lr.hw.is_some() && irq.hw_active {
                 irq.hw_active = false;
+                irq.line = false;
                 hw_done = irq.hw;
             }
             irq.active = false;
@@ -726,10 +775,12 @@ impl Vgic {
         let mut retired = [0u32; 4];
         let mut nretired = 0usize;
         let mut many_retired = false;
+        let sampler = self.sampler;
         for i in BitIter(live) {
             let Some(&lr) = lrs.get(i) else {
                 continue;
             };
+            let mut hw_done = None;
             let irq = self
                 .irq_mut(lr.intid, v)
                 .filter(|irq| irq.owner == Some(vcpu_u16(v)));
@@ -741,18 +792,40 @@ impl Vgic {
             if irq.lr_state.pending() && !lr.state.pending() {
                 // Acknowledged: that consumes a level-sensitive interrupt's ISPENDR latch, and
                 // makes a clear request moot.
-                if irq.level_sw() {
+                if !irq.edge {
                     irq.latch = false;
                 }
                 irq.unpend_req = false;
             }
-            if lr.state == LrState::Invalid {
+            // A hardware-linked level entry the guest has not acknowledged yet: its line may
+            // have fallen without an exit (a timer disabled or masked, CVAL moved ahead, a
+            // device cleared by a passthrough access), and a pending LR would still deliver
+            // it. Re-sample; if low, take it back now, while the guest cannot touch the LR, and
+            // deactivate the physical interrupt the hypervisor left active, so that the next
+            // rise of the line is signalled. (KVM does the same in its LR fold for mapped
+            // level interrupts.)
+            let fallen = lr.state == LrState::Pending
+                && !irq.latch
+                && irq.hw_level()
+                && lr
+                    .hw
+                    .zip(sampler)
+                    .is_some_and(|(p, sample)| sample(p, true) == Some(false));
+            if fallen {
+                irq.line = false;
+                irq.hw_active = false;
+                hw_done = lr.hw;
+            }
+            if lr.state == LrState::Invalid || fallen {
                 irq.owner = None;
                 irq.lr_state = LrState::Invalid;
                 irq.active = irq.active_req.take() == Some(true);
                 irq.unpend_req = false;
                 if lr.hw.is_some() {
+                    // The guest's deactivation deactivated the physical interrupt: the
+                    // physical GIC tracks the line from here and signals a new instance.
                     irq.hw_active = false;
+                    irq.line = false;
                 }
                 // It may want an LR again (a level still high, an edge latched meanwhile).
                 match retired.get_mut(nretired) {
@@ -766,6 +839,7 @@ impl Vgic {
                 irq.lr_state = lr.state;
                 irq.active = lr.state.active();
             }
+            self.hw_deactivate.extend(hw_done);
         }
         let freed = before & !live;
         if let Some(s) = self.vcpus.get_mut(v) {

@@ -39,10 +39,18 @@
 //!   [`FlushResult::kick`] for retractions. Those vCPUs are also marked for
 //!   [`Vgic::needs_flush`].
 //! * **Hardware-linked interrupts** ([`Vgic::set_hw`]) are injected with
-//!   [`Vgic::inject_edge`] after the hypervisor took (and left active) the physical one; the LR
+//!   [`Vgic::inject_hw`] after the hypervisor took (and left active) the physical one; the LR
 //!   carries the HW bit, so the guest's deactivation deactivates the physical interrupt. When
 //!   the guest instead makes the virtual one inactive and not pending by other means, the
 //!   physical INTID is handed out by [`Vgic::take_hw_deactivation`].
+//! * **Hardware-linked level interrupts follow their line** (the virtual timer, passthrough
+//!   level SPIs): the injection raises the software line, and a [`LineSampler`] re-samples it
+//!   where the line may have fallen without the guest touching the vGIC: on a guest read of
+//!   the pending registers, and in [`Vgic::sync`] for an entry still pending in an LR. A
+//!   fallen line takes the pending state with it (the LR entry is retired, the physical
+//!   interrupt deactivated so its next rise is signalled), as on a GIC without
+//!   virtualization. Between exits the LR is what the guest sees; nothing can follow a line
+//!   the guest lowers and then acknowledges without an exit in between.
 //!
 //! Locking is the caller's: one `Vgic` per VM behind a lock ([`SharedVgic`]); [`GicdWindow`]
 //! and [`GicrWindow`] put it on the [`MmioBus`](super::MmioBus).
@@ -66,8 +74,8 @@ pub use dist::{GICD_IIDR_V2, GICD_IIDR_V3, GICD_SIZE_BYTES};
 pub use lr::{FlushResult, Lr, LrState, MAX_LRS, decode_v2, decode_v3, encode_v2, encode_v3};
 pub use redist::GICR_FRAME_BYTES;
 pub use state::{
-    GicVersion, KickSet, MAX_SPIS, MAX_VCPUS_V2, MAX_VCPUS_V3, NR_PRIVATE, NR_SGIS, PRIORITY_MASK,
-    Vgic, VgicConfig, VgicError, low_bits,
+    GicVersion, KickSet, LineSampler, MAX_SPIS, MAX_VCPUS_V2, MAX_VCPUS_V3, NR_PRIVATE, NR_SGIS,
+    PRIORITY_MASK, Vgic, VgicConfig, VgicError, low_bits,
 };
 
 use super::{AccessWidth, MmioDevice, MmioError, VcpuId};

@@ -149,13 +149,19 @@ impl Vgic {
         offset: u64,
         width: AccessWidth,
     ) -> Result<u64, MmioError> {
-        self.vcpu_index(vcpu).ok_or(MmioError::BadAccess)?;
+        let accessor = self.vcpu_index(vcpu).ok_or(MmioError::BadAccess)?;
         let (frame, off, reg) = self.decode_redist(offset)?;
         check(reg.shape(), off, width)?;
         let Some(n) = frame else {
             return Ok(0);
         };
         let word = match reg {
+            RedistReg::Bits(reg @ (BitReg::SetPending | BitReg::ClearPending)) => {
+                // The pending state follows hardware-linked lines at the moment of the read
+                // (another vCPU's timer only as of its own last exit: see `LineSampler`).
+                self.resample_word(0, n, accessor);
+                self.read_bits(reg, 0, n)
+            }
             RedistReg::Typer => return Ok(extract64(self.gicr_typer(n), off, width)),
             RedistReg::Iidr => GICD_IIDR_V3,
             RedistReg::Waker => {

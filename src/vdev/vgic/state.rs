@@ -89,6 +89,17 @@ impl fmt::Display for VgicError {
     }
 }
 
+/// Reads the current level of the physical line behind a hardware-linked level-sensitive
+/// interrupt: `pintid` is the physical INTID; `local` says the interrupt belongs to the vCPU
+/// running on the calling CPU (always true for SPIs), so a per-CPU source such as the virtual
+/// timer can be read. `None`: unknown here (another vCPU's timer), leave the state alone.
+///
+/// The vGIC calls it on a guest read of a pending register (GICD_ISPENDR/ICPENDR,
+/// GICR_ISPENDR0/ICPENDR0) and in [`Vgic::sync`](super::Vgic::sync) for a hardware-linked entry
+/// still pending in a list register. Only a fall is acted on: a rise is the physical GIC's to
+/// signal.
+pub type LineSampler = fn(pintid: u32, local: bool) -> Option<bool>;
+
 /// A set of vCPUs (bit n = vCPU n) that must look at their vGIC state: each must run
 /// [`Vgic::flush`](super::Vgic::flush) before it next enters the guest, so one running on another
 /// physical CPU needs a kick (a physical SGI) and one blocked in WFI a wake-up.
@@ -165,7 +176,12 @@ pub(super) struct Irq {
     /// Software pending latch: an edge, an ISPENDR write or an injection. For a level-sensitive
     /// interrupt this is only the ISPENDR part; the line adds to it.
     pub latch: bool,
-    /// Level of the input line (level-sensitive interrupts without a hardware link).
+    /// Level of the input line of a level-sensitive interrupt. Without a hardware link: the
+    /// device model's output ([`Vgic::set_level`](super::Vgic::set_level)). With one: high
+    /// from the hypervisor's taking the physical interrupt ([`Vgic::inject_hw`]
+    /// (super::Vgic::inject_hw)) until a re-sample finds the physical line low or the guest's
+    /// deactivation deactivates the physical interrupt (from then the physical GIC tracks the
+    /// line again and signals a new instance). Never high without `hw_active` when linked.
     pub line: bool,
     /// Active state (a mirror of the LR while the interrupt is in one).
     pub active: bool,
@@ -191,6 +207,9 @@ pub(super) struct Irq {
     pub unpend_req: bool,
     /// A request to set or clear the LR's active state not yet merged.
     pub active_req: Option<bool>,
+    /// Hardware-linked level SPIs: the line was re-sampled high at a trapped acknowledge since
+    /// the last injection (see [`FlushResult::check_lines`](super::FlushResult::check_lines)).
+    pub checked: bool,
 }
 
 impl Irq {
@@ -217,24 +236,40 @@ impl Irq {
             lr_source: 0,
             unpend_req: false,
             active_req: None,
+            checked: false,
         }
     }
 
     /// Level-sensitive with the line sampled in software (re-pended on EOI while the line is
-    /// high). Hardware-linked interrupts are not: the physical GIC re-samples their line after
-    /// the guest's EOI deactivates the physical interrupt, so in software they are latches.
+    /// high, through an EOI maintenance interrupt). Hardware-linked level interrupts are
+    /// levels too ([`Irq::hw_level`]), but the physical GIC re-samples their line after the
+    /// guest's EOI deactivates the physical interrupt.
     pub fn level_sw(&self) -> bool {
         !self.edge && self.hw.is_none()
     }
 
+    /// Level-sensitive and linked to a physical interrupt (the virtual timer, a passthrough
+    /// level SPI): pending while its `line` is high, and the line can fall without the guest
+    /// touching the vGIC (it disables its timer, clears its device).
+    pub fn hw_level(&self) -> bool {
+        !self.edge && self.hw.is_some()
+    }
+
     /// Pending in software (not counting an instance held in a list register).
     pub fn pending_sw(&self) -> bool {
-        self.latch || self.sgi_sources != 0 || (self.level_sw() && self.line)
+        self.latch || self.sgi_sources != 0 || (!self.edge && self.line)
     }
 
     /// What a guest reads in GICD_ISPENDR: software pending, or pending in an LR (unless a clear
-    /// is on its way there).
+    /// is on its way there). A level-sensitive interrupt's pending state never leaves software
+    /// (the latch until acknowledged, the line as long as it is high), so an LR still marked
+    /// pending whose line has fallen since the last flush reads as not pending: the state
+    /// follows the line at the moment of the read (IHI 0069 §4.1.2: a level-sensitive
+    /// interrupt is pending while asserted, or latched by GICD_ISPENDR).
     pub fn pending_view(&self) -> bool {
+        if !self.edge {
+            return self.latch || self.line;
+        }
         self.pending_sw() || (self.owner.is_some() && self.lr_state.pending() && !self.unpend_req)
     }
 
@@ -322,6 +357,8 @@ pub struct Vgic {
     pub(super) typer: u32,
     /// Second level of the index: bit w set when word w of `maybe` may be non-zero.
     pub(super) maybe_words: Vec<u64>,
+    /// Where hardware-linked level lines are re-sampled ([`Vgic::set_line_sampler`]).
+    pub(super) sampler: Option<LineSampler>,
 }
 
 impl Vgic {
@@ -380,6 +417,7 @@ impl Vgic {
             maybe: vec![u64::MAX; (nr_private + config.nr_spis as usize).div_ceil(64)],
             maybe_words: vec![u64::MAX; (nr_private + config.nr_spis as usize).div_ceil(64 * 64)],
             typer: 0,
+            sampler: None,
         };
         vgic.typer = vgic.gicd_typer();
         vgic.reset();
@@ -728,7 +766,7 @@ impl Vgic {
         let Some(irq) = self.irq_mut(intid, bank) else {
             return;
         };
-        if irq.hw_active && irq.owner.is_none() && !irq.latch && !irq.active {
+        if irq.hw_active && irq.owner.is_none() && !irq.latch && !irq.line && !irq.active {
             irq.hw_active = false;
             if let Some(p) = irq.hw {
                 self.hw_deactivate.push(p);
@@ -754,8 +792,7 @@ impl Vgic {
     /// Drives the input line of PPI or SPI `intid` (for a PPI, `vcpu`'s). For a level-sensitive
     /// interrupt the line is the pending state (plus any ISPENDR latch); for an edge-triggered
     /// one a rising edge latches it pending. On a hardware-linked interrupt a high level is an
-    /// injection ([`Vgic::inject_edge`]) and a low level is ignored: the physical GIC tracks
-    /// that line.
+    /// injection ([`Vgic::inject_hw`]) and a low level lowers the line ([`Vgic::lower_hw_line`]).
     pub fn set_level(
         &mut self,
         intid: u32,
@@ -776,9 +813,9 @@ impl Vgic {
             .ok_or(VgicError::BadIntid(intid))?;
         if irq.hw.is_some() {
             return if level {
-                self.inject_edge(intid, vcpu)
+                self.inject_hw(intid, vcpu)
             } else {
-                Ok(KickSet::EMPTY)
+                Ok(self.lower_line(intid, bank))
             };
         }
         let rising = level && !irq.line;
@@ -792,6 +829,87 @@ impl Vgic {
             return Ok(KickSet::EMPTY);
         }
         Ok(self.touch(intid, bank))
+    }
+
+    /// The physical interrupt linked to PPI or SPI `intid` (for a PPI, `vcpu`'s) was taken by
+    /// the hypervisor and left active: its line is high (level-sensitive) or it had an edge.
+    /// The list register will carry the HW bit, so the guest's deactivation deactivates the
+    /// physical interrupt, and the physical GIC, which tracks the line from then on, signals
+    /// the next instance. Unlinked interrupts get an edge ([`Vgic::inject_edge`]).
+    pub fn inject_hw(&mut self, intid: u32, vcpu: VcpuId) -> Result<KickSet, VgicError> {
+        let bank = self.take_hw(intid, vcpu)?;
+        Ok(self.touch(intid, bank))
+    }
+
+    /// The state change of [`Vgic::inject_hw`] without the [`Vgic::touch`]; returns the bank.
+    pub(super) fn take_hw(&mut self, intid: u32, vcpu: VcpuId) -> Result<usize, VgicError> {
+        let bank = self.device_irq(intid, vcpu)?;
+        let irq = self
+            .irq_mut(intid, bank)
+            .ok_or(VgicError::BadIntid(intid))?;
+        if irq.hw_level() {
+            irq.line = true;
+            irq.checked = false;
+        } else {
+            irq.latch = true;
+        }
+        if irq.hw.is_some() {
+            irq.hw_active = true;
+        }
+        Ok(bank)
+    }
+
+    /// The line of hardware-linked level-sensitive PPI or SPI `intid` (for a PPI, `vcpu`'s) is
+    /// low now (the guest disabled or masked its timer, moved CVAL ahead, cleared its device):
+    /// the pending state falls with it. An instance only pending in a list register is taken
+    /// back at the owner's next flush; the physical interrupt, left active by the hypervisor,
+    /// is handed to [`Vgic::take_hw_deactivation`] (at once, or by that flush) so that the
+    /// next rise of the line is signalled. An instance the guest has acknowledged is left to
+    /// its deactivation. Nothing happens to an interrupt without a hardware link or whose
+    /// line is not high.
+    pub fn lower_hw_line(&mut self, intid: u32, vcpu: VcpuId) -> Result<KickSet, VgicError> {
+        let bank = self.device_irq(intid, vcpu)?;
+        Ok(self.lower_line(intid, bank))
+    }
+
+    pub(super) fn lower_line(&mut self, intid: u32, bank: usize) -> KickSet {
+        match self.irq(intid, bank) {
+            Some(irq) if irq.hw_level() && irq.line => {}
+            _ => return KickSet::EMPTY,
+        }
+        if let Some(irq) = self.irq_mut(intid, bank) {
+            irq.line = false;
+        }
+        self.settle_hw(intid, bank);
+        self.touch(intid, bank)
+    }
+
+    /// Installs the function that reads hardware-linked level lines (see [`LineSampler`]).
+    /// Wiring, like [`Vgic::set_hw`]: kept across [`Vgic::reset`].
+    pub fn set_line_sampler(&mut self, sampler: LineSampler) {
+        self.sampler = Some(sampler);
+    }
+
+    /// Re-samples the hardware-linked level lines of INTIDs `first..first + 32` (bank `bank`)
+    /// that are high in software, for a read of their pending state by vCPU `accessor`, and
+    /// lowers those found low. Kicks go to [`Vgic::take_kicks`].
+    pub(super) fn resample_word(&mut self, first: u32, bank: usize, accessor: usize) {
+        let Some(sample) = self.sampler else {
+            return;
+        };
+        for intid in first..first.saturating_add(32) {
+            let Some(irq) = self.irq(intid, bank) else {
+                break;
+            };
+            let Some(p) = irq.hw.filter(|_| irq.hw_level() && irq.line) else {
+                continue;
+            };
+            let local = intid >= NR_PRIVATE || bank == accessor;
+            if sample(p, local) == Some(false) {
+                let kicks = self.lower_line(intid, bank);
+                self.mmio_kicks = self.mmio_kicks.union(kicks);
+            }
+        }
     }
 
     /// Makes PPI or SPI `intid` pending once (for a PPI, `vcpu`'s), whatever its configuration:
@@ -842,6 +960,7 @@ impl Vgic {
         let old = irq.hw.filter(|_| irq.hw_active && irq.owner.is_none());
         if irq.owner.is_none() || pintid.is_none() {
             irq.hw_active = false;
+            irq.line = false;
         }
         irq.hw = pintid;
         self.hw_deactivate.extend(old);

@@ -1320,9 +1320,13 @@ fn hw_linked_interrupt() {
     assert_eq!(l[0].hw, None);
     assert_eq!(guest_drain(&mut l), vec![(27, 0)]);
     g.sync(V0, &mut l);
-    // Level-sensitive with a HW link: a high level injects, a low one is the physical side's.
+    // Level-sensitive with a HW link: a high level injects, a low one takes it back and hands
+    // the physical interrupt back (it is not in an LR).
     g.set_level(27, V0, true).unwrap();
     g.set_level(27, V0, false).unwrap();
+    assert!(!g.has_deliverable(V0));
+    assert_eq!(g.take_hw_deactivation(), Some(27));
+    g.set_level(27, V0, true).unwrap();
     assert!(g.has_deliverable(V0));
     g.flush(V0, &mut l);
     assert_eq!(l[0].hw, Some(27));
@@ -1758,7 +1762,7 @@ fn hostile_storm_single_vcpu_no_spis() {
 // ----- direct injection into a list register --------------------------------------------------
 
 #[test]
-fn inject_edge_into_places_like_flush_or_defers() {
+fn inject_hw_into_places_like_flush_or_defers() {
     let mut g = v3(1);
     setup_private_v3(&mut g, 0, 27, 0xA0);
     let mut l = lrs(4);
@@ -1767,7 +1771,7 @@ fn inject_edge_into_places_like_flush_or_defers() {
     assert!(!g.needs_flush(V0));
 
     // Idle vCPU, free LR: placed at once, nothing left for a flush.
-    let (_, changed) = g.inject_edge_into(27, V0, &mut l).unwrap();
+    let (_, changed) = g.inject_hw_into(27, V0, &mut l).unwrap();
     assert_ne!(changed, 0);
     assert!(!g.needs_flush(V0));
     check_invariants(&g, V0, &l);
@@ -1779,7 +1783,7 @@ fn inject_edge_into_places_like_flush_or_defers() {
     setup_private_v3(&mut g, 0, 28, 0x80);
     g.inject_edge(28, V0).unwrap();
     assert!(g.needs_flush(V0));
-    let (_, changed) = g.inject_edge_into(27, V0, &mut l).unwrap();
+    let (_, changed) = g.inject_hw_into(27, V0, &mut l).unwrap();
     assert_eq!(changed, 0);
     g.flush(V0, &mut l);
     check_invariants(&g, V0, &l);
@@ -1790,11 +1794,308 @@ fn inject_edge_into_places_like_flush_or_defers() {
     let mut g2 = v3(1);
     setup_private_v3(&mut g2, 0, 27, 0xA0);
     g2.flush(V0, &mut none);
-    let (_, changed) = g2.inject_edge_into(27, V0, &mut none).unwrap();
+    let (_, changed) = g2.inject_hw_into(27, V0, &mut none).unwrap();
     assert_eq!(changed, 0);
     assert!(g2.needs_flush(V0));
     assert!(g2.flush(V0, &mut none).overflow);
 
     // SPIs and bad INTIDs take the usual path / fail as inject_edge does.
-    assert!(g.inject_edge_into(1020, V0, &mut l).is_err());
+    assert!(g.inject_hw_into(1020, V0, &mut l).is_err());
+}
+
+// ----- hardware-linked level interrupts follow their line --------------------------------------
+
+fn line_low(_: u32, _: bool) -> Option<bool> {
+    Some(false)
+}
+fn line_high(_: u32, _: bool) -> Option<bool> {
+    Some(true)
+}
+fn line_unknown(_: u32, _: bool) -> Option<bool> {
+    None
+}
+/// Only the vCPU running here can be sampled (the virtual timer): low if local, else unknown.
+fn line_low_if_local(_: u32, local: bool) -> Option<bool> {
+    if local { Some(false) } else { None }
+}
+
+/// A vGICv3 with the virtual timer of vCPU 0 linked and injected into an LR, as the
+/// hypervisor does when PPI 27 fires.
+fn vtimer_in_lr(sampler: LineSampler) -> (Vgic, Vec<Lr>) {
+    let mut g = v3(1);
+    setup_private_v3(&mut g, 0, 27, 0xA0);
+    g.set_hw(27, V0, Some(27)).unwrap();
+    g.set_line_sampler(sampler);
+    let mut l = lrs(4);
+    g.flush(V0, &mut l);
+    let (_, changed) = g.inject_hw_into(27, V0, &mut l).unwrap();
+    assert_ne!(changed, 0);
+    assert_eq!(l[0].state, LrState::Pending);
+    assert_eq!(l[0].hw, Some(27));
+    check_invariants(&g, V0, &l);
+    (g, l)
+}
+
+const GICR_ISPENDR0: u64 = 0x200;
+const GICR_ICPENDR0: u64 = 0x280;
+
+#[test]
+fn vtimer_line_falls_before_ack_read_sees_it_and_lr_is_retired() {
+    let (mut g, mut l) = vtimer_in_lr(line_low);
+    // The guest disabled its timer (no trap), then reads GICR_ISPENDR0 (and ICPENDR0): the
+    // line is re-sampled at the read.
+    assert_eq!(rdr(&mut g, V0, sgi_base(0) + GICR_ISPENDR0) & (1 << 27), 0);
+    assert_eq!(rdr(&mut g, V0, sgi_base(0) + GICR_ICPENDR0) & (1 << 27), 0);
+    // The exit's sync and the entry's flush take the LR back and deactivate the physical PPI
+    // the hypervisor left active, once.
+    let freed = g.sync(V0, &mut l);
+    let r = g.flush(V0, &mut l);
+    assert_eq!(freed | r.changed, 1);
+    assert_eq!(l[0], Lr::INVALID);
+    assert_eq!(g.live_lrs(V0), 0);
+    assert_eq!(g.take_hw_deactivation(), Some(27));
+    assert_eq!(g.take_hw_deactivation(), None);
+    check_invariants(&g, V0, &l);
+    // Nothing is delivered after unmasking, and nothing comes back by itself.
+    assert!(deliver_all(&mut g, V0, &mut l).is_empty());
+    assert!(!g.has_deliverable(V0));
+    // The next rise of the line is a new injection, delivered once.
+    g.inject_hw(27, V0).unwrap();
+    assert_eq!(
+        rdr(&mut g, V0, sgi_base(0) + GICR_ISPENDR0) & (1 << 27),
+        0,
+        "sampled low"
+    );
+    g.set_line_sampler(line_high);
+    g.inject_hw(27, V0).unwrap();
+    assert_eq!(
+        rdr(&mut g, V0, sgi_base(0) + GICR_ISPENDR0) & (1 << 27),
+        1 << 27
+    );
+    assert_eq!(deliver_all(&mut g, V0, &mut l), vec![(27, 0)]);
+    assert_eq!(g.take_hw_deactivation(), Some(27), "the first instance");
+    assert_eq!(g.take_hw_deactivation(), None);
+}
+
+#[test]
+fn vtimer_line_falls_without_a_read_sync_retires_it() {
+    let (mut g, mut l) = vtimer_in_lr(line_low);
+    // Any exit with the LR live: the sync re-samples the pending HW entry.
+    let freed = g.sync(V0, &mut l);
+    assert_eq!(freed, 1);
+    assert_eq!(l[0], Lr::INVALID);
+    assert_eq!(g.take_hw_deactivation(), Some(27));
+    assert_eq!(g.take_hw_deactivation(), None);
+    g.flush(V0, &mut l);
+    check_invariants(&g, V0, &l);
+    assert_eq!(g.live_lrs(V0), 0);
+    assert_eq!(rdr(&mut g, V0, sgi_base(0) + GICR_ISPENDR0), 0);
+    assert!(deliver_all(&mut g, V0, &mut l).is_empty());
+}
+
+#[test]
+fn vtimer_line_still_high_is_delivered_once() {
+    let (mut g, mut l) = vtimer_in_lr(line_high);
+    assert_eq!(rdr(&mut g, V0, sgi_base(0) + GICR_ISPENDR0), 1 << 27);
+    assert_eq!(g.sync(V0, &mut l), 0, "line high: the LR stays");
+    g.flush(V0, &mut l);
+    assert_eq!(l[0].state, LrState::Pending);
+    // Acknowledged with the line still high: active, and pending again per the line (the
+    // physical interrupt is active and pending), but never pending+active in a HW LR.
+    assert_eq!(guest_ack(&mut l), Some((27, 0)));
+    g.sync(V0, &mut l);
+    assert_eq!(rdr(&mut g, V0, sgi_base(0) + GICR_ISPENDR0), 1 << 27);
+    g.flush(V0, &mut l);
+    assert_eq!(l[0].state, LrState::Active);
+    // The guest's deactivation deactivates the physical PPI itself; from then the physical
+    // GIC signals a still-high line anew, nothing is re-pended in software.
+    guest_eoi(&mut l, 27, 0);
+    g.sync(V0, &mut l);
+    assert_eq!(g.take_hw_deactivation(), None);
+    assert_eq!(rdr(&mut g, V0, sgi_base(0) + GICR_ISPENDR0), 0);
+    assert!(deliver_all(&mut g, V0, &mut l).is_empty());
+    assert!(!g.has_deliverable(V0));
+}
+
+#[test]
+fn line_falling_after_ack_is_left_to_the_guests_deactivation() {
+    let (mut g, mut l) = vtimer_in_lr(line_high);
+    assert_eq!(guest_ack(&mut l), Some((27, 0)));
+    g.sync(V0, &mut l);
+    g.set_line_sampler(line_low);
+    // Active, no longer pending: the read says so, the LR stays active, the physical PPI is the
+    // guest's to deactivate.
+    assert_eq!(rdr(&mut g, V0, sgi_base(0) + GICR_ISPENDR0), 0);
+    assert_eq!(g.sync(V0, &mut l), 0);
+    g.flush(V0, &mut l);
+    assert_eq!(l[0].state, LrState::Active);
+    assert_eq!(g.take_hw_deactivation(), None);
+    guest_eoi(&mut l, 27, 0);
+    g.sync(V0, &mut l);
+    assert_eq!(g.take_hw_deactivation(), None);
+    assert!(deliver_all(&mut g, V0, &mut l).is_empty());
+}
+
+#[test]
+fn ispendr_latch_survives_the_line() {
+    let (mut g, mut l) = vtimer_in_lr(line_low);
+    // Set pending by the guest: that latch holds until acknowledged, whatever the line does.
+    wrr(&mut g, V0, sgi_base(0) + GICR_ISPENDR0, 1 << 27);
+    assert_eq!(rdr(&mut g, V0, sgi_base(0) + GICR_ISPENDR0), 1 << 27);
+    g.sync(V0, &mut l);
+    g.flush(V0, &mut l);
+    check_invariants(&g, V0, &l);
+    assert_eq!(deliver_all(&mut g, V0, &mut l), vec![(27, 0)]);
+    assert_eq!(rdr(&mut g, V0, sgi_base(0) + GICR_ISPENDR0), 0);
+    // The entry kept its HW bit: the guest's deactivation deactivated the physical PPI.
+    assert_eq!(g.take_hw_deactivation(), None);
+}
+
+#[test]
+fn icpendr_does_not_clear_a_high_line() {
+    let (mut g, mut l) = vtimer_in_lr(line_high);
+    // IHI 0069 §4.1.2: clearing the pending state of an asserted level interrupt has no
+    // lasting effect.
+    wrr(&mut g, V0, sgi_base(0) + GICR_ICPENDR0, 1 << 27);
+    assert_eq!(rdr(&mut g, V0, sgi_base(0) + GICR_ISPENDR0), 1 << 27);
+    g.sync(V0, &mut l);
+    g.flush(V0, &mut l);
+    assert_eq!(g.take_hw_deactivation(), None);
+    assert_eq!(deliver_all(&mut g, V0, &mut l), vec![(27, 0)]);
+}
+
+#[test]
+fn unknown_line_is_left_alone() {
+    let (mut g, mut l) = vtimer_in_lr(line_unknown);
+    assert_eq!(rdr(&mut g, V0, sgi_base(0) + GICR_ISPENDR0), 1 << 27);
+    assert_eq!(g.sync(V0, &mut l), 0);
+    assert_eq!(g.take_hw_deactivation(), None);
+    assert_eq!(deliver_all(&mut g, V0, &mut l), vec![(27, 0)]);
+}
+
+#[test]
+fn another_vcpus_timer_is_sampled_only_by_its_own_exits() {
+    let mut g = v3(2);
+    for n in 0..2 {
+        setup_private_v3(&mut g, n, 27, 0xA0);
+        g.set_hw(27, VcpuId(n as u16), Some(27)).unwrap();
+    }
+    g.set_line_sampler(line_low_if_local);
+    g.inject_hw(27, V1).unwrap();
+    // vCPU 0 reads vCPU 1's GICR_ISPENDR0: its timer cannot be read from here.
+    assert_eq!(rdr(&mut g, V0, sgi_base(1) + GICR_ISPENDR0), 1 << 27);
+    assert_eq!(g.take_hw_deactivation(), None);
+    // vCPU 1 reads its own: the line is low.
+    assert_eq!(rdr(&mut g, V1, sgi_base(1) + GICR_ISPENDR0), 0);
+    assert_eq!(g.take_hw_deactivation(), Some(27));
+}
+
+#[test]
+fn passthrough_level_spi_follows_its_line() {
+    let mut g = v3(1);
+    setup_spi(&mut g, 40, 0x80, false);
+    g.set_hw(40, V0, Some(40)).unwrap();
+    g.set_line_sampler(line_high);
+    let mut l = lrs(4);
+    g.flush(V0, &mut l);
+    // The device asserts its line, the hypervisor takes the SPI: an LR with the HW bit.
+    g.inject_hw(40, V0).unwrap();
+    g.flush(V0, &mut l);
+    assert_eq!(
+        (l[0].intid, l[0].hw, l[0].state),
+        (40, Some(40), LrState::Pending)
+    );
+    // The guest clears its device before acknowledging (a passthrough write, no exit); the
+    // next exit re-samples the physical line and takes the entry back.
+    g.set_line_sampler(line_low);
+    assert_eq!(rd(&mut g, V0, bit_off(ISPENDR, 40)) & bit(40), 0);
+    g.sync(V0, &mut l);
+    g.flush(V0, &mut l);
+    check_invariants(&g, V0, &l);
+    assert_eq!(g.live_lrs(V0), 0);
+    assert_eq!(g.take_hw_deactivation(), Some(40));
+    assert_eq!(g.take_hw_deactivation(), None);
+    assert!(deliver_all(&mut g, V0, &mut l).is_empty());
+    // Lowered by the hypervisor itself (set_level / lower_hw_line) while in an LR: the same.
+    g.set_line_sampler(line_high);
+    g.inject_hw(40, V0).unwrap();
+    g.flush(V0, &mut l);
+    assert!(g.lower_hw_line(40, V0).unwrap().contains(V0));
+    g.sync(V0, &mut l);
+    g.flush(V0, &mut l);
+    assert_eq!(g.live_lrs(V0), 0);
+    assert_eq!(g.take_hw_deactivation(), Some(40));
+    // An edge-triggered passthrough SPI is a latch: a line does not take it back.
+    wr(&mut g, V0, offset_icfgr(40), 0b10 << ((40 % 16) * 2));
+    g.inject_hw(40, V0).unwrap();
+    assert_eq!(g.lower_hw_line(40, V0).unwrap(), KickSet::EMPTY);
+    g.set_line_sampler(line_low);
+    assert_eq!(deliver_all(&mut g, V0, &mut l), vec![(40, 0)]);
+}
+
+/// GICD_ICFGR word holding `intid`'s configuration.
+fn offset_icfgr(intid: u32) -> u64 {
+    0xC00 + u64::from(intid / 16) * 4
+}
+
+#[test]
+fn v2_vtimer_read_resamples() {
+    let mut g = v2(1);
+    wr(&mut g, V0, 0x0, 1);
+    wr(&mut g, V0, 0x100, 1 << 27);
+    g.set_hw(27, V0, Some(27)).unwrap();
+    g.set_line_sampler(line_low);
+    let mut l = lrs(4);
+    g.flush(V0, &mut l);
+    g.inject_hw(27, V0).unwrap();
+    g.flush(V0, &mut l);
+    assert_eq!(l[0].hw, Some(27));
+    assert_eq!(rd(&mut g, V0, 0x200) & (1 << 27), 0);
+    assert_eq!(rd(&mut g, V0, 0x280) & (1 << 27), 0);
+    g.sync(V0, &mut l);
+    g.flush(V0, &mut l);
+    assert_eq!(g.live_lrs(V0), 0);
+    assert_eq!(g.take_hw_deactivation(), Some(27));
+    assert!(deliver_all(&mut g, V0, &mut l).is_empty());
+}
+
+#[test]
+fn passthrough_entry_asks_for_an_acknowledge_check() {
+    let mut g = v3(1);
+    setup_spi(&mut g, 40, 0x80, false);
+    g.set_hw(40, V0, Some(40)).unwrap();
+    g.set_line_sampler(line_high);
+    let mut l = lrs(4);
+    g.flush(V0, &mut l);
+    // The handler EOIed before clearing the device: the deactivation left the line high, the
+    // SPI fired again and is injected: the guest's acknowledge must be checked.
+    g.inject_hw(40, V0).unwrap();
+    assert!(g.flush(V0, &mut l).check_lines);
+    // The guest cleared the device, then its acknowledge trapped: the sync finds the line low.
+    g.set_line_sampler(line_low);
+    g.sync(V0, &mut l);
+    g.check_lines_done(V0, &l);
+    assert!(g.needs_flush(V0));
+    let r = g.flush(V0, &mut l);
+    assert!(!r.check_lines);
+    assert_eq!(r.live, 0);
+    assert_eq!(g.take_hw_deactivation(), Some(40));
+    assert!(deliver_all(&mut g, V0, &mut l).is_empty());
+    // A line still high at the check: delivered once, no more checks for that instance.
+    g.set_line_sampler(line_high);
+    g.inject_hw(40, V0).unwrap();
+    assert!(g.flush(V0, &mut l).check_lines);
+    g.sync(V0, &mut l);
+    g.check_lines_done(V0, &l);
+    let r = g.flush(V0, &mut l);
+    assert!(!r.check_lines);
+    assert_eq!(r.live, 1);
+    assert_eq!(guest_drain(&mut l), vec![(40, 0)]);
+    g.sync(V0, &mut l);
+    assert!(!g.flush(V0, &mut l).check_lines);
+    assert_eq!(g.take_hw_deactivation(), None);
+    // The virtual timer never asks: its line is read at every exit.
+    let (mut g, mut l) = vtimer_in_lr(line_high);
+    g.sync(V0, &mut l);
+    assert!(!g.flush(V0, &mut l).check_lines);
 }
