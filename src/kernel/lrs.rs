@@ -48,6 +48,13 @@ pub(super) fn vgic_flush(vm: &Vm, v: &mut Vcpu) {
     if !vg.needs_flush(v.id) {
         return;
     }
+    flush_locked(vm, v, vg);
+}
+
+/// The flush proper, out of line: the common "nothing new" return above then needs no large
+/// stack frame (it is on the path of every WFI wake-up and of the virtual timer).
+#[inline(never)]
+fn flush_locked(vm: &Vm, v: &mut Vcpu, mut vg: impl core::ops::DerefMut<Target = vgic::Vgic>) {
     let n = gic::nr_lrs().min(v.lrs.len());
     let r = vg.flush(v.id, &mut v.lrs[..n]);
     write_lrs(v, r.changed);

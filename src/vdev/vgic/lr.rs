@@ -310,10 +310,10 @@ impl Vgic {
         };
         let n = lrs.len().min(MAX_LRS);
         let all = low_bits(n);
-        let (mut live, scrub) = self
+        let (mut live, scrub, hw_spis) = self
             .vcpus
             .get(v)
-            .map_or((0, false), |s| (s.lr_live & all, s.scrub));
+            .map_or((0, false, false), |s| (s.lr_live & all, s.scrub, s.hw_spis));
         let mut changed = 0;
         if scrub {
             // The hardware LRs hold unknown values: rewrite every one.
@@ -366,6 +366,18 @@ impl Vgic {
             }
         }
 
+        // Only a vCPU that had a hardware-linked SPI injected looks (see `VcpuState::hw_spis`).
+        let check_lines = hw_spis
+            && BitIter(live).any(|i| {
+                lrs.get(i).is_some_and(|lr| {
+                    lr.hw.is_some()
+                        && lr.intid >= NR_PRIVATE
+                        && lr.state == LrState::Pending
+                        && self
+                            .irq(lr.intid, v)
+                            .is_some_and(|irq| irq.hw_level() && !irq.checked)
+                })
+            });
         if let Some(s) = self.vcpus.get_mut(v) {
             s.lr_live = live;
             s.dirty = false;
@@ -373,17 +385,8 @@ impl Vgic {
             // Interrupts left out are found by the next flush's scan.
             s.scan = overflow;
             s.nhints = 0;
+            s.hw_spis = check_lines;
         }
-        let check_lines = BitIter(live).any(|i| {
-            lrs.get(i).is_some_and(|lr| {
-                lr.hw.is_some()
-                    && lr.intid >= NR_PRIVATE
-                    && lr.state == LrState::Pending
-                    && self
-                        .irq(lr.intid, v)
-                        .is_some_and(|irq| irq.hw_level() && !irq.checked)
-            })
-        });
         FlushResult {
             overflow,
             live,
@@ -775,12 +778,11 @@ impl Vgic {
         let mut retired = [0u32; 4];
         let mut nretired = 0usize;
         let mut many_retired = false;
-        let sampler = self.sampler;
+        let mut resample = 0u64;
         for i in BitIter(live) {
             let Some(&lr) = lrs.get(i) else {
                 continue;
             };
-            let mut hw_done = None;
             let irq = self
                 .irq_mut(lr.intid, v)
                 .filter(|irq| irq.owner == Some(vcpu_u16(v)));
@@ -797,26 +799,7 @@ impl Vgic {
                 }
                 irq.unpend_req = false;
             }
-            // A hardware-linked level entry the guest has not acknowledged yet: its line may
-            // have fallen without an exit (a timer disabled or masked, CVAL moved ahead, a
-            // device cleared by a passthrough access), and a pending LR would still deliver
-            // it. Re-sample; if low, take it back now, while the guest cannot touch the LR, and
-            // deactivate the physical interrupt the hypervisor left active, so that the next
-            // rise of the line is signalled. (KVM does the same in its LR fold for mapped
-            // level interrupts.)
-            let fallen = lr.state == LrState::Pending
-                && !irq.latch
-                && irq.hw_level()
-                && lr
-                    .hw
-                    .zip(sampler)
-                    .is_some_and(|(p, sample)| sample(p, true) == Some(false));
-            if fallen {
-                irq.line = false;
-                irq.hw_active = false;
-                hw_done = lr.hw;
-            }
-            if lr.state == LrState::Invalid || fallen {
+            if lr.state == LrState::Invalid {
                 irq.owner = None;
                 irq.lr_state = LrState::Invalid;
                 irq.active = irq.active_req.take() == Some(true);
@@ -838,8 +821,13 @@ impl Vgic {
             } else {
                 irq.lr_state = lr.state;
                 irq.active = lr.state.active();
+                if lr.hw.is_some() && lr.state == LrState::Pending {
+                    resample |= 1u64 << i;
+                }
             }
-            self.hw_deactivate.extend(hw_done);
+        }
+        if resample != 0 {
+            live = self.retire_fallen(v, lrs, live, resample);
         }
         let freed = before & !live;
         if let Some(s) = self.vcpus.get_mut(v) {
@@ -855,6 +843,52 @@ impl Vgic {
             }
         }
         freed
+    }
+
+    /// Part of [`Vgic::sync`]: the hardware-linked entries in `candidates` (bit n = LR n) are
+    /// only pending: the guest has not acknowledged them. Their line may have fallen without
+    /// an exit (a timer disabled or masked, CVAL moved ahead, a device cleared by a
+    /// passthrough access), and a pending LR would still deliver them. Each level one is
+    /// re-sampled; one found low is taken back now, while the guest cannot touch the LR, and
+    /// the physical interrupt the hypervisor left active is handed to
+    /// [`Vgic::take_hw_deactivation`], so that the next rise of the line is signalled (KVM does
+    /// the same in its LR fold for mapped level interrupts). Returns the live LRs left.
+    #[inline(never)]
+    fn retire_fallen(&mut self, v: usize, lrs: &mut [Lr], mut live: u64, candidates: u64) -> u64 {
+        let Some(sample) = self.sampler else {
+            return live;
+        };
+        let mut ignored = 0;
+        for i in BitIter(candidates) {
+            let Some(&lr) = lrs.get(i) else {
+                continue;
+            };
+            let Some(p) = lr.hw else {
+                continue;
+            };
+            let Some(irq) = self
+                .irq_mut(lr.intid, v)
+                .filter(|irq| irq.owner == Some(vcpu_u16(v)))
+            else {
+                continue;
+            };
+            if irq.latch || !irq.hw_level() || sample(p, true) != Some(false) {
+                continue;
+            }
+            irq.line = false;
+            irq.hw_active = false;
+            irq.owner = None;
+            irq.lr_state = LrState::Invalid;
+            irq.active = irq.active_req.take() == Some(true);
+            irq.unpend_req = false;
+            self.hw_deactivate.push(p);
+            set_slot(lrs, i, Lr::INVALID, &mut ignored);
+            live &= !(1u64 << i);
+            if let Some(s) = self.vcpus.get_mut(v) {
+                s.hint(lr.intid);
+            }
+        }
+        live
     }
 
     /// The interrupts that are pending for `vcpu`: in its LRs (as of the last sync), or

@@ -300,6 +300,10 @@ pub(super) struct VcpuState {
     /// candidates. More than `hints.len()` sets `scan`.
     pub hints: [u32; 4],
     pub nhints: u8,
+    /// A hardware-linked level SPI was injected since this vCPU's last flush that found none
+    /// unchecked in its LRs: only then does the flush look for
+    /// [`FlushResult::check_lines`](super::FlushResult::check_lines).
+    pub hw_spis: bool,
 }
 
 impl VcpuState {
@@ -398,6 +402,7 @@ impl Vgic {
                 scan: true,
                 hints: [0; 4],
                 nhints: 0,
+                hw_spis: false,
             })
             .collect();
         let nr_private = nr_vcpus * NR_PRIVATE as usize;
@@ -808,6 +813,18 @@ impl Vgic {
         {
             return Ok(KickSet::EMPTY);
         }
+        self.change_level(intid, vcpu, bank, level)
+    }
+
+    /// [`Vgic::set_level`] past its no-change test (out of line: that test runs on every wait).
+    #[inline(never)]
+    fn change_level(
+        &mut self,
+        intid: u32,
+        vcpu: VcpuId,
+        bank: usize,
+        level: bool,
+    ) -> Result<KickSet, VgicError> {
         let irq = self
             .irq_mut(intid, bank)
             .ok_or(VgicError::BadIntid(intid))?;
@@ -842,6 +859,7 @@ impl Vgic {
     }
 
     /// The state change of [`Vgic::inject_hw`] without the [`Vgic::touch`]; returns the bank.
+    #[inline]
     pub(super) fn take_hw(&mut self, intid: u32, vcpu: VcpuId) -> Result<usize, VgicError> {
         let bank = self.device_irq(intid, vcpu)?;
         let irq = self
@@ -855,6 +873,12 @@ impl Vgic {
         }
         if irq.hw.is_some() {
             irq.hw_active = true;
+        }
+        if intid >= NR_PRIVATE && irq.hw_level() {
+            // Whichever vCPU places it must check for FlushResult::check_lines.
+            for s in &mut self.vcpus {
+                s.hw_spis = true;
+            }
         }
         Ok(bank)
     }
@@ -930,6 +954,12 @@ impl Vgic {
         irq.latch = true;
         if irq.hw.is_some() {
             irq.hw_active = true;
+        }
+        if intid >= NR_PRIVATE && irq.hw_level() {
+            // Whichever vCPU places it must check for FlushResult::check_lines.
+            for s in &mut self.vcpus {
+                s.hw_spis = true;
+            }
         }
         Ok(bank)
     }
