@@ -1,8 +1,18 @@
-//! The hypervisor console: the physical UART behind a lock, the `log` backend, and the
-//! multiplexing of VM console output onto it.
+//! The hypervisor console: the physical UART behind a lock, the `log` backend, the
+//! multiplexing of VM console output onto it, and the pure parts of console input (the switch
+//! key, the router, the per-VM queue of bytes waiting for the VM's UART).
 //!
-//! Log lines are prefixed `elvisor:`; VM output goes through unprefixed when one VM runs, and
-//! with a `[name]` prefix per line when several do, so lines never interleave mid-way.
+//! Output. Log lines are prefixed `elvisor:`. The VM with input focus is printed byte for byte
+//! as it writes (prompts, echo, line editing, colours, any byte), with a `[name] ` prefix at the
+//! start of each of its lines when several VMs share the console. The other VMs' output is
+//! line-buffered and printed a whole line at a time with that prefix, so lines never interleave
+//! mid-way. When a log line or another VM's line arrives while the focused VM is in the middle
+//! of a line (a prompt), that line is ended, the other line printed, and the focused VM's
+//! partial line printed again, so what the person was typing into stays in view.
+//!
+//! Input. The switch key (default Ctrl-], `elvisor.conswitch=`) pressed three times in a row
+//! moves input focus to the next running VM; every other byte goes to the VM with focus, into
+//! its [`PendingInput`] queue, from which its emulated UART takes bytes when it has room.
 
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -24,71 +34,215 @@ pub fn get_byte() -> Option<u8> {
     UART.get().and_then(|u| u.get_byte())
 }
 
-/// Ctrl-A: pressed three times in a row, it moves console input to the next VM (as Xen).
-pub const ESCAPE: u8 = 0x01;
+/// The default switch key: Ctrl-] (0x1d). Not Ctrl-A, which QEMU's `-nographic` terminal,
+/// screen, minicom and picocom all take as their own escape key.
+pub const DEFAULT_SWITCH_KEY: u8 = 0x1d;
 
-/// Where a received byte goes.
+/// How many presses of the switch key in a row move the focus (as Xen's Ctrl-A three times).
+pub const SWITCH_PRESSES: u8 = 3;
+
+/// The switch key `elvisor.conswitch=C` asks for: Ctrl-C, for C a letter or one of
+/// `\ ] ^ _`. Keys a terminal or a guest needs in a row are refused: Ctrl-C, -D, -Z, -S, -Q
+/// (interrupt, end of file, suspend, flow control), Ctrl-H, -I, -J, -M (backspace, tab, line
+/// feed, return) and Ctrl-[ (escape, which starts every cursor-key sequence).
+pub fn switch_key(value: &str) -> Result<u8, &'static str> {
+    let mut chars = value.chars();
+    let (Some(c), None) = (chars.next(), chars.next()) else {
+        return Err("is not one character");
+    };
+    let c = c.to_ascii_lowercase();
+    if !(c.is_ascii_lowercase() || matches!(c, '\\' | ']' | '^' | '_' | '[')) {
+        return Err("is not a letter or one of \\ ] ^ _");
+    }
+    if matches!(c, 'c' | 'd' | 'z' | 's' | 'q' | 'h' | 'i' | 'j' | 'm' | '[') {
+        return Err("is a key terminals and guests need");
+    }
+    // Ctrl-X is X with bits 6 and 5 cleared (ASCII).
+    Ok(c as u8 & 0x1f)
+}
+
+/// How to write `key` for a person: "Ctrl-]" or "Ctrl-A".
+pub fn key_name(key: u8) -> impl fmt::Display {
+    struct Name(u8);
+    impl fmt::Display for Name {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let c = char::from((self.0 & 0x1f) | 0x40);
+            write!(f, "Ctrl-{c}")
+        }
+    }
+    Name(key)
+}
+
+/// What a received byte does.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Input {
-    /// Deliver to VM number `vm` (index into the running VMs).
-    ToVm { vm: usize, byte: u8 },
-    /// Focus moved to VM `vm`.
-    Focus { vm: usize },
-    /// Held back (part of a possible escape sequence).
+    /// Deliver to the VM with focus.
+    Byte(u8),
+    /// The switch key was pressed [`SWITCH_PRESSES`] times: focus moves on.
+    Switch,
+    /// Held back (part of a possible switch sequence).
     Held,
 }
 
-/// Routes console input to the VM with focus; three Ctrl-A in a row switch focus. Ctrl-A
-/// bytes that turn out not to be an escape are delivered.
-#[derive(Clone, Debug, Default)]
+/// Recognises the switch sequence in console input. Switch-key bytes that turn out not to be
+/// a switch are delivered, before the byte that broke the sequence.
+#[derive(Clone, Debug)]
 pub struct InputRouter {
-    focus: usize,
-    escapes: u8,
+    key: u8,
+    held: u8,
+}
+
+impl Default for InputRouter {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl InputRouter {
     pub const fn new() -> Self {
         Self {
-            focus: 0,
-            escapes: 0,
+            key: DEFAULT_SWITCH_KEY,
+            held: 0,
         }
     }
 
-    pub fn focus(&self) -> usize {
-        self.focus
+    /// Uses `key` as the switch key from now on.
+    pub fn set_key(&mut self, key: u8) {
+        self.key = key;
+        self.held = 0;
     }
 
-    /// Feeds one byte; `vms` is how many VMs can take input. Calls `out` for each event
-    /// (a broken escape sequence releases the held Ctrl-A bytes first).
-    pub fn feed(&mut self, byte: u8, vms: usize, mut out: impl FnMut(Input)) {
-        let vms = vms.max(1);
-        self.focus %= vms;
-        if byte == ESCAPE {
-            self.escapes += 1;
-            if self.escapes == 3 {
-                self.escapes = 0;
-                self.focus = (self.focus + 1) % vms;
-                out(Input::Focus { vm: self.focus });
+    pub fn key(&self) -> u8 {
+        self.key
+    }
+
+    /// How many bytes [`InputRouter::feed`] would deliver for `byte` at most: none for the
+    /// switch key, else the held switch-key bytes and the byte itself.
+    pub fn room_needed(&self, byte: u8) -> usize {
+        if byte == self.key {
+            0
+        } else {
+            usize::from(self.held) + 1
+        }
+    }
+
+    /// Feeds one byte; calls `out` for each event (a broken switch sequence releases the held
+    /// bytes first).
+    pub fn feed(&mut self, byte: u8, mut out: impl FnMut(Input)) {
+        if byte == self.key {
+            self.held += 1;
+            if self.held >= SWITCH_PRESSES {
+                self.held = 0;
+                out(Input::Switch);
             } else {
                 out(Input::Held);
             }
             return;
         }
-        for _ in 0..core::mem::take(&mut self.escapes) {
-            out(Input::ToVm {
-                vm: self.focus,
-                byte: ESCAPE,
-            });
+        for _ in 0..core::mem::take(&mut self.held) {
+            out(Input::Byte(self.key));
         }
-        out(Input::ToVm {
-            vm: self.focus,
-            byte,
-        });
+        out(Input::Byte(byte));
+    }
+}
+
+/// Bytes of console input one VM can have waiting for its UART (queue and receive FIFO
+/// together; see `vdev::pl011`). Past that the physical UART holds the rest (flow control).
+pub const PENDING_INPUT_BYTES: usize = 1024;
+
+/// A VM's console input waiting for room in its UART: a byte ring with room at both ends (a
+/// reset gives the bytes the guest had not read back to the front).
+#[derive(Clone)]
+pub struct PendingInput {
+    buf: [u8; PENDING_INPUT_BYTES],
+    /// Index of the oldest byte, always below `PENDING_INPUT_BYTES`.
+    head: usize,
+    /// Number of bytes, at most `PENDING_INPUT_BYTES`.
+    len: usize,
+}
+
+impl Default for PendingInput {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PendingInput {
+    pub const fn new() -> Self {
+        Self {
+            buf: [0; PENDING_INPUT_BYTES],
+            head: 0,
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// How many more bytes fit.
+    pub fn room(&self) -> usize {
+        PENDING_INPUT_BYTES - self.len
+    }
+
+    /// Appends `byte` (newest); false if full.
+    pub fn push_back(&mut self, byte: u8) -> bool {
+        if self.len >= PENDING_INPUT_BYTES {
+            return false;
+        }
+        let tail = (self.head + self.len) % PENDING_INPUT_BYTES;
+        match self.buf.get_mut(tail) {
+            Some(slot) => {
+                *slot = byte;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Puts `byte` in front of every other (the next to be taken); false if full.
+    pub fn push_front(&mut self, byte: u8) -> bool {
+        if self.len >= PENDING_INPUT_BYTES {
+            return false;
+        }
+        let head = (self.head + PENDING_INPUT_BYTES - 1) % PENDING_INPUT_BYTES;
+        match self.buf.get_mut(head) {
+            Some(slot) => {
+                *slot = byte;
+                self.head = head;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes the oldest byte.
+    pub fn pop_front(&mut self) -> Option<u8> {
+        if self.len == 0 {
+            return None;
+        }
+        let byte = self.buf.get(self.head).copied()?;
+        self.head = (self.head + 1) % PENDING_INPUT_BYTES;
+        self.len -= 1;
+        Some(byte)
+    }
+
+    /// Drops everything (the VM stopped for good).
+    pub fn clear(&mut self) {
+        self.head = 0;
+        self.len = 0;
     }
 }
 
 static UART: Once<&'static dyn ConsoleUart> = Once::new();
-static LOCK: Mutex<()> = Mutex::new(());
+/// The console lock, with what the screen shows of the focused VM's current line.
+static SCREEN: Mutex<Screen> = Mutex::new(Screen::new());
 /// Set when more than one VM shares the console.
 static PREFIX_VMS: AtomicBool = AtomicBool::new(false);
 
@@ -97,7 +251,102 @@ pub fn init(uart: &'static dyn ConsoleUart) {
     UART.call_once(|| uart);
 }
 
-struct Raw;
+/// Bytes of the focused VM's current line the console keeps to print it again.
+const PARTIAL_LINE_BYTES: usize = 256;
+
+/// The state of the physical console's current line.
+struct Screen {
+    /// The focused VM has printed part of a line (no line feed yet) and the cursor is after it.
+    mid_line: bool,
+    /// That part, as printed (its prefix included), to print again after a line that broke
+    /// in; when it outgrows the buffer it starts again after the prefix.
+    partial: [u8; PARTIAL_LINE_BYTES],
+    partial_len: usize,
+    /// The prefix of the focused VM's line (kept separately for the overflow case).
+    prefix_len: usize,
+}
+
+impl Screen {
+    const fn new() -> Self {
+        Self {
+            mid_line: false,
+            partial: [0; PARTIAL_LINE_BYTES],
+            partial_len: 0,
+            prefix_len: 0,
+        }
+    }
+
+    fn record(&mut self, byte: u8) {
+        match self.partial.get_mut(self.partial_len) {
+            Some(slot) => {
+                *slot = byte;
+                self.partial_len += 1;
+            }
+            // Too long to keep: start again after the prefix (a redisplay then shows the
+            // prefix and the end of the line).
+            None => self.partial_len = self.prefix_len.min(PARTIAL_LINE_BYTES),
+        }
+    }
+
+    /// Before other output: end the focused VM's partial line.
+    fn break_line(&mut self, sink: &mut impl FnMut(u8)) {
+        if self.mid_line {
+            sink(b'\r');
+            sink(b'\n');
+        }
+    }
+
+    /// After other output: print the focused VM's partial line again.
+    fn redisplay(&self, sink: &mut impl FnMut(u8)) {
+        if self.mid_line {
+            for &b in self.partial.iter().take(self.partial_len) {
+                sink(b);
+            }
+        }
+    }
+
+    /// One byte of the focused VM, printed as it is; `prefix` starts each of its lines.
+    fn focused_byte(&mut self, prefix: Option<&str>, byte: u8, sink: &mut impl FnMut(u8)) {
+        if !self.mid_line {
+            self.mid_line = true;
+            self.partial_len = 0;
+            self.prefix_len = 0;
+            if let Some(name) = prefix {
+                for b in [b"[", name.as_bytes(), b"] "].into_iter().flatten() {
+                    sink(*b);
+                    self.record(*b);
+                }
+                self.prefix_len = self.partial_len;
+            }
+        }
+        sink(byte);
+        if byte == b'\n' {
+            self.mid_line = false;
+            self.partial_len = 0;
+        } else {
+            self.record(byte);
+        }
+    }
+
+    /// The focused VM lost focus: its partial line ends here on the screen, and what of it
+    /// was kept (without the prefix) goes to `rest`, to start the VM's buffered line.
+    fn end_focus(&mut self, rest: &mut alloc::vec::Vec<u8>, sink: &mut impl FnMut(u8)) {
+        if self.mid_line
+            && let Some(kept) = self.partial.get(self.prefix_len..self.partial_len)
+        {
+            rest.extend_from_slice(kept);
+        }
+        self.break_line(sink);
+        self.mid_line = false;
+        self.partial_len = 0;
+    }
+}
+
+/// Writes to the physical UART, a line feed as CR LF; remembers whether it ended a line.
+struct Raw {
+    at_line_start: bool,
+}
+
 impl Write for Raw {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         if let Some(u) = UART.get() {
@@ -108,17 +357,28 @@ impl Write for Raw {
                 u.put_byte(b);
             }
         }
+        if let Some(&last) = s.as_bytes().last() {
+            self.at_line_start = last == b'\n';
+        }
         Ok(())
+    }
+}
+
+/// Writes one byte to the physical UART, as it is.
+fn put(byte: u8) {
+    if let Some(u) = UART.get() {
+        u.put_byte(byte);
     }
 }
 
 /// Prints formatted text, holding the console lock for the whole message. Used by the panic
 /// path too, so it gives up on the lock after a while rather than deadlock on a CPU that
-/// panicked while holding it.
+/// panicked while holding it. Text is expected to end with a line feed; a focused VM's line
+/// it interrupts is printed again after it.
 pub fn print(args: fmt::Arguments<'_>) {
     let mut spins = 0u32;
-    let guard = loop {
-        if let Some(g) = LOCK.try_lock() {
+    let mut guard = loop {
+        if let Some(g) = SCREEN.try_lock() {
             break Some(g);
         }
         spins += 1;
@@ -127,7 +387,22 @@ pub fn print(args: fmt::Arguments<'_>) {
         }
         core::hint::spin_loop();
     };
-    let _ = Raw.write_fmt(args);
+    let mut raw = Raw {
+        at_line_start: true,
+    };
+    if let Some(screen) = guard.as_deref_mut() {
+        screen.break_line(&mut put);
+    }
+    let _ = raw.write_fmt(args);
+    if let Some(screen) = guard.as_deref_mut()
+        && screen.mid_line
+    {
+        if !raw.at_line_start {
+            put(b'\r');
+            put(b'\n');
+        }
+        screen.redisplay(&mut put);
+    }
     drop(guard);
 }
 
@@ -142,13 +417,15 @@ pub fn set_vm_prefixes(on: bool) {
     PREFIX_VMS.store(on, Ordering::Relaxed);
 }
 
-/// Line-buffered console output of one VM (the backend of its emulated PL011).
+/// Console output of one VM (the backend of its emulated PL011): byte for byte while the VM
+/// has input focus, else line-buffered.
 pub struct VmConsole {
     name: alloc::string::String,
     line: alloc::vec::Vec<u8>,
+    focused: bool,
 }
 
-/// A VM's console line is printed when it reaches this many bytes, newline or not.
+/// An unfocused VM's console line is printed when it reaches this many bytes, newline or not.
 const VM_LINE_BYTES: usize = 256;
 
 impl VmConsole {
@@ -159,22 +436,48 @@ impl VmConsole {
             // then stays the same from a VM's first line to its last (the lifecycle soak
             // compares it across resets, and a buffer growing late looks like a leak there).
             line: alloc::vec::Vec::with_capacity(VM_LINE_BYTES),
+            focused: false,
         }
     }
 
+    fn prefix(&self) -> Option<&str> {
+        PREFIX_VMS
+            .load(Ordering::Relaxed)
+            .then_some(self.name.as_str())
+    }
+
     fn flush_line(&mut self) {
-        let text = core::str::from_utf8(&self.line).unwrap_or("<non-UTF-8 output>");
-        if PREFIX_VMS.load(Ordering::Relaxed) {
-            print(format_args!("[{}] {}", self.name, text));
-        } else {
-            print(format_args!("{}", text));
+        let line = Line(&self.line);
+        match self.prefix() {
+            Some(name) => print(format_args!("[{name}] {line}")),
+            None => print(format_args!("{line}")),
         }
         self.line.clear();
     }
 }
 
+/// A buffered line's bytes as text: invalid UTF-8 shows as U+FFFD.
+struct Line<'a>(&'a [u8]);
+
+impl fmt::Display for Line<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_str("\u{FFFD}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl crate::vdev::pl011::Pl011Backend for VmConsole {
     fn tx(&mut self, byte: u8) {
+        if self.focused {
+            let prefix = self.prefix();
+            SCREEN.lock().focused_byte(prefix, byte, &mut put);
+            return;
+        }
         match byte {
             b'\r' => {}
             b'\n' => {
@@ -188,6 +491,28 @@ impl crate::vdev::pl011::Pl011Backend for VmConsole {
                     self.flush_line();
                 }
             }
+        }
+    }
+
+    fn focus(&mut self, on: bool) {
+        if on == self.focused {
+            return;
+        }
+        self.focused = on;
+        let mut screen = SCREEN.lock();
+        if on {
+            // What the VM printed of its current line while it had no focus (a prompt) is
+            // shown now, as the start of the line it goes on writing.
+            let prefix = self.prefix();
+            for &b in &self.line {
+                screen.focused_byte(prefix, b, &mut put);
+            }
+            self.line.clear();
+        } else {
+            // The partial line (a prompt) stays with the VM: printed again, whole, when the
+            // line is complete or when the VM gets the focus back.
+            self.line.clear();
+            screen.end_focus(&mut self.line, &mut put);
         }
     }
 }
@@ -246,41 +571,176 @@ pub fn bootarg<'a>(bootargs: &'a str, key: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec::Vec;
+
+    const K: u8 = DEFAULT_SWITCH_KEY;
 
     #[test]
-    fn input_router_escape() {
+    fn input_router_switch_sequence() {
         let mut r = InputRouter::default();
-        let mut ev = alloc::vec::Vec::new();
-        for b in [b'a', ESCAPE, ESCAPE, b'b', ESCAPE, ESCAPE, ESCAPE, b'c'] {
-            r.feed(b, 2, |e| ev.push(e));
+        let mut ev = Vec::new();
+        for b in [b'a', K, K, b'b', K, K, K, b'c'] {
+            r.feed(b, |e| ev.push(e));
         }
         assert_eq!(
             ev,
             [
-                Input::ToVm { vm: 0, byte: b'a' },
+                Input::Byte(b'a'),
                 Input::Held,
                 Input::Held,
-                Input::ToVm {
-                    vm: 0,
-                    byte: ESCAPE
-                },
-                Input::ToVm {
-                    vm: 0,
-                    byte: ESCAPE
-                },
-                Input::ToVm { vm: 0, byte: b'b' },
+                Input::Byte(K),
+                Input::Byte(K),
+                Input::Byte(b'b'),
                 Input::Held,
                 Input::Held,
-                Input::Focus { vm: 1 },
-                Input::ToVm { vm: 1, byte: b'c' },
+                Input::Switch,
+                Input::Byte(b'c'),
             ]
         );
-        // One VM: focus stays.
+        // Room: none for the key, the held bytes plus one otherwise.
         let mut r = InputRouter::default();
-        for _ in 0..3 {
-            r.feed(ESCAPE, 1, |_| {});
+        assert_eq!(r.room_needed(b'x'), 1);
+        r.feed(K, |_| {});
+        r.feed(K, |_| {});
+        assert_eq!(r.room_needed(K), 0);
+        assert_eq!(r.room_needed(b'x'), 3);
+        let mut n = 0;
+        r.feed(b'x', |e| n += usize::from(matches!(e, Input::Byte(_))));
+        assert_eq!(n, 3);
+        // Another key; Ctrl-A is then an ordinary byte.
+        let mut r = InputRouter::default();
+        r.set_key(0x01);
+        let mut ev = Vec::new();
+        for b in [K, 0x01, 0x01, 0x01] {
+            r.feed(b, |e| ev.push(e));
         }
-        assert_eq!(r.focus(), 0);
+        assert_eq!(
+            ev,
+            [Input::Byte(K), Input::Held, Input::Held, Input::Switch]
+        );
+    }
+
+    #[test]
+    fn switch_key_values() {
+        assert_eq!(switch_key("a"), Ok(0x01));
+        assert_eq!(switch_key("A"), Ok(0x01));
+        assert_eq!(switch_key("]"), Ok(0x1d));
+        assert_eq!(switch_key("t"), Ok(0x14));
+        assert_eq!(switch_key("_"), Ok(0x1f));
+        for bad in [
+            "", "ab", "1", "c", "C", "d", "z", "s", "q", "h", "i", "j", "m", "[", "é",
+        ] {
+            assert!(switch_key(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(alloc::format!("{}", key_name(0x1d)), "Ctrl-]");
+        assert_eq!(alloc::format!("{}", key_name(0x01)), "Ctrl-A");
+    }
+
+    #[test]
+    fn pending_input_both_ends() {
+        let mut q = PendingInput::new();
+        assert!(q.is_empty());
+        assert_eq!(q.pop_front(), None);
+        assert!(q.push_back(b'b'));
+        assert!(q.push_back(b'c'));
+        assert!(q.push_front(b'a'));
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.pop_front(), Some(b'a'));
+        assert_eq!(q.pop_front(), Some(b'b'));
+        assert_eq!(q.pop_front(), Some(b'c'));
+        assert_eq!(q.pop_front(), None);
+        // Fill to the brim across the wrap; nothing more fits at either end.
+        for i in 0..PENDING_INPUT_BYTES {
+            assert!(q.push_back(i as u8));
+        }
+        assert_eq!(q.room(), 0);
+        assert!(!q.push_back(0));
+        assert!(!q.push_front(0));
+        for i in 0..PENDING_INPUT_BYTES {
+            assert_eq!(q.pop_front(), Some(i as u8));
+        }
+        // Fronts pushed in reverse come out in order.
+        for b in [b'3', b'2', b'1'] {
+            assert!(q.push_front(b));
+        }
+        q.push_back(b'4');
+        let got: Vec<u8> = core::iter::from_fn(|| q.pop_front()).collect();
+        assert_eq!(got, b"1234");
+        q.push_back(1);
+        q.clear();
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn screen_focused_bytes_and_interruptions() {
+        let mut s = Screen::new();
+        let mut out = Vec::new();
+        let mut sink = |b| out.push(b);
+        // A prompt with no line feed goes out at once, prefixed.
+        for &b in b"login: " {
+            s.focused_byte(Some("vm"), b, &mut sink);
+        }
+        // Another line breaks in: the prompt is ended, then printed again after it.
+        s.break_line(&mut sink);
+        for &b in b"[b] hello\r\n" {
+            sink(b);
+        }
+        s.redisplay(&mut sink);
+        for &b in b"root\r\n" {
+            s.focused_byte(Some("vm"), b, &mut sink);
+        }
+        // At a line start nothing is broken or repeated.
+        s.break_line(&mut sink);
+        s.redisplay(&mut sink);
+        // Any byte passes, and no prefix with one VM.
+        for &b in &[0x1b, b'[', b'1', b'm', 0xff, b'\n'] {
+            s.focused_byte(None, b, &mut sink);
+        }
+        assert_eq!(
+            out,
+            b"[vm] login: \r\n[b] hello\r\n[vm] login: root\r\n\x1b[1m\xff\n".as_slice()
+        );
+        // Losing focus mid-line ends the line once.
+        let mut out = Vec::new();
+        let mut sink = |b| out.push(b);
+        s.focused_byte(None, b'$', &mut sink);
+        s.focused_byte(None, b' ', &mut sink);
+        let mut rest = Vec::new();
+        s.end_focus(&mut rest, &mut sink);
+        s.end_focus(&mut rest, &mut sink);
+        s.break_line(&mut sink);
+        assert_eq!(out, b"$ \r\n");
+        // The partial line goes back to the VM, without its prefix.
+        assert_eq!(rest, b"$ ");
+        let mut s = Screen::new();
+        let mut sink = |_| {};
+        for &b in b"login: " {
+            s.focused_byte(Some("vm"), b, &mut sink);
+        }
+        let mut rest = Vec::new();
+        s.end_focus(&mut rest, &mut sink);
+        assert_eq!(rest, b"login: ");
+        // A line too long to keep: only the prefix is printed again.
+        let mut s = Screen::new();
+        let mut out = Vec::new();
+        let mut sink = |b| out.push(b);
+        for _ in 0..PARTIAL_LINE_BYTES + 10 {
+            s.focused_byte(Some("x"), b'.', &mut sink);
+        }
+        out.clear();
+        let mut sink = |b| out.push(b);
+        s.redisplay(&mut sink);
+        // The prefix and what came after the buffer ran over (13 of the 266 dots).
+        assert_eq!(&out[..4], b"[x] ");
+        assert_eq!(out.len(), 4 + 13);
+    }
+
+    #[test]
+    fn buffered_lines_show_invalid_utf8_as_replacement() {
+        assert_eq!(
+            alloc::format!("{}", Line(b"ok \xff\xfe done \xe2\x82\xac")),
+            "ok \u{FFFD}\u{FFFD} done \u{20AC}"
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! outside the 4 KiB window; a read returns no bits beyond its width; only UARTDR reads have
 //! side effects (`Pl011::read_changes_irq`, which lets the exit fast path skip re-sampling the
 //! interrupt line); UARTMIS = UARTRIS & UARTIMSC and the line is UARTMIS != 0; UARTFR's RXFE and
-//! RXFF agree with `rx_free_slots`; `push_rx` accepts a byte exactly when there is room.
+//! RXFF agree with `rx_free_slots`; `push_rx` accepts a byte exactly when the receiver is on and
+//! there is room; `input` (console input, flow-controlled) takes a byte exactly when
+//! `input_room` says so.
 #![no_main]
 
 use std::sync::{Arc, Mutex};
@@ -41,6 +43,7 @@ enum Op {
         value: u64,
     },
     Rx(Vec<u8>),
+    Input(Vec<u8>),
     Reset,
 }
 
@@ -100,8 +103,17 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Rx(bytes) => {
                 for &b in bytes.iter().take(40) {
                     let room = u.rx_free_slots();
-                    assert_eq!(u.push_rx(b), room > 0, "push_rx with {room} free");
-                    assert_eq!(u.rx_free_slots(), room.saturating_sub(1));
+                    let on = u.receiver_on();
+                    assert_eq!(u.push_rx(b), on && room > 0, "push_rx with {room} free");
+                    if on {
+                        assert_eq!(u.rx_free_slots(), room.saturating_sub(1));
+                    }
+                }
+            }
+            Op::Input(bytes) => {
+                for &b in bytes.iter().take(40) {
+                    let room = u.input_room();
+                    assert_eq!(u.input(b), room > 0, "input with {room} room");
                 }
             }
             Op::Reset => u.reset(),

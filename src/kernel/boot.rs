@@ -238,6 +238,7 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     }
     RUNNING_VMS.store(built.len(), Ordering::Relaxed);
     VMS.call_once(|| built);
+    super::console_input::start(bootargs);
     // vCPU 0 of every VM starts at its image with x0 = its device tree.
     for vm in vms() {
         let _ = vm.power[0].cpu_on(vm.entry_ipa(), vm.fdt_ipa());

@@ -116,6 +116,7 @@ pub fn stop_vm(vm: &'static Vm, why: &str) {
         info!("all VMs stopped; powering off");
         power_off();
     }
+    super::console_input::vm_stopped(vm);
 }
 
 /// Every how many resets of a VM the lifecycle accounting is logged (0: never; the first

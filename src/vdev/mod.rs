@@ -87,6 +87,10 @@ pub trait MmioDevice: Send {
     fn console_room(&self) -> usize {
         0
     }
+    /// The VM gained or lost console input focus (a console shows its output as it comes).
+    fn console_focus(&mut self, _on: bool) {}
+    /// Drops console input not yet read (the VM stopped for good).
+    fn console_clear_input(&mut self) {}
 }
 
 /// A device on the bus. The emulated UART, read on every guest I/O-kernel operation, is
@@ -302,6 +306,20 @@ impl MmioBus {
         self.regions
             .iter_mut()
             .any(|r| r.device.get().console_input(byte))
+    }
+
+    /// Tells the VM's console devices that the VM gained or lost console input focus.
+    pub fn console_focus(&mut self, on: bool) {
+        for r in &mut self.regions {
+            r.device.get().console_focus(on);
+        }
+    }
+
+    /// Drops the console input the VM's console devices hold (the VM stopped for good).
+    pub fn console_clear_input(&mut self) {
+        for r in &mut self.regions {
+            r.device.get().console_clear_input();
+        }
     }
 
     /// Resets every device (VM reset). The caller resets the vGIC too, so every line starts

@@ -11,6 +11,7 @@
 
 mod cases;
 mod cases_boot;
+mod cases_console;
 mod cases_rpi4;
 mod cases_virtio;
 mod check;

@@ -138,7 +138,12 @@ fn run_inner(
 
     let mut cmd = Command::new("qemu-system-aarch64");
     cmd.args(&args).current_dir(root);
+    let script = crate::cases_console::script(case.name);
     match stdin_text {
+        _ if script.is_some() => {
+            cmd.stdin(Stdio::piped());
+            shown.push_str(" # typed as the log shows each step: tests/src/cases_console.rs");
+        }
         Some(text) => {
             let path = log_dir.join(format!("{}.stdin", case.name));
             fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
@@ -168,6 +173,8 @@ fn run_inner(
         .map_err(|e| format!("cannot start qemu-system-aarch64: {e}"))?;
     drop(cmd); // closes our copies of the pipe's write end, so the reader sees EOF at exit
     let pgid = child.id();
+    // An interactive case: the next step to type, and where in the log its wait starts.
+    let mut typing = script.map(|steps| (child.stdin.take(), steps, 0usize, 0usize));
 
     let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
     let mut log_file =
@@ -209,6 +216,21 @@ fn run_inner(
         }
         if now.duration_since(started) >= timeout {
             break kill(&mut child, pgid, Trigger::Timeout);
+        }
+        if let Some((Some(stdin), steps, next, from)) = typing.as_mut()
+            && let Some(step) = steps.get(*next)
+        {
+            let b = buf.lock().unwrap();
+            let seen = b
+                .get(*from..)
+                .and_then(|tail| find_bytes(tail, step.wait.as_bytes()));
+            if let Some(at) = seen {
+                *from += at + step.wait.len();
+                *next += 1;
+                drop(b);
+                let _ = stdin.write_all(step.send.as_bytes());
+                let _ = stdin.flush();
+            }
         }
         if trigger.is_none() {
             // Scan only what arrived since the last poll (plus an overlap for a line split
@@ -438,6 +460,14 @@ fn describe(status: ExitStatus) -> String {
         (None, Some(s)) => format!("signal {s}"),
         _ => status.to_string(),
     }
+}
+
+/// Where `needle` first occurs in `hay`.
+fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]

@@ -4,8 +4,11 @@
 //! Order: banner; SMCCC/PSCI over HVC (`smccc-version`, `psci-version`, `psci-features`);
 //! unknown calls and the SMC conduit (`hvc-unknown`, `smc-unknown`, `smc-psci-version`,
 //! `vendor-uid`); the emulated PL011 (`uart-regs`); injected external aborts (`unbacked-read`,
-//! `unbacked-write`, `unbacked-fetch`); an UNDEFINED trapped register (`undef-sysreg`); and
-//! PSCI SYSTEM_RESET (`system-reset`), which spans two boots:
+//! `unbacked-write`, `unbacked-fetch`); an UNDEFINED trapped register (`undef-sysreg`); console
+//! input when the bootargs ask for it (`uart-rx`: `smoke.expect-input=TEXT`, `console-line`:
+//! `smoke.console-line=TEXT`, a prompt and an echoed line; `smoke.input-fifo=off` reads them
+//! with the PL011's FIFO disabled); and PSCI SYSTEM_RESET (`system-reset`), which spans two
+//! boots:
 //!
 //! ```text
 //!   boot 0 (reset-count 0): checks -> mark .data and RAM -> SYSTEM_RESET (no RESULT line)
@@ -58,10 +61,11 @@ fn main(boot: &BootInfo) {
 
     smccc_over_hvc(&mut report);
     unknown_calls_and_smc(&mut report);
-    uart_regs(&mut report);
+    uart_regs(&mut report, boot);
     unbacked_accesses(&mut report);
     undef_sysreg(&mut report);
     uart_rx(&mut report, boot);
+    console_line(&mut report, boot);
     system_reset(&mut report, boot);
 
     report.finish();
@@ -203,7 +207,10 @@ fn unknown_calls_and_smc(report: &mut Report) {
     );
 }
 
-fn uart_regs(report: &mut Report) {
+fn uart_regs(report: &mut Report, boot: &BootInfo) {
+    // A VM given console input may have its first byte in the receiver already.
+    let input_expected = smoke_arg(boot, "smoke.expect-input").is_some()
+        || smoke_arg(boot, "smoke.console-line").is_some();
     let Some(uart) = console::console() else {
         report.fail("uart-regs", format_args!("no usable console PL011"));
         return;
@@ -220,7 +227,7 @@ fn uart_regs(report: &mut Report) {
     let ibrd_read = uart.read(pl011::IBRD);
     uart.write(pl011::IBRD, ibrd_saved);
 
-    let fr_ok = fr & pl011::FR_TXFF == 0 && fr & pl011::FR_RXFE != 0;
+    let fr_ok = fr & pl011::FR_TXFF == 0 && (input_expected || fr & pl011::FR_RXFE != 0);
     let periph_ok = periph_id[0] == 0x11
         && periph_id[1] == 0x10
         && periph_id[2] & 0x0f == 0x4
@@ -231,7 +238,7 @@ fn uart_regs(report: &mut Report) {
         "uart-regs",
         fr_ok && periph_ok && pcell_ok && ibrd_ok,
         format_args!(
-            "FR={fr:#x} (want TXFF clear, RXFE set), PeriphID={periph_id:02x?} (want [11, 10, ?4, 00]), \
+            "FR={fr:#x} (want TXFF clear, RXFE set unless input is expected), PeriphID={periph_id:02x?} (want [11, 10, ?4, 00]), \
              PCellID={pcell_id:02x?}, IBRD wrote {ibrd_written:#x} read {ibrd_read:#x} (want {:#x})",
             ibrd_written & 0xffff
         ),
@@ -299,45 +306,115 @@ fn unbacked_accesses(report: &mut Report) {
 /// bytes typed on the host console (the test harness pipes them into QEMU) must arrive in
 /// order through the emulated PL011, polled with a bounded wait. Checked on the last boot
 /// only, so a SYSTEM_RESET test run does not consume the input early.
-fn uart_rx(report: &mut Report, boot: &BootInfo) {
-    const NAME: &str = "uart-rx";
-    let want = boot
-        .fdt
+/// The value of `smoke.KEY=` in the guest's bootargs.
+fn smoke_arg<'a>(boot: &'a BootInfo, key: &str) -> Option<&'a str> {
+    boot.fdt
         .as_ref()
         .and_then(|f| elvisor_guest_rt::boot::find_node(f, "/chosen"))
         .and_then(|n| n.property("bootargs"))
         .and_then(|p| p.as_str())
         .and_then(|a| {
             a.split_ascii_whitespace()
-                .find_map(|w| w.strip_prefix("smoke.expect-input="))
-        });
-    let Some(want) = want else {
+                .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        })
+}
+
+/// Sets up the console PL011 for reading: the 32-entry FIFO (UARTLCR_H.FEN), unless
+/// `smoke.input-fifo=off` keeps it disabled (the reset state: a one-byte holding register).
+fn uart_for_input(boot: &BootInfo) -> Option<console::Pl011> {
+    let uart = console::console()?;
+    const FEN: u32 = 1 << 4;
+    let lcr_h = uart.read(pl011::LCR_H);
+    if smoke_arg(boot, "smoke.input-fifo") == Some("off") {
+        uart.write(pl011::LCR_H, lcr_h & !FEN);
+    } else {
+        uart.write(pl011::LCR_H, lcr_h | FEN);
+    }
+    Some(uart)
+}
+
+/// One received byte, polling UARTFR.RXFE until the counter passes `deadline`.
+fn poll_byte(uart: &console::Pl011, deadline: u64) -> Option<u8> {
+    while arch::timer::physical_count() < deadline {
+        if uart.read(pl011::FR) & pl011::FR_RXFE == 0 {
+            return Some(uart.read(pl011::DR) as u8);
+        }
+    }
+    None
+}
+
+/// `smoke.expect-input=TEXT`: the bytes typed on the console (in the final boot) are TEXT.
+/// They may have been typed before the first boot's reset: the hypervisor keeps them.
+fn uart_rx(report: &mut Report, boot: &BootInfo) {
+    const NAME: &str = "uart-rx";
+    let Some(want) = smoke_arg(boot, "smoke.expect-input") else {
         return;
     };
     if boot.reset_count == Some(0) {
         return;
     }
-    let Some(uart) = console::console() else {
+    let Some(uart) = uart_for_input(boot) else {
         report.fail(NAME, format_args!("no usable console PL011"));
         return;
     };
-    // UARTLCR_H.FEN: the 32-entry FIFO (the hypervisor holds input back while it is full).
-    uart.write(0x2c, uart.read(0x2c) | (1 << 4));
     let freq = arch::timer::frequency_hz().max(1);
     let deadline = arch::timer::physical_count() + freq * 20;
     let mut got = [0u8; 64];
     let mut n = 0;
-    while n < want.len().min(got.len()) && arch::timer::physical_count() < deadline {
-        if uart.read(0x18) & (1 << 4) == 0 {
-            got[n] = uart.read(0) as u8;
-            n += 1;
-        }
+    while n < want.len().min(got.len()) {
+        let Some(b) = poll_byte(&uart, deadline) else {
+            break;
+        };
+        got[n] = b;
+        n += 1;
     }
     let text = core::str::from_utf8(&got[..n]).unwrap_or("<non-UTF-8>");
     report.check(
         NAME,
         text == want,
         format_args!("read {text:?} from the console, want {want:?}"),
+    );
+}
+
+/// `smoke.console-line=TEXT` (final boot): prints the prompt `type TEXT> ` with no line feed,
+/// echoes what is typed and reads up to Enter; the line must be TEXT. The console test types
+/// only once the prompt has appeared, so it shows that a prompt is printed before Enter.
+fn console_line(report: &mut Report, boot: &BootInfo) {
+    const NAME: &str = "console-line";
+    let Some(want) = smoke_arg(boot, "smoke.console-line") else {
+        return;
+    };
+    if boot.reset_count == Some(0) {
+        return;
+    }
+    let Some(uart) = uart_for_input(boot) else {
+        report.fail(NAME, format_args!("no usable console PL011"));
+        return;
+    };
+    elvisor_guest_rt::print!("type {want}> ");
+    let freq = arch::timer::frequency_hz().max(1);
+    let deadline = arch::timer::physical_count() + freq * 120;
+    let mut got = [0u8; 64];
+    let mut n = 0;
+    let mut ended = false;
+    while let Some(b) = poll_byte(&uart, deadline) {
+        if b == b'\r' || b == b'\n' {
+            ended = true;
+            break;
+        }
+        if let Some(slot) = got.get_mut(n) {
+            *slot = b;
+            n += 1;
+        }
+        // The echo, as a shell's line editor gives it.
+        uart.put_byte(b);
+    }
+    elvisor_guest_rt::println!();
+    let text = core::str::from_utf8(&got[..n]).unwrap_or("<non-UTF-8>");
+    report.check(
+        NAME,
+        ended && text == want,
+        format_args!("read the line {text:?} (Enter: {ended}), want {want:?}"),
     );
 }
 

@@ -1,0 +1,147 @@
+//! System cases of the console (boards/qemu-virt/vms/smoke-input-nofifo.dtsi,
+//! smoke-console-a.dtsi, smoke-console-b.dtsi): console input reaching a guest that reads its
+//! PL011 with the FIFO disabled, and two VMs sharing the console, driven by a person-like
+//! script that types only after it has seen what it waits for. Hooked into
+//! [`crate::cases::CASES`] by name; the runner asks [`script`] for a case's typing.
+
+use crate::cases::{Boot, Case, Exit, Image};
+
+const VIRT_V3_VHE: &[&str] = &[
+    "-M",
+    "virt,virtualization=on,gic-version=3",
+    "-cpu",
+    "max",
+    "-m",
+    "1G",
+    "-smp",
+    "2",
+];
+const VIRT_V2_NVHE: &[&str] = &[
+    "-M",
+    "virt,virtualization=on,gic-version=2",
+    "-cpu",
+    "cortex-a72",
+    "-m",
+    "1G",
+    "-smp",
+    "2",
+];
+
+/// The default console switch key, Ctrl-] (the hypervisor's `console::DEFAULT_SWITCH_KEY`).
+const SWITCH: &str = "\x1d\x1d\x1d";
+
+/// One step of typing: once `wait` has appeared in the log (after the previous step's match),
+/// `send` is written to QEMU's stdin, the serial console.
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    pub wait: &'static str,
+    pub send: &'static str,
+}
+
+/// The typing of a case that types interactively (its stdin is then a pipe the runner writes
+/// as the log shows each step's `wait`); `None` for every other case.
+pub fn script(case: &str) -> Option<&'static [Step]> {
+    match case {
+        "console-focus-gicv3" | "console-focus-gicv2" => Some(FOCUS_SCRIPT),
+        _ => None,
+    }
+}
+
+/// con-a has the focus from boot: its prompt must show before anything is typed (it has no
+/// line feed). Switch to con-b: its prompt, held while it had no focus, shows; type half its
+/// line, see the echo before Enter, finish it. con-b stops; the focus goes back to con-a, whose
+/// prompt is shown again; type its line. Each guest checks it read exactly its own line (the
+/// switch key never reaches a guest).
+const FOCUS_SCRIPT: &[Step] = &[
+    Step {
+        wait: "[con-a] type alpha> ",
+        send: SWITCH,
+    },
+    Step {
+        wait: "[con-b] type bravo> ",
+        send: "bra",
+    },
+    // (Searched for after the prompt: the echo of what was just typed.)
+    Step {
+        wait: "bra",
+        send: "vo\r",
+    },
+    Step {
+        wait: "as vm1 (con-b) stopped",
+        send: "",
+    },
+    Step {
+        wait: "[con-a] type alpha> ",
+        send: "alpha\r",
+    },
+];
+
+const FOCUS_LINES: &[&str] = &[
+    "console input goes to vm0 (con-a); Ctrl-] three times switches",
+    "[con-a] type alpha> ",
+    "console input goes to vm1 (con-b)",
+    "[con-b] type bravo> bravo\r\n",
+    "[con-b] SMOKE PASS: console-line",
+    "[con-b] SMOKE RESULT: passed=",
+    "vm1 (con-b) stopped: PSCI SYSTEM_OFF",
+    "console input goes to vm0 (con-a), as vm1 (con-b) stopped; Ctrl-] three times switches",
+    "[con-a] type alpha> alpha\r\n",
+    "[con-a] SMOKE PASS: console-line",
+    "[con-a] SMOKE RESULT: passed=",
+    "all VMs stopped; powering off",
+];
+
+const NOFIFO_LINES: &[&str] = &[
+    "SMOKE PASS: uart-rx",
+    "SMOKE RESULT: passed=",
+    "failed=0",
+    "all VMs stopped; powering off",
+];
+
+pub const CONSOLE_INPUT_NOFIFO_GICV3: Case = Case {
+    name: "console-input-nofifo-gicv3",
+    about: "console input reaches a guest polling UARTFR.RXFE with its PL011 FIFO disabled (one-byte holding register); bytes it had received before its reset come back after it; GICv3, VHE",
+    machine: VIRT_V3_VHE,
+    boot: Boot::Direct,
+    vms: &["smoke-input-nofifo"],
+    bootargs: None,
+    timeout_s: 60,
+    expect: NOFIFO_LINES,
+    reject: &["SMOKE FAIL"],
+    exit: Exit::Status(0),
+    console_input: Some("hello-elvisor"),
+    image: Image::Normal,
+    allow: &[],
+    reject_after_exit: &[],
+};
+
+pub const CONSOLE_INPUT_NOFIFO_GICV2: Case = Case {
+    name: "console-input-nofifo-gicv2",
+    about: "console input with the guest's PL011 FIFO disabled; GICv2, non-VHE",
+    machine: VIRT_V2_NVHE,
+    ..CONSOLE_INPUT_NOFIFO_GICV3
+};
+
+pub const CONSOLE_FOCUS_GICV3: Case = Case {
+    name: "console-focus-gicv3",
+    about: "two VMs on the console: the focused VM's prompt shows before Enter, echo as typed; Ctrl-] x3 switches; each VM reads exactly its own line; the focus moves on when the focused VM stops; GICv3, VHE",
+    machine: VIRT_V3_VHE,
+    boot: Boot::Direct,
+    vms: &["smoke-console-a", "smoke-console-b"],
+    bootargs: None,
+    timeout_s: 90,
+    expect: FOCUS_LINES,
+    reject: &["SMOKE FAIL"],
+    exit: Exit::Status(0),
+    console_input: None,
+    image: Image::Normal,
+    allow: &[],
+    reject_after_exit: &[],
+};
+
+pub const CONSOLE_FOCUS_GICV2: Case = Case {
+    name: "console-focus-gicv2",
+    about: "the console-focus script on GICv2, non-VHE",
+    machine: VIRT_V2_NVHE,
+    ..CONSOLE_FOCUS_GICV3
+};
