@@ -203,7 +203,8 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
         let vm = match build_vm(VmId(n as u16), cfg, plat, pa_bits, ncpus, &mut load) {
             Ok(vm) => vm,
             Err(e) => {
-                error!("{e}");
+                // Worded and ended like a parse error (fatal_config): one line, then stop.
+                error!("bad configuration: {e}");
                 power_off();
             }
         };

@@ -121,17 +121,40 @@ pub(super) fn build_vm(
     let fdt_offset = ram_bytes - layout::FDT_SLOT;
     let initrd_offset = ramdisk.map(|_| fdt_offset - initrd_slot);
 
-    let ram = RamRegion::alloc(&mut FRAMES.lock(), ram_bytes, BLOCK_2M).ok_or_else(|| {
-        vm_err(
-            cfg,
-            "memory",
-            alloc::format!("cannot allocate {} MiB of host RAM", ram_bytes >> 20),
-        )
-    })?;
+    let ram = match cfg.host_address {
+        Some(base) => RamRegion::fixed(PhysRange::new(base, ram_bytes), &plat.ram, &plat.reserved)
+            .ok_or_else(|| {
+                vm_err(
+                    cfg,
+                    "elvisor,host-address",
+                    alloc::format!(
+                        "{:#x}..{:#x} is not 2 MiB-aligned free host RAM reserved for this VM",
+                        base.0,
+                        base.0 + ram_bytes
+                    ),
+                )
+            })?,
+        None => RamRegion::alloc(&mut FRAMES.lock(), ram_bytes).map_err(|largest| {
+            vm_err(
+                cfg,
+                "memory",
+                alloc::format!(
+                    "{} MiB do not fit in the host RAM still free; the largest VM that fits now has {} MiB",
+                    ram_bytes >> 20,
+                    largest >> 20
+                ),
+            )
+        })?,
+    };
     let mut stage2 = Stage2Table::new(ipa_bits).with_forced_write_back(guest::s2fwb());
-    stage2
-        .map(layout::RAM_BASE, ram.range().base, ram_bytes, S2Kind::Ram)
-        .map_err(|e| vm_err(cfg, "memory", alloc::format!("stage-2 map failed: {e}")))?;
+    // The pieces one after the other from the guest's RAM base.
+    let mut ipa = layout::RAM_BASE;
+    for piece in ram.pieces().pieces() {
+        stage2
+            .map(ipa, piece.base, piece.size_bytes, S2Kind::Ram)
+            .map_err(|e| vm_err(cfg, "memory", alloc::format!("stage-2 map failed: {e}")))?;
+        ipa = GuestPhysAddr(ipa.0 + piece.size_bytes);
+    }
     let vmid = id.0 as u64 + 1;
     // Lives as long as the hypervisor: device models hold on to it (mm::lazy).
     let vm_ram: &'static VmRam = Box::leak(Box::new(VmRam::new(ram, stage2, vmid)));
@@ -236,11 +259,11 @@ pub(super) fn build_vm(
     }));
     load_images(vm, Reload::FreshRam).map_err(|p| vm_err(cfg, "bootargs", p))?;
     info!(
-        "{} ({}): {} MiB at host {:#x} ({} MiB backed at boot), IPA {} bits, VMID {}, {} image at +{:#x}",
+        "{} ({}): {} MiB at host {} ({} MiB backed at boot), IPA {} bits, VMID {}, {} image at +{:#x}",
         vm.id,
         vm.name,
         ram_bytes >> 20,
-        vm.ram.host_range().base.0,
+        host_pieces_text(vm.ram.host_pieces()),
         vm.ram.backed_bytes() >> 20,
         ipa_bits,
         vmid,
@@ -252,6 +275,24 @@ pub(super) fn build_vm(
         placement.load_offset
     );
     Ok(vm)
+}
+
+/// "0x48000000" for RAM in one piece, "0x80000000+256M 0x50000000+64M" for several.
+fn host_pieces_text(p: &crate::mm::pieces::HostPieces) -> String {
+    match p.pieces() {
+        [one] => alloc::format!("{:#x}", one.base.0),
+        many if many.len() > 4 => alloc::format!(
+            "{:#x}+{}M and {} more pieces",
+            many[0].base.0,
+            many[0].size_bytes >> 20,
+            many.len() - 1
+        ),
+        many => many
+            .iter()
+            .map(|r| alloc::format!("{:#x}+{}M", r.base.0, r.size_bytes >> 20))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
 }
 
 /// Passthrough devices: register windows mapped at the same IPA as Device memory, SPIs

@@ -33,7 +33,8 @@ use crate::arch::aarch64::sync::{Mutex, WaitForEvent};
 use crate::arch::aarch64::{cache, guest};
 use crate::mm::lazy::{BLOCK_BYTES, Backing, EnsureBacked};
 use crate::mm::pagetable::{S2Kind, Stage2Table};
-use crate::mm::{GuestPhysAddr, PhysRange};
+use crate::mm::pieces::HostPieces;
+use crate::mm::{GuestPhysAddr, PhysAddr};
 use crate::vm::layout;
 
 /// A VM's RAM and the stage-2 table that maps it.
@@ -41,7 +42,8 @@ pub struct VmRam {
     /// The host frames. Locked to write them (images, zeroing); device models copy through
     /// raw pointers into backed blocks only.
     pub region: Mutex<RamRegion>,
-    host: PhysRange,
+    /// Where each part of RAM is on the host (a copy, for lock-free address arithmetic).
+    host: HostPieces,
     /// The VM's stage-2 table; its lock also serialises backing a block.
     stage2: Mutex<Stage2Table>,
     backing: Backing,
@@ -53,12 +55,12 @@ impl VmRam {
     /// RAM `region` mapped whole as guest RAM at `layout::RAM_BASE` in `stage2` (the caller
     /// did that); blocks become on-demand at the first [`Self::prepare`].
     pub fn new(region: RamRegion, stage2: Stage2Table, vmid: u64) -> Self {
-        let host = region.range();
+        let host = region.pieces().clone();
         let vttbr = (vmid << 48) | stage2.root_pa().0;
         Self {
             region: Mutex::new(region),
+            backing: Backing::new(host.size_bytes()),
             host,
-            backing: Backing::new(host.size_bytes),
             stage2: Mutex::new(stage2),
             vttbr,
         }
@@ -78,8 +80,9 @@ impl VmRam {
         self.vttbr
     }
 
-    pub fn host_range(&self) -> PhysRange {
-        self.host
+    /// Where RAM is on the host, in guest order.
+    pub fn host_pieces(&self) -> &HostPieces {
+        &self.host
     }
 
     /// How many bytes of RAM are backed right now.
@@ -119,8 +122,9 @@ impl VmRam {
         Ok(())
     }
 
-    fn block_pa(&self, b: usize) -> crate::mm::PhysAddr {
-        crate::mm::PhysAddr(self.host.base.0 + b as u64 * BLOCK_BYTES)
+    /// Host address of block `b` (every piece is a whole number of blocks, block-aligned).
+    fn block_pa(&self, b: usize) -> PhysAddr {
+        PhysAddr(self.host.host(b as u64 * BLOCK_BYTES).unwrap_or(0))
     }
 
     /// Backs block `b` if it is not: zeroes it, cleans it to the Point of Coherency, maps it.
@@ -148,7 +152,7 @@ impl VmRam {
             } else if !cache::idc() {
                 // Every guest data access is cacheable (FWB), but instruction fetches that
                 // miss in the instruction cache read from the Point of Unification.
-                cache::clean_to_pou(self.host.base.0 + offset, BLOCK_BYTES);
+                cache::clean_to_pou(self.block_pa(b).0, BLOCK_BYTES);
             }
         }
         // Instructions of an earlier owner of these frames must not be fetched from an
@@ -177,7 +181,7 @@ impl VmRam {
     /// backing failed.
     pub fn fault(&self, ipa: GuestPhysAddr) -> Option<bool> {
         let offset = ipa.0.checked_sub(layout::RAM_BASE.0)?;
-        if offset >= self.host.size_bytes {
+        if offset >= self.host.size_bytes() {
             return None;
         }
         Some(self.back((offset / BLOCK_BYTES) as usize))

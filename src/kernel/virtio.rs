@@ -53,7 +53,7 @@ pub(super) fn add_devices(
                     });
                 }
                 let bytes = ram::take_disk(d.range, &plat.ram, &plat.reserved)
-                    .ok_or_else(|| bad(format!("{:?} is not a reserved disk module", d.range)))?;
+                    .ok_or_else(|| bad(format!("{} is not a reserved disk module", d.range)))?;
                 let sectors = bytes.len() / 512;
                 let blk = Blk::new(bytes, d.read_only, disk_id_bytes(d));
                 let mut dev = VirtioMmio::new(ram.guest_access(), blk);

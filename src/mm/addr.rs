@@ -107,6 +107,13 @@ impl PhysRange {
     }
 }
 
+/// What a user reads: `0x40080000..0x40090000` (half-open, host physical).
+impl core::fmt::Display for PhysRange {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{:#x}..{:#x}", self.base.0, self.end().0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +136,6 @@ mod tests {
         assert!(!r.contains(PhysAddr(0x3000)));
         assert!(r.overlaps(&PhysRange::new(PhysAddr(0x2fff), 1)));
         assert!(!r.overlaps(&PhysRange::new(PhysAddr(0x3000), 1)));
+        assert_eq!(alloc::format!("{r}"), "0x1000..0x3000");
     }
 }

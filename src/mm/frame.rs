@@ -2,7 +2,8 @@
 //! minus every reserved range.
 //!
 //! Blocks are naturally aligned to their power-of-two size, so a 64 MiB guest RAM request
-//! comes back 64 MiB-aligned and stage 2 can map it with 2 MiB / 1 GiB blocks.
+//! comes back 64 MiB-aligned and stage 2 can map it with 2 MiB / 1 GiB blocks. Guest RAM of
+//! any multiple of 2 MiB comes as a few such blocks ([`FrameAllocator::alloc_pieces`]).
 
 use alloc::vec::Vec;
 use core::alloc::Layout;
@@ -115,6 +116,52 @@ impl FrameAllocator {
         }
     }
 
+    /// Allocates `size_bytes` (a multiple of `piece`, itself a power of two of at least a
+    /// page) as a few naturally aligned power-of-two pieces, largest first: the binary
+    /// decomposition of the size, a piece that cannot be had split in two halves, down to
+    /// `piece`. A size that is not a power of two (384 MiB) or that no single free block holds
+    /// (most of a fragmented machine) is then still satisfied. On failure nothing stays
+    /// allocated and the error is the largest multiple of `piece` that would have worked.
+    pub fn alloc_pieces(&mut self, size_bytes: u64, piece: u64) -> Result<Vec<PhysRange>, u64> {
+        if size_bytes == 0 || !size_bytes.is_multiple_of(piece) || !piece.is_power_of_two() {
+            return Err(self.largest_in_pieces(piece));
+        }
+        // Pieces still to get, as a stack whose top is the next (largest first).
+        let mut want: Vec<u64> = (0..64)
+            .map(|bit| 1u64 << bit)
+            .filter(|&p| size_bytes & p != 0)
+            .collect();
+        let mut got = Vec::new();
+        while let Some(p) = want.pop() {
+            if let Some(r) = self.alloc(p, p) {
+                got.push(r);
+            } else if p > piece {
+                want.push(p / 2);
+                want.push(p / 2);
+            } else {
+                for r in got {
+                    self.free(r, r.size_bytes);
+                }
+                return Err(self.largest_in_pieces(piece));
+            }
+        }
+        Ok(got)
+    }
+
+    /// The most memory [`Self::alloc_pieces`] could give right now, in multiples of `piece`:
+    /// found by taking `piece`-sized blocks until none is left, then giving them all back.
+    pub fn largest_in_pieces(&mut self, piece: u64) -> u64 {
+        let mut taken = Vec::new();
+        while let Some(r) = self.alloc(piece, piece) {
+            taken.push(r);
+        }
+        let total = taken.len() as u64 * piece;
+        for r in taken {
+            self.free(r, piece);
+        }
+        total
+    }
+
     /// Bytes currently free.
     pub fn free_bytes(&self) -> u64 {
         self.free_bytes
@@ -172,6 +219,46 @@ mod tests {
         assert_eq!(fa.free_bytes(), before + 64 * MIB);
         // Exhaustion is an error value, not a panic.
         assert!(fa.alloc(4096 * MIB, PAGE_SIZE).is_none());
+    }
+
+    #[test]
+    fn pieces_for_any_multiple_of_2m() {
+        // The default QEMU machine: 1 GiB with the image near the bottom, the DTB at 128 MiB
+        // and modules at 512 MiB, so no 512 MiB block is free.
+        let mut fa = FrameAllocator::new();
+        let ram = [PhysRange::new(PhysAddr(0x4000_0000), 1024 * MIB)];
+        let reserved = [
+            PhysRange::new(PhysAddr(0x4008_0000), 0x90_0000),
+            PhysRange::new(PhysAddr(0x4800_0000), 0x1_0000),
+            PhysRange::new(PhysAddr(0x6000_0000), 0x4_0000),
+        ];
+        fa.add_ram(&ram, &reserved);
+        let start = fa.free_bytes();
+        for mib in [2, 320, 384, 512, 600] {
+            let pieces = fa.alloc_pieces(mib * MIB, 2 * MIB).unwrap();
+            assert_eq!(pieces.iter().map(|p| p.size_bytes).sum::<u64>(), mib * MIB);
+            for (i, p) in pieces.iter().enumerate() {
+                assert!(p.size_bytes.is_power_of_two() && p.base.is_aligned(p.size_bytes));
+                assert!(reserved.iter().all(|r| !r.overlaps(p)), "{mib} MiB: {p:?}");
+                assert!(pieces[i + 1..].iter().all(|q| !q.overlaps(p)));
+            }
+            for p in pieces {
+                fa.free(p, p.size_bytes);
+            }
+            assert_eq!(fa.free_bytes(), start, "{mib} MiB given back");
+        }
+        // Too much: nothing kept, and the answer is what would fit (2 MiB pieces).
+        let largest = fa.alloc_pieces(1024 * MIB, 2 * MIB).unwrap_err();
+        assert_eq!(fa.free_bytes(), start);
+        assert!(largest > 1000 * MIB && largest < 1024 * MIB && largest.is_multiple_of(2 * MIB));
+        let all = fa.alloc_pieces(largest, 2 * MIB).unwrap();
+        assert_eq!(fa.alloc_pieces(2 * MIB, 2 * MIB), Err(0));
+        for p in all {
+            fa.free(p, p.size_bytes);
+        }
+        // A size that is not a multiple of the piece is refused the same way.
+        assert_eq!(fa.alloc_pieces(3 * MIB, 2 * MIB), Err(largest));
+        assert_eq!(fa.free_bytes(), start);
     }
 
     #[test]

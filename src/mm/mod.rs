@@ -4,6 +4,7 @@ pub mod addr;
 pub mod frame;
 pub mod lazy;
 pub mod pagetable;
+pub mod pieces;
 pub mod placement;
 pub mod rewrite;
 

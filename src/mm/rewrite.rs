@@ -118,6 +118,39 @@ fn zero(words: &mut [u64]) -> usize {
     stored
 }
 
+/// The parts of `segments` inside `[start, end)` (both multiples of 8), with offsets made
+/// relative to `start`: what [`rewrite`] needs for one host-contiguous run of RAM. A segment
+/// cut by `end` loses its tail there.
+pub fn clip<'a>(
+    segments: &[Segment<'a>],
+    start: usize,
+    end: usize,
+) -> alloc::vec::Vec<Segment<'a>> {
+    let mut out = alloc::vec::Vec::new();
+    for s in segments {
+        let s_end = s.offset_bytes + s.len_bytes();
+        if s_end <= start || s.offset_bytes >= end {
+            continue;
+        }
+        let from = start.saturating_sub(s.offset_bytes) / 8;
+        let first_word = s.offset_bytes.max(start);
+        let words_end = (s.offset_bytes + s.words.len() * 8).min(end);
+        let nwords = words_end.saturating_sub(first_word) / 8;
+        let words = s.words.get(from..from + nwords).unwrap_or(&[]);
+        let tail = if s_end <= end && from + nwords == s.words.len() {
+            s.tail
+        } else {
+            &[]
+        };
+        out.push(Segment {
+            offset_bytes: first_word - start,
+            words,
+            tail,
+        });
+    }
+    out
+}
+
 /// Splits `bytes` into whole words and a tail, copying (for a blob that need not be aligned,
 /// such as a generated device tree).
 pub fn to_words(bytes: &[u8]) -> (alloc::vec::Vec<u64>, &[u8]) {
@@ -132,6 +165,37 @@ pub fn to_words(bytes: &[u8]) -> (alloc::vec::Vec<u64>, &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clip_cuts_segments_at_run_edges() {
+        let words: alloc::vec::Vec<u64> = (1..=6).collect();
+        let segs = [Segment {
+            offset_bytes: 16,
+            words: &words,
+            tail: &[7, 7, 7],
+        }];
+        // Runs [0, 32) and [32, 80): the segment spans 16..67.
+        let a = clip(&segs, 0, 32);
+        assert_eq!(a.len(), 1);
+        assert_eq!(
+            (a[0].offset_bytes, a[0].words, a[0].tail),
+            (16, &words[..2], &[][..])
+        );
+        let b = clip(&segs, 32, 80);
+        assert_eq!(
+            (b[0].offset_bytes, b[0].words, b[0].tail),
+            (0, &words[2..], &[7, 7, 7][..])
+        );
+        // Rewriting each run with its clip equals rewriting the whole.
+        let mut whole = [9u64; 10];
+        rewrite(&mut whole, &segs).unwrap();
+        let mut split = [9u64; 10];
+        let (lo, hi) = split.split_at_mut(4);
+        rewrite(lo, &a).unwrap();
+        rewrite(hi, &b).unwrap();
+        assert_eq!(whole, split);
+        assert!(clip(&segs, 80, 96).is_empty());
+    }
 
     /// What a reset must produce: zeroes, then each image's bytes.
     fn reference(len_words: usize, images: &[(usize, &[u8])]) -> Vec<u8> {

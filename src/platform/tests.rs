@@ -187,6 +187,7 @@ fn vm_fixture() {
             vcpus: 1,
             cpu_affinity: Vec::new(),
             memory_bytes: 0x400_0000,
+            host_address: None,
             bootargs: "hello".into(),
             kernel,
             ramdisk: None,
@@ -400,6 +401,39 @@ fn vm_bad_memory() {
         "/chosen/vm-a",
         "memory",
     );
+}
+
+#[test]
+fn vm_host_address() {
+    let at = |addr: u64| {
+        vm_dt(
+            &move |w| {
+                good_vm(w)?;
+                w.property_u64("elvisor,host-address", addr)
+            },
+            true,
+        )
+    };
+    // 128 MiB at 0x7000_0000: inside RAM, clear of the kernel module at 0x6000_0000.
+    let p = parse_ok(&at(0x7000_0000));
+    let ram = range(0x7000_0000, 0x800_0000);
+    assert_eq!(p.vms[0].fixed_host_ram(), Some(ram));
+    assert!(p.reserved.contains(&ram), "kept from the frame allocator");
+    // Not 2 MiB aligned; outside RAM; over the VM's own kernel module; one cell.
+    for bad in [0x7010_0000, 0x7c00_0000, 0x5c00_0000] {
+        assert_error(&at(bad), "/chosen/vm-a", "elvisor,host-address");
+    }
+    let one_cell = vm_dt(
+        &|w| {
+            good_vm(w)?;
+            w.property_u32("elvisor,host-address", 0x7000_0000)
+        },
+        true,
+    );
+    assert_error(&one_cell, "/chosen/vm-a", "elvisor,host-address");
+    // Messages name ranges the way a user reads them, never in Rust's debug form.
+    let e = parse_err(&at(0x7c00_0000));
+    assert!(e.problem.contains("0x7c000000..0x84000000"), "{e}");
 }
 
 #[test]

@@ -338,6 +338,26 @@ pub const CASES: &[Case] = &[
         reject_after_exit: &[],
     },
     Case {
+        name: "bad-config-too-big",
+        about: "a VM asking for more RAM than is free: the one error line says how large a VM would fit, and the machine powers off",
+        machine: VIRT_V3_VHE,
+        boot: Boot::Direct,
+        vms: &["tests/fixtures/vm-too-big.dtsi"],
+        bootargs: None,
+        timeout_s: 30,
+        expect: &[
+            "bad configuration: ",
+            "property \"memory\": 1020 MiB do not fit",
+            "the largest VM that fits now has ",
+        ],
+        reject: &["SMOKE", "halted", "{ ", " }"],
+        exit: Exit::Status(0),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+    },
+    Case {
         name: "irq-gicv3-vhe",
         about: "interrupt guest on vGICv3, VHE: timers, priorities, PMR, LR overflow, EOImode=1, WFI, the virtual timer's pending state following its line",
         machine: VIRT_V3_VHE,
@@ -1106,6 +1126,31 @@ pub const CASES: &[Case] = &[
         reject_after_exit: &[],
     },
     Case {
+        name: "memory-pieces-gicv3",
+        about: "Linux with 600 MiB on the 1 GiB machine (RAM in several host pieces) next to a heartbeat VM whose RAM is at a fixed host address",
+        machine: VIRT_V3_VHE,
+        boot: Boot::Direct,
+        vms: &["linux-600m"],
+        bootargs: None,
+        timeout_s: 120,
+        expect: &[
+            "vm0 (linux): 600 MiB at host 0x",
+            "vm1 (hb1): 32 MiB at host 0x7c000000 ",
+            "Booting Linux on physical CPU 0x0000000000",
+            "/614400K available",
+            "INIT: uname=6.1",
+            "INIT: done",
+            "reboot: Power down",
+            "all VMs stopped; powering off",
+        ],
+        reject: LINUX_REJECT,
+        exit: Exit::Status(0),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+    },
+    Case {
         name: "linux-gicv2",
         about: "Debian's arm64 Linux 6.1 with a busybox initramfs, 2 vCPUs, vGICv2, cortex-a72",
         machine: VIRT_V2_NVHE,
@@ -1315,6 +1360,14 @@ pub fn log_check(case: &str) -> Option<LogCheck> {
             let n = crate::check::number_after(log, "[reset] RESETTER: boot after reset 0 of ")
                 .ok_or("the resetter never said how many resets it makes")?;
             crate::check::check_soak(log, "reset", n, SOAK_RESET_LIMITS)
+        }),
+        // The fixed-address VM ran to its end, whenever that fell in Linux's boot.
+        "memory-pieces-gicv3" => Some(|log| {
+            if log.contains("[hb1] HB RESULT: passed=1 failed=0") {
+                Ok("hb1 (RAM at 0x7c000000) beat to the end".into())
+            } else {
+                Err("the heartbeat VM with its RAM at a fixed host address did not pass".into())
+            }
         }),
         "soak-linux-reboot" => Some(|log| {
             let n = crate::check::number_after(log, "[linux] INIT: soak: boot after reset 0 of ")

@@ -7,72 +7,95 @@
 
 use crate::mm::frame::FrameAllocator;
 use crate::mm::lazy::EnsureBacked;
-use crate::mm::rewrite::{RewriteError, Segment, rewrite};
-use crate::mm::{PhysAddr, PhysRange};
+use crate::mm::pieces::HostPieces;
+use crate::mm::rewrite::{RewriteError, Segment, clip, rewrite};
+use crate::mm::{BLOCK_2M, PhysAddr, PhysRange};
 
 use super::cache;
 
-/// RAM obtained from the frame allocator, exclusively owned.
+/// RAM obtained from the frame allocator (or reserved for one VM at a fixed host address),
+/// exclusively owned: one or more host pieces that the guest sees as one range.
 pub struct RamRegion {
-    range: PhysRange,
+    map: HostPieces,
 }
 
 impl RamRegion {
-    /// Allocates `size_bytes` aligned to `align` (and to its power-of-two size).
-    pub fn alloc(frames: &mut FrameAllocator, size_bytes: u64, align: u64) -> Option<Self> {
-        frames.alloc(size_bytes, align).map(|range| Self { range })
+    /// Allocates `size_bytes` (a multiple of 2 MiB) as naturally aligned pieces of at least
+    /// 2 MiB. On failure, the largest size that would have fitted.
+    pub fn alloc(frames: &mut FrameAllocator, size_bytes: u64) -> Result<Self, u64> {
+        frames
+            .alloc_pieces(size_bytes, BLOCK_2M)
+            .map(|pieces| Self {
+                map: HostPieces::new(pieces),
+            })
     }
 
-    pub fn range(&self) -> PhysRange {
-        self.range
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: the range came from the frame allocator, which hands each frame out once;
-        // it is RAM, identity-mapped read/write in the EL2 map, and `self` owns it, so this
-        // is the only live reference (`&mut self`).
-        unsafe {
-            core::slice::from_raw_parts_mut(
-                self.range.base.0 as *mut u8,
-                self.range.size_bytes as usize,
-            )
+    /// The RAM at exactly `range`, which the platform reserved for this VM (so the frame
+    /// allocator never hands it out): `None` unless it is 2 MiB aligned, a multiple of 2 MiB,
+    /// inside host RAM and inside a reserved range, and not taken before.
+    pub fn fixed(range: PhysRange, ram: &[PhysRange], reserved: &[PhysRange]) -> Option<Self> {
+        let aligned = range.base.is_aligned(BLOCK_2M) && range.size_bytes.is_multiple_of(BLOCK_2M);
+        let inside = |set: &[PhysRange]| {
+            set.iter()
+                .any(|r| r.contains(range.base) && range.end().0 <= r.end().0)
+        };
+        if !aligned || range.size_bytes == 0 || !inside(ram) || !inside(reserved) {
+            return None;
         }
+        let mut taken = TAKEN_FIXED.lock();
+        if taken.iter().any(|t| t.overlaps(&range)) {
+            return None;
+        }
+        taken.push(range);
+        Some(Self {
+            map: HostPieces::new(alloc::vec![range]),
+        })
+    }
+
+    /// Where the RAM is on the host, in guest order.
+    pub fn pieces(&self) -> &HostPieces {
+        &self.map
+    }
+
+    /// Runs `f(host_address, len)` over each host-contiguous run of `[offset, offset + len)`
+    /// clipped to the region.
+    fn runs(&self, offset: u64, len: u64, mut f: impl FnMut(u64, u64)) {
+        let size = self.map.size_bytes();
+        let start = offset.min(size);
+        let end = offset.saturating_add(len).min(size);
+        self.map
+            .for_each_run(start, end - start, |host, _, n| f(host, n));
     }
 
     /// Zeroes `[offset, offset + len)` of the region (clipped to it), with DC ZVA where the
     /// CPU allows it.
     pub fn zero_range(&mut self, offset: u64, len: u64) {
-        let start = offset.min(self.range.size_bytes);
-        let end = offset.saturating_add(len).min(self.range.size_bytes);
-        // SAFETY: `[start, end)` is inside the region, which the frame allocator gave to
-        // `self` alone; it is RAM mapped read/write (Normal memory) in the EL2 map, and
-        // `&mut self` means no reference into it is live. Device models reach guest RAM
-        // only through raw copies into blocks that are already backed (mm::lazy), never
-        // into a block being zeroed.
-        unsafe { cache::zero(self.range.base.0 + start, end - start) };
+        self.runs(offset, len, |host, n| {
+            // SAFETY: `[host, host + n)` is inside the region's pieces, which the frame
+            // allocator (or the platform's reservation) gave to `self` alone; it is RAM mapped
+            // read/write (Normal memory) in the EL2 map, and `&mut self` means no reference
+            // into it is live. Device models reach guest RAM only through raw copies into
+            // blocks that are already backed (mm::lazy), never into a block being zeroed.
+            unsafe { cache::zero(host, n) };
+        });
     }
 
     /// Cleans and invalidates `[offset, offset + len)` of the region (clipped to it) to the
     /// Point of Coherency.
     pub fn clean_range(&self, offset: u64, len: u64) {
-        let start = offset.min(self.range.size_bytes);
-        let end = offset.saturating_add(len).min(self.range.size_bytes);
-        cache::clean_invalidate_to_poc(self.range.base.0 + start, end - start);
+        self.runs(offset, len, cache::clean_invalidate_to_poc);
     }
 
     /// Copies `data` to `offset`. Returns false (copying nothing) if it does not fit.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> bool {
-        let mem = self.bytes_mut();
-        let Some(end) = (offset as usize).checked_add(data.len()) else {
-            return false;
-        };
-        match mem.get_mut(offset as usize..end) {
-            Some(dst) => {
-                dst.copy_from_slice(data);
-                true
-            }
-            None => false,
-        }
+        self.map
+            .for_each_run(offset, data.len() as u64, |host, at, n| {
+                let src = &data[at as usize..(at + n) as usize];
+                // SAFETY: `[host, host + n)` is inside the region (for_each_run checked the whole
+                // range), RAM mapped read/write and owned by `self` (`&mut self`: no other
+                // reference); `src` is hypervisor memory, so the two do not overlap.
+                unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), host as *mut u8, src.len()) };
+            })
     }
 
     /// Makes `[offset, offset + len)` of the region all zeroes except `segments` (see
@@ -84,26 +107,29 @@ impl RamRegion {
         len: u64,
         segments: &[Segment<'_>],
     ) -> Result<usize, RewriteError> {
-        let inside = offset
-            .checked_add(len)
-            .is_some_and(|end| end <= self.range.size_bytes);
-        if !inside || !offset.is_multiple_of(8) || !len.is_multiple_of(8) {
-            return Err(RewriteError::TooBig);
+        if !offset.is_multiple_of(8) || !len.is_multiple_of(8) {
+            return Err(RewriteError::BadSegment);
         }
-        // SAFETY: as `bytes_mut`, for the sub-range checked above; the region is page-aligned
-        // and `offset` a multiple of 8, so it is a slice of aligned u64s, and any bit pattern
-        // is a valid u64.
-        let words = unsafe {
-            core::slice::from_raw_parts_mut(
-                (self.range.base.0 + offset) as *mut u64,
-                (len / 8) as usize,
-            )
-        };
-        rewrite(words, segments)
+        let mut result = Ok(0);
+        let inside = self.map.for_each_run(offset, len, |host, at, n| {
+            let part = clip(segments, at as usize, (at + n) as usize);
+            // SAFETY: as in `write`, for the run `[host, host + n)`; pieces are page-aligned
+            // and `offset` a multiple of 8, so this is a slice of aligned u64s, and any bit
+            // pattern is a valid u64.
+            let words =
+                unsafe { core::slice::from_raw_parts_mut(host as *mut u64, (n / 8) as usize) };
+            result = match (result, rewrite(words, &part)) {
+                (Ok(a), Ok(b)) => Ok(a + b),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+        });
+        if inside {
+            result
+        } else {
+            Err(RewriteError::TooBig)
+        }
     }
-}
 
-impl RamRegion {
     /// Checked access to this region for device models (virtio), which see it as guest RAM
     /// at `guest_base`. Frames taken by a `RamRegion` are never given back (a VM lives for
     /// the hypervisor's lifetime), so the accessor stays valid.
@@ -115,29 +141,23 @@ impl RamRegion {
         backing: &'static dyn EnsureBacked,
     ) -> GuestRamAccess {
         GuestRamAccess {
-            host: self.range,
+            map: self.map.clone(),
             guest_base,
             backing,
         }
     }
 }
 
+/// Fixed-address guest RAM already handed to a VM (each range may be taken once).
+static TAKEN_FIXED: super::sync::Mutex<alloc::vec::Vec<PhysRange>> =
+    super::sync::Mutex::new(alloc::vec::Vec::new());
+
 /// A VM's RAM as a [`crate::vdev::virtio::GuestMemory`]: raw copies at offsets the
 /// trait's checked methods computed, checked here once more, into blocks made backed first.
 pub struct GuestRamAccess {
-    host: PhysRange,
+    map: HostPieces,
     guest_base: crate::mm::GuestPhysAddr,
     backing: &'static dyn EnsureBacked,
-}
-
-impl GuestRamAccess {
-    /// The host address of `len` bytes at `offset`, if they are inside the region and
-    /// backed (zeroed for this boot if the guest never wrote them).
-    fn host_addr(&self, offset: u64, len: usize) -> Option<u64> {
-        let end = offset.checked_add(len as u64)?;
-        (end <= self.host.size_bytes && self.backing.ensure(offset, len as u64))
-            .then_some(self.host.base.0 + offset)
-    }
 }
 
 impl crate::vdev::virtio::GuestMemory for GuestRamAccess {
@@ -146,32 +166,45 @@ impl crate::vdev::virtio::GuestMemory for GuestRamAccess {
     }
 
     fn ram_size_bytes(&self) -> u64 {
-        self.host.size_bytes
+        self.map.size_bytes()
     }
 
     fn read_raw(&self, offset: u64, buf: &mut [u8]) {
-        let Some(src) = self.host_addr(offset, buf.len()) else {
+        // Backed first (zeroed for this boot if the guest never wrote it).
+        let ok = self.backing.ensure(offset, buf.len() as u64)
+            && self
+                .map
+                .for_each_run(offset, buf.len() as u64, |host, at, n| {
+                    let dst = &mut buf[at as usize..(at + n) as usize];
+                    // SAFETY: `[host, host + n)` is inside the VM's RAM (for_each_run checked the
+                    // range), identity-mapped read/write and owned by the VM for the hypervisor's
+                    // lifetime; `dst` is hypervisor memory, so the two do not overlap. The guest
+                    // may write the same bytes meanwhile (it is the other side of a shared ring,
+                    // as with DMA): the copy goes through raw pointers and no reference to guest
+                    // RAM is ever formed.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            host as *const u8,
+                            dst.as_mut_ptr(),
+                            dst.len(),
+                        )
+                    };
+                });
+        if !ok {
             buf.fill(0);
-            return;
-        };
-        // SAFETY: `src..src + len` is inside the VM's RAM region (checked above), which is
-        // identity-mapped read/write at EL2 and owned by the VM for the hypervisor's lifetime;
-        // `buf` is hypervisor memory, so the two do not overlap. The guest may write the
-        // same bytes meanwhile (it is the other side of a shared ring, as with DMA): the
-        // copy goes through raw pointers and no reference to guest RAM is ever formed.
-        unsafe {
-            core::ptr::copy_nonoverlapping(src as *const u8, buf.as_mut_ptr(), buf.len());
         }
     }
 
     fn write_raw(&mut self, offset: u64, data: &[u8]) {
-        let Some(dst) = self.host_addr(offset, data.len()) else {
+        if !self.backing.ensure(offset, data.len() as u64) {
             return;
-        };
-        // SAFETY: as in `read_raw`, with the roles of the two buffers swapped.
-        unsafe {
-            core::ptr::copy_nonoverlapping(data.as_ptr(), dst as *mut u8, data.len());
         }
+        self.map
+            .for_each_run(offset, data.len() as u64, |host, at, n| {
+                let src = &data[at as usize..(at + n) as usize];
+                // SAFETY: as in `read_raw`, with the roles of the two buffers swapped.
+                unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), host as *mut u8, src.len()) };
+            });
     }
 }
 

@@ -84,21 +84,21 @@ pub(crate) fn parse_disks(
             .iter()
             .any(|r| r.base <= range.base && range.end() <= r.end())
         {
-            return Err(err("reg", format!("{range:?} is not inside RAM")));
+            return Err(err("reg", format!("{range} is not inside RAM")));
         }
         if let Some((_, what)) = limits.forbidden.iter().find(|(r, _)| r.overlaps(&range)) {
-            return Err(err("reg", format!("{range:?} overlaps {what}")));
+            return Err(err("reg", format!("{range} overlaps {what}")));
         }
         if modules.iter().any(|m| m.overlaps(&range)) {
             return Err(err(
                 "reg",
-                format!("{range:?} overlaps this VM's kernel or ramdisk"),
+                format!("{range} overlaps this VM's kernel or ramdisk"),
             ));
         }
         if let Some(other) = disks.iter().find(|d| d.range.overlaps(&range)) {
             return Err(err(
                 "reg",
-                format!("{range:?} overlaps disk {}", other.node_path),
+                format!("{range} overlaps disk {}", other.node_path),
             ));
         }
         let read_only = prop(child, "read-only").is_some();
@@ -134,7 +134,7 @@ pub(crate) fn check_disks_against(vm: &VmConfig, earlier: &[VmConfig]) -> Result
                 return Err(ConfigError::new(
                     &d.node_path,
                     "reg",
-                    format!("{m:?} is a module of {}", other.node_path),
+                    format!("{m} is a module of {}", other.node_path),
                 ));
             }
         }
@@ -143,7 +143,7 @@ pub(crate) fn check_disks_against(vm: &VmConfig, earlier: &[VmConfig]) -> Result
                 return Err(ConfigError::new(
                     &vm.node_path,
                     "reg",
-                    format!("module {m:?} overlaps disk {}", d.node_path),
+                    format!("module {m} overlaps disk {}", d.node_path),
                 ));
             }
         }

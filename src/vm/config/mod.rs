@@ -8,7 +8,10 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::mm::PhysRange;
+use alloc::format;
+
+use crate::fdt::ConfigError;
+use crate::mm::{PhysAddr, PhysRange};
 
 mod disk;
 mod node;
@@ -33,6 +36,9 @@ pub struct VmConfig {
     pub cpu_affinity: Vec<u32>,
     /// Guest RAM size in bytes (property `memory`, one 64-bit value in two cells).
     pub memory_bytes: u64,
+    /// Where the guest's RAM must be in host memory (property `elvisor,host-address`), else
+    /// anywhere the frame allocator finds room, in one or more pieces.
+    pub host_address: Option<PhysAddr>,
     /// Guest command line (property `bootargs`), empty if absent.
     pub bootargs: String,
     /// The kernel module: where the loader (QEMU, U-Boot) put the image in host memory.
@@ -44,6 +50,64 @@ pub struct VmConfig {
     /// Disk images given to this VM as virtio-blk devices (subnodes compatible
     /// "elvisor,disk"), in virtio-mmio slot order.
     pub disks: Vec<Disk>,
+}
+
+impl VmConfig {
+    /// The host RAM this VM asked for by `elvisor,host-address`.
+    pub fn fixed_host_ram(&self) -> Option<PhysRange> {
+        self.host_address
+            .map(|base| PhysRange::new(base, self.memory_bytes))
+    }
+
+    /// The modules the loader placed for this VM: kernel, ramdisk, disks.
+    fn modules(&self) -> Vec<(PhysRange, &'static str)> {
+        let mut m = alloc::vec![(self.kernel, "kernel module")];
+        m.extend(self.ramdisk.map(|r| (r, "ramdisk module")));
+        m.extend(self.disks.iter().map(|d| (d.range, "disk module")));
+        m
+    }
+}
+
+/// A VM whose RAM is at a fixed host address (`elvisor,host-address`) must not share a byte
+/// with any module or any other VM's fixed RAM, nor may a later VM's module fall in it.
+pub(crate) fn check_host_ram_against(
+    vm: &VmConfig,
+    earlier: &[VmConfig],
+) -> Result<(), ConfigError> {
+    let err = |problem: String| ConfigError::new(&vm.node_path, "elvisor,host-address", problem);
+    if let Some(ram) = vm.fixed_host_ram() {
+        if let Some((m, what)) = vm.modules().into_iter().find(|(m, _)| m.overlaps(&ram)) {
+            return Err(err(format!(
+                "RAM {ram} overlaps this VM's own {what} at {m}"
+            )));
+        }
+        for other in earlier {
+            let theirs = other
+                .modules()
+                .into_iter()
+                .chain(other.fixed_host_ram().map(|r| (r, "RAM")));
+            for (m, what) in theirs {
+                if m.overlaps(&ram) {
+                    return Err(err(format!(
+                        "RAM {ram} overlaps the {what} of {} at {m}",
+                        other.node_path
+                    )));
+                }
+            }
+        }
+    }
+    for other in earlier {
+        if let Some(theirs) = other.fixed_host_ram()
+            && let Some((m, what)) = vm.modules().into_iter().find(|(m, _)| m.overlaps(&theirs))
+        {
+            return Err(ConfigError::new(
+                &vm.node_path,
+                "reg",
+                format!("the {what} at {m} lies in the RAM of {}", other.node_path),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A disk module (`vm::config::disk`): a disk image in host RAM that the VM reads and writes

@@ -87,6 +87,38 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
         ));
     }
 
+    let host_address = match prop(node, "elvisor,host-address") {
+        None => None,
+        Some(value) if value.len() == 8 => {
+            let base = be64(value, 0).unwrap_or(0);
+            let bad = |problem: String| Err(err("elvisor,host-address", problem));
+            let Some(end) = base.checked_add(memory_bytes) else {
+                return bad(format!("{base:#x} plus the VM's memory wraps"));
+            };
+            let range = PhysRange::new(PhysAddr(base), end - base);
+            if !base.is_multiple_of(BLOCK_2M) {
+                return bad(format!("{base:#x} is not a multiple of 2 MiB"));
+            }
+            if !limits
+                .ram
+                .iter()
+                .any(|r| r.base <= range.base && range.end() <= r.end())
+            {
+                return bad(format!("{range} is not inside host RAM"));
+            }
+            if let Some((_, what)) = limits.forbidden.iter().find(|(r, _)| r.overlaps(&range)) {
+                return bad(format!("{range} overlaps {what}"));
+            }
+            Some(PhysAddr(base))
+        }
+        Some(_) => {
+            return Err(err(
+                "elvisor,host-address",
+                "must be one 64-bit address (two cells)".into(),
+            ));
+        }
+    };
+
     let bootargs = match str_prop(node, "bootargs") {
         Ok(args) => args.unwrap_or("").to_string(),
         Err(problem) => return Err(err("bootargs", problem.into())),
@@ -111,6 +143,7 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
         vcpus,
         cpu_affinity,
         memory_bytes,
+        host_address,
         bootargs,
         kernel,
         ramdisk,
@@ -154,7 +187,7 @@ fn parse_passthrough(
                 if size == 0 || limits.ram.iter().any(|m| m.overlaps(&r)) {
                     return Err(err(
                         "elvisor,host-path",
-                        format!("{host_path} reg {r:?} is empty or RAM: only devices pass through"),
+                        format!("{host_path} reg {r} is empty or RAM: only devices pass through"),
                     ));
                 }
                 regs.push(r);
@@ -246,10 +279,10 @@ fn parse_modules(
             .iter()
             .any(|r| r.base <= range.base && range.end() <= r.end())
         {
-            return Err(err("reg", format!("{range:?} is not inside RAM")));
+            return Err(err("reg", format!("{range} is not inside RAM")));
         }
         if let Some((_, what)) = limits.forbidden.iter().find(|(r, _)| r.overlaps(&range)) {
-            return Err(err("reg", format!("{range:?} overlaps {what}")));
+            return Err(err("reg", format!("{range} overlaps {what}")));
         }
         let (slot, kind) = if is_kernel {
             (&mut kernel, "kernel")
