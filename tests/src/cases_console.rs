@@ -43,6 +43,7 @@ pub struct Step {
 pub fn script(case: &str) -> Option<&'static [Step]> {
     match case {
         "console-focus-gicv3" | "console-focus-gicv2" => Some(FOCUS_SCRIPT),
+        "demo-gicv3" | "demo-gicv2" => Some(DEMO_SCRIPT),
         _ => None,
     }
 }
@@ -144,4 +145,86 @@ pub const CONSOLE_FOCUS_GICV2: Case = Case {
     about: "the console-focus script on GICv2, non-VHE",
     machine: VIRT_V2_NVHE,
     ..CONSOLE_FOCUS_GICV3
+};
+
+/// scripts/run's default demo as a person uses it: Linux's shell has the console; a job is
+/// interrupted with Ctrl-C and another stopped with Ctrl-Z (both need job control: a shell on
+/// /dev/console without a controlling terminal ignores them and this script never sees its
+/// prompt again), arithmetic shows the shell reads what is typed, and `poweroff -f` ends Linux
+/// while the worker VM goes on.
+const DEMO_SCRIPT: &[Step] = &[
+    Step {
+        wait: "job control on",
+        send: "",
+    },
+    // The job says it runs (a word its echoed command line does not contain) only once it is
+    // the terminal's foreground job: a Ctrl-C typed earlier would reach the shell instead.
+    Step {
+        wait: "# ",
+        send: "sh -c 'echo run$((1+1)); exec sleep 100'\r",
+    },
+    Step {
+        wait: "run2",
+        send: "\x03",
+    },
+    Step {
+        wait: "# ",
+        send: "echo answer=$((6*7))\r",
+    },
+    Step {
+        wait: "answer=42",
+        send: "sh -c 'echo stop$((2+2)); exec sleep 300'\r",
+    },
+    Step {
+        wait: "stop4",
+        send: "\x1a",
+    },
+    Step {
+        wait: "Stopped",
+        send: "kill %1; echo killed=$?\r",
+    },
+    Step {
+        wait: "killed=0",
+        send: "poweroff -f\r",
+    },
+];
+
+const DEMO_LINES: &[&str] = &[
+    "console input goes to vm0 (linux); Ctrl-] three times switches",
+    "INIT: a shell on the console (job control on",
+    "answer=42",
+    "Stopped",
+    "killed=0",
+    "vm0 (linux) stopped",
+];
+
+pub const DEMO_GICV3: Case = Case {
+    name: "demo-gicv3",
+    about: "scripts/run's default demo (demo-linux + demo-worker): Linux's shell has the console with job control (Ctrl-C interrupts, Ctrl-Z stops a job), next to a bare-metal worker VM; GICv3, VHE",
+    machine: VIRT_V3_VHE,
+    boot: Boot::Direct,
+    vms: &["demo-linux", "demo-worker"],
+    bootargs: None,
+    timeout_s: 150,
+    expect: DEMO_LINES,
+    reject: &[
+        "can't access tty",
+        "HB FAIL",
+        "Kernel panic",
+        "Internal error:",
+        "BUG:",
+        "Oops",
+    ],
+    exit: Exit::KillAfter("vm0 (linux) stopped"),
+    console_input: None,
+    image: Image::Normal,
+    allow: &[],
+    reject_after_exit: &[],
+};
+
+pub const DEMO_GICV2: Case = Case {
+    name: "demo-gicv2",
+    about: "the default demo on GICv2, cortex-a72 (non-VHE)",
+    machine: VIRT_V2_NVHE,
+    ..DEMO_GICV3
 };
