@@ -130,6 +130,7 @@ fuzz_target!(|input: (bool, Vec<ExitIn>)| {
                 vcpu: VcpuId(u16::from(e.vcpu % 3)),
                 vm_name: "fuzz",
                 warn_budget: &budget,
+                ram_base: layout::RAM_BASE,
                 ram_bytes: 64 << 20,
             };
             exit::handle_sync(&mut ctx, Esr(raw), || Fault {

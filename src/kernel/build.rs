@@ -27,10 +27,10 @@ use crate::vm::{VcpuId, VmId, layout, loader};
 
 impl Vm {
     pub fn entry_ipa(&self) -> u64 {
-        layout::RAM_BASE.0 + self.entry_offset
+        self.ram.base().0 + self.entry_offset
     }
     pub fn fdt_ipa(&self) -> u64 {
-        layout::RAM_BASE.0 + self.fdt_offset
+        self.ram.base().0 + self.fdt_offset
     }
 }
 
@@ -104,7 +104,12 @@ pub(super) fn build_vm(
     }
     let ram_bytes = cfg.memory_bytes;
     let ipa_bits = pa_bits.min(48);
-    if layout::RAM_BASE.0 + ram_bytes > (1u64 << ipa_bits) {
+    // Guest RAM at QEMU virt's RAM base, or where it is on the host (elvisor,direct-map).
+    let ram_base = match (cfg.direct_map, cfg.host_address) {
+        (true, Some(host)) => GuestPhysAddr(host.0),
+        _ => layout::RAM_BASE,
+    };
+    if ram_base.0 + ram_bytes > (1u64 << ipa_bits) {
         return Err(vm_err(cfg, "memory", "larger than the IPA space"));
     }
     // Placement: image at its text_offset, DTB in the top 2 MiB, initrd just below it.
@@ -148,7 +153,7 @@ pub(super) fn build_vm(
     };
     let mut stage2 = Stage2Table::new(ipa_bits).with_forced_write_back(guest::s2fwb());
     // The pieces one after the other from the guest's RAM base.
-    let mut ipa = layout::RAM_BASE;
+    let mut ipa = ram_base;
     for piece in ram.pieces().pieces() {
         stage2
             .map(ipa, piece.base, piece.size_bytes, S2Kind::Ram)
@@ -157,7 +162,7 @@ pub(super) fn build_vm(
     }
     let vmid = id.0 as u64 + 1;
     // Lives as long as the hypervisor: device models hold on to it (mm::lazy).
-    let vm_ram: &'static VmRam = Box::leak(Box::new(VmRam::new(ram, stage2, vmid)));
+    let vm_ram: &'static VmRam = Box::leak(Box::new(VmRam::new(ram, stage2, vmid, ram_base)));
 
     let mut vg = Vgic::new(&VgicConfig {
         version: plat.gic.version,
@@ -209,8 +214,36 @@ pub(super) fn build_vm(
     }
 
     let virtio_nodes = super::virtio::add_devices(cfg, plat, vm_ram, &mut bus)?;
-    let passthrough_irqs =
-        setup_passthrough(cfg, plat, &bus, &mut vm_ram.stage2(), &vgic, ram_bytes)?;
+    // Direct-mapped RAM lands wherever the host has it: it must not cover an emulated device.
+    let ram_ipa = PhysRange::new(PhysAddr(ram_base.0), ram_bytes);
+    let gicv = (plat.gic.version == GicVersion::V2).then_some((
+        layout::GICC_BASE,
+        layout::GICC_SIZE,
+        "GIC CPU interface",
+    ));
+    if let Some((b, _, name)) = bus
+        .windows()
+        .chain(gicv)
+        .find(|(b, sz, _)| PhysRange::new(PhysAddr(b.0), *sz).overlaps(&ram_ipa))
+    {
+        return Err(vm_err(
+            cfg,
+            "elvisor,direct-map",
+            alloc::format!(
+                "guest RAM at {ram_ipa} would cover the emulated {name} at {:#x}",
+                b.0
+            ),
+        ));
+    }
+    let passthrough_irqs = setup_passthrough(
+        cfg,
+        plat,
+        &bus,
+        &mut vm_ram.stage2(),
+        &vgic,
+        ram_base,
+        ram_bytes,
+    )?;
 
     let root_level = vm_ram.stage2().root_level();
     let hw = guest::VcpuHwConfig {
@@ -305,6 +338,7 @@ fn setup_passthrough(
     bus: &MmioBus,
     stage2: &mut Stage2Table,
     vgic: &vgic::SharedVgic,
+    ram_base: GuestPhysAddr,
     ram_bytes: u64,
 ) -> Result<Vec<u32>, VmError> {
     let mut irqs = Vec::new();
@@ -319,7 +353,7 @@ fn setup_passthrough(
             plat.uart.size_bytes,
         )))
         .collect();
-    let guest_ram = PhysRange::new(PhysAddr(layout::RAM_BASE.0), ram_bytes);
+    let guest_ram = PhysRange::new(PhysAddr(ram_base.0), ram_bytes);
     // A device belongs to one VM: VMs earlier in the configuration keep their claims.
     let earlier = plat
         .vms

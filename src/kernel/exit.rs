@@ -199,6 +199,7 @@ pub fn handle_exit(v: &mut Vcpu, kind: ExitKind) -> Next {
                     vcpu: v.id,
                     vm_name: &vm.name,
                     warn_budget: &vm.warn_budget,
+                    ram_base: vm.ram.base(),
                     ram_bytes: vm.config.memory_bytes,
                 };
                 crate::vm::exit::handle_sync(&mut ctx, esr, guest::fault)

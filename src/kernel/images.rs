@@ -35,14 +35,12 @@ pub fn load_images(vm: &Vm, how: Reload) -> Result<(), String> {
     let pool = entropy_pool();
     let seed = pool.guest_seed(vm.id.0, boot, timer::now());
     let kaslr = pool.kaslr_seed(vm.id.0, boot, timer::now());
-    let initrd = vm.initrd_offset.zip(vm.ramdisk).map(|(off, m)| {
-        (
-            GuestPhysAddr(layout::RAM_BASE.0 + off),
-            m.bytes().len() as u64,
-        )
-    });
+    let initrd = vm
+        .initrd_offset
+        .zip(vm.ramdisk)
+        .map(|(off, m)| (GuestPhysAddr(vm.ram.base().0 + off), m.bytes().len() as u64));
     let blob = crate::vm::fdt::generate(&GuestFdt {
-        ram_base: layout::RAM_BASE,
+        ram_base: vm.ram.base(),
         ram_bytes: vm.config.memory_bytes,
         mpidrs,
         uart: Some(GuestUart {

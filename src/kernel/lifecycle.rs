@@ -48,7 +48,8 @@ pub(super) fn psci_call(vm: &'static Vm, v: &mut Vcpu, call: Call) -> bool {
             entry,
             context,
         } => {
-            let ram = super::layout::RAM_BASE.0..super::layout::RAM_BASE.0 + vm.config.memory_bytes;
+            let base = vm.ram.base().0;
+            let ram = base..base + vm.config.memory_bytes;
             if vm.state.load(Ordering::Acquire) != VmState::Running as u8 {
                 // The VM is being reset or stopped: nothing may start now.
                 set_ret(v, psci::ret::DENIED);

@@ -35,7 +35,6 @@ use crate::mm::lazy::{BLOCK_BYTES, Backing, EnsureBacked};
 use crate::mm::pagetable::{S2Kind, Stage2Table};
 use crate::mm::pieces::HostPieces;
 use crate::mm::{GuestPhysAddr, PhysAddr};
-use crate::vm::layout;
 
 /// A VM's RAM and the stage-2 table that maps it.
 pub struct VmRam {
@@ -49,12 +48,14 @@ pub struct VmRam {
     backing: Backing,
     /// VTTBR_EL2 of the VM (VMID and table root), for TLB maintenance.
     vttbr: u64,
+    /// Where RAM starts in the guest's physical address space.
+    base: GuestPhysAddr,
 }
 
 impl VmRam {
-    /// RAM `region` mapped whole as guest RAM at `layout::RAM_BASE` in `stage2` (the caller
-    /// did that); blocks become on-demand at the first [`Self::prepare`].
-    pub fn new(region: RamRegion, stage2: Stage2Table, vmid: u64) -> Self {
+    /// RAM `region` mapped whole as guest RAM at `base` in `stage2` (the caller did that);
+    /// blocks become on-demand at the first [`Self::prepare`].
+    pub fn new(region: RamRegion, stage2: Stage2Table, vmid: u64, base: GuestPhysAddr) -> Self {
         let host = region.pieces().clone();
         let vttbr = (vmid << 48) | stage2.root_pa().0;
         Self {
@@ -63,7 +64,14 @@ impl VmRam {
             host,
             stage2: Mutex::new(stage2),
             vttbr,
+            base,
         }
+    }
+
+    /// Where RAM starts in the guest's physical address space (`vm::layout::RAM_BASE`, or
+    /// the host address with `elvisor,direct-map`).
+    pub fn base(&self) -> GuestPhysAddr {
+        self.base
     }
 
     /// The stage-2 table, for mappings other than RAM (devices) at build time.
@@ -73,7 +81,7 @@ impl VmRam {
 
     /// Checked access for a device model (virtio), backing blocks before it touches them.
     pub fn guest_access(&'static self) -> crate::arch::aarch64::ram::GuestRamAccess {
-        self.region.lock().guest_access(layout::RAM_BASE, self)
+        self.region.lock().guest_access(self.base, self)
     }
 
     pub fn vttbr(&self) -> u64 {
@@ -101,7 +109,7 @@ impl VmRam {
     pub fn prepare(&self, eager: &[bool], after_run: bool) -> Result<(), &'static str> {
         let mut s2 = self.stage2.lock();
         for b in 0..self.backing.blocks() {
-            let ipa = GuestPhysAddr(layout::RAM_BASE.0 + b as u64 * BLOCK_BYTES);
+            let ipa = GuestPhysAddr(self.base.0 + b as u64 * BLOCK_BYTES);
             let want = eager.get(b).copied().unwrap_or(false);
             // At build every block is mapped and none counted: unmap all non-eager ones.
             if want {
@@ -161,7 +169,7 @@ impl VmRam {
         if !cache::dic() {
             cache::invalidate_icache_all();
         }
-        let ipa = GuestPhysAddr(layout::RAM_BASE.0 + b as u64 * BLOCK_BYTES);
+        let ipa = GuestPhysAddr(self.base.0 + b as u64 * BLOCK_BYTES);
         if s2
             .map(ipa, self.block_pa(b), BLOCK_BYTES, S2Kind::Ram)
             .is_err()
@@ -180,7 +188,7 @@ impl VmRam {
     /// `ipa` is not RAM (the caller treats it as any unbacked address); `Some(false)` when
     /// backing failed.
     pub fn fault(&self, ipa: GuestPhysAddr) -> Option<bool> {
-        let offset = ipa.0.checked_sub(layout::RAM_BASE.0)?;
+        let offset = ipa.0.checked_sub(self.base.0)?;
         if offset >= self.host.size_bytes() {
             return None;
         }

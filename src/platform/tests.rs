@@ -188,6 +188,7 @@ fn vm_fixture() {
             cpu_affinity: Vec::new(),
             memory_bytes: 0x400_0000,
             host_address: None,
+            direct_map: false,
             bootargs: "hello".into(),
             kernel,
             ramdisk: None,
@@ -431,6 +432,21 @@ fn vm_host_address() {
         true,
     );
     assert_error(&one_cell, "/chosen/vm-a", "elvisor,host-address");
+    // Direct-mapped: needs a host address.
+    let direct = |with_address: bool| {
+        vm_dt(
+            &move |w| {
+                good_vm(w)?;
+                if with_address {
+                    w.property_u64("elvisor,host-address", 0x7000_0000)?;
+                }
+                w.property_null("elvisor,direct-map")
+            },
+            true,
+        )
+    };
+    assert!(parse_ok(&direct(true)).vms[0].direct_map);
+    assert_error(&direct(false), "/chosen/vm-a", "elvisor,direct-map");
     // Messages name ranges the way a user reads them, never in Rust's debug form.
     let e = parse_err(&at(0x7c00_0000));
     assert!(e.problem.contains("0x7c000000..0x84000000"), "{e}");

@@ -93,7 +93,9 @@ pub struct ExitCtx<'a> {
     pub vm_name: &'a str,
     /// Diagnostics this VM may still print ([`WARN_BUDGET`] to start with).
     pub warn_budget: &'a AtomicU32,
-    /// Bytes of guest RAM at [`super::layout::RAM_BASE`].
+    /// Where guest RAM starts ([`super::layout::RAM_BASE`] unless the VM is direct-mapped).
+    pub ram_base: GuestPhysAddr,
+    /// Bytes of guest RAM from `ram_base`.
     pub ram_bytes: u64,
 }
 
@@ -101,7 +103,7 @@ impl ExitCtx<'_> {
     /// Whether `ipa` is in the VM's RAM.
     fn in_ram(&self, ipa: GuestPhysAddr) -> bool {
         ipa.0
-            .checked_sub(super::layout::RAM_BASE.0)
+            .checked_sub(self.ram_base.0)
             .is_some_and(|off| off < self.ram_bytes)
     }
 }
@@ -463,6 +465,7 @@ mod tests {
             vcpu: VcpuId(0),
             vm_name: "t",
             warn_budget: &budget,
+            ram_base: crate::vm::layout::RAM_BASE,
             ram_bytes: TEST_RAM_BYTES,
         };
         handle_sync(&mut ctx, esr, || Fault {

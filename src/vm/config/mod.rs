@@ -39,6 +39,10 @@ pub struct VmConfig {
     /// Where the guest's RAM must be in host memory (property `elvisor,host-address`), else
     /// anywhere the frame allocator finds room, in one or more pieces.
     pub host_address: Option<PhysAddr>,
+    /// Property `elvisor,direct-map`: the guest sees its RAM at the host address it has
+    /// (guest-physical = host-physical), for passthrough devices that DMA without an IOMMU.
+    /// Needs `elvisor,host-address`.
+    pub direct_map: bool,
     /// Guest command line (property `bootargs`), empty if absent.
     pub bootargs: String,
     /// The kernel module: where the loader (QEMU, U-Boot) put the image in host memory.

@@ -119,6 +119,14 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
         }
     };
 
+    let direct_map = prop(node, "elvisor,direct-map").is_some();
+    if direct_map && host_address.is_none() {
+        return Err(err(
+            "elvisor,direct-map",
+            "needs elvisor,host-address: the guest sees its RAM where it is on the host".into(),
+        ));
+    }
+
     let bootargs = match str_prop(node, "bootargs") {
         Ok(args) => args.unwrap_or("").to_string(),
         Err(problem) => return Err(err("bootargs", problem.into())),
@@ -144,6 +152,7 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
         cpu_affinity,
         memory_bytes,
         host_address,
+        direct_map,
         bootargs,
         kernel,
         ramdisk,
