@@ -43,7 +43,9 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
             "elvisor: entered at EL{el}, but elvisor must be entered at EL2 \
              (QEMU: -M virt,virtualization=on; U-Boot: boot it with booti from EL2). Stopping."
         );
-        cpu::park();
+        // Stops like every other error: PSCI SYSTEM_OFF (the firmware answers it at EL1 too),
+        // else the "halted" line.
+        stop_machine(host.and_then(|h| h.psci()));
     }
     // Loaded at an address the image cannot run from (boot.rs moved it only to say so).
     if let Some(at) = crate::arch::aarch64::boot::misplaced_load_address() {
@@ -74,7 +76,8 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     }
     let Some(dtb) = dtb else {
         error!("no valid device tree at x0 = {dtb_pa:#x}; stopping");
-        cpu::park();
+        // Without a device tree there is no PSCI conduit to power off with: the "halted" line.
+        stop_machine(None);
     };
 
     // VHE is chosen before any table exists: E2H changes the table and register formats.

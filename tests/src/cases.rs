@@ -298,7 +298,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "wrong-el",
-        about: "virt without virtualization=on enters at EL1: the hypervisor says so and parks",
+        about: "virt without virtualization=on enters at EL1: the hypervisor says so and stops the machine (PSCI SYSTEM_OFF) like every other error",
         machine: &[
             "-M",
             "virt,gic-version=3",
