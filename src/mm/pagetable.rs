@@ -2,9 +2,10 @@
 //! stage-2 table per VM. Both come from the aarch64-paging crate; this file chooses the
 //! attributes and where table pages come from.
 //!
-//! Table pages come from [`HeapTranslation`] (arch code: the heap is identity-mapped, so a
-//! table's address is its physical address). On the host the same code runs on the host
-//! allocator, which is just as good for walking the result in unit tests.
+//! Table pages come from the crate's [`IdTranslation`]: the global allocator, whose heap the
+//! EL2 map identity-maps, so a table's address is its physical address (what this file relied
+//! on a hand-written twin of the crate's type for before). On the host the same code runs on
+//! the host allocator, which is just as good for walking the result in unit tests.
 
 use aarch64_paging::MapError;
 use aarch64_paging::descriptor::{
@@ -14,7 +15,7 @@ use aarch64_paging::paging::{
     Constraints, El2, El2And0, MemoryRegion, RootTable, Stage2 as Stage2Regime, VaRange,
 };
 
-pub use crate::arch::aarch64::tables::HeapTranslation;
+use aarch64_paging::idmap::IdTranslation;
 
 use super::{GuestPhysAddr, PAGE_SIZE, PhysAddr};
 
@@ -66,7 +67,7 @@ pub enum S2Kind {
 
 /// A VM's stage-2 translation table (IPA -> PA).
 pub struct Stage2Table {
-    root: RootTable<Stage2Regime, HeapTranslation>,
+    root: RootTable<Stage2Regime, IdTranslation<Stage2Attributes>>,
     ipa_bits: u32,
     /// HCR_EL2.FWB is set for the VM (FEAT_S2FWB): RAM is mapped "forced Write-Back".
     forced_write_back: bool,
@@ -83,7 +84,7 @@ impl Stage2Table {
     pub fn new(ipa_bits: u32) -> Self {
         let ipa_bits = ipa_bits.clamp(32, 48);
         Self {
-            root: RootTable::new(HeapTranslation, root_level(ipa_bits), Stage2Regime),
+            root: RootTable::new(IdTranslation::new(), root_level(ipa_bits), Stage2Regime),
             ipa_bits,
             forced_write_back: false,
         }
@@ -226,8 +227,8 @@ pub mod mair {
 /// descriptors have the EL1 layout (PXN/UXN, AP[1] = EL0 access); without VHE it is EL2,
 /// with XN at bit 54 and AP[1] RES1.
 pub enum El2Table {
-    Nvhe(RootTable<El2, HeapTranslation>),
-    Vhe(RootTable<El2And0, HeapTranslation>),
+    Nvhe(RootTable<El2, IdTranslation<El23Attributes>>),
+    Vhe(RootTable<El2And0, IdTranslation<El1Attributes>>),
 }
 
 /// Input address size of the EL2 map (T0SZ = 64 - this).
@@ -238,13 +239,13 @@ impl El2Table {
         let level = root_level(EL2_VA_BITS);
         if vhe {
             El2Table::Vhe(RootTable::with_va_range(
-                HeapTranslation,
+                IdTranslation::new(),
                 level,
                 El2And0,
                 VaRange::Lower,
             ))
         } else {
-            El2Table::Nvhe(RootTable::new(HeapTranslation, level, El2))
+            El2Table::Nvhe(RootTable::new(IdTranslation::new(), level, El2))
         }
     }
 

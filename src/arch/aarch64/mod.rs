@@ -1,10 +1,9 @@
 //! AArch64 support: the only home of assembly, system registers, barriers, TLB and cache
-//! maintenance. `esr`, `fatal`, `sync` and `tables` also build on the host for unit tests.
+//! maintenance. `esr`, `fatal` and `sync` also build on the host for unit tests.
 
 pub mod esr;
 pub mod fatal;
 pub mod sync;
-pub mod tables;
 
 #[cfg(target_os = "none")]
 pub mod boot;
