@@ -16,31 +16,49 @@ use crate::mm::GuestPhysAddr;
 use crate::vm::exit::Fault;
 use crate::vm::vcpu::{El1Context, GuestRegs};
 
-/// HCR_EL2 bits.
+/// HCR_EL2 bits, from aarch64-cpu's typed register description (ARM ARM D24.2, HCR_EL2).
 pub mod hcr {
-    pub const VM: u64 = 1 << 0;
-    pub const SWIO: u64 = 1 << 1;
-    pub const FMO: u64 = 1 << 3;
-    pub const IMO: u64 = 1 << 4;
-    pub const AMO: u64 = 1 << 5;
-    pub const FB: u64 = 1 << 9;
-    pub const BSU_IS: u64 = 1 << 10;
-    pub const TWI: u64 = 1 << 13;
-    pub const TWE: u64 = 1 << 14;
-    pub const TID3: u64 = 1 << 18;
-    pub const TSC: u64 = 1 << 19;
-    pub const TIDCP: u64 = 1 << 20;
-    pub const RW: u64 = 1 << 31;
-    pub const E2H: u64 = 1 << 34;
-    pub const TERR: u64 = 1 << 36;
-    pub const APK: u64 = 1 << 40;
-    pub const API: u64 = 1 << 41;
+    use aarch64_cpu::registers::HCR_EL2;
+
+    pub const VM: u64 = HCR_EL2::VM::Enable.value;
+    pub const SWIO: u64 = HCR_EL2::SWIO::SET.value;
+    pub const FMO: u64 = HCR_EL2::FMO::EnableVirtualFIQ.value;
+    pub const IMO: u64 = HCR_EL2::IMO::EnableVirtualIRQ.value;
+    pub const AMO: u64 = HCR_EL2::AMO::SET.value;
+    pub const FB: u64 = HCR_EL2::FB::SET.value;
+    pub const BSU_IS: u64 = HCR_EL2::BSU::InnerShareable.value;
+    pub const TWI: u64 = HCR_EL2::TWI::SET.value;
+    pub const TWE: u64 = HCR_EL2::TWE::SET.value;
+    pub const TID3: u64 = HCR_EL2::TID3::SET.value;
+    pub const TSC: u64 = HCR_EL2::TSC::EnableTrapEl1SmcToEl2.value;
+    pub const TIDCP: u64 = HCR_EL2::TIDCP::SET.value;
+    pub const RW: u64 = HCR_EL2::RW::EL1IsAarch64.value;
+    pub const E2H: u64 = HCR_EL2::E2H::EnableOsAtEl2.value;
+    pub const TERR: u64 = HCR_EL2::TERR::SET.value;
+    pub const APK: u64 = HCR_EL2::APK::SET.value;
+    pub const API: u64 = HCR_EL2::API::SET.value;
     /// Forced Write-Back of stage 2 (FEAT_S2FWB): only set where the CPU has it.
-    pub const FWB: u64 = 1 << 46;
+    pub const FWB: u64 = HCR_EL2::FWB::SET.value;
+
+    // The bit positions the rest of the kernel was written against (ARM ARM D24.2).
+    const _: () = assert!(VM == 1 && SWIO == 1 << 1 && FMO == 1 << 3 && IMO == 1 << 4);
+    const _: () = assert!(AMO == 1 << 5 && FB == 1 << 9 && BSU_IS == 1 << 10);
+    const _: () = assert!(TWI == 1 << 13 && TWE == 1 << 14 && TID3 == 1 << 18);
+    const _: () = assert!(TSC == 1 << 19 && TIDCP == 1 << 20 && RW == 1 << 31);
+    const _: () = assert!(E2H == 1 << 34 && TERR == 1 << 36 && APK == 1 << 40);
+    const _: () = assert!(API == 1 << 41 && FWB == 1 << 46);
 }
 
-/// MDCR_EL2: trap PMU (TPM, TPMCR) and debug (TDA, TDOSA, TDRA) registers.
-pub const MDCR_EL2_GUEST: u64 = (1 << 5) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11);
+/// MDCR_EL2 for guests: trap the PMU (TPM, TPMCR) and debug registers (TDA, TDOSA, TDRA).
+pub const MDCR_EL2_GUEST: u64 = {
+    use aarch64_cpu::registers::MDCR_EL2;
+    MDCR_EL2::TPMCR::SET.value
+        | MDCR_EL2::TPM::SET.value
+        | MDCR_EL2::TDA::SET.value
+        | MDCR_EL2::TDOSA::SET.value
+        | MDCR_EL2::TDRA::SET.value
+};
+const _: () = assert!(MDCR_EL2_GUEST == (1 << 5) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11));
 
 /// The hypervisor-owned configuration of a vCPU, loaded when it takes a physical CPU.
 #[derive(Clone, Debug)]
@@ -146,18 +164,21 @@ mod hcrx {
 
 /// VTCR_EL2 for a stage-2 table: 4K granule, inner-shareable write-back walks, 8-bit VMID.
 pub fn vtcr(ipa_bits: u32, root_level: usize, pa_bits: u32) -> u64 {
-    let sl0: u64 = match root_level {
-        0 => 0b10,
-        1 => 0b01,
-        _ => 0b00,
+    use aarch64_cpu::registers::VTCR_EL2;
+    let sl0 = match root_level {
+        0 => VTCR_EL2::SL0::Granule4KBLevel0,
+        1 => VTCR_EL2::SL0::Granule4KBLevel1,
+        _ => VTCR_EL2::SL0::Granule4KBLevel2,
     };
-    (1 << 31)
-        | (super::mmu::ps_field(pa_bits) << 16)
-        | (0b11 << 12)
-        | (0b01 << 10)
-        | (0b01 << 8)
-        | (sl0 << 6)
-        | (64 - ipa_bits as u64)
+    (VTCR_EL2::RES1::SET
+        + VTCR_EL2::PS.val(super::mmu::ps_field(pa_bits))
+        + VTCR_EL2::TG0::Granule4KB
+        + VTCR_EL2::SH0::Inner
+        + VTCR_EL2::ORGN0::NormalWBRAWA
+        + VTCR_EL2::IRGN0::NormalWBRAWA
+        + sl0
+        + VTCR_EL2::T0SZ.val(64 - u64::from(ipa_bits)))
+    .value
 }
 
 /// Writes a vCPU's trap configuration and stage 2 to this CPU, and invalidates stage-1/2 TLB
