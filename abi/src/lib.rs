@@ -43,6 +43,7 @@ pub mod hypercall {
 ///   0x0801_0000  GICv2 CPU interface (the hardware GICV), 8 KiB
 ///   0x080a_0000  GICv3 redistributors, 128 KiB per vCPU
 ///   0x0900_0000  PL011 UART (emulated), 4 KiB, SPI 1
+///   0x0903_0000  PL061 GPIO (emulated), 4 KiB, SPI 7: line 3 is the power button
 ///   0x4000_0000  RAM
 ///                  +0x8_0000 (TEXT_OFFSET): the image
 ///                  top - 2 MiB: the device tree
@@ -63,6 +64,13 @@ pub mod layout {
     pub const UART_SIZE: u64 = 0x1000;
     /// INTID of the UART's SPI (SPI 1).
     pub const UART_INTID: u32 = 33;
+    /// The PL061 GPIO controller with the power button, where QEMU virt has its own.
+    pub const GPIO_BASE: u64 = 0x0903_0000;
+    pub const GPIO_SIZE: u64 = 0x1000;
+    /// INTID of the GPIO controller's SPI (SPI 7).
+    pub const GPIO_INTID: u32 = 39;
+    /// The GPIO line of the power button (gpio-keys KEY_POWER, active high), as on QEMU virt.
+    pub const POWER_BUTTON_LINE: u8 = 3;
     /// Guest RAM base.
     pub const RAM_BASE: u64 = 0x4000_0000;
     /// Room reserved at the top of RAM for the device tree.

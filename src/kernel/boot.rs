@@ -243,6 +243,13 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     RUNNING_VMS.store(built.len(), Ordering::Relaxed);
     VMS.call_once(|| built);
     super::console_input::start(bootargs);
+    // A test aid: press a VM's power button some milliseconds after boot.
+    if let Some(v) = crate::console::bootarg(bootargs, "elvisor.test-power-button") {
+        match super::lifecycle::test_power_button(v) {
+            Ok(()) => info!("elvisor.test-power-button={v}: the button will be pressed"),
+            Err(why) => warn!("elvisor.test-power-button={v} {why}: ignored"),
+        }
+    }
     // vCPU 0 of every VM starts at its image with x0 = its device tree.
     for vm in vms() {
         let _ = vm.power[0].cpu_on(vm.entry_ipa(), vm.fdt_ipa());

@@ -20,6 +20,7 @@ use crate::mm::{BLOCK_2M, GuestPhysAddr, PhysAddr, PhysRange};
 use crate::platform::{GicVersion, Platform};
 use crate::vdev::MmioBus;
 use crate::vdev::pl011::Pl011 as VPl011;
+use crate::vdev::pl061::Pl061;
 use crate::vdev::vgic::{self, GicdWindow, GicrWindow, Vgic, VgicConfig};
 use crate::vm::config::VmConfig;
 use crate::vm::timer::VTIMER_INTID;
@@ -214,6 +215,34 @@ pub(super) fn build_vm(
     }
 
     let virtio_nodes = super::virtio::add_devices(cfg, plat, vm_ram, &mut bus)?;
+    // The power button (kernel::lifecycle::press_power_button): a PL061 where QEMU virt has
+    // its own, SPI 7 as a level, gpio-keys on line 3 in the guest's tree.
+    let button_nodes = if cfg.power_button {
+        if let Some(pt) = cfg
+            .passthrough
+            .iter()
+            .find(|p| p.irqs.iter().any(|&(i, _)| i == layout::GPIO_INTID))
+        {
+            return Err(VmError {
+                node: pt.node_path.clone(),
+                property: "elvisor,host-path",
+                problem: alloc::format!(
+                    "INTID {} belongs to the emulated PL061 (the power button; \
+                     elvisor,power-button = <0> turns it off)",
+                    layout::GPIO_INTID
+                ),
+            });
+        }
+        bus.add_with_irq(
+            layout::GPIO_BASE,
+            Box::new(Pl061::new()),
+            Some(layout::GPIO_INTID),
+        )
+        .map_err(overlap)?;
+        crate::vm::fdt::power_button_nodes(&cfg.node_path).to_vec()
+    } else {
+        Vec::new()
+    };
     // Direct-mapped RAM lands wherever the host has it: it must not cover an emulated device.
     let ram_ipa = PhysRange::new(PhysAddr(ram_base.0), ram_bytes);
     let gicv = (plat.gic.version == GicVersion::V2).then_some((
@@ -271,6 +300,7 @@ pub(super) fn build_vm(
             .iter()
             .cloned()
             .chain(virtio_nodes)
+            .chain(button_nodes)
             .collect(),
         hw,
         reset_count: AtomicU32::new(0),

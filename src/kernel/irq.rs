@@ -64,6 +64,7 @@ pub(super) fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) -> bool 
         } else if intid == timer::HYP_TIMER_INTID {
             timer::disarm();
             resched = true;
+            super::lifecycle::button_timers();
             if let Some(v) = cur.as_mut() {
                 let vm = super::vm_of(v);
                 update_ptimer(vm, v);

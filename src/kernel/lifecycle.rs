@@ -254,3 +254,233 @@ pub(super) fn kick_all(vm: &Vm, kicks: KickSet) -> bool {
     }
     local
 }
+
+// ─── The power button ───────────────────────────────────────────────────────────────────
+// Line 3 of each VM's emulated PL061 (`vdev::pl061`), described to the guest as QEMU virt's
+// `gpio-keys` KEY_POWER (`vm::fdt::power_button_nodes`). Linux's gpio-keys takes the
+// interrupt of either edge, waits its debounce interval (5 ms) and then reads the line, so a
+// press must stay high until the guest has read it: the line is lowered no sooner than
+// `BUTTON_HOLD_MS` after the press, and only once the guest has read it high from GPIODATA,
+// re-checked every `BUTTON_RECHECK_MS`, but never later than `BUTTON_HOLD_MAX_MS` (a guest
+// that ignores the button does not hold it down forever). The timed events run from the EL2
+// timer of any CPU: `arm_timer` looks at `next_button_deadline`, and the timer interrupt calls
+// `button_timers`.
+
+use alloc::vec::Vec;
+use core::sync::atomic::AtomicU64;
+
+use crate::arch::aarch64::sync::Mutex;
+use crate::vdev::pl061::Pl061;
+use crate::vm::layout;
+
+/// The shortest press, in milliseconds of counter time.
+const BUTTON_HOLD_MS: u64 = 100;
+/// How often a press the guest has not read yet is looked at again.
+const BUTTON_RECHECK_MS: u64 = 50;
+/// The longest press.
+const BUTTON_HOLD_MAX_MS: u64 = 2_000;
+
+#[derive(Clone, Copy, Debug)]
+enum ButtonEvent {
+    /// Press the button (`elvisor.test-power-button`), and again every `every` ticks (0:
+    /// once) while the VM runs.
+    Press { every: u64 },
+    /// Release it if the guest has read the press, or the longest press is over.
+    Release { pressed_at: u64 },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct TimedButton {
+    /// Counter value it is due at.
+    at: u64,
+    /// The VM's id.
+    vm: u16,
+    what: ButtonEvent,
+}
+
+static BUTTON_EVENTS: Mutex<Vec<TimedButton>> = Mutex::new(Vec::new());
+/// The earliest `at` in `BUTTON_EVENTS` (u64::MAX: none), read by every `arm_timer`.
+static BUTTON_NEXT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn ms_to_ticks(ms: u64) -> u64 {
+    let t = u128::from(ms) * u128::from(timer::frequency()) / 1000;
+    u64::try_from(t).unwrap_or(u64::MAX)
+}
+
+/// Queues `what` for VM `vm` at counter value `at`. With `poke`, makes this CPU's EL2 timer
+/// fire at once, so that its scheduler re-arms it for the new deadline (not needed where the
+/// scheduler runs next anyway: at boot, from the timer interrupt).
+fn schedule_button(at: u64, vm: u16, what: ButtonEvent, poke: bool) {
+    let mut ev = BUTTON_EVENTS.lock();
+    ev.push(TimedButton { at, vm, what });
+    BUTTON_NEXT.fetch_min(at, Ordering::AcqRel);
+    drop(ev);
+    if poke {
+        timer::arm(timer::now());
+    }
+}
+
+/// The counter value the next power-button event is due at, if any (for `arm_timer`).
+#[inline(always)]
+pub(super) fn next_button_deadline() -> Option<u64> {
+    let d = BUTTON_NEXT.load(Ordering::Acquire);
+    (d != u64::MAX).then_some(d)
+}
+
+/// Drives the VM's power-button line to `level` and tells the vGIC about the controller's
+/// output. False if the VM has no power button.
+fn drive_button(vm: &Vm, level: bool) -> bool {
+    let mut kicks = KickSet::EMPTY;
+    let mut bus = vm.mmio.lock();
+    let Some(gpio) = bus.device_at::<Pl061>(layout::GPIO_BASE) else {
+        return false;
+    };
+    gpio.set_input(layout::POWER_BUTTON_LINE, level);
+    bus.irq_changes(|intid, l| {
+        let mut vg = vm.vgic.lock();
+        if let Ok(k) = vg.set_level(intid, VcpuId(0), l) {
+            kicks = kicks.union(k);
+        }
+        kicks = kicks.union(vg.take_kicks());
+    });
+    drop(bus);
+    // The SPI is routed to some vCPU: the one the vGIC names, or vCPU 0 to be sure a waiting
+    // vCPU looks at it.
+    if kicks.is_empty() {
+        kicks = KickSet::single(0);
+    }
+    kick_all(vm, kicks);
+    true
+}
+
+/// Presses the VM's power button (line 3 of its PL061 goes high) and schedules its release.
+/// Returns false if the VM has no power button (`elvisor,power-button = <0>`). A press while
+/// the button is still down changes nothing.
+pub fn press_power_button(vm: &Vm) -> bool {
+    press(vm, true)
+}
+
+fn press(vm: &Vm, poke: bool) -> bool {
+    {
+        let mut bus = vm.mmio.lock();
+        match bus.device_at::<Pl061>(layout::GPIO_BASE) {
+            None => return false,
+            Some(g) if g.input(layout::POWER_BUTTON_LINE) => return true,
+            Some(_) => {}
+        }
+    }
+    let now = timer::now();
+    if !drive_button(vm, true) {
+        return false;
+    }
+    info!("{} ({}): power button pressed", vm.id, vm.name);
+    schedule_button(
+        now.saturating_add(ms_to_ticks(BUTTON_HOLD_MS)),
+        vm.id.0,
+        ButtonEvent::Release { pressed_at: now },
+        poke,
+    );
+    true
+}
+
+/// Asks the VM to shut down cleanly: presses its power button (the guest's gpio-keys sees
+/// KEY_POWER; what it does then is the guest's business). The management shell's `shutdown`.
+pub fn request_shutdown(vm: &Vm) -> Result<(), &'static str> {
+    if vm.state.load(Ordering::Acquire) == VmState::Stopped as u8 {
+        return Err("the VM is not running");
+    }
+    if press_power_button(vm) {
+        Ok(())
+    } else {
+        Err("this VM has no power button")
+    }
+}
+
+/// `elvisor.test-power-button=<vm-name>@<ms>[:<every-ms>]` (a test aid): presses that VM's
+/// button `ms` milliseconds of counter time after this call (boot), and with `every-ms` again
+/// that often while the VM runs (a guest that was not listening yet hears a later press).
+/// Returns why not, if it cannot.
+pub(super) fn test_power_button(arg: &str) -> Result<(), &'static str> {
+    let (name, when) = arg
+        .rsplit_once('@')
+        .ok_or("is not <vm-name>@<milliseconds>[:<every-milliseconds>]")?;
+    let (ms, every) = match when.split_once(':') {
+        Some((ms, every)) => (ms, Some(every)),
+        None => (when, None),
+    };
+    let ms: u64 = ms.parse().map_err(|_| "has no milliseconds after '@'")?;
+    let every = match every {
+        Some(e) => match e.parse::<u64>() {
+            Ok(e) if e > 0 => ms_to_ticks(e),
+            _ => return Err("has no nonzero milliseconds after ':'"),
+        },
+        None => 0,
+    };
+    let vm = super::vms()
+        .iter()
+        .find(|vm| vm.name == name)
+        .ok_or("names no VM")?;
+    if !vm.config.power_button {
+        return Err("names a VM without a power button");
+    }
+    schedule_button(
+        timer::now().saturating_add(ms_to_ticks(ms)),
+        vm.id.0,
+        ButtonEvent::Press { every },
+        false,
+    );
+    Ok(())
+}
+
+/// From the EL2 timer interrupt: carries out the power-button events that are due.
+pub(super) fn button_timers() {
+    let now = timer::now();
+    if BUTTON_NEXT.load(Ordering::Acquire) > now {
+        return;
+    }
+    let due: Vec<TimedButton> = {
+        let mut ev = BUTTON_EVENTS.lock();
+        let due = ev.iter().filter(|e| e.at <= now).copied().collect();
+        ev.retain(|e| e.at > now);
+        BUTTON_NEXT.store(
+            ev.iter().map(|e| e.at).min().unwrap_or(u64::MAX),
+            Ordering::Release,
+        );
+        due
+    };
+    for e in due {
+        let Some(&vm) = super::vms().iter().find(|vm| vm.id.0 == e.vm) else {
+            continue;
+        };
+        match e.what {
+            ButtonEvent::Press { every } => {
+                if vm.state.load(Ordering::Acquire) == VmState::Stopped as u8 {
+                    continue;
+                }
+                let _ = press(vm, false);
+                if every > 0 {
+                    schedule_button(now.saturating_add(every), e.vm, e.what, false);
+                }
+            }
+            ButtonEvent::Release { pressed_at } => {
+                let seen = vm
+                    .mmio
+                    .lock()
+                    .device_at::<Pl061>(layout::GPIO_BASE)
+                    .is_some_and(|g| g.sampled_high(layout::POWER_BUTTON_LINE));
+                let held = now.saturating_sub(pressed_at);
+                if seen || held >= ms_to_ticks(BUTTON_HOLD_MAX_MS) {
+                    drive_button(vm, false);
+                    log::debug!("{} ({}): power button released", vm.id, vm.name);
+                } else {
+                    schedule_button(
+                        now.saturating_add(ms_to_ticks(BUTTON_RECHECK_MS)),
+                        e.vm,
+                        e.what,
+                        false,
+                    );
+                }
+            }
+        }
+    }
+}

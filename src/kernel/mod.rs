@@ -39,7 +39,7 @@ pub mod exit;
 pub mod halt;
 mod images;
 mod irq;
-mod lifecycle;
+pub mod lifecycle;
 mod lrs;
 pub mod ram;
 pub mod sched;

@@ -380,6 +380,11 @@ pub(super) fn arm_timer(s: &CpuSched, running: Option<usize>, now: u64) {
             consider(d);
         }
     }
+    // A power-button press or release (kernel::lifecycle): whichever CPU's timer fires first
+    // carries it out.
+    if let Some(d) = super::lifecycle::next_button_deadline() {
+        consider(d);
+    }
     match next {
         Some(d) => timer::arm(d),
         None => timer::disarm(),

@@ -194,6 +194,7 @@ fn vm_fixture() {
             ramdisk: None,
             passthrough: Vec::new(),
             disks: Vec::new(),
+            power_button: true,
         }]
     );
     assert!(p.reserved.contains(&kernel));
@@ -479,6 +480,22 @@ fn vm_bad_cpus() {
     };
     assert_error(&affinity(&[0]), "/chosen/vm-a", "elvisor,cpu-affinity");
     assert_error(&affinity(&[0, 2]), "/chosen/vm-a", "elvisor,cpu-affinity");
+}
+
+#[test]
+fn vm_power_button() {
+    let button = |v: u32| {
+        vm_dt(
+            &move |w| {
+                good_vm(w)?;
+                w.property_u32("elvisor,power-button", v)
+            },
+            true,
+        )
+    };
+    assert!(!parse_ok(&button(0)).vms[0].power_button);
+    assert!(parse_ok(&button(1)).vms[0].power_button);
+    assert_error(&button(2), "/chosen/vm-a", "elvisor,power-button");
 }
 
 #[test]

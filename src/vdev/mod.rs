@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod pl011;
+pub mod pl061;
 pub mod vgic;
 pub mod virtio;
 
@@ -91,6 +92,11 @@ pub trait MmioDevice: Send {
     fn console_focus(&mut self, _on: bool) {}
     /// Drops console input not yet read (the VM stopped for good).
     fn console_clear_input(&mut self) {}
+    /// The model itself, for the kernel to drive a device's other side (the PL061's input
+    /// lines): see [`MmioBus::device_at`]. None for devices nothing drives from outside.
+    fn as_any_mut(&mut self) -> Option<&mut dyn core::any::Any> {
+        None
+    }
 }
 
 /// A device on the bus. The emulated UART, read on every guest I/O-kernel operation, is
@@ -290,6 +296,12 @@ impl MmioBus {
                 }
             }
         }
+    }
+
+    /// The device model of type `T` whose window covers `addr`, if that is what is there.
+    pub fn device_at<T: 'static>(&mut self, addr: GuestPhysAddr) -> Option<&mut T> {
+        let (dev, _) = self.find(addr)?;
+        dev.as_any_mut()?.downcast_mut::<T>()
     }
 
     /// Room for console input in the VM's console device.

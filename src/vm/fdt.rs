@@ -12,8 +12,11 @@
 //! ├── psci              PSCI 1.0 / 0.2 over HVC (our emulation)
 //! ├── intc@<gicd>       GICv3 (GICD + GICR) or GICv2 (GICD + GICC), phandle 1
 //! ├── timer             PPIs 13 (secure phys), 14 (phys), 11 (virt), 10 (hyp phys)
-//! ├── apb-pclk          24 MHz fixed clock for the PL011, phandle 2
-//! └── pl011@<base>      the emulated console UART
+//! ├── apb-pclk          24 MHz fixed clock for the PL011 (and PrimeCell devices), phandle 2
+//! ├── pl011@<base>      the emulated console UART
+//! └── one node per entry of `passthrough`: host devices, the VM's virtio-mmio devices, its
+//!     PL061 (`arm,pl061`: gpio-controller, #gpio-cells = 2, phandle 3) and `gpio-keys`
+//!     (its `poweroff` key: KEY_POWER on line 3 of that PL061, as in QEMU virt's tree)
 //! ```
 
 use alloc::format;
@@ -26,6 +29,7 @@ use vm_fdt::FdtWriter;
 
 use crate::mm::GuestPhysAddr;
 use crate::platform::GicVersion;
+use crate::vm::layout;
 
 /// The emulated console UART (a PL011) as the guest sees it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -133,6 +137,13 @@ const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
 
 const GIC_PHANDLE: u32 = 1;
 const CLOCK_PHANDLE: u32 = 2;
+/// The first `arm,pl061` node, the GPIO controller `gpio-keys` refers to.
+const GPIO_PHANDLE: u32 = 3;
+
+/// linux,code of the power button: KEY_POWER (Linux include/uapi/linux/input-event-codes.h).
+const KEY_POWER: u32 = 116;
+/// GPIO specifier flags (include/dt-bindings/gpio/gpio.h): GPIO_ACTIVE_HIGH.
+const GPIO_ACTIVE_HIGH: u32 = 0;
 
 /// Interrupt specifier cells of the GIC binding: first cell 0 = SPI, 1 = PPI.
 const GIC_SPI: u32 = 0;
@@ -328,9 +339,20 @@ pub fn generate(spec: &GuestFdt<'_>) -> Result<Vec<u8>, FdtGenError> {
         w.end_node(node)?;
     }
 
-    for dev in spec.passthrough {
-        let node = w.begin_node(passthrough_name(dev))?;
+    let gpio_controller = spec
+        .passthrough
+        .iter()
+        .position(|d| d.compatible.iter().any(|c| c == "arm,pl061"));
+    for (i, dev) in spec.passthrough.iter().enumerate() {
         let compat: Vec<&str> = dev.compatible.iter().map(String::as_str).collect();
+        if compat == ["gpio-keys"] {
+            // The power button (kernel::lifecycle::press_power_button) of the VM's PL061.
+            if gpio_controller.is_some() {
+                write_gpio_keys(&mut w, passthrough_name(dev))?;
+            }
+            continue;
+        }
+        let node = w.begin_node(passthrough_name(dev))?;
         w.property_string_list("compatible", strings(&compat))?;
         let reg: Vec<u64> = dev
             .regs
@@ -338,6 +360,13 @@ pub fn generate(spec: &GuestFdt<'_>) -> Result<Vec<u8>, FdtGenError> {
             .flat_map(|r| [r.base.as_u64(), r.size_bytes])
             .collect();
         w.property_array_u64("reg", &reg)?;
+        if compat.contains(&"arm,pl061") {
+            w.property_null("gpio-controller")?;
+            w.property_u32("#gpio-cells", 2)?;
+            if gpio_controller == Some(i) {
+                w.property_phandle(GPIO_PHANDLE)?;
+            }
+        }
         if spec.gic.is_some() && !dev.irqs.is_empty() {
             let irqs: Vec<u32> = dev
                 .irqs
@@ -367,6 +396,54 @@ pub fn generate(spec: &GuestFdt<'_>) -> Result<Vec<u8>, FdtGenError> {
 
     w.end_node(root)?;
     Ok(w.finish()?)
+}
+
+/// The guest nodes of a VM's power button (`kernel::build`): its emulated PL061 at
+/// [`layout::GPIO_BASE`] with its level-sensitive SPI, and the `gpio-keys` node that
+/// [`generate`] writes with the `poweroff` key on the PL061's line
+/// [`layout::POWER_BUTTON_LINE`]. `vm_node` is the VM's node path, for diagnostics.
+pub fn power_button_nodes(vm_node: &str) -> [crate::vm::config::Passthrough; 2] {
+    use crate::mm::{PhysAddr, PhysRange};
+    [
+        crate::vm::config::Passthrough {
+            node_path: vm_node.to_string(),
+            host_path: format!("/pl061@{:x}", layout::GPIO_BASE.as_u64()),
+            compatible: strings(&["arm,pl061", "arm,primecell"]),
+            regs: vec![PhysRange::new(
+                PhysAddr(layout::GPIO_BASE.as_u64()),
+                layout::GPIO_SIZE,
+            )],
+            irqs: vec![(layout::GPIO_INTID, true)],
+        },
+        crate::vm::config::Passthrough {
+            node_path: vm_node.to_string(),
+            host_path: "/gpio-keys".to_string(),
+            compatible: strings(&["gpio-keys"]),
+            regs: Vec::new(),
+            irqs: Vec::new(),
+        },
+    ]
+}
+
+/// QEMU virt's power button: a `gpio-keys` node whose `poweroff` key is KEY_POWER on line
+/// [`layout::POWER_BUTTON_LINE`] of the PL061 (phandle [`GPIO_PHANDLE`]), active high.
+fn write_gpio_keys(w: &mut FdtWriter, name: &str) -> Result<(), FdtGenError> {
+    let keys = w.begin_node(name)?;
+    w.property_string("compatible", "gpio-keys")?;
+    let key = w.begin_node("poweroff")?;
+    w.property_string("label", "GPIO Key Poweroff")?;
+    w.property_u32("linux,code", KEY_POWER)?;
+    w.property_array_u32(
+        "gpios",
+        &[
+            GPIO_PHANDLE,
+            u32::from(layout::POWER_BUTTON_LINE),
+            GPIO_ACTIVE_HIGH,
+        ],
+    )?;
+    w.end_node(key)?;
+    w.end_node(keys)?;
+    Ok(())
 }
 
 /// The interrupt controller and the architected timer, whose PPIs it delivers.
@@ -774,6 +851,49 @@ mod tests {
         .unwrap();
         let fdt = fdt::Fdt::new(&blob).unwrap();
         assert!(fdt.find_node("/pl061@9030000").is_some() && fdt.find_node("/gpio@1").is_some());
+    }
+
+    #[test]
+    fn power_button_as_in_qemu_virt() {
+        let nodes = power_button_nodes("/chosen/vm");
+        let blob = generate(&GuestFdt {
+            passthrough: &nodes,
+            ..spec_v3()
+        })
+        .unwrap();
+        let fdt = fdt::Fdt::new(&blob).unwrap();
+        let gpio = "/pl061@9030000";
+        assert_eq!(
+            strs(&fdt, gpio, "compatible"),
+            ["arm,pl061", "arm,primecell"]
+        );
+        assert_eq!(cells(&fdt, gpio, "reg"), [0, 0x0903_0000, 0, 0x1000]);
+        assert_eq!(
+            cells(&fdt, gpio, "interrupts"),
+            [GIC_SPI, 7, IRQ_TYPE_LEVEL_HIGH]
+        );
+        assert_eq!(cells(&fdt, gpio, "clocks"), [CLOCK_PHANDLE]);
+        assert_eq!(strs(&fdt, gpio, "clock-names"), ["apb_pclk"]);
+        assert!(has(&fdt, gpio, "gpio-controller"));
+        assert_eq!(cells(&fdt, gpio, "#gpio-cells"), [2]);
+        assert_eq!(cells(&fdt, gpio, "phandle"), [GPIO_PHANDLE]);
+        assert!(!has(&fdt, gpio, "dma-coherent"));
+        assert_eq!(strs(&fdt, "/gpio-keys", "compatible"), ["gpio-keys"]);
+        assert!(!has(&fdt, "/gpio-keys", "reg"));
+        let key = "/gpio-keys/poweroff";
+        assert_eq!(cells(&fdt, key, "gpios"), [GPIO_PHANDLE, 3, 0]);
+        assert_eq!(cells(&fdt, key, "linux,code"), [116]);
+        assert_eq!(strs(&fdt, key, "label"), ["GPIO Key Poweroff"]);
+
+        // gpio-keys without a PL061 to point at is left out.
+        let keys_only = [nodes[1].clone()];
+        let blob = generate(&GuestFdt {
+            passthrough: &keys_only,
+            ..spec_v3()
+        })
+        .unwrap();
+        let fdt = fdt::Fdt::new(&blob).unwrap();
+        assert!(fdt.find_node("/gpio-keys").is_none());
     }
 
     #[test]

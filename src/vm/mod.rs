@@ -38,6 +38,8 @@ impl fmt::Display for VmId {
 ///   0x0801_0000  GICv2 CPU interface (hardware GICV via stage 2)
 ///   0x080A_0000  GICv3 redistributors (emulated), 128 KiB per vCPU
 ///   0x0900_0000  PL011 UART (emulated), 4 KiB, SPI 1
+///   0x0903_0000  PL061 GPIO (emulated), 4 KiB, SPI 7: line 3 is the power button
+///                  (absent with `elvisor,power-button = <0>`)
 ///   0x4000_0000  RAM, `memory` bytes from the VM node
 ///                  +0x8_0000 (or the Image header's text_offset): kernel image
 ///                  top - 2 MiB: device tree (2 MiB slot)
@@ -62,6 +64,9 @@ pub mod layout {
     pub const UART_BASE: GuestPhysAddr = GuestPhysAddr(abi::UART_BASE);
     /// Size and INTID (SPI 1) of the UART.
     pub use abi::{UART_INTID, UART_SIZE};
+    /// The PL061 GPIO controller (QEMU virt's address and SPI 7) and its power-button line.
+    pub const GPIO_BASE: GuestPhysAddr = GuestPhysAddr(abi::GPIO_BASE);
+    pub use abi::{GPIO_INTID, GPIO_SIZE, POWER_BUTTON_LINE};
     pub const RAM_BASE: GuestPhysAddr = GuestPhysAddr(abi::RAM_BASE);
     /// Room reserved at the top of RAM for the device tree.
     pub use abi::FDT_SLOT;

@@ -1195,6 +1195,10 @@ pub const CASES: &[Case] = &[
     },
     crate::cases_virtio::VIRTIO_GICV3,
     crate::cases_virtio::VIRTIO_GICV2,
+    crate::cases_power::IRQ_BUTTON_GICV3,
+    crate::cases_power::IRQ_BUTTON_GICV2,
+    crate::cases_power::LINUX_BUTTON_GICV3,
+    crate::cases_power::LINUX_BUTTON_GICV2,
 ];
 
 const IRQ_LINES: &[&str] = &[

@@ -12,6 +12,7 @@
 mod cases;
 mod cases_boot;
 mod cases_console;
+mod cases_power;
 mod cases_rpi4;
 mod cases_virtio;
 mod check;

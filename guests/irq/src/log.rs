@@ -231,9 +231,18 @@ static DEVICE_CLEAR_ADDR: AtomicUsize = AtomicUsize::new(0);
 /// Clear the device after the EOI instead of before it.
 static DEVICE_CLEAR_AFTER_EOI: AtomicBool = AtomicBool::new(false);
 
+/// The value the handler writes to the device's interrupt-clear register.
+static DEVICE_CLEAR_VALUE: AtomicU32 = AtomicU32::new(1);
+
 /// Registers a level-sensitive device interrupt (e.g. a passed-through RTC) whose line the
 /// handler must lower by writing 1 to `clear_addr` before the EOI.
 pub fn set_device_ack(intid: u32, clear_addr: usize) {
+    set_device_ack_value(intid, clear_addr, 1);
+}
+
+/// [`set_device_ack`] with another value to write (the PL061's GPIOIC takes a line mask).
+pub fn set_device_ack_value(intid: u32, clear_addr: usize, value: u32) {
+    DEVICE_CLEAR_VALUE.store(value, Ordering::SeqCst);
     DEVICE_CLEAR_ADDR.store(clear_addr, Ordering::SeqCst);
     DEVICE_INTID.store(intid, Ordering::SeqCst);
 }
@@ -245,11 +254,11 @@ pub fn set_device_clear_after_eoi(after: bool) {
     DEVICE_CLEAR_AFTER_EOI.store(after, Ordering::SeqCst);
 }
 
-/// Writes 1 to the registered device's interrupt-clear register.
+/// Writes the clear value to the registered device's interrupt-clear register.
 fn clear_device() {
     let addr = DEVICE_CLEAR_ADDR.load(Ordering::SeqCst);
     if let Some(reg) = elvisor_guest_rt::arch::mmio::Region::new(addr, 4) {
-        reg.write32(0, 1);
+        reg.write32(0, DEVICE_CLEAR_VALUE.load(Ordering::SeqCst));
     }
 }
 

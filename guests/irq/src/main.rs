@@ -18,6 +18,9 @@
 //!   vtimer-level              the virtual timer's pending state follows its line: dropped
 //!                             with IRQs masked (ENABLE=0, IMASK=1, CVAL ahead) it reads 0
 //!                             and is not delivered; kept high it reads 1, delivered once
+//!   gpio-id, power-button     with `power-button` in the bootargs only (run first): the
+//!                             PL061 and gpio-keys of the VM, a press of its power button
+//!                             (see power_button.rs)
 //!   (cross-vCPU tests)        skipped with a note: they are guests/smp's
 //!   IRQ RESULT: passed=N failed=M, then PSCI SYSTEM_OFF (returning from main)
 //! ```
@@ -39,6 +42,7 @@ mod gic_tests;
 mod level_tests;
 mod log;
 mod passthrough;
+mod power_button;
 mod timer_tests;
 mod wait;
 
@@ -193,6 +197,9 @@ fn main(boot: &BootInfo) {
 
     gic_tests::gic_id(&mut report, &ctx);
     bring_up(&report, &ctx);
+    if power_button::wanted(boot) {
+        power_button::run(&mut report, &ctx, boot);
+    }
 
     gic_tests::spurious(&mut report, &ctx);
     gic_tests::self_ipi(&mut report, &ctx);

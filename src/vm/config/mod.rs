@@ -54,6 +54,9 @@ pub struct VmConfig {
     /// Disk images given to this VM as virtio-blk devices (subnodes compatible
     /// "elvisor,disk"), in virtio-mmio slot order.
     pub disks: Vec<Disk>,
+    /// Whether the VM gets the emulated PL061 GPIO controller with its power button (property
+    /// `elvisor,power-button`, default 1; 0 leaves QEMU virt's GPIO address and SPI 7 free).
+    pub power_button: bool,
 }
 
 impl VmConfig {

@@ -132,6 +132,18 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
         Err(problem) => return Err(err("bootargs", problem.into())),
     };
 
+    let power_button = match u32_prop(node, "elvisor,power-button") {
+        Ok(None | Some(1)) => true,
+        Ok(Some(0)) => false,
+        Ok(Some(n)) => {
+            return Err(err(
+                "elvisor,power-button",
+                format!("{n} is neither 0 (no power button) nor 1"),
+            ));
+        }
+        Err(problem) => return Err(err("elvisor,power-button", problem.into())),
+    };
+
     let (kernel, ramdisk) = parse_modules(lin, limits)?;
     let passthrough = parse_passthrough(lin, limits)?;
     let kernel = kernel.ok_or_else(|| {
@@ -158,6 +170,7 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
         ramdisk,
         passthrough,
         disks,
+        power_button,
     })
 }
 
