@@ -104,7 +104,9 @@ const VIRTIO_MMIO_BYTES: u64 = 32 * 0x200;
 pub struct Env {
     cpu: usize,
     gic: Gic,
-    windows: [Window; 4],
+    /// The first `nwindows` are the VM's.
+    windows: [Window; 5],
+    nwindows: usize,
     ram: Range<u64>,
     uart: u64,
     vtimer: u32,
@@ -132,8 +134,18 @@ impl Env {
                 (c.base() as u64, c.len_bytes() as u64)
             }
         };
+        // The PL061 GPIO controller of the power button, which a VM has unless its
+        // configuration turns it off (elvisor,power-button = <0>).
+        let gpio = elvisor_guest_rt::dt::find_compatible(fdt, &["arm,pl061"])
+            .and_then(|n| elvisor_guest_rt::dt::reg_range(n, 0))
+            .map(|r| Window {
+                base: r.start as u64,
+                len: (r.end - r.start) as u64,
+                uart: false,
+            });
         Some(Self {
             cpu,
+            nwindows: if gpio.is_some() { 5 } else { 4 },
             windows: [
                 Window {
                     base: gd.base() as u64,
@@ -156,6 +168,11 @@ impl Env {
                     len: VIRTIO_MMIO_BYTES,
                     uart: false,
                 },
+                gpio.unwrap_or(Window {
+                    base: 0,
+                    len: 0,
+                    uart: false,
+                }),
             ],
             gic,
             ram: ram.start as u64..ram.end as u64,
@@ -166,7 +183,7 @@ impl Env {
     }
 
     fn in_window(&self, addr: u64) -> bool {
-        self.windows
+        self.windows[..self.nwindows]
             .iter()
             .any(|w| addr >= w.base && addr < w.base + w.len)
     }
@@ -466,7 +483,7 @@ fn fire_access(
 
 fn mmio(ctx: &mut Ctx<'_>, rng: &mut Rng) {
     let env = ctx.env;
-    let w = rng.pick(&env.windows);
+    let w = rng.pick(&env.windows[..env.nwindows]);
     let (mut access, bytes) = random_access(rng, true);
     let mut offset = rng.below(w.len);
     if rng.chance(15, 16) {
