@@ -10,7 +10,8 @@
 //!                  GPIOPCellID0-3 0xB105F00D); every line an input, line 3 low
 //!   power-button   both edges of line 3 unmasked (GPIOIBE, GPIOIE): the press raises SPI 7
 //!                  with the line reading high through GPIODATA's address mask, GPIOIC clears
-//!                  it, the release raises it again with the line low, held at least 100 ms
+//!                  it, the release raises it again with the line low (held 100 ms from the
+//!                  press: at least 50 ms after the guest saw it, under a loaded host)
 //! ```
 //!
 //! Run first, right after the GIC's bring-up, so the press finds the test waiting.
@@ -160,7 +161,7 @@ fn press(report: &mut Report, ctx: &Ctx, g: &Region, intid: u32, base: usize) {
             && low == 0
             && total == 2
             && ris == 0
-            && held_ms >= 90
+            && held_ms >= 50
             && leftover == 0,
         format_args!(
             "press {} (line {high:#x}), release {} after {held_ms} ms (line {low:#x}); {total} \
