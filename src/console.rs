@@ -11,8 +11,9 @@
 //! partial line printed again, so what the person was typing into stays in view.
 //!
 //! Input. The switch key (default Ctrl-], `elvisor.conswitch=`) pressed three times in a row
-//! moves input focus to the next running VM; every other byte goes to the VM with focus, into
-//! its [`PendingInput`] queue, from which its emulated UART takes bytes when it has room.
+//! moves input focus to the next running VM, or from the last one to the management shell
+//! (`crate::shell`); every other byte goes to the VM with focus, into its [`PendingInput`]
+//! queue, from which its emulated UART takes bytes when it has room, or to the shell.
 
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -415,6 +416,21 @@ macro_rules! println {
 /// Turns on per-line VM prefixes (several VMs on one console).
 pub fn set_vm_prefixes(on: bool) {
     PREFIX_VMS.store(on, Ordering::Relaxed);
+}
+
+/// The management shell's own line (prompt, echo): printed as the focused VM's bytes are,
+/// so that a line breaking in ends it and prints it again below.
+pub fn shell_bytes(bytes: &[u8]) {
+    let mut screen = SCREEN.lock();
+    for &b in bytes {
+        screen.focused_byte(None, b, &mut put);
+    }
+}
+
+/// The shell lost the focus: its partial line (the prompt) ends on the screen.
+pub fn shell_unfocus() {
+    let mut rest = alloc::vec::Vec::new();
+    SCREEN.lock().end_focus(&mut rest, &mut put);
 }
 
 /// Console output of one VM (the backend of its emulated PL011): byte for byte while the VM

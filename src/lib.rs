@@ -18,6 +18,8 @@ pub mod fdt; // forbids unsafe code itself (src/fdt/mod.rs)
 #[forbid(unsafe_code)]
 pub mod mm;
 pub mod platform; // forbids unsafe code itself (src/platform/mod.rs)
+#[forbid(unsafe_code)]
+pub mod shell;
 pub mod vdev; // forbids unsafe code itself (src/vdev/mod.rs)
 #[forbid(unsafe_code)]
 pub mod vm;

@@ -10,7 +10,7 @@ use log::{error, info, warn};
 
 use super::build::build_vm;
 use super::halt::{power_off, stop_machine};
-use super::{CONSOLE_UART, EL2_ROOT, FRAMES, HEAP, PLATFORM, RUNNING_VMS, VMS, Vm, vms};
+use super::{CONSOLE_UART, EL2_ROOT, FRAMES, HEAP, PLATFORM, VMS, Vm};
 use super::{lifecycle, sched};
 use crate::arch::aarch64::{cpu, firmware, gic, guest, mmio, mmu, ram, timer};
 use crate::drivers::pl011::{Pl011, Pl011Regs};
@@ -240,8 +240,9 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
         );
         built.push(vm);
     }
-    RUNNING_VMS.store(built.len(), Ordering::Relaxed);
     VMS.call_once(|| built);
+    // vCPU 0 of every VM that starts by itself starts at its image with x0 = its device tree.
+    lifecycle::boot_vms();
     super::console_input::start(bootargs);
     // A test aid: press a VM's power button some milliseconds after boot.
     if let Some(v) = crate::console::bootarg(bootargs, "elvisor.test-power-button") {
@@ -249,10 +250,6 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
             Ok(()) => info!("elvisor.test-power-button={v}: the button will be pressed"),
             Err(why) => warn!("elvisor.test-power-button={v} {why}: ignored"),
         }
-    }
-    // vCPU 0 of every VM starts at its image with x0 = its device tree.
-    for vm in vms() {
-        let _ = vm.power[0].cpu_on(vm.entry_ipa(), vm.fdt_ipa());
     }
 
     // Secondary CPUs: PSCI CPU_ON through the firmware's conduit, entry with x0 = index.

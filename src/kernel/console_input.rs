@@ -1,12 +1,14 @@
 //! Console input: bytes from the physical UART routed to the VM with focus (the switch key
-//! moves the focus), queued in front of its emulated PL011 with flow control, and the focus
-//! moving on when the focused VM stops.
+//! moves the focus, round the running VMs and the management shell), queued in front of its
+//! emulated PL011 with flow control, or handed to the shell; the focus moving on when the
+//! focused VM stops.
 //!
 //! ```text
 //!  physical UART ──RX irq──> console_input ──> InputRouter ──byte──> focused VM's PL011:
 //!    (masked while the                          │ switch key x3       PendingInput queue
 //!     focused VM's queue                        └──> focus to the     ──(receiver on, room)──>
 //!     is full: flow control)                         next running VM  receive FIFO ──> guest
+//!                                                    or the shell     (kernel::shell)
 //! ```
 //!
 //! The queue lives in the PL011 model (`vdev::pl011`), which takes a byte from it whenever its
@@ -15,7 +17,7 @@
 //! for one VM stay with it when the focus moves, and survive its reset; they are dropped only
 //! when it stops for good.
 
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use log::{info, warn};
 
@@ -24,46 +26,72 @@ use crate::arch::aarch64::sync::Mutex;
 use super::irq::sample_device_lines;
 use super::lifecycle::kick_all;
 use super::{Vm, VmState};
-use crate::console::{Input, InputRouter, SWITCH_PRESSES, key_name};
+use crate::console::{DEFAULT_SWITCH_KEY, Input, InputRouter, SWITCH_PRESSES, key_name};
 use crate::vdev::vgic::KickSet;
 use crate::vm::VcpuId;
 
 static INPUT: Mutex<InputRouter> = Mutex::new(InputRouter::new());
+/// The switch key, for messages (the router has its own copy).
+static KEY: AtomicU8 = AtomicU8::new(DEFAULT_SWITCH_KEY);
 /// Set while console input waits in the physical UART because the focused VM's queue is full.
 static RX_THROTTLED: AtomicBool = AtomicBool::new(false);
-/// Index of the VM console input goes to.
+/// Where console input goes: a VM's index, or the number of VMs for the shell (the last stop
+/// of the focus cycle).
 static FOCUS: AtomicUsize = AtomicUsize::new(0);
+/// Held while the focus moves and while a byte is handed to the focused VM, so that a byte
+/// never goes to a VM that has lost the focus. (Not held while the shell runs a command:
+/// its commands move the focus themselves.)
+static FOCUS_LOCK: Mutex<()> = Mutex::new(());
 
 /// Bytes a VM's queue must have room for before another byte is read from the physical UART:
 /// the most one byte can release (the held switch-key bytes and itself).
 const ROOM_FOR_ONE_BYTE: usize = SWITCH_PRESSES as usize;
 
+/// The focus index of the shell.
+fn shell_index() -> usize {
+    super::vms().len()
+}
+
+/// The switch key.
+pub(super) fn switch_key() -> u8 {
+    KEY.load(Ordering::Relaxed)
+}
+
 /// At boot, once the VMs exist: the switch key from `elvisor.conswitch=` and the focus on the
-/// first VM.
+/// first running VM (the shell when none runs).
 pub(super) fn start(bootargs: &str) {
-    let mut router = INPUT.lock();
-    if let Some(v) = crate::console::bootarg(bootargs, "elvisor.conswitch") {
-        match crate::console::switch_key(v) {
-            Ok(key) => router.set_key(key),
-            Err(why) => warn!(
-                "elvisor.conswitch={v} {why}; the console switch key stays {}",
-                key_name(router.key())
-            ),
+    {
+        let mut router = INPUT.lock();
+        if let Some(v) = crate::console::bootarg(bootargs, "elvisor.conswitch") {
+            match crate::console::switch_key(v) {
+                Ok(key) => router.set_key(key),
+                Err(why) => warn!(
+                    "elvisor.conswitch={v} {why}; the console switch key stays {}",
+                    key_name(router.key())
+                ),
+            }
         }
+        KEY.store(router.key(), Ordering::Relaxed);
     }
     let vms = super::vms();
-    let Some(first) = vms.first() else {
-        return;
-    };
-    FOCUS.store(0, Ordering::Relaxed);
-    first.mmio.lock().console_focus(true);
-    if vms.len() > 1 {
-        info!(
-            "console input goes to {} ({}); {} three times switches",
-            first.id,
-            first.name,
-            key_name(router.key())
-        );
+    let _g = FOCUS_LOCK.lock();
+    match vms.iter().position(|vm| running(vm)) {
+        Some(i) => {
+            FOCUS.store(i, Ordering::Relaxed);
+            let vm = vms[i];
+            vm.mmio.lock().console_focus(true);
+            info!(
+                "console input goes to {} ({}); {} three times switches",
+                vm.id,
+                vm.name,
+                key_name(switch_key())
+            );
+        }
+        None => {
+            FOCUS.store(shell_index(), Ordering::Relaxed);
+            info!("console input goes to the shell: no VM is running");
+            gain(shell_index());
+        }
     }
 }
 
@@ -71,19 +99,24 @@ fn running(vm: &Vm) -> bool {
     vm.state.load(Ordering::Acquire) != VmState::Stopped as u8
 }
 
-/// Moves console input from the physical UART to the VM with focus (its PL011's input queue),
-/// only as far as that queue has room: the rest stays in the physical UART, whose receive
-/// interrupt is masked until the guest reads (flow control, so nothing typed is lost however
-/// small the guest's FIFO is).
+/// Moves console input from the physical UART to where the focus is: the VM with focus (its
+/// PL011's input queue), only as far as that queue has room, the rest staying in the physical
+/// UART, whose receive interrupt is masked until the guest reads (flow control, so nothing
+/// typed is lost however small the guest's FIFO is); or the shell, which takes every byte.
+/// (Cold and out of line: it must not change the code of the interrupt paths around it.)
+#[cold]
+#[inline(never)]
 pub(super) fn console_input() {
     let vms = super::vms();
     if vms.is_empty() {
         return;
     }
-    let mut router = INPUT.lock();
-    while let Some(&vm) = vms.get(FOCUS.load(Ordering::Relaxed)) {
+    loop {
         // Room for the most this byte can release (a stopped VM's input is dropped).
-        if running(vm) && vm.mmio.lock().console_room() < ROOM_FOR_ONE_BYTE {
+        if let Some(&vm) = vms.get(FOCUS.load(Ordering::Relaxed))
+            && running(vm)
+            && vm.mmio.lock().console_room() < ROOM_FOR_ONE_BYTE
+        {
             super::console_uart_rx(false);
             RX_THROTTLED.store(true, Ordering::Relaxed);
             break;
@@ -91,73 +124,146 @@ pub(super) fn console_input() {
         let Some(b) = crate::console::get_byte() else {
             break;
         };
-        let key = router.key();
-        router.feed(b, |ev| match ev {
-            Input::Byte(byte) => {
-                let Some(&vm) = vms.get(FOCUS.load(Ordering::Relaxed)) else {
-                    return;
-                };
-                if !running(vm) {
-                    return;
-                }
-                // (Room was checked above: the queue takes it.)
-                let _ = vm.mmio.lock().console_input(byte);
-                sample_device_lines(vm, VcpuId(0));
-                kick_all(vm, KickSet::single(0));
+        // The router's events are carried out after its lock is let go: a byte for the shell
+        // may run a command that stops a VM, and that moves the focus.
+        let mut events = [Input::Held; SWITCH_PRESSES as usize + 1];
+        let mut n = 0;
+        INPUT.lock().feed(b, |ev| {
+            if let Some(slot) = events.get_mut(n) {
+                *slot = ev;
+                n += 1;
             }
-            Input::Switch => switch_focus(None, key),
-            Input::Held => {}
         });
+        for ev in events.iter().take(n) {
+            match *ev {
+                Input::Byte(byte) => deliver(byte),
+                Input::Switch => switch_focus(None),
+                Input::Held => {}
+            }
+        }
     }
 }
 
-/// Moves the focus to the next running VM after the focused one (`stopped`: the focused VM,
-/// which just stopped) and says where on the console.
-fn switch_focus(stopped: Option<&Vm>, key: u8) {
+/// One byte of input to where the focus is.
+fn deliver(byte: u8) {
+    let vms = super::vms();
+    let guard = FOCUS_LOCK.lock();
+    match vms.get(FOCUS.load(Ordering::Relaxed)) {
+        Some(&vm) => {
+            if !running(vm) {
+                return;
+            }
+            // (Room was checked before the byte was read: the queue takes it.)
+            let _ = vm.mmio.lock().console_input(byte);
+            drop(guard);
+            sample_device_lines(vm, VcpuId(0));
+            kick_all(vm, KickSet::single(0));
+        }
+        None => {
+            drop(guard);
+            super::shell::input(byte);
+        }
+    }
+}
+
+/// The focus arrives at `index` (a VM or the shell).
+fn gain(index: usize) {
+    match super::vms().get(index) {
+        Some(vm) => vm.mmio.lock().console_focus(true),
+        None => {
+            // Every VM's lines are marked with its name while the shell has the console.
+            crate::console::set_vm_prefixes(true);
+            super::shell::focus(true);
+        }
+    }
+}
+
+/// The focus leaves `index`.
+fn lose(index: usize) {
+    let vms = super::vms();
+    match vms.get(index) {
+        Some(vm) => vm.mmio.lock().console_focus(false),
+        None => {
+            super::shell::focus(false);
+            crate::console::set_vm_prefixes(vms.len() > 1);
+        }
+    }
+}
+
+/// Moves the focus from where it is to `new`, and says so (`stopped`: the VM that had it and
+/// stopped). The caller holds [`FOCUS_LOCK`].
+fn move_focus(new: usize, stopped: Option<&Vm>) {
     let vms = super::vms();
     let old = FOCUS.load(Ordering::Relaxed);
-    let next = (1..=vms.len())
-        .map(|i| (old + i) % vms.len())
-        .find(|&i| vms.get(i).is_some_and(|vm| running(vm)));
-    let Some(new) = next else {
-        return;
-    };
-    let (Some(&from), Some(&to)) = (vms.get(old), vms.get(new)) else {
-        return;
-    };
-    if new == old {
-        info!(
-            "console input stays with {} ({}): no other VM is running",
-            to.id, to.name
-        );
-        return;
-    }
-    from.mmio.lock().console_focus(false);
+    lose(old);
     FOCUS.store(new, Ordering::Relaxed);
-    match stopped {
-        Some(vm) => info!(
-            "console input goes to {} ({}), as {} ({}) stopped; {} three times switches",
-            to.id,
-            to.name,
-            vm.id,
-            vm.name,
-            key_name(key)
+    let key = key_name(switch_key());
+    match (vms.get(new), stopped) {
+        (Some(to), Some(vm)) => info!(
+            "console input goes to {} ({}), as {} ({}) stopped; {key} three times switches",
+            to.id, to.name, vm.id, vm.name
         ),
-        None => info!("console input goes to {} ({})", to.id, to.name),
+        (Some(to), None) => info!("console input goes to {} ({})", to.id, to.name),
+        (None, Some(vm)) => info!(
+            "console input goes to the shell, as {} ({}) stopped; {key} three times switches",
+            vm.id, vm.name
+        ),
+        (None, None) => info!("console input goes to the shell"),
     }
-    to.mmio.lock().console_focus(true);
+    gain(new);
     // Input held back for the old VM's full queue may go to the new one.
     if RX_THROTTLED.swap(false, Ordering::Relaxed) {
         super::console_uart_rx(true);
     }
 }
 
+/// Moves the focus on: the switch key goes round the running VMs and the shell; when the
+/// focused VM stops (`stopped`), the focus goes to the next running VM, else to the shell.
+fn switch_focus(stopped: Option<&Vm>) {
+    let vms = super::vms();
+    let _g = FOCUS_LOCK.lock();
+    let old = FOCUS.load(Ordering::Relaxed);
+    let stops = vms.len() + 1;
+    let next_vm = (1..stops)
+        .map(|i| (old + i) % stops)
+        .find(|&i| vms.get(i).is_some_and(|vm| running(vm)));
+    let new = match (stopped, next_vm) {
+        (Some(_), next) => next.unwrap_or(shell_index()),
+        // The shell is the stop after the last VM.
+        (None, Some(next)) if old < vms.len() && next <= old => shell_index(),
+        (None, Some(next)) => next,
+        (None, None) => shell_index(),
+    };
+    if new == old {
+        info!("console input stays with the shell: no VM is running");
+        return;
+    }
+    move_focus(new, stopped);
+}
+
+/// The shell's `focus VM`.
+pub(super) fn focus_vm(vm: &Vm) -> Result<(), alloc::string::String> {
+    let _g = FOCUS_LOCK.lock();
+    if !running(vm) {
+        return Err(alloc::format!("{} ({}) is not running", vm.id, vm.name));
+    }
+    let index = usize::from(vm.id.0);
+    if FOCUS.load(Ordering::Relaxed) != index {
+        move_focus(index, None);
+    }
+    Ok(())
+}
+
+/// Whether `vm` has the console input.
+pub(super) fn has_focus(vm: &Vm) -> bool {
+    FOCUS.load(Ordering::Relaxed) == usize::from(vm.id.0)
+}
+
 /// A VM stopped for good: its queued input is dropped, and the focus moves on if it had it.
 pub(super) fn vm_stopped(vm: &Vm) {
     vm.mmio.lock().console_clear_input();
-    let router = INPUT.lock();
     if FOCUS.load(Ordering::Relaxed) == usize::from(vm.id.0) {
-        switch_focus(Some(vm), router.key());
+        switch_focus(Some(vm));
     }
 }
 

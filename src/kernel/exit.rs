@@ -188,6 +188,9 @@ pub fn handle_exit(v: &mut Vcpu, kind: ExitKind) -> Next {
         // A guest acknowledge trapped to re-check passthrough lines: re-executed, no action.
         ExitKind::Sync(esr) if super::lrs::ack_trap(vm, v, esr) => return Next::Resume,
         ExitKind::Sync(esr) => {
+            // The shell's exit count: this branch only (the fast path and interrupt exits
+            // have no instructions to spare, docs/benchmarks.md).
+            vm.stats().exits.fetch_add(1, Ordering::Relaxed);
             let action = {
                 let mut ctx = ExitCtx {
                     regs: &mut v.regs,

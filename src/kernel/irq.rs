@@ -45,6 +45,7 @@ pub(super) fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) -> bool 
             continue;
         }
         if let Some(vm) = super::passthrough_owner(intid) {
+            vm.stats().irqs.fetch_add(1, Ordering::Relaxed);
             let kicks = vm
                 .vgic
                 .lock()

@@ -1,4 +1,5 @@
-//! Guest PSCI calls that change power state, and the VM lifecycle: stop, reset, statistics.
+//! Guest PSCI calls that change power state, and the VM lifecycle: boot-time start, stop,
+//! reset, start and restart (the shell's), shutdown requests, statistics.
 
 use core::sync::atomic::Ordering;
 
@@ -31,7 +32,7 @@ pub(super) fn psci_call(vm: &'static Vm, v: &mut Vcpu, call: Call) -> bool {
             true
         }
         Call::SystemReset => {
-            reset_vm(vm);
+            let _ = reset_vm(vm, "PSCI SYSTEM_RESET");
             true
         }
         Call::CpuOff => {
@@ -94,7 +95,7 @@ pub(super) fn psci_call(vm: &'static Vm, v: &mut Vcpu, call: Call) -> bool {
 }
 
 /// Stops a VM (SYSTEM_OFF, or a fatal guest error): all its vCPUs, on every CPU. When it
-/// was the last VM, powers the machine off.
+/// was the last VM, powers the machine off (unless it must stay up for the shell).
 pub fn stop_vm(vm: &'static Vm, why: &str) {
     if vm
         .state
@@ -114,10 +115,146 @@ pub fn stop_vm(vm: &'static Vm, why: &str) {
     }
     kick_all(vm, KickSet::all(vm.power.len()));
     if super::RUNNING_VMS.fetch_sub(1, Ordering::AcqRel) == 1 {
-        info!("all VMs stopped; powering off");
-        power_off();
+        if !super::KEEP_UP.load(Ordering::Acquire) {
+            info!("all VMs stopped; powering off");
+            power_off();
+        }
+        info!("all VMs stopped; the machine stays up for the shell (`start VM`, `poweroff`)");
     }
     super::console_input::vm_stopped(vm);
+}
+
+/// At boot, once every VM is built: vCPU 0 of each VM that starts by itself is started at its
+/// image with x0 = its device tree; a VM with `elvisor,autostart = <0>` stays stopped (and
+/// the machine stays up when the last running VM stops, for the shell's `start`).
+pub(super) fn boot_vms() {
+    let mut running = 0;
+    for vm in super::vms() {
+        if vm.config.autostart {
+            vm.stats().starts.store(1, Ordering::Relaxed);
+            let _ = vm.power[0].cpu_on(vm.entry_ipa(), vm.fdt_ipa());
+            running += 1;
+        } else {
+            vm.state.store(VmState::Stopped as u8, Ordering::Release);
+            super::KEEP_UP.store(true, Ordering::Release);
+            info!(
+                "{} ({}) is not started (elvisor,autostart = <0>); the shell's `start` starts it",
+                vm.id, vm.name
+            );
+        }
+    }
+    super::RUNNING_VMS.store(running, Ordering::Release);
+}
+
+/// Waits until every vCPU of `vm` (all powered off, and kicked) is off its physical CPU.
+/// This CPU's own vCPUs are marked off here: the caller is the kernel on this CPU (a vCPU's
+/// exit or the shell, in this CPU's interrupt handling), so none of them runs until the
+/// scheduler's next pass, which takes them off (their power is off).
+fn wait_parked(vm: &'static Vm) -> bool {
+    let me = this_index();
+    // The guest's own SYSTEM_RESET: this CPU's scheduler is free, and its other vCPUs of the
+    // VM are taken off the run queue at once. The shell runs inside this CPU's interrupt
+    // handling, which holds it: there the scheduler's next pass does it.
+    if let Some(mut s) = sched().try_lock() {
+        for i in 0..s.slots.len() {
+            if core::ptr::eq(s.slots[i].vm, vm) {
+                s.rq.set(i, RunState::Off);
+            }
+        }
+    }
+    for (i, parked) in vm.parked.iter().enumerate() {
+        if vm.placement[i] == me {
+            parked.store(true, Ordering::Release);
+        }
+    }
+    // Wait for the other CPUs to take the VM's vCPUs off (a kick makes them exit).
+    let mut all_parked = true;
+    for (i, parked) in vm.parked.iter().enumerate() {
+        if vm.placement[i] == me {
+            continue;
+        }
+        let mut spins = 0u64;
+        while !parked.load(Ordering::Acquire) {
+            spins += 1;
+            if spins > 200_000_000 {
+                error!(
+                    "{} ({}): vCPU {i} did not stop for the reset",
+                    vm.id, vm.name
+                );
+                all_parked = false;
+                break;
+            }
+            core::hint::spin_loop();
+        }
+    }
+    all_parked
+}
+
+/// Gives a VM whose vCPUs are all parked a fresh start: devices and the vGIC reset, RAM and
+/// images rewritten from the modules, a new device tree. The caller then starts vCPU 0.
+fn renew(vm: &'static Vm) -> Result<(), alloc::string::String> {
+    vm.mmio.lock().reset_all();
+    {
+        let mut vg = vm.vgic.lock();
+        vg.reset();
+        let _ = vg.set_hw(VTIMER_INTID, VcpuId(0), Some(VTIMER_INTID));
+        while let Some(p) = vg.take_hw_deactivation() {
+            gic::deactivate_raw(p);
+        }
+    }
+    super::load_images(vm, super::Reload::Reset)
+}
+
+/// Starts a stopped VM afresh from its images (the shell's `start`): as a reset, and the VM
+/// counts as running again.
+pub(super) fn start_vm(vm: &'static Vm) -> Result<(), alloc::string::String> {
+    if vm
+        .state
+        .compare_exchange(
+            VmState::Stopped as u8,
+            VmState::Resetting as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
+        return Err(alloc::format!("{} ({}) is not stopped", vm.id, vm.name));
+    }
+    for p in &vm.power {
+        p.off();
+    }
+    kick_all(vm, KickSet::all(vm.power.len()));
+    if !wait_parked(vm) {
+        vm.state.store(VmState::Stopped as u8, Ordering::Release);
+        return Err(alloc::format!(
+            "{} ({}): a vCPU has not stopped yet; try again",
+            vm.id,
+            vm.name
+        ));
+    }
+    if let Err(e) = renew(vm) {
+        vm.state.store(VmState::Stopped as u8, Ordering::Release);
+        return Err(alloc::format!("{} ({}): cannot start: {e}", vm.id, vm.name));
+    }
+    let stats = vm.stats();
+    stats.exits.store(0, Ordering::Relaxed);
+    stats.irqs.store(0, Ordering::Relaxed);
+    let n = stats.starts.fetch_add(1, Ordering::Relaxed) + 1;
+    super::RUNNING_VMS.fetch_add(1, Ordering::AcqRel);
+    vm.state.store(VmState::Running as u8, Ordering::Release);
+    let _ = vm.power[0].cpu_on(vm.entry_ipa(), vm.fdt_ipa());
+    info!("{} ({}) started (start #{n})", vm.id, vm.name);
+    kick_all(vm, KickSet::single(0));
+    Ok(())
+}
+
+/// Resets a running VM from the shell, as its own SYSTEM_RESET would.
+pub(super) fn shell_reset(vm: &'static Vm) -> Result<(), alloc::string::String> {
+    if reset_vm(vm, "reset from the shell") {
+        Ok(())
+    } else {
+        Err(alloc::format!("{} ({}) is not running", vm.id, vm.name))
+    }
 }
 
 /// Every how many resets of a VM the lifecycle accounting is logged (0: never; the first
@@ -148,9 +285,10 @@ fn log_reset_stats(vm: &Vm, n: u32, ticks: u64) {
     );
 }
 
-/// SYSTEM_RESET of one VM: every vCPU stops (on every CPU), RAM and images are reloaded,
-/// devices and the vGIC reset, then vCPU 0 starts again. Other VMs keep running.
-fn reset_vm(vm: &'static Vm) {
+/// SYSTEM_RESET of one VM (or the shell's `reset`): every vCPU stops (on every CPU), RAM and
+/// images are reloaded, devices and the vGIC reset, then vCPU 0 starts again. Other VMs keep
+/// running. False if the VM was not running.
+fn reset_vm(vm: &'static Vm, why: &str) -> bool {
     let started = timer::now();
     if vm
         .state
@@ -162,76 +300,37 @@ fn reset_vm(vm: &'static Vm) {
         )
         .is_err()
     {
-        return;
+        return false;
     }
     let n = vm.reset_count.fetch_add(1, Ordering::Relaxed) + 1;
-    info!("{} ({}): PSCI SYSTEM_RESET (reset #{n})", vm.id, vm.name);
+    info!("{} ({}): {why} (reset #{n})", vm.id, vm.name);
     for p in &vm.power {
         p.off();
     }
     for parked in &vm.parked {
         parked.store(false, Ordering::Release);
     }
-    let me = this_index();
-    {
-        // This CPU's other vCPUs of the VM are off the CPU already (only one runs).
-        let mut s = sched().lock();
-        for i in 0..s.slots.len() {
-            if core::ptr::eq(s.slots[i].vm, vm) {
-                s.rq.set(i, RunState::Off);
-                vm.parked[s.slots[i].id.0 as usize].store(true, Ordering::Release);
-            }
-        }
-    }
     kick_all(vm, KickSet::all(vm.power.len()));
-    // Wait for the other CPUs to take the VM's vCPUs off (a kick makes them exit).
-    let mut all_parked = true;
-    for (i, parked) in vm.parked.iter().enumerate() {
-        if vm.placement[i] == me {
-            continue;
-        }
-        let mut spins = 0u64;
-        while !parked.load(Ordering::Acquire) {
-            spins += 1;
-            if spins > 200_000_000 {
-                error!(
-                    "{} ({}): vCPU {i} did not stop for the reset",
-                    vm.id, vm.name
-                );
-                all_parked = false;
-                break;
-            }
-            core::hint::spin_loop();
-        }
-    }
-    if !all_parked {
+    if !wait_parked(vm) {
         // A vCPU that may still be running must not see its RAM, devices and vGIC rewritten
         // under it: the VM is stopped instead of reset (its vCPUs are all powered off, so the
         // stuck one parks whenever its CPU next looks), and says why.
         vm.state.store(VmState::Running as u8, Ordering::Release);
         stop_vm(vm, "reset abandoned: a vCPU did not stop");
-        return;
+        return true;
     }
-    vm.mmio.lock().reset_all();
-    {
-        let mut vg = vm.vgic.lock();
-        vg.reset();
-        let _ = vg.set_hw(VTIMER_INTID, VcpuId(0), Some(VTIMER_INTID));
-        while let Some(p) = vg.take_hw_deactivation() {
-            gic::deactivate_raw(p);
-        }
-    }
-    if let Err(e) = super::load_images(vm, super::Reload::Reset) {
+    if let Err(e) = renew(vm) {
         error!("{} ({}): reset failed: {e}", vm.id, vm.name);
         vm.state.store(VmState::Running as u8, Ordering::Release);
         stop_vm(vm, "reset failed");
-        return;
+        return true;
     }
     vm.state.store(VmState::Running as u8, Ordering::Release);
     let _ = vm.power[0].cpu_on(vm.entry_ipa(), vm.fdt_ipa());
     let ticks = timer::now().wrapping_sub(started);
     kick_all(vm, KickSet::single(0));
     log_reset_stats(vm, n, ticks);
+    true
 }
 
 /// Makes the vCPUs in `kicks` look at their state: a kick SGI for those on other CPUs.
@@ -483,4 +582,12 @@ pub(super) fn button_timers() {
             }
         }
     }
+}
+
+/// The shell's `restart`: pulls the plug if the VM runs, then starts it afresh.
+pub(super) fn restart_vm(vm: &'static Vm) -> Result<(), alloc::string::String> {
+    if vm.state.load(Ordering::Acquire) == VmState::Running as u8 {
+        stop_vm(vm, "restart from the shell");
+    }
+    start_vm(vm)
 }

@@ -11,7 +11,7 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, AtomicUsize};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 
 use buddy_system_allocator::LockedHeap;
 use log::{error, info, warn};
@@ -43,6 +43,7 @@ pub mod lifecycle;
 mod lrs;
 pub mod ram;
 pub mod sched;
+mod shell;
 mod virtio;
 
 pub use boot::{primary_main, secondary_main};
@@ -130,6 +131,42 @@ pub(super) fn entropy_pool() -> &'static crate::vm::entropy::EntropyPool {
     })
 }
 pub(super) static RUNNING_VMS: AtomicUsize = AtomicUsize::new(0);
+/// Set when the machine must stay up after the last VM stops: a VM is configured not to
+/// start by itself (`elvisor,autostart = <0>`), or someone has entered a command in the shell.
+pub(super) static KEEP_UP: AtomicBool = AtomicBool::new(false);
+
+/// Counters the shell shows for one VM (relaxed atomics, never written on the exit fast path).
+pub struct VmStats {
+    /// Exits that took the full path's synchronous branch (trapped writes, WFI, PSCI, ...)
+    /// since the VM was last started; the fast path's exits are not counted (it has no room).
+    pub exits: AtomicU64,
+    /// Physical interrupts routed to the VM by the kernel (passthrough SPIs) since then.
+    pub irqs: AtomicU64,
+    /// Times the VM was started: at boot, by `start` or `restart`.
+    pub starts: AtomicU32,
+}
+
+impl VmStats {
+    const fn new() -> Self {
+        Self {
+            exits: AtomicU64::new(0),
+            irqs: AtomicU64::new(0),
+            starts: AtomicU32::new(0),
+        }
+    }
+}
+
+/// Each VM's counters, by VM index (there are at most 255 VMs): kept outside [`Vm`] so that
+/// they need nothing from VM construction.
+static VM_STATS: [VmStats; 256] = [const { VmStats::new() }; 256];
+
+impl Vm {
+    /// This VM's counters.
+    #[inline(always)]
+    pub fn stats(&self) -> &'static VmStats {
+        &VM_STATS[usize::from(self.id.0) & 0xff]
+    }
+}
 /// Every VM, in configuration order (index = VmId).
 pub(super) static VMS: Once<Vec<&'static Vm>> = Once::new();
 pub(super) static CONSOLE_UART: Once<&'static Pl011> = Once::new();

@@ -5,7 +5,7 @@
 //! Other CPUs change a vCPU's PSCI power state (atomics in its VM) and send a kick SGI.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use log::{error, warn};
 use spin::Once;
@@ -88,6 +88,14 @@ pub static CPU_MPIDR: [core::sync::atomic::AtomicU64; MAX_CPUS] =
     [const { core::sync::atomic::AtomicU64::new(0) }; MAX_CPUS];
 /// Physical CPUs that have started running vCPUs.
 pub static CPU_UP: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// Counter value when each CPU entered its scheduler (the shell's `cpus`).
+pub static UP_SINCE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Counter ticks each CPU has spent in the scheduler's idle wait (the shell's `cpus`). A vCPU
+/// alone on its CPU waits for interrupts in place (`exit::block`), which is not counted here:
+/// timing that wait would cost the timer-interrupt latency instructions it has no room for.
+pub static IDLE_TICKS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// When each CPU's current idle wait began (0: not waiting), so the wait in progress counts.
+pub static IDLE_SINCE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 /// Installs CPU `index`'s scheduler (boot CPU, before any CPU runs).
 pub fn install_sched(index: usize, s: CpuSched) {
@@ -118,6 +126,9 @@ pub(super) fn sched() -> &'static Mutex<CpuSched> {
 /// Starts running vCPUs on this CPU: idles until one is runnable, then enters it.
 pub fn run_cpu() -> ! {
     let i = this_index();
+    if let Some(since) = UP_SINCE.get(i) {
+        since.store(timer::now(), Ordering::Relaxed);
+    }
     if let Some(up) = CPU_UP.get(i) {
         up.store(true, Ordering::Release);
     }
@@ -190,7 +201,14 @@ pub(super) fn schedule(s: &mut CpuSched, mut current: Option<(usize, &mut Vcpu)>
         // Nothing runnable: idle until an interrupt. A blocked vCPU that is still loaded
         // keeps its virtual timer live, so its expiry wakes us.
         arm_timer(s, None, now);
+        if let Some(since) = IDLE_SINCE.get(s.index) {
+            since.store(timer::now(), Ordering::Relaxed);
+        }
         timer::wait_for_interrupt();
+        if let (Some(since), Some(idle)) = (IDLE_SINCE.get(s.index), IDLE_TICKS.get(s.index)) {
+            let from = since.swap(0, Ordering::Relaxed);
+            idle.fetch_add(timer::now().wrapping_sub(from), Ordering::Relaxed);
+        }
         let cur = current.as_mut().map(|(_, v)| &mut **v);
         let _ = handle_irqs(s, cur);
     }

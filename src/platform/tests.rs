@@ -195,6 +195,7 @@ fn vm_fixture() {
             passthrough: Vec::new(),
             disks: Vec::new(),
             power_button: true,
+            autostart: true,
         }]
     );
     assert!(p.reserved.contains(&kernel));
@@ -496,6 +497,27 @@ fn vm_power_button() {
     assert!(!parse_ok(&button(0)).vms[0].power_button);
     assert!(parse_ok(&button(1)).vms[0].power_button);
     assert_error(&button(2), "/chosen/vm-a", "elvisor,power-button");
+}
+
+#[test]
+fn vm_autostart() {
+    let with = |v: Option<&'static [u32]>| {
+        vm_dt(
+            &move |w| {
+                good_vm(w)?;
+                match v {
+                    Some(cells) => w.property_array_u32("elvisor,autostart", cells),
+                    None => Ok(()),
+                }
+            },
+            true,
+        )
+    };
+    assert!(parse_ok(&with(None)).vms[0].autostart);
+    assert!(parse_ok(&with(Some(&[1]))).vms[0].autostart);
+    assert!(!parse_ok(&with(Some(&[0]))).vms[0].autostart);
+    assert_error(&with(Some(&[2])), "/chosen/vm-a", "elvisor,autostart");
+    assert_error(&with(Some(&[0, 0])), "/chosen/vm-a", "elvisor,autostart");
 }
 
 #[test]

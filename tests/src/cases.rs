@@ -489,6 +489,8 @@ pub const CASES: &[Case] = &[
     crate::cases_console::CONSOLE_FOCUS_GICV2,
     crate::cases_console::DEMO_GICV3,
     crate::cases_console::DEMO_GICV2,
+    crate::cases_shell::SHELL_GICV3,
+    crate::cases_shell::SHELL_GICV2,
     Case {
         name: "smp-gicv3-smp2",
         about: "a 4-vCPU VM on 2 pCPUs (shared): PSCI CPU_ON/OFF/AFFINITY_INFO, CPU_ON race, cross-vCPU SGIs",

@@ -44,7 +44,7 @@ pub fn script(case: &str) -> Option<&'static [Step]> {
     match case {
         "console-focus-gicv3" | "console-focus-gicv2" => Some(FOCUS_SCRIPT),
         "demo-gicv3" | "demo-gicv2" => Some(DEMO_SCRIPT),
-        _ => None,
+        _ => crate::cases_shell::script(case),
     }
 }
 

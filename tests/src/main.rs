@@ -14,6 +14,7 @@ mod cases_boot;
 mod cases_console;
 mod cases_power;
 mod cases_rpi4;
+mod cases_shell;
 mod cases_virtio;
 mod check;
 mod runner;

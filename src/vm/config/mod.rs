@@ -57,6 +57,9 @@ pub struct VmConfig {
     /// Whether the VM gets the emulated PL061 GPIO controller with its power button (property
     /// `elvisor,power-button`, default 1; 0 leaves QEMU virt's GPIO address and SPI 7 free).
     pub power_button: bool,
+    /// Property `elvisor,autostart`: false (`<0>`) builds the VM but leaves it stopped until
+    /// the shell's `start`.
+    pub autostart: bool,
 }
 
 impl VmConfig {

@@ -143,6 +143,12 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
         }
         Err(problem) => return Err(err("elvisor,power-button", problem.into())),
     };
+    let autostart = match u32_prop(node, "elvisor,autostart") {
+        Ok(None | Some(1)) => true,
+        Ok(Some(0)) => false,
+        Ok(Some(n)) => return Err(err("elvisor,autostart", format!("{n} is not 0 or 1"))),
+        Err(problem) => return Err(err("elvisor,autostart", problem.into())),
+    };
 
     let (kernel, ramdisk) = parse_modules(lin, limits)?;
     let passthrough = parse_passthrough(lin, limits)?;
@@ -171,6 +177,7 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
         passthrough,
         disks,
         power_button,
+        autostart,
     })
 }
 

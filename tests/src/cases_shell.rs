@@ -1,0 +1,196 @@
+//! System cases of the management shell (boards/qemu-virt/vms/shell-hb.dtsi, shell-idle.dtsi):
+//! the switch key reaches the shell, which is driven like a person would, typing only after it
+//! has seen the answer it waits for: help, list, info, a stop and a start, a reset, mistakes
+//! and hostile lines, starting a VM configured not to start by itself, cpus, poweroff. Hooked
+//! into [`crate::cases::CASES`] by name; the runner asks [`script`] (through
+//! `cases_console::script`) for the typing.
+
+use crate::cases::{Boot, Case, Exit, Image};
+use crate::cases_console::Step;
+
+const VIRT_V3_VHE: &[&str] = &[
+    "-M",
+    "virt,virtualization=on,gic-version=3",
+    "-cpu",
+    "max",
+    "-m",
+    "1G",
+    "-smp",
+    "2",
+];
+const VIRT_V2_NVHE: &[&str] = &[
+    "-M",
+    "virt,virtualization=on,gic-version=2",
+    "-cpu",
+    "cortex-a72",
+    "-m",
+    "1G",
+    "-smp",
+    "2",
+];
+
+/// The default console switch key, Ctrl-], three times.
+const SWITCH: &str = "\x1d\x1d\x1d";
+
+/// The typing of a shell case; `None` for every other case.
+pub fn script(case: &str) -> Option<&'static [Step]> {
+    match case {
+        "shell-gicv3" | "shell-gicv2" => Some(SHELL_SCRIPT),
+        _ => None,
+    }
+}
+
+/// A line far longer than the shell takes (128 characters), then Enter.
+const LONG_LINE: &str = concat!(
+    "stop hbxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r"
+);
+
+/// hb runs, idle is not started. Switch: the focus skips idle and reaches the shell. Every
+/// command's answer is waited for before the next is typed.
+const SHELL_SCRIPT: &[Step] = &[
+    Step {
+        wait: "[hb] HB: beat 1",
+        send: SWITCH,
+    },
+    Step {
+        wait: "elvisor> ",
+        send: "help\r",
+    },
+    Step {
+        wait: "three times switches the console.",
+        send: "list\r",
+    },
+    Step {
+        wait: "(* has the console",
+        send: "info hb\r",
+    },
+    Step {
+        wait: "since start",
+        send: "cpus\r",
+    },
+    Step {
+        wait: "(idle: time in",
+        send: "stop hb\r",
+    },
+    Step {
+        wait: "the machine stays up for the shell",
+        send: "list\r",
+    },
+    Step {
+        wait: "(* has the console",
+        send: "start hb\r",
+    },
+    Step {
+        wait: "[hb] HB: heartbeat:",
+        send: "reset 0\r",
+    },
+    Step {
+        wait: "reset-count=Some(1)",
+        send: "lsit\r",
+    },
+    Step {
+        wait: "`help` lists them",
+        send: "stop\r",
+    },
+    Step {
+        wait: "stop which VM?",
+        send: "stop nosuch\r",
+    },
+    Step {
+        wait: "no VM named or numbered",
+        send: "start hb now\r",
+    },
+    Step {
+        wait: "start: unexpected",
+        send: LONG_LINE,
+    },
+    Step {
+        wait: "line too long",
+        send: "li\x01st\u{e4}\r",
+    },
+    Step {
+        wait: "nothing done (commands are plain ASCII)",
+        send: "\x1b[Alog\r",
+    },
+    Step {
+        wait: "log level: info",
+        send: "start idle\r",
+    },
+    Step {
+        wait: "vm1 (idle) stopped: PSCI SYSTEM_OFF",
+        send: "poweroff\r",
+    },
+];
+
+const SHELL_LINES: &[&str] = &[
+    "vm1 (idle) is not started (elvisor,autostart = <0>)",
+    "console input goes to vm0 (hb); Ctrl-] three times switches",
+    "[hb] HB: beat 1",
+    "console input goes to the shell",
+    "elvisor> help\r\n",
+    "  list ",
+    "  poweroff ",
+    "elvisor> list\r\n",
+    "   0 hb    running",
+    "   1 idle  not started",
+    "elvisor> info hb\r\n",
+    "vm0 (hb): running, started 1 time(s), reset 0 time(s)",
+    "device pl011",
+    "bootargs: hb.beats=100000 hb.period-ms=1000",
+    "elvisor> cpus\r\n",
+    "cpu0: hb/vcpu0",
+    "cpu1: idle/vcpu0 (off); idle ",
+    "elvisor> stop hb\r\n",
+    "vm0 (hb) stopped: `stop` in the shell",
+    "all VMs stopped; the machine stays up for the shell",
+    "elvisor> list\r\n",
+    "   0 hb    stopped",
+    "elvisor> start hb\r\n",
+    "vm0 (hb) started (start #2)",
+    "[hb] HB: heartbeat: beats=100000",
+    "reset-count=Some(0)",
+    "elvisor> reset 0\r\n",
+    "vm0 (hb): reset from the shell (reset #1)",
+    "[hb] HB: heartbeat: beats=100000",
+    "reset-count=Some(1)",
+    "unknown command \"lsit\"; `help` lists them",
+    "stop which VM? (`stop NAME` or `stop INDEX`)",
+    "no VM named or numbered \"nosuch\" (`list` shows the 2 VMs)",
+    "start: unexpected \"now\"; `help` shows what start takes",
+    "line too long (the shell takes 128 characters); nothing done",
+    "the line had control or non-ASCII bytes; nothing done (commands are plain ASCII)",
+    "elvisor> log\r\n",
+    "log level: info",
+    "vm1 (idle) started (start #1)",
+    "[idle] HB: heartbeat: beats=3",
+    "[idle] HB RESULT: passed=1 failed=0",
+    "vm1 (idle) stopped: PSCI SYSTEM_OFF",
+    "elvisor> poweroff\r\n",
+    "powering off (`poweroff` in the shell)",
+];
+
+pub const SHELL_GICV3: Case = Case {
+    name: "shell-gicv3",
+    about: "the management shell through the serial console: Ctrl-] x3 reaches it; help, list, info, cpus, stop (the machine stays up), start (boots afresh), reset, mistakes and hostile lines answered in one line, a VM with elvisor,autostart = <0> started, poweroff; GICv3, VHE",
+    machine: VIRT_V3_VHE,
+    boot: Boot::Direct,
+    vms: &["shell-hb", "shell-idle"],
+    bootargs: None,
+    timeout_s: 120,
+    expect: SHELL_LINES,
+    reject: &["HB FAIL", "PANIC", "did not stop"],
+    exit: Exit::Status(0),
+    console_input: None,
+    image: Image::Normal,
+    allow: &[],
+    reject_after_exit: &[],
+};
+
+pub const SHELL_GICV2: Case = Case {
+    name: "shell-gicv2",
+    about: "the shell script on GICv2, non-VHE",
+    machine: VIRT_V2_NVHE,
+    ..SHELL_GICV3
+};
