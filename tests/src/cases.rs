@@ -70,6 +70,9 @@ pub enum Image {
     /// build/elvisor-selftest.img: built with the `selftest` feature, so that
     /// `elvisor.selftest=KIND` makes it fail on purpose.
     Selftest,
+    /// build/elvisor.img with its Image header's text_offset set to 0x80800: QEMU's `-kernel`
+    /// then loads it 2 KiB past a 4 KiB boundary, where it cannot run (the runner writes it).
+    Misaligned,
 }
 
 impl Image {
@@ -78,9 +81,13 @@ impl Image {
         match self {
             Image::Normal => "build/elvisor.img",
             Image::Selftest => "build/elvisor-selftest.img",
+            Image::Misaligned => "build/test-images/elvisor-misaligned.img",
         }
     }
 }
+
+/// text_offset of [`Image::Misaligned`]: QEMU loads an arm64 Image at RAM base + text_offset.
+pub const MISALIGNED_TEXT_OFFSET: u64 = 0x8_0800;
 
 impl Case {
     /// Everything the log must not contain: [`ALWAYS_REJECT`] less what the case allows, and
@@ -318,6 +325,25 @@ pub const CASES: &[Case] = &[
         exit: Exit::KillAfter("must be entered at EL2"),
         console_input: None,
         image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+    },
+    Case {
+        name: "misaligned-load",
+        about: "the image loaded 2 KiB past a 4 KiB boundary (its header's text_offset patched to 0x80800): it says where it was loaded and why it cannot run there, then powers off",
+        machine: VIRT_V3_VHE,
+        boot: Boot::Direct,
+        vms: &["smoke"],
+        bootargs: None,
+        timeout_s: 30,
+        expect: &[
+            "the image was loaded at 0x40080800, which is not 4 KiB aligned",
+            "Stopping.",
+        ],
+        reject: &["SMOKE", "booting at EL2"],
+        exit: Exit::Status(0),
+        console_input: None,
+        image: Image::Misaligned,
         allow: &[],
         reject_after_exit: &[],
     },

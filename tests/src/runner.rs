@@ -89,6 +89,9 @@ fn run_inner(
 ) -> Result<(), String> {
     fs::create_dir_all(log_dir).map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
     let _ = fs::remove_file(log_path);
+    if case.image == crate::cases::Image::Misaligned {
+        write_misaligned_image(root)?;
+    }
     let image = root.join(case.image.path());
     if !image.is_file() {
         return Err(format!(
@@ -468,6 +471,23 @@ fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
         return Some(0);
     }
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Writes [`crate::cases::Image::Misaligned`]: build/elvisor.img with the arm64 Image header's
+/// text_offset (bytes 8..16, little-endian; Linux's Documentation/arch/arm64/booting.rst) set to
+/// [`crate::cases::MISALIGNED_TEXT_OFFSET`].
+fn write_misaligned_image(root: &Path) -> Result<(), String> {
+    let src = root.join(crate::cases::Image::Normal.path());
+    let dst = root.join(crate::cases::Image::Misaligned.path());
+    let mut bytes = fs::read(&src).map_err(|e| format!("reading {}: {e}", src.display()))?;
+    if bytes.len() < 64 || &bytes[56..60] != b"ARM\x64" {
+        return Err(format!("{} has no arm64 Image header", src.display()));
+    }
+    bytes[8..16].copy_from_slice(&crate::cases::MISALIGNED_TEXT_OFFSET.to_le_bytes());
+    if let Some(dir) = dst.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    fs::write(&dst, bytes).map_err(|e| format!("writing {}: {e}", dst.display()))
 }
 
 #[cfg(test)]
