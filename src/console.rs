@@ -3,8 +3,9 @@
 //! key, the router, the per-VM queue of bytes waiting for the VM's UART).
 //!
 //! Output. Log lines are prefixed `elvisor:`. The VM with input focus is printed byte for byte
-//! as it writes (prompts, echo, line editing, colours, any byte), with a `[name] ` prefix at the
-//! start of each of its lines when several VMs share the console. The other VMs' output is
+//! as it writes (prompts, echo, line editing, colours, any byte), untouched (with
+//! `elvisor.console-tags=all`, a `[name] ` prefix starts each of its lines too when several
+//! VMs share the console). The other VMs' output is
 //! line-buffered and printed a whole line at a time with that prefix, so lines never interleave
 //! mid-way. When a log line or another VM's line arrives while the focused VM is in the middle
 //! of a line (a prompt), that line is ended, the other line printed, and the focused VM's
@@ -246,6 +247,11 @@ static UART: Once<&'static dyn ConsoleUart> = Once::new();
 static SCREEN: Mutex<Screen> = Mutex::new(Screen::new());
 /// Set when more than one VM shares the console.
 static PREFIX_VMS: AtomicBool = AtomicBool::new(false);
+/// `elvisor.console-tags=all`: the focused VM's lines are tagged `[name] ` too. By default the
+/// focused VM is printed untouched, byte for byte, so full-screen programs (vi, top) and line
+/// editing see exactly what they wrote; every other VM's lines are tagged. Tagging all suits a
+/// log kept to be read later, where every line must say whose it is.
+static TAG_FOCUSED: AtomicBool = AtomicBool::new(false);
 
 /// Installs the console UART. Later calls are ignored.
 pub fn init(uart: &'static dyn ConsoleUart) {
@@ -418,6 +424,18 @@ pub fn set_vm_prefixes(on: bool) {
     PREFIX_VMS.store(on, Ordering::Relaxed);
 }
 
+/// What `elvisor.console-tags=` asks for: `others` (the default: the focused VM untouched) or
+/// `all` (the focused VM's lines tagged as well). Anything else is refused.
+pub fn set_console_tags(value: &str) -> Result<(), &'static str> {
+    let all = match value {
+        "all" => true,
+        "others" => false,
+        _ => return Err("is neither `others` nor `all`"),
+    };
+    TAG_FOCUSED.store(all, Ordering::Relaxed);
+    Ok(())
+}
+
 /// The management shell's own line (prompt, echo): printed as the focused VM's bytes are,
 /// so that a line breaking in ends it and prints it again below.
 pub fn shell_bytes(bytes: &[u8]) {
@@ -462,6 +480,12 @@ impl VmConsole {
             .then_some(self.name.as_str())
     }
 
+    /// The prefix of the focused VM's lines: none unless `elvisor.console-tags=all`.
+    fn focused_prefix(&self) -> Option<&str> {
+        self.prefix()
+            .filter(|_| TAG_FOCUSED.load(Ordering::Relaxed))
+    }
+
     fn flush_line(&mut self) {
         let line = Line(&self.line);
         match self.prefix() {
@@ -490,7 +514,7 @@ impl fmt::Display for Line<'_> {
 impl crate::vdev::pl011::Pl011Backend for VmConsole {
     fn tx(&mut self, byte: u8) {
         if self.focused {
-            let prefix = self.prefix();
+            let prefix = self.focused_prefix();
             SCREEN.lock().focused_byte(prefix, byte, &mut put);
             return;
         }
@@ -519,7 +543,7 @@ impl crate::vdev::pl011::Pl011Backend for VmConsole {
         if on {
             // What the VM printed of its current line while it had no focus (a prompt) is
             // shown now, as the start of the line it goes on writing.
-            let prefix = self.prefix();
+            let prefix = self.focused_prefix();
             for &b in &self.line {
                 screen.focused_byte(prefix, b, &mut put);
             }

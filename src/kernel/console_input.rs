@@ -73,6 +73,11 @@ pub(super) fn start(bootargs: &str) {
         }
         KEY.store(router.key(), Ordering::Relaxed);
     }
+    if let Some(v) = crate::console::bootarg(bootargs, "elvisor.console-tags")
+        && let Err(why) = crate::console::set_console_tags(v)
+    {
+        warn!("elvisor.console-tags={v} {why}; the focused VM's output stays untagged");
+    }
     let vms = super::vms();
     let _g = FOCUS_LOCK.lock();
     match vms.iter().position(|vm| running(vm)) {

@@ -86,6 +86,25 @@ impl Image {
     }
 }
 
+/// The hypervisor command line a case boots with: its own `bootargs`, plus
+/// `elvisor.console-tags=all` so that every line of a multi-VM log names its VM (the
+/// expectations are written that way), except in the cases that test what a person at the
+/// console sees by default: the focused VM's output untouched.
+pub fn boot_command_line(case: &Case) -> String {
+    const DEFAULT_CONSOLE: &[&str] = &[
+        "console-focus-gicv3",
+        "console-focus-gicv2",
+        "demo-gicv3",
+        "demo-gicv2",
+    ];
+    let tags = (!DEFAULT_CONSOLE.contains(&case.name)).then_some("elvisor.console-tags=all");
+    [case.bootargs, tags]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// text_offset of [`Image::Misaligned`]: QEMU loads an arm64 Image at RAM base + text_offset.
 pub const MISALIGNED_TEXT_OFFSET: u64 = 0x8_0800;
 

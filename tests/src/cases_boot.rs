@@ -192,8 +192,9 @@ pub fn mkboot(
     for vm in templates {
         cmd.arg("--vm").arg(vm);
     }
-    if let Some(b) = case.bootargs {
-        cmd.arg("--bootargs").arg(b);
+    let command_line = crate::cases::boot_command_line(case);
+    if !command_line.is_empty() {
+        cmd.arg("--bootargs").arg(command_line);
     }
     cmd.arg("--").args(case.machine);
     run(cmd, "scripts/mkboot")?;

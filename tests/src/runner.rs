@@ -383,8 +383,9 @@ fn mkdtb(root: &Path, case: &Case, templates: &[String]) -> Result<Vec<String>, 
     for vm in templates {
         cmd.arg("--vm").arg(vm);
     }
-    if let Some(b) = case.bootargs {
-        cmd.arg("--bootargs").arg(b);
+    let command_line = crate::cases::boot_command_line(case);
+    if !command_line.is_empty() {
+        cmd.arg("--bootargs").arg(command_line);
     }
     cmd.arg("--").args(case.machine).stdin(Stdio::null());
     let res = cmd
