@@ -91,3 +91,57 @@ pub const VIRTIO_GICV2: Case = Case {
     allow: &[],
     reject_after_exit: &[],
 };
+
+/// Debian's unmodified Linux on the same two disks: its own virtio_mmio and virtio_blk
+/// drivers (modules in the initramfs) find them in the guest DT, read the sectors the disk
+/// images hold, write one and read it back after dropping the page cache, and are refused a
+/// write to the read-only disk.
+const LINUX_VIRTIO_LINES: &[&str] = &[
+    "linux: virtio-blk in slot 0 at 0xa000000 (SPI 16): 2051 sectors",
+    "linux: virtio-blk in slot 1 at 0xa000200 (SPI 17): 1000 sectors, read-only",
+    "Booting Linux on physical CPU 0x0000000000",
+    "[vda] 2051 512-byte logical blocks",
+    "[vdb] 1000 512-byte logical blocks",
+    "INIT: disk: vda 2051 sectors, ro=0",
+    "INIT: disk: vdb 1000 sectors, ro=1",
+    // Byte o of the images is ((o >> 9) * 13 + (o & 511) + seed) & 0xff (scripts/mkdisk).
+    "INIT: disk: vda sector 1:",
+    " 13 14 15 16 17 18 19 20",
+    "INIT: disk: vdb sector 0:",
+    " 85 86 87 88 89 90 91 92",
+    "INIT: disk: vda sector 7 now: elvisor-disk-write-check",
+    "INIT: disk: vdb write refused",
+    "INIT: done",
+    "reboot: Power down",
+];
+
+pub const LINUX_VIRTIO_GICV3: Case = Case {
+    name: "linux-virtio-gicv3",
+    about: "Debian's Linux with its own virtio_mmio and virtio_blk modules on elvisor's virtio-blk: reads the disk images, writes and reads back, refused on the read-only disk; GICv3, VHE",
+    machine: VIRT_V3_VHE,
+    boot: Boot::Direct,
+    vms: &["linux-virtio"],
+    bootargs: None,
+    timeout_s: 120,
+    expect: LINUX_VIRTIO_LINES,
+    reject: &[
+        "Kernel panic",
+        "Internal error:",
+        "BUG:",
+        "Oops",
+        "insmod",
+        "VIRTIO FAIL",
+    ],
+    exit: Exit::Status(0),
+    console_input: None,
+    image: Image::Normal,
+    allow: &[],
+    reject_after_exit: &[],
+};
+
+pub const LINUX_VIRTIO_GICV2: Case = Case {
+    name: "linux-virtio-gicv2",
+    about: "Debian's Linux on elvisor's virtio-blk, vGICv2, cortex-a72 (non-VHE)",
+    machine: VIRT_V2_NVHE,
+    ..LINUX_VIRTIO_GICV3
+};
