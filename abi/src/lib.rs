@@ -44,6 +44,8 @@ pub mod hypercall {
 ///   0x080a_0000  GICv3 redistributors, 128 KiB per vCPU
 ///   0x0900_0000  PL011 UART (emulated), 4 KiB, SPI 1
 ///   0x0903_0000  PL061 GPIO (emulated), 4 KiB, SPI 7: line 3 is the power button
+///   0x0a00_0000  virtio-mmio slots, 0x200 each, SPI 16 + n
+///   0x0b00_0000  shared-memory doorbells, 4 KiB each, SPI 48 + k (the VM's k-th mapping)
 ///   0x4000_0000  RAM
 ///                  +0x8_0000 (TEXT_OFFSET): the image
 ///                  top - 2 MiB: the device tree
@@ -71,6 +73,14 @@ pub mod layout {
     pub const GPIO_INTID: u32 = 39;
     /// The GPIO line of the power button (gpio-keys KEY_POWER, active high), as on QEMU virt.
     pub const POWER_BUTTON_LINE: u8 = 3;
+    /// The doorbell page of a VM's k-th shared-memory mapping (k = 0..[`DOORBELL_COUNT`]) is
+    /// at `DOORBELL_BASE + k * DOORBELL_SIZE`, its interrupt INTID `DOORBELL_INTID + k`
+    /// (SPI 48 + k, level). See [`super::doorbell`] for its registers.
+    pub const DOORBELL_BASE: u64 = 0x0b00_0000;
+    pub const DOORBELL_SIZE: u64 = 0x1000;
+    pub const DOORBELL_INTID: u32 = 80;
+    /// Most shared-memory regions one VM maps.
+    pub const DOORBELL_COUNT: u64 = 8;
     /// Guest RAM base.
     pub const RAM_BASE: u64 = 0x4000_0000;
     /// Room reserved at the top of RAM for the device tree.
@@ -94,4 +104,35 @@ pub mod image {
 pub mod dt {
     /// `/chosen` property: how many times this VM has been reset with PSCI SYSTEM_RESET.
     pub const RESET_COUNT_PROPERTY: &str = "elvisor,reset-count";
+}
+
+/// The doorbell page elvisor gives a VM for each shared-memory region it maps (layout
+/// [`layout::DOORBELL_BASE`]): 32-bit registers, anything else reads as zero and ignores writes.
+///
+/// ```text
+///   0x00 MAGIC   RO  0x4c42_4445 ("EDBL" in memory)
+///   0x04 INDEX   RO  this VM's index in the region's map list (its doorbell number)
+///   0x08 PEERS   RO  how many VMs map the region (indices 0..PEERS)
+///   0x0c FLAGS   RO  bit 0: this VM's mapping is read-only
+///   0x10 RING    WO  value n < PEERS: sets bit INDEX in VM n's STATUS and raises its interrupt;
+///                    other values are ignored
+///   0x14 STATUS  RO  bit i set: VM i rang this doorbell since the bit was last acknowledged;
+///                    the interrupt (level) is high while STATUS is nonzero
+///   0x18 ACK     WO  clears the STATUS bits written as 1
+/// ```
+pub mod doorbell {
+    pub const MAGIC: u32 = 0x4c42_4445;
+    pub const REG_MAGIC: u64 = 0x00;
+    pub const REG_INDEX: u64 = 0x04;
+    pub const REG_PEERS: u64 = 0x08;
+    pub const REG_FLAGS: u64 = 0x0c;
+    pub const REG_RING: u64 = 0x10;
+    pub const REG_STATUS: u64 = 0x14;
+    pub const REG_ACK: u64 = 0x18;
+    /// FLAGS bit 0.
+    pub const FLAG_READ_ONLY: u32 = 1;
+    /// Most VMs that map one region (STATUS has a bit each).
+    pub const MAX_PEERS: usize = 32;
+    /// Device-tree `compatible` of the node that describes a mapping to a guest.
+    pub const COMPATIBLE: &str = "elvisor,shmem";
 }

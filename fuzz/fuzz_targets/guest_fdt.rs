@@ -134,6 +134,7 @@ fuzz_target!(|spec: Spec| {
             .map(|r| (GuestPhysAddr(r.base), r.size)),
         reset_count: spec.reset_count,
         passthrough: &passthrough,
+        shmem: &[],
         rng_seed: spec.rng_seed.as_deref(),
         kaslr_seed: spec.kaslr_seed,
     };

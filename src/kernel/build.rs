@@ -215,6 +215,8 @@ pub(super) fn build_vm(
     }
 
     let virtio_nodes = super::virtio::add_devices(cfg, plat, vm_ram, &mut bus)?;
+    // Shared memory with other VMs: the regions in stage 2, a doorbell page each on the bus.
+    let shmem_nodes = super::shmem::attach(cfg, plat, vm_ram, &mut bus)?;
     // The power button (kernel::lifecycle::press_power_button): a PL061 where QEMU virt has
     // its own, SPI 7 as a level, gpio-keys on line 3 in the guest's tree.
     let button_nodes = if cfg.power_button {
@@ -302,6 +304,7 @@ pub(super) fn build_vm(
             .chain(virtio_nodes)
             .chain(button_nodes)
             .collect(),
+        shmem_nodes,
         hw,
         reset_count: AtomicU32::new(0),
         warn_budget: AtomicU32::new(crate::vm::exit::WARN_BUDGET),

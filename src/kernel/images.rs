@@ -69,6 +69,7 @@ pub fn load_images(vm: &Vm, how: Reload) -> Result<(), String> {
         initrd,
         reset_count: vm.reset_count.load(Ordering::Relaxed),
         passthrough: &vm.guest_nodes,
+        shmem: &vm.shmem_nodes,
         rng_seed: Some(&seed),
         kaslr_seed: Some(kaslr),
     })

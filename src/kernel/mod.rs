@@ -44,6 +44,7 @@ mod lrs;
 pub mod ram;
 pub mod sched;
 mod shell;
+mod shmem;
 mod virtio;
 
 pub use boot::{primary_main, secondary_main};
@@ -238,6 +239,8 @@ pub struct Vm {
     pub passthrough_irqs: Vec<u32>,
     /// Device nodes of the guest DT: the passthrough devices, then the virtio-mmio devices.
     guest_nodes: Vec<crate::vm::config::Passthrough>,
+    /// Shared-memory mappings and their doorbells, for the guest DT (`kernel::shmem`).
+    shmem_nodes: Vec<crate::vm::fdt::GuestShmem>,
     pub hw: guest::VcpuHwConfig,
     pub reset_count: AtomicU32,
     /// Guest-caused diagnostics left before they are suppressed.

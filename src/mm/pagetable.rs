@@ -63,6 +63,10 @@ pub enum S2Kind {
     Ram,
     /// A passed-through device frame (e.g. GICV): Device-nGnRE, read/write, never executable.
     Device,
+    /// Memory shared between VMs (`kernel::shmem`): normal write-back memory like RAM, never
+    /// executable, and read-only (S2AP = RO: a guest write is a stage-2 permission fault) unless
+    /// `writable`.
+    Shared { writable: bool },
 }
 
 /// A VM's stage-2 translation table (IPA -> PA).
@@ -133,18 +137,27 @@ impl Stage2Table {
         if end > (1u64 << self.ipa_bits) {
             return Err(PageTableError::OutOfRange);
         }
+        let normal = if self.forced_write_back {
+            Stage2Attributes::from_bits_retain(S2_FWB_NORMAL_WB) | Stage2Attributes::SH_INNER
+        } else {
+            Stage2Attributes::MEMATTR_NORMAL_INNER_WB
+                | Stage2Attributes::MEMATTR_NORMAL_OUTER_WB
+                | Stage2Attributes::SH_INNER
+        };
         let attrs = match kind {
-            S2Kind::Ram if self.forced_write_back => {
-                Stage2Attributes::from_bits_retain(S2_FWB_NORMAL_WB) | Stage2Attributes::SH_INNER
+            S2Kind::Ram => normal | Stage2Attributes::S2AP_ACCESS_RW,
+            S2Kind::Device => {
+                Stage2Attributes::MEMATTR_DEVICE_nGnRE
+                    | Stage2Attributes::XN
+                    | Stage2Attributes::S2AP_ACCESS_RW
             }
-            S2Kind::Ram => {
-                Stage2Attributes::MEMATTR_NORMAL_INNER_WB
-                    | Stage2Attributes::MEMATTR_NORMAL_OUTER_WB
-                    | Stage2Attributes::SH_INNER
+            S2Kind::Shared { writable: true } => {
+                normal | Stage2Attributes::XN | Stage2Attributes::S2AP_ACCESS_RW
             }
-            S2Kind::Device => Stage2Attributes::MEMATTR_DEVICE_nGnRE | Stage2Attributes::XN,
-        } | Stage2Attributes::S2AP_ACCESS_RW
-            | Stage2Attributes::ACCESS_FLAG
+            S2Kind::Shared { writable: false } => {
+                normal | Stage2Attributes::XN | Stage2Attributes::S2AP_ACCESS_RO
+            }
+        } | Stage2Attributes::ACCESS_FLAG
             | Stage2Attributes::VALID;
         self.root.map_range(
             &MemoryRegion::new(ipa.0 as usize, end as usize),
@@ -192,6 +205,23 @@ impl Stage2Table {
                     // `mr` is the clipped walk range; recover the offset inside the block.
                     let in_block = (mr.start().0 as u64 & (size - 1)) + off;
                     out = Some((PhysAddr(block_base + in_block), size));
+                }
+                Ok(())
+            },
+        );
+        out
+    }
+
+    /// Whether the guest may write through the mapping of `ipa` (S2AP write bit), if mapped.
+    pub fn writable(&self, ipa: GuestPhysAddr) -> Option<bool> {
+        let mut out = None;
+        let page = ipa.align_down(PAGE_SIZE).0 as usize;
+        let _ = self.root.walk_range(
+            &MemoryRegion::new(page, page + PAGE_SIZE as usize),
+            &mut |_, desc, level| {
+                if desc.is_valid() && (level == 3 || !desc.is_table_or_page()) {
+                    let ap = desc.flags() & Stage2Attributes::S2AP_ACCESS_RW;
+                    out = Some(ap.contains(Stage2Attributes::S2AP_ACCESS_WO));
                 }
                 Ok(())
             },
@@ -381,6 +411,41 @@ mod tests {
         .unwrap();
         let (pa, size) = s2.translate(GuestPhysAddr(0x0801_1004)).unwrap();
         assert_eq!((pa, size), (PhysAddr(0x0804_1004), PAGE_SIZE));
+    }
+
+    #[test]
+    fn stage2_shared_read_only_and_read_write() {
+        let mut s2 = Stage2Table::new(40);
+        s2.map(
+            GuestPhysAddr(0x1000_0000),
+            PhysAddr(0x8000_0000),
+            2 * MIB,
+            S2Kind::Shared { writable: false },
+        )
+        .unwrap();
+        s2.map(
+            GuestPhysAddr(0x1020_1000),
+            PhysAddr(0x8000_0000),
+            2 * MIB,
+            S2Kind::Shared { writable: true },
+        )
+        .unwrap();
+        s2.map(
+            GuestPhysAddr(0x4000_0000),
+            PhysAddr(0x9000_0000),
+            2 * MIB,
+            S2Kind::Ram,
+        )
+        .unwrap();
+        assert_eq!(s2.writable(GuestPhysAddr(0x1000_0010)), Some(false));
+        assert_eq!(s2.writable(GuestPhysAddr(0x1020_2000)), Some(true));
+        assert_eq!(s2.writable(GuestPhysAddr(0x4000_0000)), Some(true));
+        assert_eq!(s2.writable(GuestPhysAddr(0x2000_0000)), None);
+        // The same frames behind both mappings.
+        assert_eq!(
+            s2.translate(GuestPhysAddr(0x1000_3000)).unwrap().0,
+            s2.translate(GuestPhysAddr(0x1020_4000)).unwrap().0
+        );
     }
 
     #[test]

@@ -128,6 +128,9 @@ pub struct Platform {
     pub rng_seed: Vec<u8>,
     /// VMs described under /chosen (nodes compatible with "elvisor,vm").
     pub vms: Vec<VmConfig>,
+    /// Shared-memory regions described under /chosen (nodes compatible with "elvisor,shmem"),
+    /// with the VMs that map them.
+    pub shmem: Vec<crate::vm::config::ShmemRegion>,
 }
 
 /// The host device tree, checked once (header, nesting, every token: what `Dtb::new` walks),
@@ -247,7 +250,9 @@ pub fn parse_host(
         .unwrap_or_default();
 
     let mut vms: Vec<VmConfig> = Vec::new();
+    let mut shmem = Vec::new();
     if let Some(chosen) = &chosen {
+        shmem = crate::vm::config::parse_shmem_regions(chosen)?;
         let limits = VmLimits {
             dt: &dt,
             gic: &gic_node,
@@ -283,6 +288,7 @@ pub fn parse_host(
             vms.push(vm);
         }
     }
+    crate::vm::config::link_shmem(&mut vms, &mut shmem)?;
     reserved.sort_by_key(|r| (r.base, r.size_bytes));
 
     Ok(Platform {
@@ -296,6 +302,7 @@ pub fn parse_host(
         bootargs,
         rng_seed,
         vms,
+        shmem,
     })
 }
 

@@ -169,6 +169,7 @@ fn rpi4b_as_debian_ships_it() {
         bootargs: String::new(),
         rng_seed: Vec::new(),
         vms: Vec::new(),
+        shmem: Vec::new(),
     };
     assert_rpi4b_devices(&p);
     assert_eq!(p.reserved, [range(0, 0x1000)]);
@@ -196,6 +197,7 @@ fn vm_fixture() {
             disks: Vec::new(),
             power_button: true,
             autostart: true,
+            shmem: Vec::new(),
         }]
     );
     assert!(p.reserved.contains(&kernel));
@@ -901,4 +903,164 @@ fn vm_disks() {
     };
     assert_error(&two_vms(false), "/chosen/vm@1/disk", "reg");
     assert_error(&two_vms(true), "/chosen/vm@1", "reg");
+}
+
+/// Shared memory (vm::config::shmem): regions under /chosen, mappings in the VM nodes, linked
+/// by name with member indices in configuration order; refused when a region is unknown,
+/// mapped twice by one VM, badly sized, or the mapping lands on the VM's RAM or devices.
+#[test]
+fn shmem_regions_and_maps() {
+    type Map<'a> = (&'a str, &'a str, u64, bool);
+    let region = |w: &mut FdtWriter, node: &str, name: &str, size: u64| -> FdtWriterResult<()> {
+        let n = w.begin_node(node)?;
+        w.property_string("compatible", "elvisor,shmem")?;
+        w.property_string("elvisor,name", name)?;
+        w.property_u64("size", size)?;
+        w.end_node(n)
+    };
+    let vm = |w: &mut FdtWriter, node: &str, maps: &[Map<'_>]| -> FdtWriterResult<()> {
+        let v = w.begin_node(node)?;
+        w.property_string("compatible", "elvisor,vm")?;
+        good_vm(w)?;
+        let k = w.begin_node("kernel")?;
+        w.property_string("compatible", "multiboot,kernel")?;
+        w.property_array_u64("reg", &[0x6000_0000, 0x10_0000])?;
+        w.end_node(k)?;
+        for &(sub, name, ipa, ro) in maps {
+            let m = w.begin_node(sub)?;
+            w.property_string("compatible", "elvisor,shmem-map")?;
+            w.property_string("elvisor,shmem", name)?;
+            w.property_u64("elvisor,guest-address", ipa)?;
+            if ro {
+                w.property_null("read-only")?;
+            }
+            w.end_node(m)?;
+        }
+        w.end_node(v)
+    };
+    let tree = |size: u64, a: &[Map<'_>], b: &[Map<'_>]| {
+        host_dt(true, &|w| {
+            stdout(w)?;
+            region(w, "shm-ping", "ping", size)?;
+            region(w, "shm-board", "board", 0x20_0000)?;
+            vm(w, "vm-a", a)?;
+            vm(w, "vm-b", b)
+        })
+    };
+    let p = parse_ok(&tree(
+        0x40_0000,
+        &[
+            ("ping", "ping", 0x2000_0000, false),
+            ("board", "board", 0x2100_0000, false),
+        ],
+        &[
+            ("board", "board", 0x3000_0000, true),
+            ("ping", "ping", 0x3100_0000, false),
+        ],
+    ));
+    assert_eq!(p.shmem.len(), 2);
+    assert_eq!(
+        (p.shmem[0].name.as_str(), p.shmem[0].size_bytes),
+        ("ping", 0x40_0000)
+    );
+    assert_eq!(p.shmem[0].members, [(0, 0), (1, 1)]);
+    assert_eq!(p.shmem[1].members, [(0, 1), (1, 0)]);
+    let b = &p.vms[1].shmem;
+    assert_eq!(
+        (
+            b[0].node_path.as_str(),
+            b[0].region,
+            b[0].index,
+            b[0].peers,
+            b[0].read_only,
+            b[0].size_bytes
+        ),
+        ("/chosen/vm-b/board", 1, 1, 2, true, 0x20_0000)
+    );
+    assert_eq!(
+        (b[1].guest_address, b[1].index, b[1].read_only),
+        (0x3100_0000, 1, false)
+    );
+    assert_eq!((p.vms[0].shmem[0].index, p.vms[0].shmem[0].peers), (0, 2));
+
+    let ok: &[Map<'_>] = &[("ping", "ping", 0x2000_0000, false)];
+    // Region size: a nonzero multiple of 2 MiB.
+    assert_error(&tree(0x1000, ok, ok), "/chosen/shm-ping", "size");
+    assert_error(&tree(0, ok, ok), "/chosen/shm-ping", "size");
+    // An unknown region.
+    assert_error(
+        &tree(0x20_0000, ok, &[("m", "nope", 0x2000_0000, false)]),
+        "/chosen/vm-b/m",
+        "elvisor,shmem",
+    );
+    // One VM maps a region twice.
+    assert_error(
+        &tree(
+            0x20_0000,
+            ok,
+            &[
+                ("m1", "ping", 0x2000_0000, false),
+                ("m2", "ping", 0x2100_0000, true),
+            ],
+        ),
+        "/chosen/vm-b/m2",
+        "elvisor,shmem",
+    );
+    // Over the VM's RAM (0x4000_0000 + 128 MiB), its devices, its other mapping; misaligned.
+    for ipa in [0x4000_0000, 0x47f0_0000, 0x3fff_f000] {
+        assert_error(
+            &tree(0x20_0000, ok, &[("m", "ping", ipa, false)]),
+            "/chosen/vm-b/m",
+            "elvisor,guest-address",
+        );
+    }
+    for ipa in [
+        0x0800_0000,
+        0x0900_0000,
+        0x0a00_0000,
+        0x0b00_0000,
+        0x0903_0000,
+    ] {
+        assert_error(
+            &tree(0x20_0000, ok, &[("m", "ping", ipa, false)]),
+            "/chosen/vm-b/m",
+            "elvisor,guest-address",
+        );
+    }
+    assert_error(
+        &tree(
+            0x20_0000,
+            ok,
+            &[
+                ("m1", "ping", 0x2000_0000, false),
+                ("m2", "board", 0x2010_0000, false),
+            ],
+        ),
+        "/chosen/vm-b/m2",
+        "elvisor,guest-address",
+    );
+    assert_error(
+        &tree(0x20_0000, ok, &[("m", "ping", 0x2000_0800, false)]),
+        "/chosen/vm-b/m",
+        "elvisor,guest-address",
+    );
+    assert_error(
+        &tree(0x20_0000, ok, &[("m", "ping", 1 << 40, false)]),
+        "/chosen/vm-b/m",
+        "elvisor,guest-address",
+    );
+    // Two regions with one name.
+    let dup = host_dt(true, &|w| {
+        stdout(w)?;
+        region(w, "r1", "same", 0x20_0000)?;
+        region(w, "r2", "same", 0x20_0000)
+    });
+    assert_error(&dup, "/chosen/r2", "elvisor,name");
+    // The error is one plain line naming node and property.
+    let e = parse_err(&tree(0x20_0000, ok, &[("m", "nope", 0x2000_0000, false)]));
+    assert_eq!(
+        e.to_string(),
+        "device tree node /chosen/vm-b/m property \"elvisor,shmem\": no shared-memory region \
+         \"nope\" (a /chosen node compatible with \"elvisor,shmem\")"
+    );
 }

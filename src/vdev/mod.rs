@@ -5,6 +5,7 @@
 //! unit tests. Side effects (console output, interrupt lines) go through small traits.
 #![forbid(unsafe_code)]
 
+pub mod doorbell;
 pub mod pl011;
 pub mod pl061;
 pub mod vgic;

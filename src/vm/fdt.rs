@@ -68,6 +68,8 @@ pub struct GuestFdt<'a> {
     pub reset_count: u32,
     /// Host devices passed through: each gets a copy of its node (same address, SPIs).
     pub passthrough: &'a [crate::vm::config::Passthrough],
+    /// Shared-memory mappings with their doorbells ([`write_shmem`]).
+    pub shmem: &'a [GuestShmem],
     /// `/chosen/rng-seed` (bytes for the guest's RNG at boot) and `/chosen/kaslr-seed`.
     pub rng_seed: Option<&'a [u8]>,
     pub kaslr_seed: Option<u64>,
@@ -394,8 +396,67 @@ pub fn generate(spec: &GuestFdt<'_>) -> Result<Vec<u8>, FdtGenError> {
         w.end_node(node)?;
     }
 
+    for shm in spec.shmem {
+        write_shmem(&mut w, shm, spec.gic.is_some())?;
+    }
+
     w.end_node(root)?;
     Ok(w.finish()?)
+}
+
+/// A VM's mapping of a shared-memory region and its doorbell page (`kernel::shmem`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestShmem {
+    /// The region's name (`elvisor,name` of its host node).
+    pub name: String,
+    /// Where the region is in the guest, and its size.
+    pub base: u64,
+    pub size_bytes: u64,
+    /// The doorbell page (4 KiB) and its level-sensitive SPI.
+    pub doorbell: u64,
+    pub intid: u32,
+    /// This VM's member index and the number of members.
+    pub index: u32,
+    pub peers: u32,
+    pub read_only: bool,
+}
+
+/// A `shmem@<base>` node: `compatible = "elvisor,shmem", "generic-uio"` (so Linux's
+/// uio_pdrv_genirq binds it with `uio_pdrv_genirq.of_id=generic-uio`: map 0 is the region,
+/// map 1 the doorbell page, the interrupt the doorbell), `reg` = the region then the doorbell
+/// page, `interrupts` = the doorbell SPI, and `elvisor,name`, `elvisor,index`,
+/// `elvisor,peers`, `read-only` for a guest to find its way. The region lies outside
+/// `/memory`, so no `/reserved-memory` entry is needed: no guest treats it as RAM.
+fn write_shmem(w: &mut FdtWriter, shm: &GuestShmem, gic: bool) -> Result<(), FdtGenError> {
+    check_region("shared memory", shm.base, shm.size_bytes)?;
+    let node = w.begin_node(&format!("shmem@{:x}", shm.base))?;
+    w.property_string_list(
+        "compatible",
+        strings(&[elvisor_abi::doorbell::COMPATIBLE, "generic-uio"]),
+    )?;
+    w.property_array_u64(
+        "reg",
+        &[
+            shm.base,
+            shm.size_bytes,
+            shm.doorbell,
+            elvisor_abi::layout::DOORBELL_SIZE,
+        ],
+    )?;
+    if gic {
+        w.property_array_u32(
+            "interrupts",
+            &[GIC_SPI, shm.intid.saturating_sub(32), IRQ_TYPE_LEVEL_HIGH],
+        )?;
+    }
+    w.property_string("elvisor,name", &shm.name)?;
+    w.property_u32("elvisor,index", shm.index)?;
+    w.property_u32("elvisor,peers", shm.peers)?;
+    if shm.read_only {
+        w.property_null("read-only")?;
+    }
+    w.end_node(node)?;
+    Ok(())
 }
 
 /// The guest nodes of a VM's power button (`kernel::build`): its emulated PL061 at
@@ -518,6 +579,7 @@ mod tests {
             initrd: Some((GuestPhysAddr(0x4800_0000), 0x10_0000)),
             reset_count: 3,
             passthrough: &[],
+            shmem: &[],
             rng_seed: None,
             kaslr_seed: None,
         }
@@ -934,5 +996,66 @@ mod tests {
         let fdt = fdt::Fdt::new(&blob).unwrap();
         assert_eq!(cells(&fdt, "/cpus/cpu@100", "reg"), [0, 0x100]);
         assert_eq!(cells(&fdt, "/cpus/cpu@100000000", "reg"), [1, 0]);
+    }
+    #[test]
+    fn shared_memory_nodes() {
+        let shm = [
+            GuestShmem {
+                name: "ping".into(),
+                base: 0x2000_0000,
+                size_bytes: 0x20_0000,
+                doorbell: 0x0b00_0000,
+                intid: 80,
+                index: 1,
+                peers: 2,
+                read_only: false,
+            },
+            GuestShmem {
+                name: "board".into(),
+                base: 0x3000_0000,
+                size_bytes: 0x40_0000,
+                doorbell: 0x0b00_1000,
+                intid: 81,
+                index: 0,
+                peers: 3,
+                read_only: true,
+            },
+        ];
+        let blob = generate(&GuestFdt {
+            shmem: &shm,
+            ..spec_v3()
+        })
+        .unwrap();
+        let fdt = fdt::Fdt::new(&blob).unwrap();
+        let p = "/shmem@20000000";
+        assert_eq!(
+            strs(&fdt, p, "compatible"),
+            ["elvisor,shmem", "generic-uio"]
+        );
+        assert_eq!(
+            cells(&fdt, p, "reg"),
+            [0, 0x2000_0000, 0, 0x20_0000, 0, 0x0b00_0000, 0, 0x1000]
+        );
+        assert_eq!(cells(&fdt, p, "interrupts"), [0, 48, 4]);
+        assert_eq!(strs(&fdt, p, "elvisor,name"), ["ping"]);
+        assert_eq!(cells(&fdt, p, "elvisor,index"), [1]);
+        assert_eq!(cells(&fdt, p, "elvisor,peers"), [2]);
+        assert!(!has(&fdt, p, "read-only"));
+        let q = "/shmem@30000000";
+        assert_eq!(cells(&fdt, q, "interrupts"), [0, 49, 4]);
+        assert_eq!(cells(&fdt, q, "elvisor,peers"), [3]);
+        assert!(has(&fdt, q, "read-only"));
+        // An empty region is refused, not written.
+        let bad = [GuestShmem {
+            size_bytes: 0,
+            ..shm[0].clone()
+        }];
+        assert!(
+            generate(&GuestFdt {
+                shmem: &bad,
+                ..spec_v3()
+            })
+            .is_err()
+        );
     }
 }

@@ -40,6 +40,9 @@ impl fmt::Display for VmId {
 ///   0x0900_0000  PL011 UART (emulated), 4 KiB, SPI 1
 ///   0x0903_0000  PL061 GPIO (emulated), 4 KiB, SPI 7: line 3 is the power button
 ///                  (absent with `elvisor,power-button = <0>`)
+///   0x0A00_0000  virtio-mmio slots (kernel::virtio)
+///   0x0B00_0000  doorbell pages of the shared-memory mappings, 4 KiB each, SPI 48 + k
+///                  (kernel::shmem; the regions themselves are where the VM node says)
 ///   0x4000_0000  RAM, `memory` bytes from the VM node
 ///                  +0x8_0000 (or the Image header's text_offset): kernel image
 ///                  top - 2 MiB: device tree (2 MiB slot)
@@ -66,7 +69,14 @@ pub mod layout {
     pub use abi::{UART_INTID, UART_SIZE};
     /// The PL061 GPIO controller (QEMU virt's address and SPI 7) and its power-button line.
     pub const GPIO_BASE: GuestPhysAddr = GuestPhysAddr(abi::GPIO_BASE);
+    /// Doorbell pages of the VM's shared-memory mappings (`vdev::doorbell`): mapping k's at
+    /// [`doorbell_base`]`(k)`, its level-sensitive interrupt INTID `DOORBELL_INTID + k`.
+    pub use abi::{DOORBELL_COUNT, DOORBELL_INTID, DOORBELL_SIZE};
     pub use abi::{GPIO_INTID, GPIO_SIZE, POWER_BUTTON_LINE};
+    /// The doorbell page of the VM's k-th shared-memory mapping.
+    pub const fn doorbell_base(k: usize) -> GuestPhysAddr {
+        GuestPhysAddr(abi::DOORBELL_BASE + abi::DOORBELL_SIZE * k as u64)
+    }
     pub const RAM_BASE: GuestPhysAddr = GuestPhysAddr(abi::RAM_BASE);
     /// Room reserved at the top of RAM for the device tree.
     pub use abi::FDT_SLOT;

@@ -1244,6 +1244,8 @@ pub const CASES: &[Case] = &[
     crate::cases_virtio::VIRTIO_GICV2,
     crate::cases_virtio::LINUX_VIRTIO_GICV3,
     crate::cases_virtio::LINUX_VIRTIO_GICV2,
+    crate::cases_shmem::SHMEM_GICV3,
+    crate::cases_shmem::SHMEM_GICV2,
     crate::cases_power::IRQ_BUTTON_GICV3,
     crate::cases_power::IRQ_BUTTON_GICV2,
     crate::cases_power::LINUX_BUTTON_GICV3,

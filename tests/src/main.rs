@@ -15,6 +15,7 @@ mod cases_console;
 mod cases_power;
 mod cases_rpi4;
 mod cases_shell;
+mod cases_shmem;
 mod cases_virtio;
 mod check;
 mod runner;

@@ -15,12 +15,15 @@ use crate::mm::{PhysAddr, PhysRange};
 
 mod disk;
 mod node;
+mod shmem;
 
 pub(crate) use disk::check_disks_against;
 pub use disk::disk_id_bytes;
 
 pub use node::MAX_VCPUS;
 pub(crate) use node::{VmLimits, parse_vm};
+pub use shmem::{MAX_MAPS_PER_VM, ShmemMap, ShmemRegion};
+pub(crate) use shmem::{link as link_shmem, parse_regions as parse_shmem_regions};
 
 /// One VM, as described by a `compatible = "elvisor,vm"` node under /chosen.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -60,6 +63,9 @@ pub struct VmConfig {
     /// Property `elvisor,autostart`: false (`<0>`) builds the VM but leaves it stopped until
     /// the shell's `start`.
     pub autostart: bool,
+    /// Shared-memory regions this VM maps (subnodes compatible "elvisor,shmem-map"), in node
+    /// order; linked to the regions by [`link_shmem`].
+    pub shmem: Vec<ShmemMap>,
 }
 
 impl VmConfig {

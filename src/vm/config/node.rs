@@ -162,6 +162,7 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
     let mut images = alloc::vec![kernel];
     images.extend(ramdisk);
     let disks = super::disk::parse_disks(lin, limits, &images)?;
+    let shmem = super::shmem::parse_maps(lin)?;
 
     Ok(VmConfig {
         name,
@@ -178,6 +179,7 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
         disks,
         power_button,
         autostart,
+        shmem,
     })
 }
 
