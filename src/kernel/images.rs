@@ -88,7 +88,14 @@ pub fn load_images(vm: &Vm, how: Reload) -> Result<(), String> {
         placed.push((off, m.bytes().len() as u64));
     }
     placed.push((vm.fdt_offset, blob.len() as u64));
-    let eager = vm.ram.eager(&placed);
+    // A VM with passthrough devices may hand a device (DMA, no IOMMU: direct-mapped RAM) a
+    // buffer it never touched; a block backed only at the guest's first touch would then be
+    // zeroed over what the device wrote. Such VMs get all of their RAM backed now.
+    let eager = if vm.config.passthrough.is_empty() && !vm.config.direct_map {
+        vm.ram.eager(&placed)
+    } else {
+        alloc::vec![true; vm.ram.blocks()]
+    };
     vm.ram.prepare(&eager, how == Reload::Reset)?;
     // After a run, zero and copy in one pass that stores only words that change (mm::rewrite
     // says why): the same result as zeroing and then copying, which stays the way for fresh
