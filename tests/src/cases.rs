@@ -124,7 +124,8 @@ impl Case {
 /// Never acceptable in any log: a hypervisor panic or EL2 fault, or a failed guest check.
 pub const ALWAYS_REJECT: &[&str] = &["panicked", "PANIC", "FATAL", "FAIL"];
 
-const VIRT_V3_VHE: &[&str] = &[
+/// QEMU virt, GICv3, `-cpu max` (VHE), 1 GiB, 2 CPUs: the machine most cases boot.
+pub const VIRT_V3_VHE: &[&str] = &[
     "-M",
     "virt,virtualization=on,gic-version=3",
     "-cpu",
@@ -134,7 +135,8 @@ const VIRT_V3_VHE: &[&str] = &[
     "-smp",
     "2",
 ];
-const VIRT_V2_NVHE: &[&str] = &[
+/// QEMU virt, GICv2, Cortex-A72 (no VHE), 1 GiB, 2 CPUs.
+pub const VIRT_V2_NVHE: &[&str] = &[
     "-M",
     "virt,virtualization=on,gic-version=2",
     "-cpu",

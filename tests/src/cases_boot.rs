@@ -14,28 +14,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::cases::{Boot, Case, Exit, Image};
-
-const VIRT_V3_VHE: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=3",
-    "-cpu",
-    "max",
-    "-m",
-    "1G",
-    "-smp",
-    "2",
-];
-const VIRT_V2_NVHE: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=2",
-    "-cpu",
-    "cortex-a72",
-    "-m",
-    "1G",
-    "-smp",
-    "2",
-];
+use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
 
 /// What U-Boot and boot.scr print on the way to booti (before the hypervisor's lines).
 macro_rules! disk_lines {

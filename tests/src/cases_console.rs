@@ -4,28 +4,7 @@
 //! script that types only after it has seen what it waits for. Hooked into
 //! [`crate::cases::CASES`] by name; the runner asks [`script`] for a case's typing.
 
-use crate::cases::{Boot, Case, Exit, Image};
-
-const VIRT_V3_VHE: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=3",
-    "-cpu",
-    "max",
-    "-m",
-    "1G",
-    "-smp",
-    "2",
-];
-const VIRT_V2_NVHE: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=2",
-    "-cpu",
-    "cortex-a72",
-    "-m",
-    "1G",
-    "-smp",
-    "2",
-];
+use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
 
 /// The default console switch key, Ctrl-] (the hypervisor's `console::DEFAULT_SWITCH_KEY`).
 const SWITCH: &str = "\x1d\x1d\x1d";

@@ -5,28 +5,7 @@
 //! and release; Debian's Linux registers the gpio-keys input device and powers off when its
 //! /init sees KEY_POWER. Hooked into [`crate::cases::CASES`] by name.
 
-use crate::cases::{Boot, Case, Exit, Image};
-
-const VIRT_V3_VHE: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=3",
-    "-cpu",
-    "max",
-    "-m",
-    "1G",
-    "-smp",
-    "2",
-];
-const VIRT_V2_NVHE: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=2",
-    "-cpu",
-    "cortex-a72",
-    "-m",
-    "1G",
-    "-smp",
-    "2",
-];
+use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
 
 const IRQ_BUTTON_LINES: &[&str] = &[
     "the button will be pressed",

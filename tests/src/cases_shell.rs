@@ -5,29 +5,8 @@
 //! into [`crate::cases::CASES`] by name; the runner asks [`script`] (through
 //! `cases_console::script`) for the typing.
 
-use crate::cases::{Boot, Case, Exit, Image};
+use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
 use crate::cases_console::Step;
-
-const VIRT_V3_VHE: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=3",
-    "-cpu",
-    "max",
-    "-m",
-    "1G",
-    "-smp",
-    "2",
-];
-const VIRT_V2_NVHE: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=2",
-    "-cpu",
-    "cortex-a72",
-    "-m",
-    "1G",
-    "-smp",
-    "2",
-];
 
 /// The default console switch key, Ctrl-], three times.
 const SWITCH: &str = "\x1d\x1d\x1d";

@@ -4,28 +4,7 @@
 //! read-only mapping aborts without disturbing A. GICv3 with VHE and GICv2 without. Hooked into
 //! [`crate::cases::CASES`] by name.
 
-use crate::cases::{Boot, Case, Exit, Image};
-
-const VIRT_V3_VHE: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=3",
-    "-cpu",
-    "max",
-    "-m",
-    "1G",
-    "-smp",
-    "2",
-];
-const VIRT_V2_NVHE: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=2",
-    "-cpu",
-    "cortex-a72",
-    "-m",
-    "1G",
-    "-smp",
-    "2",
-];
+use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
 
 /// What both runs show: the hypervisor placing the regions and doorbells, then the VMs' checks
 /// that follow one another causally (A's message before B reads it, B's refused write before it

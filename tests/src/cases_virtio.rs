@@ -4,28 +4,7 @@
 //! (and, on GICv2, a heartbeat VM next to it) keeps going, and disk writes that survive a VM
 //! reset. Hooked into [`crate::cases::CASES`] by name.
 
-use crate::cases::{Boot, Case, Exit, Image};
-
-const VIRT_V3_VHE: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=3",
-    "-cpu",
-    "max",
-    "-m",
-    "1G",
-    "-smp",
-    "2",
-];
-const VIRT_V2_NVHE: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=2",
-    "-cpu",
-    "cortex-a72",
-    "-m",
-    "1G",
-    "-smp",
-    "2",
-];
+use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
 
 /// What every virtio run shows, in order: the devices placed, the guest's checks of the first
 /// boot, the hypervisor's diagnostics of the hostile driver, the reset and the second boot.
