@@ -109,7 +109,7 @@ impl VmRam {
     pub fn prepare(&self, eager: &[bool], after_run: bool) -> Result<(), &'static str> {
         let mut s2 = self.stage2.lock();
         for b in 0..self.backing.blocks() {
-            let ipa = GuestPhysAddr(self.base.0 + b as u64 * BLOCK_BYTES);
+            let ipa = self.block_ipa(b);
             let want = eager.get(b).copied().unwrap_or(false);
             // At build every block is mapped and none counted: unmap all non-eager ones.
             if want {
@@ -128,6 +128,11 @@ impl VmRam {
             guest::invalidate_vmid_tlbs(self.vttbr);
         }
         Ok(())
+    }
+
+    /// Guest-physical address of block `b`.
+    fn block_ipa(&self, b: usize) -> GuestPhysAddr {
+        GuestPhysAddr(self.base.0 + b as u64 * BLOCK_BYTES)
     }
 
     /// Host address of block `b` (every piece is a whole number of blocks, block-aligned).
@@ -169,7 +174,7 @@ impl VmRam {
         if !cache::dic() {
             cache::invalidate_icache_all();
         }
-        let ipa = GuestPhysAddr(self.base.0 + b as u64 * BLOCK_BYTES);
+        let ipa = self.block_ipa(b);
         if s2
             .map(ipa, self.block_pa(b), BLOCK_BYTES, S2Kind::Ram)
             .is_err()

@@ -106,7 +106,8 @@ fn zva_block() -> Option<u64> {
 /// regime that no one else reads or writes meanwhile (no reference to it is live).
 pub unsafe fn zero(start: u64, len: u64) {
     let end = start.saturating_add(len);
-    let (head_end, body_end) = match zva_block() {
+    let zva = zva_block();
+    let (head_end, body_end) = match zva {
         Some(b) if len >= b => {
             let first = start.next_multiple_of(b);
             let last = end & !(b - 1);
@@ -116,7 +117,7 @@ pub unsafe fn zero(start: u64, len: u64) {
     };
     // SAFETY: inside the caller's range, which it guarantees is ours to write.
     unsafe { core::ptr::write_bytes(start as *mut u8, 0, (head_end - start) as usize) };
-    if let Some(b) = zva_block() {
+    if let Some(b) = zva {
         let mut a = head_end;
         let groups = (body_end - a) / b / 8;
         if groups > 0 {
