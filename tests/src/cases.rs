@@ -16,7 +16,17 @@ pub enum Boot {
     /// loads everything from the disk. `dt_from_firmware`: boot.scr starts from the tree
     /// U-Boot was handed (`mkboot --dt firmware`, the Pi's way) instead of a DTB on the disk.
     UBootDisk { dt_from_firmware: bool },
+    /// The Raspberry Pi firmware's way with `armstub=bl31.bin` in config.txt: TF-A's BL31 at
+    /// 0 in EL3 with the stub words filled in as the VideoCore firmware fills them (magic
+    /// cleared, DTB address, kernel entry 0x8_0000), the image at 0x8_0000, the DTB at
+    /// [`ARMSTUB_DTB_ADDR`], and every CPU starting at 0 in EL3. BL31 patches PSCI into the DT
+    /// and drops to EL2 at the image; secondaries wait in BL31 for PSCI CPU_ON.
+    Armstub,
 }
+
+/// Where the armstub boot puts the host DTB (the firmware's choice on a real Pi varies; BL31
+/// maps the 4 MiB from its 2 MiB-aligned block and grows the tree to 1 MiB in place).
+pub const ARMSTUB_DTB_ADDR: u64 = 0x0200_0000;
 
 /// How the run is expected to end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -166,6 +166,34 @@ pub const CASES: &[Case] = &[
         ],
         &["SMOKE"],
     ),
+    Case {
+        name: "rpi4-tfa-smp4",
+        about: "raspi4b with TF-A's bl31.bin as the armstub at EL3 (the SD card's boot path): PSCI found in the DT BL31 patched, all 4 CPUs started by PSCI CPU_ON, a 4-vCPU SMP guest passes, the machine powers off through PSCI SYSTEM_OFF",
+        machine: RASPI4B,
+        boot: Boot::Armstub,
+        vms: &["smp"],
+        bootargs: None,
+        timeout_s: 90,
+        expect: &[
+            "BL31: Preparing for EL3 exit to normal world",
+            "elvisor: elvisor ",
+            "running in non-VHE mode (E2H=0): the CPU has no VHE",
+            "cpus: 4 (0x0 0x1 0x2 0x3)",
+            "uart /soc/serial@7e201000 at 0xfe201000; psci smc",
+            "GIC up: 4 list registers",
+            "SMP PASS: cpu-on",
+            "SMP PASS: sgi-broadcast",
+            "SMP RESULT: passed=19 failed=0",
+            "all VMs stopped; powering off",
+            "PSCI_SYSTEM_OFF",
+        ],
+        reject: &["SMP FAIL", "psci none", MACHINE_HALTED, "did not start"],
+        exit: Exit::Status(0),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+    },
 ];
 
 /// Checks no ordered expectation can make: every secondary core came up (spin-table release),
@@ -209,7 +237,8 @@ mod tests {
 
     #[test]
     fn rpi4_cases_are_raspi4b_and_end_on_the_halted_line() {
-        for c in CASES {
+        // (with TF-A in front, PSCI SYSTEM_OFF ends the run instead)
+        for c in CASES.iter().filter(|c| c.boot != Boot::Armstub) {
             assert!(c.name.starts_with("rpi4-"), "{}", c.name);
             assert_eq!(c.machine, RASPI4B, "{}", c.name);
             assert_eq!(c.exit, Exit::KillAfter(MACHINE_HALTED), "{}", c.name);
@@ -217,6 +246,21 @@ mod tests {
             assert!(
                 crate::cases::CASES.iter().all(|v| v.name != c.name),
                 "{} is also a virt case",
+                c.name
+            );
+        }
+    }
+
+    #[test]
+    fn armstub_cases_power_off_through_psci() {
+        let tfa: Vec<_> = CASES.iter().filter(|c| c.boot == Boot::Armstub).collect();
+        assert!(!tfa.is_empty());
+        for c in tfa {
+            assert_eq!(c.exit, Exit::Status(0), "{}", c.name);
+            assert!(c.reject.contains(&MACHINE_HALTED), "{}", c.name);
+            assert!(
+                c.expect.iter().any(|e| e.ends_with("psci smc")),
+                "{}",
                 c.name
             );
         }

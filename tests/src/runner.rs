@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::cases::{Boot, Case, Exit};
+use crate::cases::{ARMSTUB_DTB_ADDR, Boot, Case, Exit};
 use crate::check::{first_after, first_rejected, missing_in_order, shell_quote};
 use crate::sys;
 
@@ -101,7 +101,7 @@ fn run_inner(
     }
 
     let (templates, scale) = soak_templates(root, case)?;
-    let dtb_args = match case.boot {
+    let mut dtb_args = match case.boot {
         Boot::UBootDisk { dt_from_firmware } => {
             crate::cases_boot::mkboot(root, case, &templates, dt_from_firmware)?
         }
@@ -130,6 +130,28 @@ fn run_inner(
         Boot::UBootDisk { .. } => {
             args.push("-bios".into());
             args.push(UBOOT_BIN.into());
+        }
+        Boot::Armstub => {
+            let stub = armstub(root, case)?;
+            args.push("-device".into());
+            args.push(format!(
+                "loader,file={},addr=0x0,force-raw=on",
+                stub.display()
+            ));
+            args.push("-device".into());
+            args.push(format!(
+                "loader,file={},addr={ARMSTUB_KERNEL_ENTRY:#x},force-raw=on",
+                image.display()
+            ));
+            // The firmware, not QEMU's -dtb, places the tree: a raw load at the address the
+            // stub words name.
+            for a in dtb_args.iter_mut() {
+                if a == "-dtb" {
+                    *a = "-device".into();
+                } else if a.ends_with(".dtb") && !a.starts_with("loader,") {
+                    *a = format!("loader,file={a},addr={ARMSTUB_DTB_ADDR:#x},force-raw=on");
+                }
+            }
         }
     }
     args.extend(dtb_args);
@@ -359,6 +381,47 @@ fn uboot_commands() -> String {
     format!(
         "\n\nfdt addr ${{fdtcontroladdr}}\nfdt print /chosen\nbooti {UBOOT_IMAGE_ADDR} - ${{fdtcontroladdr}}\n"
     )
+}
+
+/// Where the Pi firmware enters the kernel named in config.txt (arm_64bit, no kernel_address).
+const ARMSTUB_KERNEL_ENTRY: u32 = 0x8_0000;
+
+/// Offsets of the words at the start of a Raspberry Pi armstub (TF-A's rpi4 BL31 keeps the
+/// same layout as the firmware's own armstub8): a magic the firmware checks and then clears,
+/// a version, the DTB address and the kernel entry, all 32-bit little-endian.
+const STUB_MAGIC_AT: usize = 0xf0;
+const STUB_MAGIC: u32 = 0x5afe_570b;
+const STUB_DTB_AT: usize = 0xf8;
+const STUB_KERNEL_AT: usize = 0xfc;
+
+/// Makes build/test-dtb/CASE.armstub.bin: Debian's TF-A `rpi4/bl31.bin` with the stub words
+/// filled in as the VideoCore firmware does before it releases the ARM cores (magic cleared to
+/// say "the addresses below are valid").
+fn armstub(root: &Path, case: &Case) -> Result<PathBuf, String> {
+    let src = root.join("build/rpi-material/bl31.bin");
+    let mut stub =
+        fs::read(&src).map_err(|e| format!("{}: {e} (run scripts/setup)", src.display()))?;
+    let word = |b: &[u8], at: usize| {
+        b.get(at..at + 4)
+            .map(|w| u32::from_le_bytes(w.try_into().unwrap()))
+    };
+    if word(&stub, STUB_MAGIC_AT) != Some(STUB_MAGIC) {
+        return Err(format!(
+            "{}: no armstub magic {STUB_MAGIC:#x} at {STUB_MAGIC_AT:#x}; not an rpi4 BL31?",
+            src.display()
+        ));
+    }
+    let dtb = u32::try_from(ARMSTUB_DTB_ADDR).map_err(|_| "DTB address above 4 GiB".to_string())?;
+    for (at, v) in [
+        (STUB_MAGIC_AT, 0),
+        (STUB_DTB_AT, dtb),
+        (STUB_KERNEL_AT, ARMSTUB_KERNEL_ENTRY),
+    ] {
+        stub[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    let out = root.join(format!("build/test-dtb/{}.armstub.bin", case.name));
+    fs::write(&out, &stub).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    Ok(out)
 }
 
 /// The board directory (boards/NAME) of a case, from its QEMU machine: raspi4b is the

@@ -47,9 +47,18 @@ register_structs! {
 }
 
 register_structs! {
-    /// GICv2 ITARGETSR, which arm-gic's driver does not expose.
-    pub GicdTargets {
+    /// The GICv2 distributor registers the kernel drives itself (IHI 0048B §4.3):
+    /// - IGROUPR0, banked per CPU, which arm-gic's `setup` writes on the boot CPU only;
+    /// - IPRIORITYR as bytes: the registers are byte-accessible (§4.3.11), and arm-gic 0.10's
+    ///   `set_interrupt_priority` writes the whole word, setting the three neighbours in it to
+    ///   priority 0;
+    /// - ITARGETSR, which arm-gic does not expose.
+    pub GicdExtra {
         (0x000 => _r0),
+        (0x080 => igroupr0: ReadWrite<u32>),
+        (0x084 => _r1),
+        (0x400 => ipriorityr: [ReadWrite<u8>; 1020]),
+        (0x7fc => _r2),
         (0x800 => itargetsr: [ReadWrite<u32>; 256]),
         (0xc00 => @END),
     }
@@ -73,7 +82,7 @@ enum Driver {
     V3(GicV3<'static>),
     V2 {
         gic: GicV2<'static>,
-        gicd_targets: &'static GicdTargets,
+        gicd: &'static GicdExtra,
         gicc: &'static GiccExtra,
         gich: &'static GichRegs,
     },
@@ -135,9 +144,11 @@ pub fn init(info: &GicInfo, cpus: usize) -> Result<(), &'static str> {
             let mut gic =
                 unsafe { GicV2::new(info.gicd.base.0 as *mut GicdV2, gicc_r.base.0 as *mut Gicc) };
             gic.setup();
-            // SAFETY: `GicdTargets` aliases GICD only for TARGETS, which the arm-gic driver
-            // never writes after `setup`; both are volatile MMIO used under the same lock.
-            let gicd_targets = unsafe { &*(info.gicd.base.0 as *const GicdTargets) };
+            // SAFETY: `GicdExtra` aliases GICD only for IGROUPR0, IPRIORITYR and ITARGETSR,
+            // which the arm-gic driver never touches after `setup` (this module sets
+            // priorities through the alias, not the driver); both are volatile MMIO used under
+            // the same lock.
+            let gicd = unsafe { &*(info.gicd.base.0 as *const GicdExtra) };
             // SAFETY: `GiccExtra` aliases GICC only for CTLR and DIR, which the arm-gic driver
             // never writes after `setup`; both are volatile MMIO used under the same lock.
             let gicc = unsafe { &*(gicc_r.base.0 as *const GiccExtra) };
@@ -148,7 +159,7 @@ pub fn init(info: &GicInfo, cpus: usize) -> Result<(), &'static str> {
             GICC.store(gicc_r.base.0 as usize, Ordering::Relaxed);
             Driver::V2 {
                 gic,
-                gicd_targets,
+                gicd,
                 gicc,
                 gich,
             }
@@ -200,11 +211,24 @@ pub fn init_cpu(cpu: usize) {
             gic,
             gicc,
             gich,
-            gicd_targets,
+            gicd,
         }) => {
+            // The SGIs' and PPIs' group (IGROUPR0 is banked per CPU): the one arm-gic's
+            // `setup` gave the boot CPU's, group 1 where the GIC has the Security Extensions
+            // and group 0 where it has none. A secondary's copy is otherwise what the firmware
+            // left: TF-A's BL31 sets it to group 1 when it powers a CPU on, and on a GIC
+            // without the Security Extensions (QEMU raspi4b) the distributor, enabled for
+            // group 0 only, then never signals this CPU's kicks. Where the hypervisor runs
+            // Non-secure on a GIC with them, the write is ignored (RAZ/WI, IHI 0048B §4.3.4)
+            // and the firmware's choice, group 1, is already the one the Non-secure side owns.
+            gicd.igroupr0.set(if gic.typer().has_security_extension() {
+                u32::MAX
+            } else {
+                0
+            });
             // This CPU's GICv2 CPU-interface number, as its own target bit (ITARGETSR0 is
             // banked and reads back the current CPU's mask). Kicks target it.
-            let mask = gicd_targets.itargetsr[0].get() & 0xff;
+            let mask = gicd.itargetsr[0].get() & 0xff;
             if let Some(m) = V2_TARGET.get(cpu) {
                 m.store(mask as u8, Ordering::Relaxed);
             }
@@ -239,8 +263,11 @@ pub fn enable(intid: u32, priority: u8, level: bool, cpu: usize) {
             }
             let _ = g.enable_interrupt(id, cpu, true);
         }
-        Some(Driver::V2 { gic, .. }) => {
-            gic.set_interrupt_priority(id, priority);
+        Some(Driver::V2 { gic, gicd, .. }) => {
+            // One byte, so the neighbours in the same word keep theirs (see GicdExtra).
+            if let Some(p) = gicd.ipriorityr.get(intid as usize) {
+                p.set(priority);
+            }
             if intid >= 16 {
                 gic.set_trigger(id, trig);
             }
@@ -331,10 +358,10 @@ pub fn route_to_this_cpu(intid: u32) {
                 .distributor()
                 .set_routing(int_id(intid), Some(super::cpu::mpidr()));
         }
-        Some(Driver::V2 { gicd_targets, .. }) => {
+        Some(Driver::V2 { gicd, .. }) => {
             // ITARGETSR0..7 (SGIs) read back this CPU's own target bit (byte 0 of word 0).
-            let me = gicd_targets.itargetsr[0].get() & 0xff;
-            if let Some(t) = gicd_targets.itargetsr.get(intid as usize / 4) {
+            let me = gicd.itargetsr[0].get() & 0xff;
+            if let Some(t) = gicd.itargetsr.get(intid as usize / 4) {
                 let shift = (intid % 4) * 8;
                 t.set((t.get() & !(0xff << shift)) | (me << shift));
             }
