@@ -26,10 +26,21 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     let dtb = ram::boot_dtb(dtb_pa);
     // Checked once, then shared by every lookup below.
     let host = dtb.and_then(platform::HostDtb::new);
-    // The console first: everything after this can report what went wrong.
-    let uart = host
-        .and_then(|h| h.console())
-        .and_then(mmio::claim_boot_console::<Pl011Regs>);
+    // The console first: everything after this can report what went wrong. A PL011 must
+    // answer where the device tree says; if none does, the tree is another board's, and the
+    // machine's own console (if it is one we know) carries the message that says so.
+    let named = host.and_then(|h| h.console());
+    let (console_at, wrong_board) = match named {
+        Some(at) if mmio::primecell_answers(at) => (Some(at), None),
+        Some(at) => {
+            let found = platform::KNOWN_CONSOLES
+                .iter()
+                .find(|(_, known)| *known != at && mmio::primecell_answers(*known));
+            (found.map(|(_, known)| *known), Some((at, found)))
+        }
+        None => (None, None),
+    };
+    let uart = console_at.and_then(mmio::claim_boot_console::<Pl011Regs>);
     let heap_range = ram::init_heap(heap);
     HEAP.call_once(|| heap);
     let console_uart: Option<&'static Pl011> =
@@ -37,6 +48,9 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
     if let Some(u) = console_uart {
         crate::console::init(u);
         CONSOLE_UART.call_once(|| u);
+    }
+    if let Some((named, found)) = wrong_board {
+        another_boards_dtb(host.and_then(|h| h.console_path()), named, found);
     }
     if el != 2 {
         crate::println!(
@@ -463,6 +477,30 @@ fn check_image_placement(plat: &Platform, image: PhysRange, dtb: PhysRange) {
         error!("{e}. Stopping.");
         power_off();
     }
+}
+
+/// The device tree's console does not answer: the tree was made for another board. One line
+/// on the console that does answer (if any), then the "halted" stop: the tree's PSCI conduit
+/// is that other board's too, and an SMC or HVC nothing answers would not return.
+fn another_boards_dtb(
+    path: Option<alloc::string::String>,
+    named: PhysAddr,
+    found: Option<&(&str, PhysAddr)>,
+) -> ! {
+    let path = path.as_deref().unwrap_or("the /chosen stdout-path node");
+    let here = match found {
+        Some((board, at)) => {
+            alloc::format!("; this machine has one at {:#x}, as {board} has", at.0)
+        }
+        None => alloc::string::String::new(),
+    };
+    crate::println!(
+        "elvisor: bad configuration: {path} \"reg\": no PL011 answers at {:#x}, where the device \
+         tree puts the console{here}. The device tree is another board's, not this machine's: \
+         pass the one for this board. Stopping.",
+        named.0
+    );
+    stop_machine(None)
 }
 
 /// A bad host device tree: one line naming the node and property, then the machine stops the

@@ -31,6 +31,7 @@ use gic::parse_gic;
 use memory::{parse_memory, parse_reserved_memory};
 use psci::parse_psci;
 use timer::parse_timer;
+pub use uart::KNOWN_CONSOLES;
 use uart::{console_node, parse_uart};
 
 /// How a secondary CPU is started.
@@ -161,6 +162,11 @@ impl<'a> HostDtb<'a> {
         let console = console_node(&self.0).ok()?;
         let (base, _) = crate::fdt::reg(&console, 0).ok()??;
         Some(PhysAddr(base))
+    }
+
+    /// The console node's path (allocates: only after the heap is up).
+    pub fn console_path(&self) -> Option<alloc::string::String> {
+        Some(console_node(&self.0).ok()?.path())
     }
 
     /// The host's /chosen `bootargs`, if present and a valid string. Allocation-free.

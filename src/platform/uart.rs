@@ -8,6 +8,14 @@ use crate::mm::PhysAddr;
 
 use super::Uart;
 
+/// Where the console PL011 of each board elvisor supports sits, for one purpose only: when no
+/// PL011 answers where the device tree says the console is, the stop message can still reach
+/// the machine's real console and say which board this machine looks like.
+pub const KNOWN_CONSOLES: &[(&str, PhysAddr)] = &[
+    ("QEMU virt", PhysAddr(0x0900_0000)),
+    ("a Raspberry Pi 4 (BCM2711)", PhysAddr(0xfe20_1000)),
+];
+
 fn is_pl011(node: Node<'_>) -> bool {
     compatible_with(node, &["arm,pl011"])
 }

@@ -22,6 +22,9 @@ pub enum Boot {
     /// [`ARMSTUB_DTB_ADDR`], and every CPU starting at 0 in EL3. BL31 patches PSCI into the DT
     /// and drops to EL2 at the image; secondaries wait in BL31 for PSCI CPU_ON.
     Armstub,
+    /// `-kernel` like [`Boot::Direct`], with the DTB scripts/mkdtb makes for this other QEMU
+    /// machine (another board's DTB: the hypervisor must say so and stop).
+    ForeignDtb(&'static [&'static str]),
 }
 
 /// Where the armstub boot puts the host DTB (the firmware's choice on a real Pi varies; BL31

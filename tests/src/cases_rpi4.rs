@@ -194,14 +194,54 @@ pub const CASES: &[Case] = &[
         allow: &[],
         reject_after_exit: &[],
     },
+    Case {
+        boot: Boot::ForeignDtb(crate::cases::VIRT_V3_VHE),
+        ..rpi4(
+            "rpi4-wrong-board-dtb",
+            "raspi4b booted with QEMU virt's DTB: no PL011 answers where it puts the console; one line on the Pi's real console names the node and says the DTB is another board's, then the halted line (its PSCI is not trusted)",
+            &["smoke"],
+            30,
+            &[
+                "elvisor: bad configuration: /pl011@9000000 \"reg\": no PL011 answers at 0x9000000",
+                "this machine has one at 0xfe201000, as a Raspberry Pi 4 (BCM2711) has",
+                "The device tree is another board's, not this machine's",
+                MACHINE_HALTED,
+            ],
+            &["SMOKE", "FATAL"],
+        )
+    },
 ];
+
+/// QEMU virt (GICv3, VHE) booted with the Raspberry Pi 4's DTB: the other way round. A virt
+/// case, listed apart from the raspi4b ones (the harness chains both lists).
+pub const VIRT_CASES: &[Case] = &[Case {
+    name: "virt-wrong-board-dtb",
+    about: "QEMU virt booted with the Raspberry Pi 4's DTB: its console at 0xfe201000 does not decode (the probe's abort is caught); one line on virt's PL011 names the node and says the DTB is another board's, then the halted line",
+    machine: crate::cases::VIRT_V3_VHE,
+    boot: Boot::ForeignDtb(RASPI4B),
+    vms: &[],
+    bootargs: None,
+    timeout_s: 30,
+    expect: &[
+        "elvisor: bad configuration: /soc/serial@7e201000 \"reg\": no PL011 answers at 0xfe201000",
+        "this machine has one at 0x9000000, as QEMU virt has",
+        "The device tree is another board's, not this machine's",
+        MACHINE_HALTED,
+    ],
+    reject: &["FATAL", "booting at EL2"],
+    exit: Exit::KillAfter(MACHINE_HALTED),
+    console_input: None,
+    image: Image::Normal,
+    allow: &[],
+    reject_after_exit: &["elvisor:"],
+}];
 
 /// Checks no ordered expectation can make: every secondary core came up (spin-table release),
 /// in whatever order they report. Applies to every raspi4b case that runs a VM.
 pub fn log_check(case: &str) -> Option<crate::cases::LogCheck> {
-    let runs_vms = CASES
-        .iter()
-        .any(|c| c.name == case && !c.name.starts_with("rpi4-bad-"));
+    let runs_vms = CASES.iter().any(|c| {
+        c.name == case && !c.name.starts_with("rpi4-bad-") && !c.name.ends_with("-wrong-board-dtb")
+    });
     if case == "rpi4-linux" {
         return Some(linux_next_to_heartbeat);
     }

@@ -83,6 +83,7 @@ fn main() -> ExitCode {
     let selected: Vec<&'static Case> = CASES
         .iter()
         .chain(cases_rpi4::CASES)
+        .chain(cases_rpi4::VIRT_CASES)
         .chain(cases_boot::CASES)
         .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
         .collect();

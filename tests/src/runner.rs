@@ -113,7 +113,7 @@ fn run_inner(
     args.extend(["-nographic", "-no-reboot"].map(String::from));
     let mut stdin_text = case.console_input.map(String::from);
     match case.boot {
-        Boot::Direct => {
+        Boot::Direct | Boot::ForeignDtb(_) => {
             args.push("-kernel".into());
             args.push(image.display().to_string());
         }
@@ -427,8 +427,12 @@ fn armstub(root: &Path, case: &Case) -> Result<PathBuf, String> {
 /// The board directory (boards/NAME) of a case, from its QEMU machine: raspi4b is the
 /// Raspberry Pi 4 (boards/rpi4), everything else QEMU virt.
 pub fn board(case: &Case) -> &'static str {
-    let raspi = case
-        .machine
+    board_of(case.machine)
+}
+
+/// [`board`] of a QEMU machine's arguments.
+fn board_of(machine: &[&str]) -> &'static str {
+    let raspi = machine
         .iter()
         .any(|a| *a == "raspi4b" || a.starts_with("raspi4b,"));
     if raspi { "rpi4" } else { "qemu-virt" }
@@ -442,7 +446,12 @@ fn mkdtb(root: &Path, case: &Case, templates: &[String]) -> Result<Vec<String>, 
     if case.boot == Boot::UBoot {
         cmd.arg("--uboot");
     }
-    cmd.arg("--board").arg(board(case));
+    // The machine the DTB is made for: the case's own, or another board's on purpose.
+    let dt_machine = match case.boot {
+        Boot::ForeignDtb(m) => m,
+        _ => case.machine,
+    };
+    cmd.arg("--board").arg(board_of(dt_machine));
     for vm in templates {
         cmd.arg("--vm").arg(vm);
     }
@@ -450,7 +459,7 @@ fn mkdtb(root: &Path, case: &Case, templates: &[String]) -> Result<Vec<String>, 
     if !command_line.is_empty() {
         cmd.arg("--bootargs").arg(command_line);
     }
-    cmd.arg("--").args(case.machine).stdin(Stdio::null());
+    cmd.arg("--").args(dt_machine).stdin(Stdio::null());
     let res = cmd
         .output()
         .map_err(|e| format!("cannot run scripts/mkdtb: {e}"))?;

@@ -25,6 +25,22 @@ impl<T> core::ops::Deref for DeviceRegs<T> {
     }
 }
 
+/// Whether an ARM PrimeCell answers at `base`: its component ID registers (CIDR0..3, the low
+/// byte of the words at 0xff0..0xffc of the 4 KiB frame) read 0x0d 0xf0 0x05 0xb1, as every
+/// PL011 has them (ARM DDI 0183G §3.3.14, PrimeCellCellID). False when nothing decodes the
+/// address (an abort, caught) or something else is there (RAM, another device).
+pub fn primecell_answers(base: PhysAddr) -> bool {
+    const CID: [u8; 4] = [0x0d, 0xf0, 0x05, 0xb1];
+    CID.iter().enumerate().all(|(i, want)| {
+        let Some(at) = base.0.checked_add(0xff0 + 4 * i as u64) else {
+            return false;
+        };
+        // SAFETY: PrimeCell ID registers are read-only and side-effect free; on RAM or at an
+        // address nothing decodes, a read changes nothing (the abort is caught).
+        unsafe { super::vectors::probe_read32(at) }.is_some_and(|v| v & 0xff == u32::from(*want))
+    })
+}
+
 /// Claims the boot console's register block (the address comes from the DTB's /chosen
 /// stdout-path, read before anything else so every later failure can be reported).
 /// Succeeds once.

@@ -163,9 +163,10 @@ el2_vectors:
     .balign 0x80
     EL2_FATAL 3
     // Current EL with SP_EL2: a fault in the hypervisor (an SError may be the one a guest
-    // left pending, taken on purpose in the probe window: see elvisor_el2_serror).
+    // left pending, taken on purpose in the probe window: see elvisor_el2_serror; a
+    // synchronous abort may be a boot-time device probe's: see elvisor_el2_sync).
     .balign 0x80
-    EL2_FATAL 0
+    b       elvisor_el2_sync
     .balign 0x80
     EL2_FATAL 1
     .balign 0x80
@@ -241,6 +242,40 @@ elvisor_el2_serror:
     add     sp, sp, #16
     EL2_FATAL 3
 
+    // A synchronous exception taken at EL2. When it is the one load of elvisor_probe_read32
+    // (ELR_EL2 is that load and x16 holds its address, which the probe sets just before), the
+    // load aborted: resume at elvisor_probe_faulted. Anything else is fatal. Only x18 is used,
+    // parked in SP_EL0 as EL2_FATAL parks it, so no stack is touched before the check (the
+    // fault may be a stack overflow).
+elvisor_el2_sync:
+    msr     sp_el0, x18
+    mrs     x18, elr_el2
+    cmp     x18, x16
+    b.ne    1f
+    adr     x18, elvisor_probe_load
+    cmp     x18, x16
+    b.ne    1f
+    adr     x18, elvisor_probe_faulted
+    msr     elr_el2, x18
+    mrs     x18, sp_el0
+    eret
+1:  mrs     x18, sp_el0
+    EL2_FATAL 0
+
+    // u64 elvisor_probe_read32(u64 pa): the 32-bit value at `pa`, or u64::MAX when the load
+    // takes a synchronous external abort (nothing decodes the address: ARM ARM D17.2.37, ESR
+    // DFSC 0b010000). x16 (IP0, free across a call under AAPCS64) marks the load for
+    // elvisor_el2_sync.
+    .global elvisor_probe_read32
+elvisor_probe_read32:
+    adr     x16, elvisor_probe_load
+elvisor_probe_load:
+    ldr     w0, [x0]
+    ret
+elvisor_probe_faulted:
+    mov     x0, #-1
+    ret
+
     // u64 elvisor_serror_probe(void): opens a window in which a pending SError is taken
     // (PSTATE.A clear, then ISB, ARM ARM D1.3.5 / D17.2: an unmasked pending SError is taken
     // before the ISB completes). Returns 0, or the SError's ESR_EL2 when one was pending.
@@ -280,6 +315,7 @@ elvisor_guest_resume:
 unsafe extern "C" {
     fn elvisor_guest_resume(regs: *mut crate::vm::vcpu::GuestRegs) -> !;
     fn elvisor_serror_probe() -> u64;
+    fn elvisor_probe_read32(pa: u64) -> u64;
 }
 
 /// Takes an SError that is pending on this CPU, if any, and returns its syndrome.
@@ -295,6 +331,28 @@ pub fn take_pending_serror() -> Option<u64> {
     // exception is fatal as everywhere. It clobbers only caller-saved registers.
     let esr = unsafe { elvisor_serror_probe() };
     (esr != 0).then_some(esr)
+}
+
+/// Reads the 32-bit word at physical address `pa` (the MMU off, or `pa` mapped), or `None`
+/// when nothing answers there: the load took a synchronous external abort (caught by
+/// `elvisor_el2_sync`), or it left an SError pending (taken in [`take_pending_serror`]'s
+/// window; an interconnect may report a read of an absent device either way).
+///
+/// # Safety
+/// A read of `pa` must have no side effect that anything relies on: an identification
+/// register, RAM, or nothing at all. (It is for boot-time probes of what the device tree
+/// claims, before anything else has touched the device.)
+pub unsafe fn probe_read32(pa: u64) -> Option<u32> {
+    if !pa.is_multiple_of(4) {
+        return None;
+    }
+    // SAFETY: the caller guarantees the read is harmless; an abort on it resumes at the
+    // probe's fault return (elvisor_el2_sync), which clobbers only x0/x16/x18 (x18 restored).
+    let v = unsafe { elvisor_probe_read32(pa) };
+    if take_pending_serror().is_some() {
+        return None;
+    }
+    u32::try_from(v).ok()
 }
 
 /// Enters (or re-enters) a guest with the given frame. Never returns: the next time this CPU
