@@ -11,6 +11,7 @@
 //!   sysreg-trap         mrs cntp_ctl_el0 (trapped, emulated EL1 physical timer)
 //!   virtual-eoi         acknowledge + EOI of a pending SGI (no exit expected)
 //!   timer-irq-latency   virtual timer condition -> first instruction of the guest's IRQ vector
+//!   vtimer-tick         a 100 Hz virtual timer tick: condition -> handled, back in the guest's loop
 //!   virtual-ipi         SGI from one vCPU to another (needs 2 CPUs in the device tree)
 //!   vm-switch           two VMs time-sliced on one CPU: a separate run (bootarg bench=vm-switch,
 //!                       see [`switch`]); the normal run prints it as skipped
@@ -59,6 +60,8 @@ const WARMUP_ITERS: u64 = 16;
 const EOI_ITERS: u64 = 1024;
 /// Timer interrupts in `timer-irq-latency`.
 const TIMER_ROUNDS: u64 = 64;
+/// Ticks in `vtimer-tick`.
+const TICK_ROUNDS: u64 = 32;
 /// IPIs in `virtual-ipi`.
 const IPI_ROUNDS: u64 = 64;
 
@@ -120,6 +123,10 @@ fn main(boot: &BootInfo) {
         with_gic(&gic_up, |g| {
             irqs::timer_irq_latency(g, &timers, TIMER_ROUNDS)
         }),
+    );
+    results.add(
+        "vtimer-tick",
+        with_gic(&gic_up, |g| irqs::vtimer_tick(g, &timers, TICK_ROUNDS)),
     );
     results.add(
         "virtual-ipi",
