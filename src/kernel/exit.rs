@@ -339,14 +339,19 @@ pub(super) fn block(vm: &Vm, v: &mut Vcpu) -> bool {
             // Armed from the counter value the line was last evaluated at: a timer that
             // expired since then is due at once, not forgotten until the next interrupt.
             arm_timer(&s, Some(v.slot), now);
+            // Idle time for the shell's `cpus`: begun here (before the WFI, off every timed
+            // path), ended with the counter value the wake-up reads anyway.
+            super::sched::idle_begin(&s, timer::now());
             timer::wait_for_interrupt();
             let _ = handle_irqs(&mut s, Some(v));
             let running = vm.state.load(Ordering::Acquire) == VmState::Running as u8;
             if !running || !vm.power[idx].is_on() || vm.power[idx].start_pending() {
+                super::sched::idle_end(&s, timer::now());
                 s.rq.set(v.slot, RunState::Blocked);
                 return true;
             }
             now = update_ptimer(vm, v);
+            super::sched::idle_end(&s, now);
             // An interrupt just placed in a list register (the virtual timer) is pending
             // there: no need to ask the vGIC.
             if lr_pending(v) || vm.vgic.lock().has_deliverable(v.id) {

@@ -54,11 +54,14 @@ pub struct CpuSched {
     /// the pick (a put/load in between, or another CPU holding QEMU's single TCG thread under
     /// -icount, may take a while; a slice already spent there would preempt it at once).
     new_slice: bool,
+    /// This CPU's idle clock (a pointer, so the wake-up path's one store needs no index).
+    idle: &'static IdleClock,
 }
 
 impl CpuSched {
     pub fn new(index: usize) -> Self {
         Self {
+            idle: IDLE.get(index).unwrap_or(&IDLE[0]),
             index,
             slots: Vec::new(),
             rq: RunQueue::new(),
@@ -90,12 +93,64 @@ pub static CPU_MPIDR: [core::sync::atomic::AtomicU64; MAX_CPUS] =
 pub static CPU_UP: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 /// Counter value when each CPU entered its scheduler (the shell's `cpus`).
 pub static UP_SINCE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
-/// Counter ticks each CPU has spent in the scheduler's idle wait (the shell's `cpus`). A vCPU
-/// alone on its CPU waits for interrupts in place (`exit::block`), which is not counted here:
-/// timing that wait would cost the timer-interrupt latency instructions it has no room for.
-pub static IDLE_TICKS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
-/// When each CPU's current idle wait began (0: not waiting), so the wait in progress counts.
-pub static IDLE_SINCE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Time each CPU has spent waiting for an interrupt (the shell's `cpus`): in the scheduler's
+/// idle wait, and in `exit::block`'s in-place wait of a vCPU alone on its CPU.
+pub struct IdleClock {
+    /// Counter ticks of settled waits; [`idle_ticks`] adds the last one.
+    ticks: AtomicU64,
+    /// When the last wait began (0: none since the last settlement).
+    since: AtomicU64,
+    /// When that wait ended (0: still waiting). The wake-up path only stores this, through
+    /// the pointer its scheduler already holds: adding the interval up is left to the next
+    /// wait's start ([`idle_begin`]) or a reader, because every instruction after a wake-up is
+    /// part of the timer-interrupt latency.
+    woke: AtomicU64,
+}
+
+static IDLE: [IdleClock; MAX_CPUS] = [const {
+    IdleClock {
+        ticks: AtomicU64::new(0),
+        since: AtomicU64::new(0),
+        woke: AtomicU64::new(0),
+    }
+}; MAX_CPUS];
+
+/// This CPU starts waiting for an interrupt at counter value `at` (settles the last wait).
+pub(super) fn idle_begin(s: &CpuSched, at: u64) {
+    let c = s.idle;
+    let (from, to) = (
+        c.since.load(Ordering::Relaxed),
+        c.woke.swap(0, Ordering::Relaxed),
+    );
+    if from != 0 && to != 0 {
+        c.ticks.fetch_add(to.wrapping_sub(from), Ordering::Relaxed);
+    }
+    c.since.store(at, Ordering::Relaxed);
+}
+
+/// This CPU's wait ended at counter value `at` (one store: see [`IdleClock::woke`]).
+#[inline(always)]
+pub(super) fn idle_end(s: &CpuSched, at: u64) {
+    s.idle.woke.store(at, Ordering::Relaxed);
+}
+
+/// Counter ticks CPU `i` has spent waiting, up to `now`, the wait in progress included.
+/// Racy by design (relaxed loads of three counters): a display figure.
+pub fn idle_ticks(i: usize, now: u64) -> u64 {
+    let Some(c) = IDLE.get(i) else {
+        return 0;
+    };
+    let settled = c.ticks.load(Ordering::Relaxed);
+    let last = match (
+        c.since.load(Ordering::Relaxed),
+        c.woke.load(Ordering::Relaxed),
+    ) {
+        (0, _) => 0,
+        (from, 0) => now.saturating_sub(from),
+        (from, to) => to.saturating_sub(from),
+    };
+    settled.wrapping_add(last)
+}
 
 /// Installs CPU `index`'s scheduler (boot CPU, before any CPU runs).
 pub fn install_sched(index: usize, s: CpuSched) {
@@ -201,14 +256,9 @@ pub(super) fn schedule(s: &mut CpuSched, mut current: Option<(usize, &mut Vcpu)>
         // Nothing runnable: idle until an interrupt. A blocked vCPU that is still loaded
         // keeps its virtual timer live, so its expiry wakes us.
         arm_timer(s, None, now);
-        if let Some(since) = IDLE_SINCE.get(s.index) {
-            since.store(timer::now(), Ordering::Relaxed);
-        }
+        idle_begin(s, timer::now());
         timer::wait_for_interrupt();
-        if let (Some(since), Some(idle)) = (IDLE_SINCE.get(s.index), IDLE_TICKS.get(s.index)) {
-            let from = since.swap(0, Ordering::Relaxed);
-            idle.fetch_add(timer::now().wrapping_sub(from), Ordering::Relaxed);
-        }
+        idle_end(s, timer::now());
         let cur = current.as_mut().map(|(_, v)| &mut **v);
         let _ = handle_irqs(s, cur);
     }

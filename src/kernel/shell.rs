@@ -296,12 +296,7 @@ fn cpu_snapshots() -> Vec<shell::CpuSnap> {
                 index: i,
                 up,
                 vcpus,
-                idle_ticks: sched::IDLE_TICKS[i].load(Ordering::Relaxed).wrapping_add(
-                    match sched::IDLE_SINCE[i].load(Ordering::Relaxed) {
-                        0 => 0,
-                        since => now.saturating_sub(since),
-                    },
-                ),
+                idle_ticks: sched::idle_ticks(i, now),
                 up_ticks: if up {
                     now.wrapping_sub(sched::UP_SINCE[i].load(Ordering::Relaxed))
                 } else {

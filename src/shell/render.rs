@@ -326,7 +326,7 @@ pub fn cpus(cpus: &[CpuSnap], freq: u64) -> String {
     }
     let _ = writeln!(
         s,
-        "(idle: time in the scheduler's idle wait; a vCPU alone on its CPU waits in WFI in place and counts as busy)"
+        "(idle: time waiting for an interrupt, in the scheduler or in a lone vCPU's WFI)"
     );
     s
 }

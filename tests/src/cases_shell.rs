@@ -50,7 +50,7 @@ const SHELL_SCRIPT: &[Step] = &[
         send: "cpus\r",
     },
     Step {
-        wait: "(idle: time in",
+        wait: "(idle: time waiting",
         send: "stop hb\r",
     },
     Step {
@@ -173,3 +173,38 @@ pub const SHELL_GICV2: Case = Case {
     machine: VIRT_V2_NVHE,
     ..SHELL_GICV3
 };
+
+/// `cpus` counts the in-place WFI of a vCPU alone on its CPU as idle: cpu0, where hb beats
+/// once a second, must be idle most of the time.
+pub fn lone_vcpu_idles(log: &str) -> Result<String, String> {
+    let line = log
+        .lines()
+        .find(|l| l.trim_start().starts_with("cpu0: hb/vcpu0; idle "))
+        .ok_or("`cpus` printed no line for cpu0")?;
+    let percent = line
+        .rsplit_once('(')
+        .and_then(|(_, p)| p.strip_suffix("%)"))
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .ok_or_else(|| format!("no idle percentage in {line:?}"))?;
+    if percent >= 50 {
+        Ok(format!(
+            "cpu0 idle {percent}% (hb alone, in WFI between beats)"
+        ))
+    } else {
+        Err(format!(
+            "cpu0 idle only {percent}% while hb waits in WFI between beats: {line:?}"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod idle_tests {
+    use super::lone_vcpu_idles;
+
+    #[test]
+    fn lone_vcpu_idle_check_can_fail() {
+        assert!(lone_vcpu_idles("  cpu0: hb/vcpu0; idle 1.2 s of 1.2 s (97%)\n").is_ok());
+        assert!(lone_vcpu_idles("  cpu0: hb/vcpu0; idle 0.0 s of 1.2 s (0%)\n").is_err());
+        assert!(lone_vcpu_idles("nothing\n").is_err());
+    }
+}
