@@ -14,9 +14,13 @@
 //!   (ICC_SGI1R_EL1 etc. trap: Vgic::sgi)
 //! ```
 //!
-//! Files: `state` (per-interrupt state, device inputs, SGI generation), `dist` (GICD),
-//! `redist` (GICR), `access` (width policy and the per-INTID register arrays), `lr` (list
-//! registers, flush/sync), `regs` (register layouts).
+//! Files: `state` (the `Vgic` type, per-interrupt and per-vCPU state, construction and reset),
+//! `inputs` (device inputs: lines, edges, hardware links; SGI generation), `routing` (group
+//! enables, SPI targets, kick targets), `index` (the scan index of interrupts that may want an
+//! LR), `kick` (vCPU sets), `dist` (GICD), `redist` (GICR), `access` (width policy and the
+//! per-INTID register arrays), `lr` (the list-register model and the contract with the arch
+//! side), `flush` (filling LRs before entry), `sync` (folding them back after an exit, and
+//! what is deliverable), `regs` (register layouts).
 //!
 //! Design choices:
 //!
@@ -58,10 +62,16 @@
 
 mod access;
 mod dist;
+mod flush;
+mod index;
+mod inputs;
+mod kick;
 mod lr;
 mod redist;
 mod regs;
+mod routing;
 mod state;
+mod sync;
 
 #[cfg(test)]
 mod tests;
