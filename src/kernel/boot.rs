@@ -225,9 +225,11 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
                 power_off();
             }
         };
+        let sve_len = super::fpu::vm_sve_len(vm);
         for (i, &pcpu) in vm.placement.iter().enumerate() {
             let mut v = Box::new(Vcpu::new(VcpuId(i as u16), vm.mpidrs[i]));
             v.vm = Some(vm);
+            v.sve = sve_len.map(super::fpu::new_sve_state);
             v.regs.host_sp = cpu::stack_top(pcpu);
             let ptr = cpu::VcpuPtr::leak(v);
             if let Some(s) = sched::sched_of(pcpu) {

@@ -19,10 +19,10 @@ use super::lifecycle::{kick_all, psci_call, stop_vm};
 use super::lrs::{vgic_flush, vgic_sync};
 use super::sched::{CPU_MPIDR, arm_timer, sched, schedule};
 use super::{Vm, VmState};
-use crate::arch::aarch64::cpu::{self, MAX_CPUS, VcpuPtr};
+use crate::arch::aarch64::cpu::MAX_CPUS;
 use crate::arch::aarch64::esr::{self, Esr};
 use crate::arch::aarch64::handlers::{ExitKind, Next};
-use crate::arch::aarch64::{fp, gic, guest, idregs, timer};
+use crate::arch::aarch64::{gic, guest, idregs, timer};
 use crate::vdev::vgic::{self};
 use crate::vm::exit::{Action, ExitCtx};
 use crate::vm::psci::{self};
@@ -62,9 +62,13 @@ pub fn fast_sync(v: &mut Vcpu, esr: Esr, full_frame: bool) -> bool {
                 return fast_sgi(v, &acc);
             }
             // Reads only: they change no state.
-            let Some(value) =
-                crate::vm::exit::local_sysreg_read(&acc, &mut v.ptimer, timer::now, idregs::read)
-            else {
+            let Some(value) = crate::vm::exit::local_sysreg_read(
+                &acc,
+                &mut v.ptimer,
+                timer::now,
+                idregs::read,
+                v.sve.is_some(),
+            ) else {
                 return false;
             };
             v.regs.set(acc.rt, value);
@@ -296,9 +300,18 @@ fn apply(vm: &'static Vm, v: &mut Vcpu, esr: Esr, action: Action) -> bool {
             let kicks = vm.vgic.lock().sgi(v.id, value, group1);
             kick_all(vm, kicks)
         }
-        Action::FpAccess => {
-            fp_switch(v);
+        // SVE of a VM without it (no SVE state): hidden, so UNDEFINED as on a CPU without SVE.
+        Action::SveAccess if v.sve.is_none() => {
+            guest::inject_sync(&mut v.regs, esr::inject::undefined(esr.il()), None);
             false
+        }
+        Action::FpAccess | Action::SveAccess => {
+            if super::fpu::switch(v, action == Action::SveAccess) {
+                false
+            } else {
+                stop_vm(vm, "SVE state did not fit");
+                true
+            }
         }
         Action::Psci(call) => psci_call(vm, v, call),
         Action::Stop(why) => {
@@ -375,18 +388,4 @@ fn lr_pending(v: &Vcpu) -> bool {
         }
     }
     false
-}
-
-/// Lazy FP/SIMD switch: the trapping vCPU takes the FP registers from their owner.
-fn fp_switch(v: &mut Vcpu) {
-    let mut s = sched().lock();
-    let owner = s.fp_owner.and_then(|o| s.slots.get(o)).map(|sl| sl.ptr);
-    guest::write_cptr(guest::guest_cptr());
-    if let Some(o) = owner
-        && o != VcpuPtr::of(v)
-    {
-        cpu::save_fp_of(o);
-    }
-    fp::restore(&v.fp);
-    s.fp_owner = Some(v.slot);
 }

@@ -36,6 +36,7 @@ mod boot;
 mod build;
 mod console_input;
 pub mod exit;
+mod fpu;
 pub mod halt;
 mod images;
 mod irq;

@@ -47,8 +47,10 @@ pub struct CpuSched {
     pub(super) rq: RunQueue,
     /// The slot whose state is in the CPU (EL1 registers, vGIC interface, virtual timer).
     pub(super) loaded: Option<usize>,
-    /// The slot whose FP/SIMD registers are in the CPU.
+    /// The slot whose FP/SIMD (or SVE) registers are in the CPU (`kernel::fpu`).
     pub(super) fp_owner: Option<usize>,
+    /// CPTR_EL2 for `fp_owner` (FP or SVE mode), set with it.
+    pub(super) fp_owner_cptr: u64,
     slice_end: u64,
     /// Set when the scheduler picks a vCPU: its time slice starts when it is entered, not at
     /// the pick (a put/load in between, or another CPU holding QEMU's single TCG thread under
@@ -67,6 +69,7 @@ impl CpuSched {
             rq: RunQueue::new(),
             loaded: None,
             fp_owner: None,
+            fp_owner_cptr: 0,
             slice_end: 0,
             new_slice: false,
         }
@@ -334,7 +337,7 @@ pub(super) fn load(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
         hw.hcr |= guest::hcr::TWE;
     }
     hw.cptr = if s.fp_owner == Some(slot) {
-        guest::guest_cptr()
+        s.fp_owner_cptr
     } else {
         guest::guest_cptr_fp_trapped()
     };

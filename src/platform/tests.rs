@@ -197,6 +197,7 @@ fn vm_fixture() {
             disks: Vec::new(),
             power_button: true,
             autostart: true,
+            sve_vector_bits: None,
             shmem: Vec::new(),
         }]
     );
@@ -483,6 +484,24 @@ fn vm_bad_cpus() {
     };
     assert_error(&affinity(&[0]), "/chosen/vm-a", "elvisor,cpu-affinity");
     assert_error(&affinity(&[0, 2]), "/chosen/vm-a", "elvisor,cpu-affinity");
+}
+
+#[test]
+fn vm_sve_vector_length() {
+    let sve = |v: u32| {
+        vm_dt(
+            &move |w| {
+                good_vm(w)?;
+                w.property_u32("elvisor,sve-vector-length", v)
+            },
+            true,
+        )
+    };
+    assert_eq!(parse_ok(&sve(0)).vms[0].sve_vector_bits, Some(0));
+    assert_eq!(parse_ok(&sve(512)).vms[0].sve_vector_bits, Some(512));
+    for bad in [64, 500, 4096] {
+        assert_error(&sve(bad), "/chosen/vm-a", "elvisor,sve-vector-length");
+    }
 }
 
 #[test]

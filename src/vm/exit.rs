@@ -60,6 +60,12 @@ pub enum Action {
     /// FP/SIMD use trapped because another vCPU owns the FP registers on this CPU: switch
     /// them and retry the instruction.
     FpAccess,
+    /// An SVE instruction or ZCR_EL1 access trapped (EC 0x19). For a vCPU of a VM with SVE
+    /// (`vm::sve`), which does not own the register file in SVE mode (`kernel::fpu`): switch to
+    /// its SVE state and retry the instruction. For a vCPU without SVE the kernel injects
+    /// UNDEFINED (SVE is hidden): it alone knows, and deciding there keeps the flag off the
+    /// common exit path.
+    SveAccess,
     /// The guest did something we cannot continue from; stop the VM with this diagnostic.
     Stop(&'static str),
     /// A translation fault on the guest's own RAM: the block is not backed yet (mm::lazy).
@@ -138,7 +144,11 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
         Exit::SysReg(acc) => {
             let value = ctx.regs.get(acc.rt);
             if acc.read
-                && let Some(v) = local_sysreg_read(&acc, ctx.ptimer, ctx.counter, ctx.id_read)
+                // ID registers never get here in the kernel: its fast path answers every ID
+                // read first (with the vCPU's SVE setting); here they are those of a VM
+                // without SVE, which is always safe.
+                && let Some(v) =
+                    local_sysreg_read(&acc, ctx.ptimer, ctx.counter, ctx.id_read, false)
             {
                 ctx.regs.set(acc.rt, v);
                 ctx.regs.elr = ctx.regs.elr.wrapping_add(4);
@@ -200,14 +210,15 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
         Exit::Other { ec } => match ec {
             // Traps we configure but do not emulate (SVE/SME access, ...): UNDEFINED.
             esr::ec::FP_ASIMD => Action::FpAccess,
+            // SVE (and ZCR_EL1): the vCPU takes the register file in SVE mode, or, in a VM
+            // without SVE, gets UNDEFINED (see `Action::SveAccess`).
+            esr::ec::SVE => Action::SveAccess,
             // SME is never offered (ID_AA64PFR1_EL1.SME is hidden) and CPTR_EL2 traps it even
             // when the guest opens CPACR_EL1.SMEN: `smstart` is UNDEFINED, as on a CPU without
             // SME, not a reason to stop the VM.
             // Pointer authentication and LS64 are hidden too (keys not switched; LS64 needs
             // device memory semantics we do not offer): their trapped instructions UNDEF.
-            esr::ec::SVE | esr::ec::SME | esr::ec::PAC | esr::ec::LS64 | esr::ec::UNKNOWN => {
-                Action::InjectUndef
-            }
+            esr::ec::SME | esr::ec::PAC | esr::ec::LS64 | esr::ec::UNKNOWN => Action::InjectUndef,
             // AArch32 EL0 coprocessor accesses trapped by MDCR_EL2/TIDCP (MCR/MRC cp14/cp15,
             // MCRR/MRRC, LDC/STC): a 32-bit process gets UNDEFINED, not its VM stopped.
             0x03 | 0x04 | 0x05 | 0x06 | 0x0c => Action::InjectUndef,
@@ -322,16 +333,18 @@ pub fn local_sysreg_read(
     ptimer: &mut PhysTimer,
     counter: fn() -> u64,
     id_read: fn(u8, u8) -> u64,
+    sve: bool,
 ) -> Option<u64> {
     // The timer first: it is what guests read at run time; ID registers are read at boot.
     if PhysTimer::handles(acc) {
         return ptimer.access(acc, 0, counter());
     }
     if acc.op0 == 3 && acc.op1 == 0 && acc.crn == 0 && (1..=7).contains(&acc.crm) {
-        return Some(super::idregs::sanitize(
+        return Some(super::idregs::sanitize_vm(
             acc.crm,
             acc.op2,
             id_read(acc.crm, acc.op2),
+            sve,
         ));
     }
     None
@@ -636,6 +649,24 @@ mod tests {
     }
 
     #[test]
+    fn sve_trap_and_sve_id_fields() {
+        let (mut regs, bus, mut dbg) = setup();
+        // An SVE trap (EC 0x19): the kernel switches or injects UNDEF; PC unchanged.
+        assert_eq!(
+            run(&mut regs, &bus, &mut dbg, Esr((0x19 << 26) | (1 << 25)), 0),
+            Action::SveAccess
+        );
+        assert_eq!(regs.elr, 0x4008_0000);
+        // mrs x1, ID_AA64PFR0_EL1 (S3_0_C0_C4_0): SVE [35:32] only for a VM with SVE.
+        let acc = esr::sysreg_access((3 << 20) | (4 << 1) | (1 << 5) | 1);
+        let mut pt = PhysTimer::default();
+        for sve in [false, true] {
+            let v = local_sysreg_read(&acc, &mut pt, counter, |_, _| 1 << 32, sve);
+            assert_eq!(v, Some(u64::from(sve) << 32), "PFR0.SVE, sve {sve}");
+        }
+    }
+
+    #[test]
     fn hvc_smc_and_sysreg() {
         let (mut regs, bus, mut dbg) = setup();
         regs.x[0] = 0x8400_0000;
@@ -668,9 +699,9 @@ mod tests {
             Action::InjectUndef
         );
         assert_eq!(regs.elr, 0x4008_0004);
-        // smstart (SME trapped by CPTR_EL2, EC 0x1d, ISS SMTC 0) and an SVE instruction: UNDEF,
-        // PC unchanged (the guest's own undef handler decides).
-        for ec in [0x1du64, 0x19, 0x09, 0x0a] {
+        // smstart (SME trapped by CPTR_EL2, EC 0x1d, ISS SMTC 0), PAC and LS64: UNDEF, PC
+        // unchanged (the guest's own undef handler decides).
+        for ec in [0x1du64, 0x09, 0x0a] {
             assert_eq!(
                 run(&mut regs, &bus, &mut dbg, Esr((ec << 26) | (1 << 25)), 0),
                 Action::InjectUndef,

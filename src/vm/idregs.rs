@@ -3,7 +3,9 @@
 //! The rule: a feature the guest is told about works, and a feature it is not told about is
 //! trapped where the architecture allows (see `arch::aarch64::guest` for HCR_EL2, HCRX_EL2,
 //! the fine-grained traps and CPTR_EL2; docs/ARCHITECTURE.md has the table). Hidden:
-//! - features whose state is not switched between vCPUs: SVE, SME, PMU, SPE, trace, BRBE,
+//! - SVE, except for a VM that has it ([`sanitize_vm`], `vm::sve`): its state is then switched
+//!   with the FP/SIMD registers and its ID fields are the CPU's;
+//! - features whose state is not switched between vCPUs: SME, PMU, SPE, trace, BRBE,
 //!   MTE tag storage (MTE2+; the instructions-only level, whose IRG/ADDG/SUBG execute and
 //!   cannot be trapped, is reported as MTE = 1), AMU, MPAM, pointer authentication (its
 //!   instructions trap while HCR_EL2.API = 0 and UNDEF), NMI (ALLINT writes trap through
@@ -51,7 +53,20 @@ fn clear_fields(mut v: u64, lsbs: &[u32]) -> u64 {
     v
 }
 
-/// The value a guest reads for `S3_0_C0_C<crm>_<op2>` given the hardware value `hw`.
+/// The value a vCPU reads for `S3_0_C0_C<crm>_<op2>` given the hardware value `hw`, where
+/// `sve` says whether its VM has SVE: then ID_AA64PFR0_EL1.SVE [35:32] and ID_AA64ZFR0_EL1
+/// (which SVE instructions beyond the base set exist; none brings state of its own) are the
+/// CPU's, otherwise as [`sanitize`].
+pub fn sanitize_vm(crm: u8, op2: u8, hw: u64, sve: bool) -> u64 {
+    match (sve, crm, op2) {
+        (true, 4, 0) => sanitize(4, 0, hw) | (hw & (0xf << 32)),
+        (true, 4, 4) => hw,
+        _ => sanitize(crm, op2, hw),
+    }
+}
+
+/// The value a guest without SVE reads for `S3_0_C0_C<crm>_<op2>` given the hardware value
+/// `hw`.
 pub fn sanitize(crm: u8, op2: u8, hw: u64) -> u64 {
     match (crm, op2) {
         // ID_AA64PFR0_EL1: EL2 [11:8], EL3 [15:12], SVE [35:32], SEL2 [39:36], MPAM [43:40],
@@ -121,6 +136,23 @@ mod tests {
             0xabc,
             "MMFR0's translation fields kept"
         );
+    }
+
+    #[test]
+    fn sve_only_for_vms_that_have_it() {
+        let pfr0 = 0x1301_1111_1011_1112u64 | (1 << 32);
+        assert_eq!(field(sanitize_vm(4, 0, pfr0, false), 32), 0);
+        assert_eq!(field(sanitize_vm(4, 0, pfr0, true), 32), 1);
+        assert_eq!(
+            sanitize_vm(4, 0, pfr0, true) & !(0xf << 32),
+            sanitize(4, 0, pfr0) & !(0xf << 32),
+            "the other fields as for any VM"
+        );
+        let zfr0 = 0x0110_0110_0001_0021u64;
+        assert_eq!(sanitize_vm(4, 4, zfr0, true), zfr0);
+        assert_eq!(sanitize_vm(4, 4, zfr0, false), 0);
+        assert_eq!(sanitize_vm(4, 5, 0x11, true), 0, "SME stays hidden");
+        assert_eq!(sanitize_vm(5, 0, 0xf00, true), sanitize(5, 0, 0xf00));
     }
 
     /// QEMU 10 `-cpu max` values, as a guest read them before: each feature that did not work

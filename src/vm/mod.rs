@@ -11,6 +11,7 @@ pub mod placement;
 pub mod power;
 pub mod psci;
 pub mod sched;
+pub mod sve;
 pub mod sysreg;
 pub mod timer;
 pub mod vcpu;

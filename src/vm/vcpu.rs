@@ -129,6 +129,8 @@ pub struct Vcpu {
     pub vtimer: (u64, u64),
     /// FP/SIMD registers while another vCPU owns the FP unit.
     pub fp: FpState,
+    /// SVE registers, for a vCPU of a VM with SVE (`vm::sve`); `None` otherwise.
+    pub sve: Option<alloc::boxed::Box<super::sve::SveState>>,
 }
 const _: () = assert!(offset_of!(Vcpu, regs) == 0);
 
@@ -152,7 +154,14 @@ impl Vcpu {
             slot: 0,
             vtimer: (0, 0),
             fp: FpState::default(),
+            sve: None,
         }
+    }
+
+    /// Whether the vCPU is in SVE mode: its register file is its SVE state (`vm::sve`).
+    #[inline(always)]
+    pub fn sve_active(&self) -> bool {
+        self.sve.as_ref().is_some_and(|s| s.active)
     }
 
     /// Puts the vCPU in its architectural reset state, ready to enter at `entry` with `x0`.
@@ -174,6 +183,9 @@ impl Vcpu {
         self.lrs = [crate::vdev::vgic::Lr::INVALID; 16];
         self.vtimer = (0, 0);
         self.fp = FpState::default();
+        if let Some(s) = self.sve.as_mut() {
+            s.reset();
+        }
     }
 }
 

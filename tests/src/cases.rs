@@ -836,7 +836,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "cpufeat-gicv3-vhe",
-        about: "CPU honesty, -cpu max, VHE: each feature the ID registers advertise works (MOPS, RAS, MTE insns), each one hidden UNDEFs (SME, SVE, PAuth, NMI, SCXTNUM, WFxT, MMFR3 registers)",
+        about: "CPU honesty, -cpu max, VHE: each feature the ID registers advertise works (SVE, MOPS, RAS, MTE insns), each one hidden UNDEFs (SME, PAuth, NMI, SCXTNUM, WFxT, MMFR3 registers)",
         machine: VIRT_V3_VHE,
         boot: Boot::Direct,
         vms: &["cpufeat"],
@@ -1265,6 +1265,10 @@ pub const CASES: &[Case] = &[
     crate::cases_power::IRQ_BUTTON_GICV2,
     crate::cases_power::LINUX_BUTTON_GICV3,
     crate::cases_power::LINUX_BUTTON_GICV2,
+    crate::cases_sve::SVE_GICV3_VHE,
+    crate::cases_sve::SVE_GICV3_NVHE,
+    crate::cases_sve::SVE_OFF_GICV2,
+    crate::cases_sve::BAD_CONFIG_SVE,
 ];
 
 const IRQ_LINES: &[&str] = &[
@@ -1337,8 +1341,8 @@ const LEAK_ALL_LINES: &[&str] = &[
     "all VMs stopped; powering off",
 ];
 
-/// The cpufeat guest on `-cpu max` under elvisor: MOPS, RAS and MTE (instructions only)
-/// advertised and working; SME, SVE, PAuth, NMI, SCXTNUM (CSV2 capped at 1), WFxT and every
+/// The cpufeat guest on `-cpu max` under elvisor: SVE, MOPS, RAS and MTE (instructions only)
+/// advertised and working; SME, PAuth, NMI, SCXTNUM (CSV2 capped at 1), WFxT and every
 /// ID_AA64MMFR3_EL1 feature hidden and UNDEFINED (WFIT where it traps at all).
 const CPUFEAT_MAX_LINES: &[&str] = &[
     "CPUFEAT: sme: ID_AA64PFR1_EL1.SME=0: not advertised",

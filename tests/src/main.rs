@@ -16,6 +16,7 @@ mod cases_power;
 mod cases_rpi4;
 mod cases_shell;
 mod cases_shmem;
+mod cases_sve;
 mod cases_virtio;
 mod check;
 mod runner;

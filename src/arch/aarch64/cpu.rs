@@ -204,13 +204,21 @@ pub fn run(next: VcpuPtr) -> ! {
     unsafe { super::vectors::enter_guest(&mut v.regs) }
 }
 
-/// Saves a vCPU's FP/SIMD registers into its state while the vCPU is off the CPU (lazy FP
-/// switch: the trapping vCPU takes the FP unit from `owner`).
-pub fn save_fp_of(owner: VcpuPtr) {
+/// Saves a vCPU's FP/SIMD registers, or its whole SVE register file if it is in SVE mode,
+/// into its state while the vCPU is off the CPU (lazy switch, `kernel::fpu`: the trapping
+/// vCPU takes the registers from `owner`). FP, and SVE for an SVE-mode owner, must be
+/// enabled at EL2. Returns false if the SVE state did not fit its buffer (nothing saved).
+pub fn save_fp_of(owner: VcpuPtr) -> bool {
     // SAFETY: the owner is pinned to this CPU and is not the running vCPU (the FP trap came
     // from another one), so no other reference to it is live.
     let o = unsafe { owner.get() };
-    super::fp::save(&mut o.fp);
+    match o.sve.as_deref_mut() {
+        Some(s) if s.active => super::sve::save(s),
+        _ => {
+            super::fp::save(&mut o.fp);
+            true
+        }
+    }
 }
 
 /// Runs `f` on a vCPU that no CPU runs yet (boot: the boot CPU sets it up before any CPU

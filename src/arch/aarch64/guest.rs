@@ -139,9 +139,15 @@ pub fn guest_cnthctl() -> u64 {
 /// allows (a WFE may end for any reason) and which Linux itself enables at 10 kHz.
 pub const CNTHCTL_EVENT_STREAM: u64 = (1 << 2) | (7 << 4);
 
-/// CPTR_EL2 for guests: FP/SIMD not trapped; SVE/SME trapped (turned into UNDEFINED); the
+/// CPTR_EL2 for guests: FP/SIMD not trapped; SVE/SME trapped (SVE until a vCPU of a VM with
+/// SVE uses it, see [`guest_cptr_sve`]; otherwise turned into UNDEFINED); the
 /// activity monitors trapped (TAM) where they exist, since they count for the whole CPU.
 pub fn guest_cptr() -> u64 {
+    CPTR_GUEST.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// [`guest_cptr`] as computed once per CPU by [`init_cpu_traps`].
+fn compute_guest_cptr() -> u64 {
     let base = if vhe() {
         super::mmu::CPTR_EL2_VHE
     } else {
@@ -149,6 +155,21 @@ pub fn guest_cptr() -> u64 {
     };
     base | CPTR_EXTRA.load(core::sync::atomic::Ordering::Relaxed)
 }
+
+/// CPTR_EL2 for a guest in SVE mode that owns the register file (`kernel::fpu`), and for EL2
+/// while it saves or loads SVE state: as [`guest_cptr`], with SVE not trapped either (E2H=1:
+/// ZEN, bits [17:16], = 0b11; E2H=0: TZ, bit 8, = 0). Only where the CPU has SVE (TZ is RES1
+/// without it).
+pub fn guest_cptr_sve() -> u64 {
+    CPTR_GUEST_SVE.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// The three guest CPTR_EL2 values ([`guest_cptr`], [`guest_cptr_sve`],
+/// [`guest_cptr_fp_trapped`]), computed once per CPU by [`init_cpu_traps`] (the same on every
+/// CPU): a vCPU switch reads one of them instead of working it out.
+static CPTR_GUEST: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static CPTR_GUEST_SVE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static CPTR_FP_TRAPPED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 /// CPTR_EL2 bits that depend on the CPU's features (TAM, bit 30 in both layouts: RES0 without
 /// FEAT_AMUv1, so set only where it exists). Written by [`init_cpu_traps`].
@@ -479,10 +500,16 @@ pub fn restore_vtimer(t: (u64, u64)) {
 
 /// CPTR_EL2 for a guest whose FP/SIMD use must trap (another vCPU owns the FP registers).
 pub fn guest_cptr_fp_trapped() -> u64 {
+    CPTR_FP_TRAPPED.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// [`guest_cptr_fp_trapped`] as computed once per CPU by [`init_cpu_traps`].
+fn compute_fp_trapped() -> u64 {
+    let extra = CPTR_EXTRA.load(core::sync::atomic::Ordering::Relaxed);
     if vhe() {
-        0 // FPEN = 0b00
+        extra // FPEN = 0b00 (ZEN = SMEN = 0b00 too); TAM kept
     } else {
-        super::boot::CPTR_EL2_NVHE | (1 << 10) // TFP
+        super::boot::CPTR_EL2_NVHE | (1 << 10) | extra // TFP; TZ, TSM, TAM kept
     }
 }
 
@@ -536,6 +563,21 @@ pub fn init_cpu_traps() {
     }
     // RAS is ID_AA64PFR0_EL1[31:28] (ARM ARM D24.2.76); aarch64-cpu names no field for it.
     HAS_RAS.store(nibble(pfr0, 28) != 0, core::sync::atomic::Ordering::Relaxed);
+    let guest = compute_guest_cptr();
+    let relaxed = core::sync::atomic::Ordering::Relaxed;
+    CPTR_GUEST.store(guest, relaxed);
+    // SVE untrapped: E2H=1: ZEN [17:16] = 0b11; E2H=0: TZ (bit 8) = 0.
+    CPTR_GUEST_SVE.store(
+        if vhe() {
+            guest | (3 << 16)
+        } else {
+            guest & !(1 << 8)
+        },
+        relaxed,
+    );
+    CPTR_FP_TRAPPED.store(compute_fp_trapped(), relaxed);
+    // This CPU's largest SVE vector length (with the values above set: it writes CPTR_EL2).
+    super::sve::init_cpu();
     // The counter event stream, from this CPU's first lock wait on (vCPU loads rewrite
     // CNTHCTL_EL2 with the same bits, `guest_cnthctl`).
     let cnthctl = plain_rw!(read "cnthctl_el2");

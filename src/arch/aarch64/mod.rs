@@ -34,6 +34,8 @@ pub mod ram;
 #[cfg(all(target_os = "none", feature = "selftest"))]
 pub mod selftest;
 #[cfg(target_os = "none")]
+pub mod sve;
+#[cfg(target_os = "none")]
 pub mod timer;
 #[cfg(target_os = "none")]
 pub mod vectors;

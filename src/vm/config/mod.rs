@@ -63,6 +63,9 @@ pub struct VmConfig {
     /// Property `elvisor,autostart`: false (`<0>`) builds the VM but leaves it stopped until
     /// the shell's `start`.
     pub autostart: bool,
+    /// Property `elvisor,sve-vector-length`, in bits: `Some(0)` turns SVE off for this VM,
+    /// another value caps its vector length (`vm::sve`); `None`: the CPU's largest.
+    pub sve_vector_bits: Option<u32>,
     /// Shared-memory regions this VM maps (subnodes compatible "elvisor,shmem-map"), in node
     /// order; linked to the regions by [`link_shmem`].
     pub shmem: Vec<ShmemMap>,

@@ -150,6 +150,20 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
         Err(problem) => return Err(err("elvisor,autostart", problem.into())),
     };
 
+    let sve_vector_bits = match u32_prop(node, "elvisor,sve-vector-length") {
+        Ok(Some(bits)) if crate::vm::sve::valid_vector_bits(bits) => Some(bits),
+        Ok(Some(bits)) => {
+            return Err(err(
+                "elvisor,sve-vector-length",
+                format!(
+                    "{bits} is neither 0 (no SVE) nor a multiple of 128 from 128 to 2048 (bits)"
+                ),
+            ));
+        }
+        Ok(None) => None,
+        Err(problem) => return Err(err("elvisor,sve-vector-length", problem.into())),
+    };
+
     let (kernel, ramdisk) = parse_modules(lin, limits)?;
     let passthrough = parse_passthrough(lin, limits)?;
     let kernel = kernel.ok_or_else(|| {
@@ -179,6 +193,7 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
         disks,
         power_button,
         autostart,
+        sve_vector_bits,
         shmem,
     })
 }
