@@ -305,6 +305,10 @@ fn apply(vm: &'static Vm, v: &mut Vcpu, esr: Esr, action: Action) -> bool {
             guest::inject_sync(&mut v.regs, esr::inject::undefined(esr.il()), None);
             false
         }
+        Action::DebugSync => {
+            super::sched::debug_sync(v);
+            false
+        }
         Action::FpAccess | Action::SveAccess => {
             if super::fpu::switch(v, action == Action::SveAccess) {
                 false

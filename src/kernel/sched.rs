@@ -17,7 +17,7 @@ use super::lifecycle::stop_vm;
 use super::lrs::{decode_lr, encode_lr, vgic_flush};
 use super::{Vm, VmState};
 use crate::arch::aarch64::cpu::{self, MAX_CPUS, VcpuPtr};
-use crate::arch::aarch64::{gic, guest, timer, vectors};
+use crate::arch::aarch64::{debug, gic, guest, timer, vectors};
 use crate::vdev::vgic::{self, Lr};
 use crate::vm::VcpuId;
 use crate::vm::sched::{RunQueue, RunState};
@@ -282,6 +282,9 @@ fn put(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
         stop_vm(vm, "SError");
     }
     guest::save_el1(&mut v.el1);
+    if v.debug.live {
+        debug::save(&mut v.debug, s.index);
+    }
     gic::save_vif(&mut v.vif);
     let n = gic::nr_lrs().min(v.lrs.len());
     for i in 0..n {
@@ -341,6 +344,14 @@ pub(super) fn load(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
     } else {
         guest::guest_cptr_fp_trapped()
     };
+    // Guest self-hosted debug (vm::debug): a debug user's registers go into the hardware and
+    // TDA stops trapping; otherwise a CPU a debug user left armed is disarmed first.
+    if v.debug.user {
+        hw.mdcr &= !guest::MDCR_EL2_TDA;
+        debug::load(&mut v.debug, s.index);
+    } else if debug::owned(s.index) {
+        debug::disarm(s.index);
+    }
     guest::load_config(&hw);
     guest::load_el1(&v.el1);
     gic::load_guest_sre();
@@ -361,6 +372,20 @@ pub(super) fn load(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
         sl.vtimer_deadline = None;
     }
     s.loaded = Some(slot);
+}
+
+/// A trapped debug-register write asked for the hardware (`Action::DebugSync`): the vCPU's
+/// first use loads its registers and stops trapping TDA; a live vCPU's OS lock is written
+/// through.
+pub(super) fn debug_sync(v: &mut Vcpu) {
+    let s = sched().lock();
+    v.debug.sync_hw = false;
+    if v.debug.live {
+        debug::write_os_lock(v.debug.hw_os_lock());
+    } else if v.debug.user {
+        debug::load(&mut v.debug, s.index);
+        guest::write_mdcr(super::vm_of(v).hw.mdcr & !guest::MDCR_EL2_TDA);
+    }
 }
 
 /// On load, the inverse of `put`'s unlinking: a virtual-timer interrupt that waited in a list

@@ -66,6 +66,9 @@ pub enum Action {
     /// UNDEFINED (SVE is hidden): it alone knows, and deciding there keeps the flag off the
     /// common exit path.
     SveAccess,
+    /// A trapped debug-register write needs the hardware updated: the vCPU's first use of
+    /// its debug registers (load them, stop trapping) or an OS lock change (vm::debug).
+    DebugSync,
     /// The guest did something we cannot continue from; stop the VM with this diagnostic.
     Stop(&'static str),
     /// A translation fault on the guest's own RAM: the block is not backed yet (mm::lazy).
@@ -173,7 +176,7 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
                     return Action::Sgi { value, group1 };
                 }
             }
-            match sysreg::emulate(&acc, value, ctx.debug) {
+            match sysreg::emulate(&acc, value, ctx.debug, ctx.id_read) {
                 SysRegResult::Read(v) => {
                     ctx.regs.set(acc.rt, v);
                     ctx.regs.elr = ctx.regs.elr.wrapping_add(4);
@@ -181,7 +184,11 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
                 }
                 SysRegResult::Written => {
                     ctx.regs.elr = ctx.regs.elr.wrapping_add(4);
-                    Action::Resume
+                    if ctx.debug.sync_hw {
+                        Action::DebugSync
+                    } else {
+                        Action::Resume
+                    }
                 }
                 SysRegResult::Undefined => {
                     log::debug!(
@@ -723,7 +730,7 @@ mod tests {
             );
         }
         assert_eq!(regs.elr, 0x4008_0004);
-        // mrs x2, oslsr_el1 -> emulated
+        // mrs x2, oslsr_el1 -> emulated (OSLM = 0b10; OSLK = 1: locked at reset)
         let iss = (2 << 20) | (1 << 10) | (1 << 1) | (4 << 17) | (2 << 5) | 1;
         assert_eq!(
             run(
@@ -735,7 +742,7 @@ mod tests {
             ),
             Action::Resume
         );
-        assert_eq!((regs.x[2], regs.elr), (8, 0x4008_0008));
+        assert_eq!((regs.x[2], regs.elr), (0xa, 0x4008_0008));
         // msr icc_sgi1r_el1, x3 -> Sgi
         regs.x[3] = 0x0500_0001;
         let iss = (3 << 20) | (5 << 17) | (12 << 10) | (3 << 5) | (11 << 1);

@@ -22,7 +22,8 @@
 //!   so its deadline cannot be honoured there (docs/qemu-bugs.md); WFET is trapped only where
 //!   vCPUs share a CPU (TWE) and otherwise runs natively, like WFE.
 //!
-//! Kept because they work: RAS (the error-record registers are RAZ/WI: no records, as KVM
+//! Kept because they work: self-hosted debug (breakpoints, watchpoints, software step, the OS
+//! lock: switched lazily per vCPU, `vm::debug`), RAS (the error-record registers are RAZ/WI: no records, as KVM
 //! does; DISR_EL1 is VDISR_EL2, switched per vCPU), MOPS (enabled through HCRX_EL2.MSCEn), and
 //! the plain EL0/EL1 instruction-set features.
 
@@ -85,8 +86,15 @@ pub fn sanitize(crm: u8, op2: u8, hw: u64) -> u64 {
         (4, 2) | (4, 4) | (4, 5) | (4, 7) => 0,
         // ID_AA64DFR0_EL1: TraceVer [7:4], PMUVer [11:8], PMSVer [35:32], TraceFilt [43:40],
         // TraceBuffer [47:44], MTPMU [51:48], BRBE [55:52], ExtTrcBuff [59:56],
-        // HPMN0 [63:60].
-        (5, 0) => clear_fields(hw, &[4, 8, 32, 40, 44, 48, 52, 56, 60]),
+        // HPMN0 [63:60] hidden. Self-hosted debug is virtualized (vm::debug): BRPs [15:12],
+        // WRPs [23:20], CTX_CMPs [31:28] and DoubleLock [39:36] are the hardware's (every
+        // breakpoint and watchpoint is switched); DebugVer [3:0] at most FEAT_Debugv8p8
+        // (0b1010): v8p9 brings the banked MDSELR_EL1 (more than 16 breakpoints), not offered.
+        (5, 0) => cap(
+            clear_fields(hw, &[4, 8, 32, 40, 44, 48, 52, 56, 60]),
+            0,
+            0xa,
+        ),
         // ID_AA64DFR1_EL1: PMU/SPE/breakpoint extensions beyond DFR0 (none virtualized).
         (5, 1) => 0,
         // ID_AA64ISAR1_EL1: APA [7:4], API [11:8], GPA [27:24], GPI [31:28], LS64 [63:60]
@@ -126,6 +134,9 @@ mod tests {
         let v = sanitize(5, 0, dfr0);
         assert_eq!((v >> 8) & 0xf, 0, "no PMU");
         assert_eq!(v & 0xf, 6, "debug architecture kept");
+        assert_eq!((v >> 12) & 0xf, 0xf, "breakpoints kept");
+        assert_eq!((v >> 20) & 0xf, 1, "watchpoints kept");
+        assert_eq!(sanitize(5, 0, 0xb) & 0xf, 0xa, "no Debugv8p9 banks");
         assert_eq!(
             sanitize(6, 1, 0x0000_0000_1111_1110) & 0xff0,
             0,

@@ -2,6 +2,7 @@
 //! guest device trees.
 
 pub mod config;
+pub mod debug;
 pub mod entropy;
 pub mod exit;
 pub mod fdt;

@@ -50,6 +50,9 @@ pub mod hcr {
 }
 
 /// MDCR_EL2 for guests: trap the PMU (TPM, TPMCR) and debug registers (TDA, TDOSA, TDRA).
+/// TDE stays 0 (debug exceptions go to the guest's EL1, never to EL2). A debug user runs
+/// with TDA clear ([`MDCR_EL2_TDA`], `vm::debug`); TDOSA (the OS lock, emulated) and TDRA
+/// (MDRAR_EL1: the host's debug ROM address is not the guest's business) stay set.
 pub const MDCR_EL2_GUEST: u64 = {
     use aarch64_cpu::registers::MDCR_EL2;
     MDCR_EL2::TPMCR::SET.value
@@ -59,6 +62,16 @@ pub const MDCR_EL2_GUEST: u64 = {
         | MDCR_EL2::TDRA::SET.value
 };
 const _: () = assert!(MDCR_EL2_GUEST == (1 << 5) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11));
+
+/// MDCR_EL2.TDA: traps the breakpoint, watchpoint, MDSCR_EL1, MDCCINT_EL1, claim-tag and DCC
+/// registers (ARM ARM D24.2, MDCR_EL2). Cleared for a vCPU that is a debug user.
+pub const MDCR_EL2_TDA: u64 = 1 << 9;
+
+/// Writes MDCR_EL2 now (a vCPU became a debug user while running).
+pub fn write_mdcr(v: u64) {
+    // SAFETY: changes only which EL1/EL0 debug and PMU accesses trap to EL2.
+    unsafe { asm!("msr mdcr_el2, {}", "isb", in(reg) v, options(nomem, nostack, preserves_flags)) };
+}
 
 /// The hypervisor-owned configuration of a vCPU, loaded when it takes a physical CPU.
 #[derive(Clone, Debug)]

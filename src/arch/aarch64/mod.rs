@@ -12,6 +12,8 @@ pub mod cache;
 #[cfg(target_os = "none")]
 pub mod cpu;
 #[cfg(target_os = "none")]
+pub mod debug;
+#[cfg(target_os = "none")]
 pub mod exit;
 #[cfg(target_os = "none")]
 pub mod firmware;
