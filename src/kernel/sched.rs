@@ -346,7 +346,7 @@ pub(super) fn load(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
     };
     // Guest self-hosted debug (vm::debug): a debug user's registers go into the hardware and
     // TDA stops trapping; otherwise a CPU a debug user left armed is disarmed first.
-    if v.debug.user {
+    if v.debug.wants_hw() {
         hw.mdcr &= !guest::MDCR_EL2_TDA;
         debug::load(&mut v.debug, s.index);
     } else if debug::owned(s.index) {
@@ -374,17 +374,19 @@ pub(super) fn load(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
     s.loaded = Some(slot);
 }
 
-/// A trapped debug-register write asked for the hardware (`Action::DebugSync`): the vCPU's
-/// first use loads its registers and stops trapping TDA; a live vCPU's OS lock is written
-/// through.
+/// A trapped debug-register write asked for the hardware (`Action::DebugSync`): a debug user
+/// whose OS lock is clear gets its registers loaded and TDA stops trapping (its first use, or
+/// an unlock); one that locked has them saved and TDA traps again (vm::debug).
 pub(super) fn debug_sync(v: &mut Vcpu) {
     let s = sched().lock();
+    let mdcr = super::vm_of(v).hw.mdcr;
     v.debug.sync_hw = false;
-    if v.debug.live {
-        debug::write_os_lock(v.debug.hw_os_lock());
-    } else if v.debug.user {
+    if v.debug.wants_hw() && !v.debug.live {
         debug::load(&mut v.debug, s.index);
-        guest::write_mdcr(super::vm_of(v).hw.mdcr & !guest::MDCR_EL2_TDA);
+        guest::write_mdcr(mdcr & !guest::MDCR_EL2_TDA);
+    } else if !v.debug.wants_hw() && v.debug.live {
+        debug::save(&mut v.debug, s.index);
+        guest::write_mdcr(mdcr);
     }
 }
 

@@ -11,12 +11,14 @@
 //! neither MDE nor SS set stops being a debug user (nothing of its state can fire), so a guest
 //! that only cleared the registers at boot (Linux) does not pay on every switch.
 //!
-//! The OS lock registers (TDOSA) stay trapped for everyone: the lock lives here, and while
-//! the vCPU's registers are in the hardware the hardware OS lock follows it (OSLAR_EL1 is
-//! written through), so the CPU masks the guest's debug exceptions other than BRK exactly as
-//! the architecture says for a locked OS lock (ARM ARM D2.5 "The OS Lock"). The OS double
-//! lock (OSDLR_EL1.DLK, where FEAT_DoubleLock exists) has the same effect on debug exceptions
-//! and is emulated the same way, through the hardware OS lock, never the hardware DLK.
+//! The OS lock registers (TDOSA) stay trapped for everyone, and the lock is emulated: while
+//! a vCPU's OS lock (or OS double lock, OSDLR_EL1.DLK where FEAT_DoubleLock exists) is set,
+//! its registers stay here, TDA traps its accesses and the hardware is disarmed, so nothing
+//! but BRK can fire, which is what the architecture specifies for a locked OS lock (ARM ARM
+//! D2.5 "The OS Lock", and the AArch64.GenerateDebugExceptionsFrom() pseudocode: no
+//! breakpoint, watchpoint or software step exception while OSLK or DLK is set). The hardware
+//! OS lock is not relied on (QEMU 10 does not honour it: docs/qemu-bugs.md) and is left
+//! unlocked while a debug user's registers are loaded. The lock is set at reset.
 //!
 //! Hostile values: a breakpoint or watchpoint number the ID registers do not advertise is
 //! UNDEFINED; control values are masked to the fields an EL1 without EL2/EL3 may set, HMC = 0
@@ -122,10 +124,16 @@ impl Default for DebugShadow {
 }
 
 impl DebugShadow {
-    /// What the hardware OS lock must be while this vCPU's registers are loaded: locked by
-    /// the OS lock or the double lock (both mask every debug exception but BRK, ARM ARM D2.5).
-    pub fn hw_os_lock(&self) -> bool {
+    /// Locked by the OS lock or the double lock (both mask every debug exception but BRK,
+    /// ARM ARM D2.5).
+    pub fn locked(&self) -> bool {
         self.os_lock || self.os_double_lock
+    }
+
+    /// Whether its registers belong in the hardware while it runs: a debug user whose OS lock
+    /// is not set.
+    pub fn wants_hw(&self) -> bool {
+        self.user && !self.locked()
     }
 
     /// Whether anything of this state can generate a debug exception (other than BRK):
@@ -203,16 +211,15 @@ pub fn write_control(d: &mut DebugShadow, mdccint: bool, v: u64) {
     d.sync_hw = true;
 }
 
-/// A trapped OSLAR_EL1 (`double` false) or OSDLR_EL1 write. The hardware follows when the
-/// vCPU's registers are live there.
+/// A trapped OSLAR_EL1 (`double` false) or OSDLR_EL1 write. A debug user's registers leave
+/// the hardware when it locks, and return when it unlocks.
 pub fn write_lock(d: &mut DebugShadow, double: bool, dfr0: u64, v: u64) {
-    let before = d.hw_os_lock();
     if double {
         d.os_double_lock = has_double_lock(dfr0) && v & 1 != 0;
     } else {
         d.os_lock = v & 1 != 0;
     }
-    if d.live && d.hw_os_lock() != before {
+    if d.wants_hw() != d.live {
         d.sync_hw = true;
     }
 }
@@ -263,11 +270,18 @@ mod tests {
         let mut d = DebugShadow::default();
         assert!(d.os_lock, "locked at reset");
         write_lock(&mut d, false, A72_DFR0, 0);
-        assert!(!d.hw_os_lock());
-        assert!(!d.sync_hw, "not live: nothing to write through");
+        assert!(!d.locked());
+        assert!(!d.sync_hw, "no debug user: nothing to load");
+        // A debug user that unlocks wants its registers in the hardware...
+        d.os_lock = true;
+        d.user = true;
+        write_lock(&mut d, false, A72_DFR0, 0);
+        assert!(d.wants_hw() && d.sync_hw);
+        // ...and out of it when it double-locks.
         d.live = true;
+        d.sync_hw = false;
         write_lock(&mut d, true, A72_DFR0, 1);
-        assert!(d.hw_os_lock() && d.sync_hw);
+        assert!(d.locked() && !d.wants_hw() && d.sync_hw);
         // Without FEAT_DoubleLock (DFR0.DoubleLock = 0xf) OSDLR_EL1 is RAZ/WI.
         let mut e = DebugShadow::default();
         write_lock(&mut e, true, A72_DFR0 | (0xf << 36), 1);

@@ -12,6 +12,7 @@
 mod cases;
 mod cases_boot;
 mod cases_console;
+mod cases_debug;
 mod cases_power;
 mod cases_rpi4;
 mod cases_shell;
@@ -86,6 +87,7 @@ fn main() -> ExitCode {
         .chain(cases_rpi4::CASES)
         .chain(cases_rpi4::VIRT_CASES)
         .chain(cases_boot::CASES)
+        .chain(cases_debug::CASES)
         .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
         .collect();
     if selected.is_empty() {

@@ -74,12 +74,6 @@ fn counts() -> (usize, usize) {
     debug::counts(super::idregs::read(5, 0))
 }
 
-/// Writes the hardware OS lock (OSLAR_EL1.OSLK) and synchronises it.
-pub fn write_os_lock(locked: bool) {
-    sysreg!(write "oslar_el1", locked as u64);
-    isb();
-}
-
 fn isb() {
     // SAFETY: barrier only. A direct write to a system register takes effect for later
     // instructions after a context synchronization event (ARM ARM D24.1.2); the ERET into
@@ -88,7 +82,8 @@ fn isb() {
 }
 
 /// Loads `d` into this CPU (masked again: the saved values may come from the guest's direct
-/// hardware writes) and marks it live.
+/// hardware writes), with the hardware OS lock unlocked (it resets locked; the guest's lock
+/// is emulated, `vm::debug`), and marks it live.
 pub fn load(d: &mut DebugShadow, cpu: usize) {
     let (brps, wrps) = counts();
     for n in 0..brps {
@@ -101,7 +96,8 @@ pub fn load(d: &mut DebugShadow, cpu: usize) {
     }
     sysreg!(write "mdccint_el1", d.mdccint & MDCCINT_WRITABLE);
     sysreg!(write "mdscr_el1", d.mdscr & MDSCR_WRITABLE);
-    write_os_lock(d.hw_os_lock());
+    sysreg!(write "oslar_el1", 0);
+    isb();
     if let Some(o) = OWNED.get(cpu) {
         o.store(true, Ordering::Relaxed);
     }

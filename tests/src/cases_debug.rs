@@ -1,0 +1,83 @@
+//! System cases of guest self-hosted debug (guests/debug, boards/qemu-virt/vms/debug.dtsi): two
+//! vCPUs of one VM share physical CPU 0 with different debug settings and check, across many
+//! switches, that their own hardware breakpoints, watchpoints and software steps fire at EL1
+//! and EL0 and the other's never do; BRK, the OS lock, masking of a hostile breakpoint control
+//! value and UNDEFINED breakpoint numbers beyond the ID registers' counts. GICv3 with VHE,
+//! GICv3 with the non-VHE path forced, and GICv2 on a Cortex-A72 (ARMv8.0 debug). Hooked into
+//! the case list in main.rs.
+
+use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
+
+/// vCPU 0's checks in order, then vCPU 1's verdict (its own lines interleave anywhere) and the
+/// result.
+const DEBUG_LINES: &[&str] = &[
+    "DEBUG: ID_AA64DFR0_EL1=",
+    "DEBUG PASS: cpu0 nonuser-isolation",
+    "DEBUG PASS: cpu0 switches-nonuser",
+    "DEBUG PASS: cpu0 mdscr",
+    "DEBUG PASS: cpu0 bp-el1",
+    "DEBUG PASS: cpu0 bp-el0",
+    "DEBUG PASS: cpu0 wp-el1",
+    "DEBUG PASS: cpu0 wp-el0",
+    "DEBUG PASS: cpu0 switches-points",
+    "DEBUG PASS: cpu0 step-el1",
+    "DEBUG PASS: cpu0 step-el0",
+    "DEBUG PASS: cpu0 switches-step",
+    "DEBUG PASS: cpu0 brk",
+    "DEBUG PASS: cpu0 oslock",
+    "DEBUG PASS: cpu0 switches-oslock",
+    "DEBUG PASS: cpu0 undef",
+    "DEBUG PASS: cpu1 all",
+    "DEBUG RESULT: passed=",
+    "failed=0",
+    "all VMs stopped; powering off",
+];
+
+/// vCPU 1's lines interleave with vCPU 0's in any order: `cpu1 all` carries its verdict, and
+/// any FAIL line of either fails the run.
+const REJECT: &[&str] = &["DEBUG FAIL", "unexpected exit"];
+
+const fn case(
+    name: &'static str,
+    about: &'static str,
+    machine: &'static [&'static str],
+    bootargs: Option<&'static str>,
+) -> Case {
+    Case {
+        name,
+        about,
+        machine,
+        boot: Boot::Direct,
+        vms: &["debug"],
+        bootargs,
+        timeout_s: 120,
+        expect: DEBUG_LINES,
+        reject: REJECT,
+        exit: Exit::Status(0),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+    }
+}
+
+pub const CASES: &[Case] = &[
+    case(
+        "debug-gicv3-vhe",
+        "guest self-hosted debug, -cpu max, VHE: breakpoints, watchpoints, single step (EL1, EL0), BRK, OS lock; two vCPUs on one CPU never see each other's",
+        VIRT_V3_VHE,
+        None,
+    ),
+    case(
+        "debug-gicv3-nvhe",
+        "the debug guest on -cpu max with the non-VHE path forced (elvisor.vhe=off)",
+        VIRT_V3_VHE,
+        Some("elvisor.vhe=off"),
+    ),
+    case(
+        "debug-gicv2",
+        "the debug guest on a Cortex-A72 (ARMv8.0 debug, 6 breakpoints, 4 watchpoints), vGICv2",
+        VIRT_V2_NVHE,
+        None,
+    ),
+];
