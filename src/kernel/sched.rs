@@ -316,6 +316,11 @@ fn put(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
 /// and list registers, virtual timer, FP trap unless it owns the FP registers.
 pub(super) fn load(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
     let vm = super::vm_of(v);
+    // A vCPU loaded before and not put (its VM stopped, or this vCPU was reset) may have left
+    // its debug registers armed (a put disarms): disarm before anything else runs here.
+    if s.loaded.is_some() && debug::owned(s.index) {
+        debug::disarm(s.index);
+    }
     // The vCPU loaded before may not have been put (its VM stopped): an SError it left pending
     // is taken here, before this vCPU can run into it, and stops that VM (if it has not
     // stopped already). After a `put`, which took any pending SError itself, no guest ran here.
@@ -345,12 +350,10 @@ pub(super) fn load(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
         guest::guest_cptr_fp_trapped()
     };
     // Guest self-hosted debug (vm::debug): a debug user's registers go into the hardware and
-    // TDA stops trapping; otherwise a CPU a debug user left armed is disarmed first.
+    // TDA stops trapping for it.
     if v.debug.wants_hw() {
         hw.mdcr &= !guest::MDCR_EL2_TDA;
         debug::load(&mut v.debug, s.index);
-    } else if debug::owned(s.index) {
-        debug::disarm(s.index);
     }
     guest::load_config(&hw);
     guest::load_el1(&v.el1);

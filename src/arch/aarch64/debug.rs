@@ -98,9 +98,7 @@ pub fn load(d: &mut DebugShadow, cpu: usize) {
     sysreg!(write "mdscr_el1", d.mdscr & MDSCR_WRITABLE);
     sysreg!(write "oslar_el1", 0);
     isb();
-    if let Some(o) = OWNED.get(cpu) {
-        o.store(true, Ordering::Relaxed);
-    }
+    OWNED[cpu % super::cpu::MAX_CPUS].store(true, Ordering::Relaxed);
     d.live = true;
 }
 
@@ -125,7 +123,7 @@ pub fn save(d: &mut DebugShadow, cpu: usize) {
 
 /// Whether this CPU may hold a debug user's registers (see [`disarm`]).
 pub fn owned(cpu: usize) -> bool {
-    OWNED.get(cpu).is_some_and(|o| o.load(Ordering::Relaxed))
+    OWNED[cpu % super::cpu::MAX_CPUS].load(Ordering::Relaxed)
 }
 
 /// Makes sure nothing a previous vCPU set can fire: every breakpoint and watchpoint disabled
@@ -142,7 +140,5 @@ pub fn disarm(cpu: usize) {
     sysreg!(write "mdccint_el1", 0);
     sysreg!(write "mdscr_el1", 0);
     isb();
-    if let Some(o) = OWNED.get(cpu) {
-        o.store(false, Ordering::Relaxed);
-    }
+    OWNED[cpu % super::cpu::MAX_CPUS].store(false, Ordering::Relaxed);
 }
