@@ -8,6 +8,7 @@
 pub mod doorbell;
 pub mod pl011;
 pub mod pl061;
+pub mod switch;
 pub mod vgic;
 pub mod virtio;
 

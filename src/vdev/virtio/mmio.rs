@@ -182,7 +182,7 @@ impl<M: GuestMemory, D: VirtioDevice> VirtioMmio<M, D> {
     pub fn config_changed(&mut self) {
         self.config_generation = self.config_generation.wrapping_add(1);
         if self.status & status::DRIVER_OK != 0 {
-            self.interrupt_status |= interrupt::CONFIG_CHANGE;
+            self.raise(interrupt::CONFIG_CHANGE);
         }
     }
 
@@ -204,8 +204,24 @@ impl<M: GuestMemory, D: VirtioDevice> VirtioMmio<M, D> {
         if self.status & status::DEVICE_NEEDS_RESET == 0 {
             self.status |= status::DEVICE_NEEDS_RESET;
             if self.status & status::DRIVER_OK != 0 {
-                self.interrupt_status |= interrupt::CONFIG_CHANGE;
+                self.raise(interrupt::CONFIG_CHANGE);
             }
+        }
+    }
+
+    /// Sets InterruptStatus bits, in the device if it keeps them ([`VirtioDevice::owns_interrupts`]).
+    fn raise(&mut self, bits: u32) {
+        if self.dev.owns_interrupts() {
+            self.dev.raise_interrupt(bits);
+        } else {
+            self.interrupt_status |= bits;
+        }
+    }
+
+    /// An error the device found outside this VM's exits becomes DEVICE_NEEDS_RESET now.
+    fn poll_device_error(&mut self) {
+        if let Some(e) = self.dev.take_error() {
+            self.fail(e);
         }
     }
 
@@ -261,6 +277,9 @@ impl<M: GuestMemory, D: VirtioDevice> VirtioMmio<M, D> {
             return;
         }
         self.status = (self.status & status::DEVICE_NEEDS_RESET) | new;
+        if new & status::DRIVER_OK != 0 && old & status::DRIVER_OK == 0 {
+            self.dev.driver_ok();
+        }
     }
 
     fn write_queue_ready(&mut self, value: u32) {
@@ -274,13 +293,15 @@ impl<M: GuestMemory, D: VirtioDevice> VirtioMmio<M, D> {
         if value & 1 == 0 {
             // Linux writes 0 when it tears a queue down and reads it back.
             self.queues[i].ready = false;
+            self.dev.queue_ready(index, None);
             return;
         }
         if self.queues[i].ready {
             return;
         }
-        if let Err(e) = self.queues[i].enable(index, &self.mem) {
-            self.fail(e);
+        match self.queues[i].enable(index, &self.mem) {
+            Ok(()) => self.dev.queue_ready(index, Some(&self.queues[i])),
+            Err(e) => self.fail(e),
         }
     }
 
@@ -301,7 +322,7 @@ impl<M: GuestMemory, D: VirtioDevice> VirtioMmio<M, D> {
             return;
         };
         // §4.2.2.1: the device must not touch a queue that is not ready.
-        if !self.queues[i].ready {
+        if !self.queues[i].ready || self.dev.takes_notify(i as u16) {
             return;
         }
         if let Err(e) = self.process(i) {
@@ -318,7 +339,6 @@ impl<M: GuestMemory, D: VirtioDevice> VirtioMmio<M, D> {
             dev,
             queues,
             segs,
-            interrupt_status,
             ..
         } = self;
         let q = &mut queues[i];
@@ -370,7 +390,7 @@ impl<M: GuestMemory, D: VirtioDevice> VirtioMmio<M, D> {
         };
         // Completed chains are announced even if a later one was refused.
         match q.wants_interrupt(index, old_used, event_idx, &*mem) {
-            Ok(true) => *interrupt_status |= interrupt::USED_BUFFER,
+            Ok(true) => self.raise(interrupt::USED_BUFFER),
             Ok(false) => {}
             Err(e) => return Err(e),
         }
@@ -390,7 +410,7 @@ impl<M: GuestMemory, D: VirtioDevice> VirtioMmio<M, D> {
             },
             reg::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size)),
             reg::QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready)),
-            reg::INTERRUPT_STATUS => self.interrupt_status,
+            reg::INTERRUPT_STATUS => self.interrupt_status | self.dev.interrupt_status(),
             reg::STATUS => self.status,
             reg::CONFIG_GENERATION => self.config_generation,
             // §4.2.2: QueueNum, the queue addresses and the feature selectors are
@@ -428,7 +448,12 @@ impl<M: GuestMemory, D: VirtioDevice> VirtioMmio<M, D> {
             }
             reg::QUEUE_READY => self.write_queue_ready(value),
             reg::QUEUE_NOTIFY => self.notify(value),
-            reg::INTERRUPT_ACK => self.interrupt_status &= !value,
+            reg::INTERRUPT_ACK => {
+                self.interrupt_status &= !value;
+                if self.dev.owns_interrupts() {
+                    self.dev.ack_interrupt(value);
+                }
+            }
             reg::STATUS => self.write_status(value),
             reg::QUEUE_DESC_LOW
             | reg::QUEUE_DESC_HIGH
@@ -467,6 +492,7 @@ impl<M: GuestMemory + Send, D: VirtioDevice> MmioDevice for VirtioMmio<M, D> {
     }
 
     fn read(&mut self, _vcpu: VcpuId, offset: u64, width: AccessWidth) -> Result<u64, MmioError> {
+        self.poll_device_error();
         if offset >= reg::CONFIG {
             if !config_access_ok(offset, width) || offset >= SLOT_SIZE {
                 return Err(MmioError::BadAccess);
@@ -493,6 +519,7 @@ impl<M: GuestMemory + Send, D: VirtioDevice> MmioDevice for VirtioMmio<M, D> {
         width: AccessWidth,
         value: u64,
     ) -> Result<(), MmioError> {
+        self.poll_device_error();
         if offset >= reg::CONFIG {
             if !config_access_ok(offset, width) || offset >= SLOT_SIZE {
                 return Err(MmioError::BadAccess);

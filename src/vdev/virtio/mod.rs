@@ -1,7 +1,7 @@
 //! virtio devices over the MMIO transport (virtio 1.2 §4.2, version 2 only), as pure state
 //! machines: the transport ([`mmio::VirtioMmio`]), split virtqueues ([`queue`]), checked guest
 //! memory ([`mem`]), the empty slot of QEMU virt's virtio-mmio window ([`empty::EmptySlot`])
-//! and the block device ([`blk`]).
+//! the block device ([`blk`]) and the network device ([`net`]).
 //!
 //! The backends run in the EL2 kernel, in the exit handler: a QueueNotify write processes the
 //! queue at once, so an I/O exit never leaves the hypervisor. A driver that breaks the rules
@@ -23,6 +23,7 @@ pub mod blk;
 pub mod empty;
 pub mod mem;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 
 use core::fmt;
@@ -31,7 +32,7 @@ use crate::mm::GuestPhysAddr;
 
 pub use mem::{GuestMemory, VecMemory};
 pub use mmio::VirtioMmio;
-pub use queue::{Area, ChainFault, Request, ShortBuffer};
+pub use queue::{Area, ChainFault, Request, ShortBuffer, SplitQueue};
 
 /// Guest physical address of virtio-mmio slot 0 (QEMU virt's VIRT_MMIO).
 pub const SLOTS_BASE: GuestPhysAddr = GuestPhysAddr(0x0A00_0000);
@@ -62,6 +63,7 @@ pub const VENDOR_ID: u32 = 0x5356_4C45;
 /// Device IDs (§5).
 pub mod device_id {
     pub const NONE: u32 = 0;
+    pub const NET: u32 = 1;
     pub const BLOCK: u32 = 2;
 }
 
@@ -225,6 +227,39 @@ pub trait VirtioDevice: Send {
     /// into the writable buffers (the used element's `len`, §2.7.8), or a reason the chain
     /// cannot be completed at all (the device then needs a reset).
     fn handle(&mut self, queue: u16, req: &mut Request<'_>) -> Result<u32, &'static str>;
+
+    // The hooks below are for a device one of whose queues is filled from outside this VM's
+    // exits (virtio-net's receive queue, filled by a switch on another CPU). Every default
+    // leaves the transport as it is for a device served only in its own exits (virtio-blk).
+
+    /// QueueNotify of `queue`: true if the device takes it, so the transport does not
+    /// process the queue itself (a receive queue's buffers wait for frames).
+    fn takes_notify(&mut self, _queue: u16) -> bool {
+        false
+    }
+    /// Queue `queue` became ready (with its validated state) or not ready (`None`).
+    fn queue_ready(&mut self, _queue: u16, _q: Option<&SplitQueue>) {}
+    /// The driver set DRIVER_OK (§3.1.1 step 8): the device may use its queues.
+    fn driver_ok(&mut self) {}
+    /// True if the device keeps InterruptStatus itself (and drives its interrupt line
+    /// directly), because it is raised from outside this VM's exits too; the transport then
+    /// hands every bit it would set to [`Self::raise_interrupt`].
+    fn owns_interrupts(&self) -> bool {
+        false
+    }
+    /// Sets InterruptStatus bits (only if [`Self::owns_interrupts`]).
+    fn raise_interrupt(&mut self, _bits: u32) {}
+    /// InterruptStatus bits the device keeps (only if [`Self::owns_interrupts`]).
+    fn interrupt_status(&self) -> u32 {
+        0
+    }
+    /// InterruptACK (only if [`Self::owns_interrupts`]).
+    fn ack_interrupt(&mut self, _bits: u32) {}
+    /// A driver error the device found outside this VM's exits (in a receive queue filled
+    /// from another VM); the transport takes it at the next register access.
+    fn take_error(&mut self) -> Option<VirtioError> {
+        None
+    }
 }
 
 #[cfg(test)]
