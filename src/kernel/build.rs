@@ -214,7 +214,7 @@ pub(super) fn build_vm(
         }
     }
 
-    let virtio_nodes = super::virtio::add_devices(cfg, plat, vm_ram, &mut bus)?;
+    let virtio_nodes = super::virtio::add_devices(id, cfg, plat, vm_ram, &mut bus)?;
     // Shared memory with other VMs: the regions in stage 2, a doorbell page each on the bus.
     let shmem_nodes = super::shmem::attach(cfg, plat, vm_ram, &mut bus)?;
     // The power button (kernel::lifecycle::press_power_button): a PL061 where QEMU virt has

@@ -42,6 +42,7 @@ mod images;
 mod irq;
 pub mod lifecycle;
 mod lrs;
+mod net;
 pub mod ram;
 pub mod sched;
 mod shell;

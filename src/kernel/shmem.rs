@@ -48,40 +48,47 @@ struct Lines {
 
 impl DoorbellLines for Lines {
     fn set_line(&self, member: usize, level: bool) {
-        let Some(&(id, intid)) = self.members.get(member) else {
-            return;
-        };
-        // Before the VMs are published nothing runs that could ring.
-        let Some(&vm) = super::vms().get(usize::from(id.0)) else {
-            return;
-        };
-        let mut kicks = {
-            let mut vg = vm.vgic.lock();
-            let k = vg
-                .set_level(intid, VcpuId(0), level)
-                .unwrap_or(KickSet::EMPTY);
-            k.union(vg.take_kicks())
-        };
-        if !level {
-            return;
+        if let Some(&(id, intid)) = self.members.get(member) {
+            set_vm_line(id, intid, level);
         }
-        // As the power button does: a vCPU 0 waiting in WFI looks again even when the vGIC
-        // reported no target (the line's interrupt not enabled yet, say).
-        if kicks.is_empty() {
-            kicks = KickSet::single(0);
-        }
-        // A kick for every target's CPU, this one included: the kick interrupt, taken right
-        // after the return to the ringing guest, brings this CPU to its scheduler when the
-        // target waits here.
-        let mut sent: u64 = 0;
-        for t in kicks.iter() {
-            let Some(&pcpu) = vm.placement.get(usize::from(t.0)) else {
-                continue;
-            };
-            if pcpu < MAX_CPUS && sent & (1 << pcpu) == 0 {
-                sent |= 1 << pcpu;
-                gic::kick(CPU_MPIDR[pcpu].load(Ordering::Relaxed), pcpu);
-            }
+    }
+}
+
+/// Drives the level of SPI `intid` of VM `id` from any CPU (a doorbell, a virtual switch
+/// delivering a frame), and on a rising edge kicks the CPUs of the vCPUs it targets.
+/// Takes the target VM's vGIC lock: callers may hold a bus, a doorbell group or a switch
+/// port lock, never a vGIC lock.
+pub(super) fn set_vm_line(id: VmId, intid: u32, level: bool) {
+    // Before the VMs are published nothing runs that could ring.
+    let Some(&vm) = super::vms().get(usize::from(id.0)) else {
+        return;
+    };
+    let mut kicks = {
+        let mut vg = vm.vgic.lock();
+        let k = vg
+            .set_level(intid, VcpuId(0), level)
+            .unwrap_or(KickSet::EMPTY);
+        k.union(vg.take_kicks())
+    };
+    if !level {
+        return;
+    }
+    // As the power button does: a vCPU 0 waiting in WFI looks again even when the vGIC
+    // reported no target (the line's interrupt not enabled yet, say).
+    if kicks.is_empty() {
+        kicks = KickSet::single(0);
+    }
+    // A kick for every target's CPU, this one included: the kick interrupt, taken right
+    // after the return to the ringing guest, brings this CPU to its scheduler when the
+    // target waits here.
+    let mut sent: u64 = 0;
+    for t in kicks.iter() {
+        let Some(&pcpu) = vm.placement.get(usize::from(t.0)) else {
+            continue;
+        };
+        if pcpu < MAX_CPUS && sent & (1 << pcpu) == 0 {
+            sent |= 1 << pcpu;
+            gic::kick(CPU_MPIDR[pcpu].load(Ordering::Relaxed), pcpu);
         }
     }
 }

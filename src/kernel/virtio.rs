@@ -1,5 +1,6 @@
 //! A VM's virtio-mmio devices: each `disk` module as a virtio-blk device in slot 0, 1, ... of
-//! QEMU virt's virtio-mmio window, and an empty transport in every other slot (issue 14:
+//! QEMU virt's virtio-mmio window, then each NIC as a virtio-net device (`super::net`), and an
+//! empty transport in every other slot (issue 14:
 //! probing the window never faults). The devices run in the exit handler (`vdev::virtio`);
 //! their interrupt outputs go to SPI 16 + slot through the bus's edge reports.
 
@@ -25,6 +26,7 @@ use super::VmError;
 /// slots that hold a device (`virtio,mmio`, its window and its level-sensitive SPI), in the
 /// form the guest DT generator writes for device nodes.
 pub(super) fn add_devices(
+    id: crate::vm::VmId,
     cfg: &VmConfig,
     plat: &Platform,
     ram: &'static super::ram::VmRam,
@@ -76,7 +78,13 @@ pub(super) fn add_devices(
                 });
                 bus.add_with_irq(base, Box::new(dev), Some(intid))
             }
-            None => bus.add(base, Box::new(EmptySlot)),
+            None => match n.checked_sub(cfg.disks.len()).and_then(|k| cfg.nics.get(k)) {
+                Some(nic) => {
+                    nodes.push(super::net::add_nic(id, cfg, nic, n, ram, bus)?);
+                    Ok(())
+                }
+                None => bus.add(base, Box::new(EmptySlot)),
+            },
         };
         placed.map_err(|_| VmError {
             node: cfg.node_path.clone(),

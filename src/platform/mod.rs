@@ -285,6 +285,7 @@ pub fn parse_host(
                 ));
             }
             crate::vm::config::check_disks_against(&vm, &vms)?;
+            crate::vm::config::check_nics_against(&vm, &vms)?;
             crate::vm::config::check_host_ram_against(&vm, &vms)?;
             // RAM at a fixed host address is kept from the frame allocator like a module.
             reserved.extend(vm.fixed_host_ram());

@@ -199,6 +199,7 @@ fn vm_fixture() {
             autostart: true,
             sve_vector_bits: None,
             shmem: Vec::new(),
+            nics: Vec::new(),
         }]
     );
     assert!(p.reserved.contains(&kernel));
@@ -1081,5 +1082,107 @@ fn shmem_regions_and_maps() {
         e.to_string(),
         "device tree node /chosen/vm-b/m property \"elvisor,shmem\": no shared-memory region \
          \"nope\" (a /chosen node compatible with \"elvisor,shmem\")"
+    );
+}
+
+/// NICs (vm::config::nic): parsed in node order; refused with a malformed, multicast or
+/// all-zero MAC, without a switch name, or with a MAC already on the same switch (in the same
+/// VM or an earlier one). The same MAC on two different switches is fine.
+#[test]
+fn vm_nics() {
+    type NicSpec<'a> = (&'a str, Option<&'a [u8]>, Option<&'a str>);
+    let nic = |w: &mut FdtWriter, (name, mac, sw): NicSpec<'_>| -> FdtWriterResult<()> {
+        let n = w.begin_node(name)?;
+        w.property_string("compatible", "elvisor,virtio-net")?;
+        if let Some(m) = mac {
+            w.property("mac-address", m)?;
+        }
+        if let Some(s) = sw {
+            w.property_string("elvisor,switch", s)?;
+        }
+        w.end_node(n)
+    };
+    let tree = |a: &[NicSpec<'_>], b: &[NicSpec<'_>]| {
+        host_dt(true, &|w| {
+            stdout(w)?;
+            for (i, (name, nics)) in [("vm-a", a), ("vm-b", b)].into_iter().enumerate() {
+                let vm = w.begin_node(name)?;
+                w.property_string("compatible", "elvisor,vm")?;
+                good_vm(w)?;
+                let k = w.begin_node("kernel")?;
+                w.property_string("compatible", "multiboot,kernel")?;
+                w.property_array_u64("reg", &[0x6000_0000 + i as u64 * 0x100_0000, 0x1000])?;
+                w.end_node(k)?;
+                for &spec in nics {
+                    nic(w, spec)?;
+                }
+                w.end_node(vm)?;
+            }
+            Ok(())
+        })
+    };
+    const M1: &[u8] = &[0x52, 0x54, 0, 0x12, 0x34, 1];
+    const M2: &[u8] = &[0x52, 0x54, 0, 0x12, 0x34, 2];
+    let p = parse_ok(&tree(
+        &[
+            ("nic0", Some(M1), Some("lan0")),
+            ("nic1", Some(M1), Some("lan1")),
+        ],
+        &[("nic0", Some(M2), Some("lan0"))],
+    ));
+    let n = &p.vms[0].nics;
+    assert_eq!(n.len(), 2);
+    assert_eq!(n[0].node_path, "/chosen/vm-a/nic0");
+    assert_eq!(n[0].mac, [0x52, 0x54, 0, 0x12, 0x34, 1]);
+    assert_eq!(
+        (n[0].switch.as_str(), n[1].switch.as_str()),
+        ("lan0", "lan1")
+    );
+    assert_eq!(p.vms[1].nics[0].mac[5], 2);
+
+    let one = |spec: NicSpec<'static>| tree(&[spec], &[]);
+    let path = "/chosen/vm-a/nic";
+    assert_error(&one(("nic", None, Some("lan0"))), path, "mac-address");
+    assert_error(
+        &one(("nic", Some(&[1, 2, 3]), Some("lan0"))),
+        path,
+        "mac-address",
+    );
+    assert_error(
+        &one(("nic", Some(&[0x53, 0, 0, 0, 0, 1]), Some("l"))),
+        path,
+        "mac-address",
+    );
+    assert_error(
+        &one(("nic", Some(&[0; 6]), Some("lan0"))),
+        path,
+        "mac-address",
+    );
+    assert_error(&one(("nic", Some(M1), None)), path, "elvisor,switch");
+    assert_error(&one(("nic", Some(M1), Some(""))), path, "elvisor,switch");
+    // A duplicate MAC on one switch: within a VM, and across VMs.
+    assert_error(
+        &tree(
+            &[
+                ("nic0", Some(M1), Some("lan0")),
+                ("nic1", Some(M1), Some("lan0")),
+            ],
+            &[],
+        ),
+        "/chosen/vm-a/nic1",
+        "mac-address",
+    );
+    let e = parse_err(&tree(
+        &[("nic0", Some(M1), Some("lan0"))],
+        &[("nic0", Some(M1), Some("lan0"))],
+    ));
+    assert_eq!(
+        (e.node.as_str(), e.property.as_str()),
+        ("/chosen/vm-b/nic0", "mac-address")
+    );
+    assert_eq!(
+        e.to_string(),
+        "device tree node /chosen/vm-b/nic0 property \"mac-address\": \
+         52:54:00:12:34:01 is already on switch \"lan0\" (/chosen/vm-a/nic0)"
     );
 }

@@ -14,11 +14,14 @@ use crate::fdt::ConfigError;
 use crate::mm::{PhysAddr, PhysRange};
 
 mod disk;
+mod nic;
 mod node;
 mod shmem;
 
 pub(crate) use disk::check_disks_against;
 pub use disk::disk_id_bytes;
+pub(crate) use nic::check_nics_against;
+pub use nic::{Nic, mac_string};
 
 pub use node::MAX_VCPUS;
 pub(crate) use node::{VmLimits, parse_vm};
@@ -69,6 +72,9 @@ pub struct VmConfig {
     /// Shared-memory regions this VM maps (subnodes compatible "elvisor,shmem-map"), in node
     /// order; linked to the regions by [`link_shmem`].
     pub shmem: Vec<ShmemMap>,
+    /// virtio-net devices on virtual switches (subnodes compatible "elvisor,virtio-net"), in
+    /// virtio-mmio slot order after the disks.
+    pub nics: Vec<Nic>,
 }
 
 impl VmConfig {

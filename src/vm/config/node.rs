@@ -177,6 +177,7 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
     images.extend(ramdisk);
     let disks = super::disk::parse_disks(lin, limits, &images)?;
     let shmem = super::shmem::parse_maps(lin)?;
+    let nics = super::nic::parse_nics(lin, disks.len())?;
 
     Ok(VmConfig {
         name,
@@ -195,6 +196,7 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
         autostart,
         sve_vector_bits,
         shmem,
+        nics,
     })
 }
 

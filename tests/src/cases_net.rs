@@ -1,0 +1,45 @@
+//! System cases of virtio-net and the virtual switch (guests/net, boards/qemu-virt/vms/net-a.dtsi
+//! and net-b.dtsi): two VMs with one NIC each on switch "lan0" find their devices, broadcast
+//! until each hears the other, then exchange unicast frames of 60 to 1514 bytes whose every byte
+//! is checked on arrival; a malformed and an oversize frame are dropped by the switch. GICv3
+//! with VHE and GICv2 without. Hooked into [`crate::cases::CASES`] by name.
+
+use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
+
+/// The NICs placed, then the checks in causal order: B hears A's broadcast before A can learn
+/// that B did; B reports the unicast exchange before it sends the DONE that A waits for.
+const NET_LINES: &[&str] = &[
+    "net-a: virtio-net in slot 0 at 0xa000000 (SPI 16): 52:54:00:12:34:01, switch \"lan0\" port 0",
+    "net-b: virtio-net in slot 0 at 0xa000000 (SPI 16): 52:54:00:12:34:02, switch \"lan0\" port 1",
+    "[net-b] NET PASS: broadcast: A's HELLO arrived",
+    "[net-a] NET PASS: broadcast: B's HELLO arrived, B heard A's",
+    "[net-a] NET PASS: interrupt: InterruptStatus and the vGIC's pending bit",
+    "[net-b] NET PASS: unicast: 8 frames from A, every byte checked, echoed",
+    "[net-a] NET PASS: unicast: 8 frames of 60 to 1514 bytes to B and their echoes, every byte checked",
+    "[net-a] NET RESULT: passed=7 failed=0",
+    "all VMs stopped; powering off",
+];
+
+pub const NET_GICV3: Case = Case {
+    name: "net-switch-gicv3",
+    about: "virtio-net on a virtual switch between two VMs: broadcast, unicast of 60..1514-byte frames checked byte by byte, malformed and oversize frames dropped; GICv3, VHE",
+    machine: VIRT_V3_VHE,
+    boot: Boot::Direct,
+    vms: &["net-a", "net-b"],
+    bootargs: None,
+    timeout_s: 60,
+    expect: NET_LINES,
+    reject: &["NET FAIL", "device needs reset"],
+    exit: Exit::Status(0),
+    console_input: None,
+    image: Image::Normal,
+    allow: &[],
+    reject_after_exit: &[],
+};
+
+pub const NET_GICV2: Case = Case {
+    name: "net-switch-gicv2",
+    about: "the virtio-net pair on vGICv2, cortex-a72 (non-VHE)",
+    machine: VIRT_V2_NVHE,
+    ..NET_GICV3
+};
