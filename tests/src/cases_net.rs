@@ -43,3 +43,49 @@ pub const NET_GICV2: Case = Case {
     machine: VIRT_V2_NVHE,
     ..NET_GICV3
 };
+
+/// Debian's unmodified Linux twice on one switch (linux-net-a.dtsi, linux-net-b.dtsi): its own
+/// virtio_net makes each NIC eth0 and each VM pings the other. The two ping lines come in either
+/// order, so the case looks for the success text twice. (The TCP stream of init.net.tx /
+/// init.net.rx stalls after the pings and is not part of the case yet.)
+const LINUX_NET_LINES: &[&str] = &[
+    "linux-a: virtio-net in slot 0 at 0xa000000 (SPI 16): 52:54:00:12:34:01, switch \"lan0\" port 0",
+    "linux-b: virtio-net in slot 0 at 0xa000000 (SPI 16): 52:54:00:12:34:02, switch \"lan0\" port 1",
+    "INIT: net: ping 10.0.0.",
+    "3 packets transmitted, 3 packets received",
+    "INIT: net: ping 10.0.0.",
+    "3 packets transmitted, 3 packets received",
+    "all VMs stopped; powering off",
+];
+
+pub const LINUX_NET_GICV3: Case = Case {
+    name: "linux-net-gicv3",
+    about: "two Debian Linux VMs on one virtual switch with their own virtio_net: ping both ways; GICv3, VHE",
+    machine: VIRT_V3_VHE,
+    boot: Boot::Direct,
+    vms: &["linux-net-a", "linux-net-b"],
+    bootargs: None,
+    timeout_s: 180,
+    expect: LINUX_NET_LINES,
+    reject: &[
+        "Kernel panic",
+        "Internal error:",
+        "BUG:",
+        "Oops",
+        "insmod",
+        "INIT: net: FAIL",
+        "device needs reset",
+    ],
+    exit: Exit::Status(0),
+    console_input: None,
+    image: Image::Normal,
+    allow: &[],
+    reject_after_exit: &[],
+};
+
+pub const LINUX_NET_GICV2: Case = Case {
+    name: "linux-net-gicv2",
+    about: "the two Linux VMs on one switch, vGICv2, cortex-a72 (non-VHE)",
+    machine: VIRT_V2_NVHE,
+    ..LINUX_NET_GICV3
+};
