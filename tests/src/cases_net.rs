@@ -45,27 +45,27 @@ pub const NET_GICV2: Case = Case {
 };
 
 /// Debian's unmodified Linux twice on one switch (linux-net-a.dtsi, linux-net-b.dtsi): its own
-/// virtio_net makes each NIC eth0 and each VM pings the other. The two ping lines come in either
-/// order, so the case looks for the success text twice. (The TCP stream of init.net.tx /
-/// init.net.rx stalls after the pings and is not part of the case yet.)
+/// virtio_net makes each NIC eth0, each VM pings the other, then A sends B 64 MiB over TCP with
+/// busybox nc and compares its MD5 with the one B sends back. B reports its ping only after the
+/// stream, so the lines of the two VMs come in one order.
 const LINUX_NET_LINES: &[&str] = &[
     "linux-a: virtio-net in slot 0 at 0xa000000 (SPI 16): 52:54:00:12:34:01, switch \"lan0\" port 0",
     "linux-b: virtio-net in slot 0 at 0xa000000 (SPI 16): 52:54:00:12:34:02, switch \"lan0\" port 1",
-    "INIT: net: ping 10.0.0.",
-    "3 packets transmitted, 3 packets received",
-    "INIT: net: ping 10.0.0.",
-    "3 packets transmitted, 3 packets received",
+    "[linux-a] INIT: net: ping 10.0.0.2: 3 packets transmitted, 3 packets received",
+    "[linux-b] INIT: net: ping 10.0.0.1: 3 packets transmitted, 3 packets received",
+    "[linux-b] INIT: net: received from TCP port 5000: md5 ",
+    "[linux-a] INIT: net: 64 MiB over TCP to 10.0.0.2: checksums match",
     "all VMs stopped; powering off",
 ];
 
 pub const LINUX_NET_GICV3: Case = Case {
     name: "linux-net-gicv3",
-    about: "two Debian Linux VMs on one virtual switch with their own virtio_net: ping both ways; GICv3, VHE",
+    about: "two Debian Linux VMs on one virtual switch with their own virtio_net: ping both ways, 64 MiB over TCP (busybox nc) with matching MD5 sums; GICv3, VHE",
     machine: VIRT_V3_VHE,
     boot: Boot::Direct,
     vms: &["linux-net-a", "linux-net-b"],
     bootargs: None,
-    timeout_s: 180,
+    timeout_s: 300,
     expect: LINUX_NET_LINES,
     reject: &[
         "Kernel panic",
