@@ -28,6 +28,10 @@ PLUGIN_SO = os.path.join(PLUGIN_TARGET, "release", "libelvisor_insn_plugin.so")
 
 # Benchmarks measured as loop_bench (real loop - empty loop) in guests/bench.
 LOOP_BENCHMARKS = ("hypercall", "psci-version", "io-kernel", "vgic-dist-read", "sysreg-trap")
+# Benchmarks timed one trap at a time between two counter reads of one CPU: first-touch (a
+# read, the store that faults, a read) and vm-switch (in the two-VM run: one VM's read before
+# its yield, the other VM's read after its own yield returned, both on CPU 0).
+TRAP_BENCHMARKS = ("first-touch", "vm-switch")
 # The guest's instruction figure and the plugin's count of the same intervals may differ by
 # this fraction (plus one instruction per iteration): icount and the plugin's inline counter
 # can disagree on an instruction that faults and is re-executed.
@@ -126,6 +130,29 @@ def loop_figures(segment, iters, total):
             for el in ("el1", "el2")}
 
 
+def trap_figures(segment, iters, per_iter):
+    """Per-operation EL2 counts of a benchmark timed one trap at a time, or None.
+
+    The operations are the intervals between consecutive marks of CPU 0 that contain an entry
+    into EL2 and are about as long as the guest's figure (within a fifth: the guest's figure
+    subtracts a two-instruction baseline, the segment also holds the set-up's own exits); there
+    must be exactly `iters` of them and their mean must match the figure to within TOLERANCE.
+    Only EL2 is reported: the guest's share of such an interval is its own timing code."""
+    cpu0 = [m for m in segment if m.get("cpu") == "0"]
+    ops = []
+    for a, b in zip(cpu0, cpu0[1:]):
+        d = diff(a, b)
+        if d["el2"]["entry"] >= 1 and abs(insns(d) - per_iter) <= 0.2 * per_iter:
+            ops.append(d)
+    if len(ops) != iters:
+        return None
+    mean = sum(insns(d) for d in ops) / iters
+    if abs(mean - per_iter) > TOLERANCE * per_iter + 2:
+        return None
+    el2 = {f: sum(d["el2"][f] for d in ops) / iters for f in ops[0]["el2"]}
+    return {"el1": {f: 0.0 for f in el2}, "el2": el2}
+
+
 def per_benchmark(text, results):
     """-> ({benchmark: {el: {field: per-op}}}, plugin total dict or None) for one run's output.
     `results` is scripts/bench's parsed results of the same run."""
@@ -137,11 +164,25 @@ def per_benchmark(text, results):
         line_end = clean.find("\n", start)
         prev_end = line_end if line_end >= 0 else len(clean)
         res = results.get(name)
-        if name in LOOP_BENCHMARKS and res and res.get("status") == "measured":
+        if not res or res.get("status") != "measured":
+            continue
+        fig = None
+        if name in LOOP_BENCHMARKS:
             fig = loop_figures(segment, res["iters"], res["total"])
-            if fig is not None:
-                out[name] = fig
+        elif name in TRAP_BENCHMARKS:
+            fig = trap_figures(segment, res["iters"], res["per_iter"])
+        if fig is not None:
+            out[name] = fig
     return out, total
+
+
+def switch_figures(text, result):
+    """vm-switch's per-switch EL2 counts from the two-VM run's output (its marks all precede
+    the trace's end), or None."""
+    if not result or result.get("status") != "measured":
+        return None
+    _, marks, _ = split_output(text)
+    return trap_figures([m for _, m in marks], result["iters"], result["per_iter"])
 
 
 def column_value(fig, fields, els):
@@ -180,10 +221,12 @@ METHOD = [
     " to the exception level of its translation block (PSTATE read once per executed block)."
     " The plugin marks every counter read the guest times between; a loop benchmark's figure is"
     " (real loop − empty loop) / iterations, the same intervals and arithmetic as the"
-    " instruction figure, and is shown only when the plugin's instruction count of those"
-    " intervals matches the guest's figure. Counts are at EL2 (the hypervisor); \"+ n at EL1\""
-    " is the guest's own share (its `hvc`/`mrs` that trapped). \"—\": not derived for this"
-    " benchmark (it is not a loop of one operation). The plugin is loaded into the first run of"
+    " instruction figure; `first-touch` and `vm-switch` (from the two-VM run) average the"
+    " intervals between two counter reads that hold one trap each. A figure is shown only when"
+    " the plugin's instruction count of those intervals matches the guest's instruction figure."
+    " Counts are at EL2 (the hypervisor); \"+ n at EL1\" is the guest's own share (its"
+    " `hvc`/`mrs` that trapped). \"—\": not derived for this benchmark (its interval does not"
+    " start at a counter read, or spans two CPUs). The plugin is loaded into the first run of"
     " each hypervisor configuration only; the repeated run without it gave identical BENCH"
     " lines, so the plugin does not change the instruction figures.",
 ]
@@ -200,7 +243,7 @@ def check(runs, hv_cfgs):
         if classes is None:
             problems.append(f"{c}: no class figures (plugin not loaded)")
             continue
-        for n in LOOP_BENCHMARKS:
+        for n in LOOP_BENCHMARKS + TRAP_BENCHMARKS:
             res = runs[c]["parsed"]["results"].get(n)
             if not res or res["status"] != "measured":
                 continue

@@ -19,8 +19,8 @@
 //! below EL2 that begins a translation block (the points a guest times between: QEMU ends a
 //! block at every `isb`, and a timed read follows one), with the counts of all vCPUs so far;
 //! `<counts>` is `FIELD:VALUE,...` with the fields of [`FIELDS`] (EL0 is folded into el1, EL3
-//! into el2). A vCPU's marks at the address of its previous mark (a polling loop) are left
-//! out; `after_repeats` on its next mark says how many. Plugin argument `marks=off` leaves
+//! into el2). A vCPU's marks at the address of its previous mark with no exception entry in
+//! between (a polling loop) are left out; `after_repeats` on its next mark says how many. Plugin argument `marks=off` leaves
 //! all mark lines out.
 //!
 //! The counts are global over all vCPUs, like the guest's counter under `-icount shift=0`;
@@ -87,6 +87,8 @@ struct Vcpu {
     /// Address of this vCPU's last mark, and the marks at that address left out since.
     last_mark: Option<u64>,
     repeats: u64,
+    /// The vCPU entered a higher EL since its last mark.
+    entered: bool,
 }
 
 struct State {
@@ -190,19 +192,22 @@ fn block_start(index: VCPUIndex, mark: Option<(u64, Counter)>) {
         && el > prev
     {
         s.counts[usize::from(el)][ENTRY] += 1;
+        s.vcpu(index).entered = true;
     }
     let Some((pc, counter)) = mark else { return };
     if el.is_none_or(|el| el >= 2) || !s.marks {
         return;
     }
     // A polling loop reads the counter at one address over and over: only its first mark is
-    // printed, and the next mark at another address says how many were left out.
+    // printed, and the next mark at another address says how many were left out. A mark after
+    // an exception entry is always printed (two VMs on one CPU run the same code).
     let v = s.vcpu(index);
-    if v.last_mark == Some(pc) {
+    if v.last_mark == Some(pc) && !v.entered {
         v.repeats += 1;
         return;
     }
     v.last_mark = Some(pc);
+    v.entered = false;
     let repeats = std::mem::take(&mut v.repeats);
     s.settle_all();
     s.seq += 1;
