@@ -26,6 +26,9 @@
 
 use elvisor_guest_rt::arch::mmio::Region;
 use elvisor_guest_rt::timer::{Timer, ticks_from_us};
+use elvisor_guest_rt::virtio_mmio::{
+    ACKNOWLEDGE, DRIVER, DRIVER_OK, F_VERSION_1, FEATURES_OK, NEEDS_RESET, reg,
+};
 use elvisor_guest_rt::{BootInfo, Report, dt};
 
 elvisor_guest_rt::entry!(main);
@@ -35,33 +38,8 @@ const SLOT_SIZE: usize = 0x200;
 const GICD_BASE: usize = 0x0800_0000;
 const INTID: u32 = 48;
 
-mod reg {
-    pub const DEVICE_ID: usize = 0x008;
-    pub const DEVICE_FEATURES: usize = 0x010;
-    pub const DEVICE_FEATURES_SEL: usize = 0x014;
-    pub const DRIVER_FEATURES: usize = 0x020;
-    pub const DRIVER_FEATURES_SEL: usize = 0x024;
-    pub const QUEUE_SEL: usize = 0x030;
-    pub const QUEUE_NUM: usize = 0x038;
-    pub const QUEUE_READY: usize = 0x044;
-    pub const QUEUE_NOTIFY: usize = 0x050;
-    pub const INTERRUPT_STATUS: usize = 0x060;
-    pub const INTERRUPT_ACK: usize = 0x064;
-    pub const STATUS: usize = 0x070;
-    pub const QUEUE_DESC_LOW: usize = 0x080;
-    pub const QUEUE_DRIVER_LOW: usize = 0x090;
-    pub const QUEUE_DEVICE_LOW: usize = 0x0a0;
-    pub const CONFIG: usize = 0x100;
-}
-
-const ACKNOWLEDGE: u32 = 1;
-const DRIVER: u32 = 2;
-const DRIVER_OK: u32 = 4;
-const FEATURES_OK: u32 = 8;
-const NEEDS_RESET: u32 = 64;
 const F_MAC: u64 = 1 << 5;
 const F_STATUS: u64 = 1 << 16;
-const F_VERSION_1: u64 = 1 << 32;
 const WRITE: u32 = 2;
 
 const QSIZE: u16 = 16;

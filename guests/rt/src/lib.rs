@@ -44,6 +44,7 @@ pub mod report;
 pub mod smccc;
 pub mod smp;
 pub mod timer;
+pub mod virtio_mmio;
 
 mod panic;
 
