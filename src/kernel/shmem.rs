@@ -19,7 +19,6 @@ use spin::Once;
 
 use super::sched::CPU_MPIDR;
 use super::{FRAMES, VmError};
-use crate::arch::aarch64::cpu::MAX_CPUS;
 use crate::arch::aarch64::gic;
 use crate::arch::aarch64::ram::RamRegion;
 use crate::arch::aarch64::sync::Mutex;
@@ -81,14 +80,10 @@ pub(super) fn set_vm_line(id: VmId, intid: u32, level: bool) {
     // A kick for every target's CPU, this one included: the kick interrupt, taken right
     // after the return to the ringing guest, brings this CPU to its scheduler when the
     // target waits here.
-    let mut sent: u64 = 0;
-    for t in kicks.iter() {
-        let Some(&pcpu) = vm.placement.get(usize::from(t.0)) else {
-            continue;
-        };
-        if pcpu < MAX_CPUS && sent & (1 << pcpu) == 0 {
-            sent |= 1 << pcpu;
-            gic::kick(CPU_MPIDR[pcpu].load(Ordering::Relaxed), pcpu);
+    if super::lifecycle::kick_all(vm, kicks) {
+        let me = super::sched::this_index();
+        if let Some(mpidr) = CPU_MPIDR.get(me) {
+            gic::kick(mpidr.load(Ordering::Relaxed), me);
         }
     }
 }
