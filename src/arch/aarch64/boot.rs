@@ -42,6 +42,13 @@ pub const CPTR_EL2_NVHE: u64 = 0x33ff;
 
 core::arch::global_asm!(
     r#"
+    // The stack area's layout, for linker.ld (which sizes .stacks with them): absolute symbols,
+    // so arch/aarch64/cpu.rs is their only definition.
+    .global ELVISOR_MAX_CPUS
+    .set    ELVISOR_MAX_CPUS, {max_cpus}
+    .global ELVISOR_PERCPU_STACKS_BYTES
+    .set    ELVISOR_PERCPU_STACKS_BYTES, {percpu}
+
     .section .text.head, "ax"
     .global _start
 _start:
@@ -201,6 +208,7 @@ elvisor_secondary_entry:
     b       6b
 "#,
     percpu = const super::cpu::PERCPU_STACKS_BYTES,
+    max_cpus = const super::cpu::MAX_CPUS,
     moved = sym ELVISOR_MOVED_FROM,
     stack_off = const GUARD_BYTES + STACK_BYTES,
     hcr = const HCR_EL2_BOOT,

@@ -192,7 +192,9 @@ el2_vectors:
     .balign 0x80
     GUEST_EXIT 3
 
-    .text
+    // The exit tails stay in .text.vectors, next to the table: GUEST_EXIT_SYNC reaches
+    // elvisor_fast_resume with a TBZ, whose range is only +/-32 KiB (ARM ARM C6.2.363), and
+    // an unoptimised build's .text is far larger than that.
     .balign 64
     // The fast path handled the exit: x0 = the frame. Restores what GUEST_EXIT_SYNC saved
     // (x19..x29 still hold the guest's values).
