@@ -72,7 +72,7 @@ pub fn fast_sync(v: &mut Vcpu, esr: Esr, full_frame: bool) -> bool {
                 return false;
             };
             v.regs.set(acc.rt, value);
-            v.regs.elr = v.regs.elr.wrapping_add(4);
+            v.regs.skip_instruction(4);
             true
         }
         _ => false,
@@ -112,7 +112,7 @@ fn fast_mmio_read(v: &mut Vcpu, esr: Esr, full_frame: bool) -> bool {
         }
         drop(vg);
         crate::vm::exit::mmio_load_result(&mut v.regs, da, value);
-        v.regs.elr = v.regs.elr.wrapping_add(esr.insn_len());
+        v.regs.skip_instruction(esr.insn_len());
         return true;
     }
     let mut bus = vm.mmio.lock();
@@ -123,7 +123,7 @@ fn fast_mmio_read(v: &mut Vcpu, esr: Esr, full_frame: bool) -> bool {
         return false;
     };
     crate::vm::exit::mmio_load_result(&mut v.regs, da, value);
-    v.regs.elr = v.regs.elr.wrapping_add(esr.insn_len());
+    v.regs.skip_instruction(esr.insn_len());
     // Only the device just read can have changed its output, and only if the register
     // has read side effects (a UART's data register).
     let mut changed = false;
@@ -159,7 +159,7 @@ fn fast_sgi(v: &mut Vcpu, acc: &esr::SysRegAccess) -> bool {
     let value = v.regs.get(acc.rt);
     let vm = super::vm_of(v);
     let kicks = vm.vgic.lock().sgi(v.id, value, group1);
-    v.regs.elr = v.regs.elr.wrapping_add(4);
+    v.regs.skip_instruction(4);
     // (Not `kick_all`: that one reports a target here to its caller instead of kicking this
     // CPU, and costs about 50 instructions more on this path, over the IPI budget.)
     let mut sent: u64 = 0;

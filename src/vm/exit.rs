@@ -123,7 +123,7 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
         Exit::Hvc { imm } => smccc(ctx.regs, imm),
         Exit::Smc { imm } => {
             // A trapped SMC reports the SMC itself in ELR_EL2; step over it.
-            ctx.regs.elr = ctx.regs.elr.wrapping_add(4);
+            ctx.regs.skip_instruction(4);
             smccc(ctx.regs, imm)
         }
         Exit::DataAbort(da) => data_abort(ctx, esr, da, fault()),
@@ -154,14 +154,14 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
                     local_sysreg_read(&acc, ctx.ptimer, ctx.counter, ctx.id_read, false)
             {
                 ctx.regs.set(acc.rt, v);
-                ctx.regs.elr = ctx.regs.elr.wrapping_add(4);
+                ctx.regs.skip_instruction(4);
                 return Action::Resume;
             }
             if PhysTimer::handles(&acc) {
                 if let Some(v) = ctx.ptimer.access(&acc, value, (ctx.counter)()) {
                     ctx.regs.set(acc.rt, v);
                 }
-                ctx.regs.elr = ctx.regs.elr.wrapping_add(4);
+                ctx.regs.skip_instruction(4);
                 return Action::TimerChanged;
             }
             // ICC_SGI1R_EL1 / ICC_ASGI1R_EL1 / ICC_SGI0R_EL1 writes trap with HCR_EL2.IMO set.
@@ -172,18 +172,18 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
                     _ => None,
                 };
                 if let Some(group1) = group1 {
-                    ctx.regs.elr = ctx.regs.elr.wrapping_add(4);
+                    ctx.regs.skip_instruction(4);
                     return Action::Sgi { value, group1 };
                 }
             }
             match sysreg::emulate(&acc, value, ctx.debug, ctx.id_read) {
                 SysRegResult::Read(v) => {
                     ctx.regs.set(acc.rt, v);
-                    ctx.regs.elr = ctx.regs.elr.wrapping_add(4);
+                    ctx.regs.skip_instruction(4);
                     Action::Resume
                 }
                 SysRegResult::Written => {
-                    ctx.regs.elr = ctx.regs.elr.wrapping_add(4);
+                    ctx.regs.skip_instruction(4);
                     if ctx.debug.sync_hw {
                         Action::DebugSync
                     } else {
@@ -211,7 +211,7 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
             ..
         } => Action::InjectUndef,
         Exit::Wfx { wfe, .. } => {
-            ctx.regs.elr = ctx.regs.elr.wrapping_add(esr.insn_len());
+            ctx.regs.skip_instruction(esr.insn_len());
             Action::Wait { wfe }
         }
         Exit::Other { ec } => match ec {
@@ -315,7 +315,7 @@ fn data_abort(ctx: &mut ExitCtx<'_>, esr: Esr, da: DataAbort, f: Fault) -> Actio
     drop(bus);
     match result {
         Ok(()) => {
-            ctx.regs.elr = ctx.regs.elr.wrapping_add(esr.insn_len());
+            ctx.regs.skip_instruction(esr.insn_len());
             Action::Resume
         }
         Err(_) => {

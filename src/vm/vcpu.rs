@@ -38,7 +38,26 @@ impl GuestRegs {
             *r = v;
         }
     }
+
+    /// Completes an instruction the hypervisor emulated: the guest resumes `len` bytes on, and
+    /// a software step the guest had active is completed too. The trapped instruction was
+    /// taken with PSTATE.SS = 1 (active-not-pending); returning with SPSR.SS still 1 would let
+    /// the guest execute the next instruction before its step exception, stepping two. With
+    /// SS = 0 the ERET enters the active-pending state and the step exception is taken at
+    /// once, before the next instruction (ARM ARM D2.12.5, "Entering the active-pending state").
+    /// With MDSCR_EL1.SS = 0 the bit has no effect. Tested first so that the common case (not
+    /// stepping) stores nothing.
+    #[inline(always)]
+    pub fn skip_instruction(&mut self, len: u64) {
+        self.elr = self.elr.wrapping_add(len);
+        if self.spsr & SPSR_SS != 0 {
+            self.spsr &= !SPSR_SS;
+        }
+    }
 }
+
+/// SPSR_EL2.SS (bit 21): the software-step state to return to (ARM ARM C5.2.19).
+pub const SPSR_SS: u64 = 1 << 21;
 
 /// SPSR value for entering a guest: EL1h, D, A, I, F masked.
 pub const SPSR_EL1H_DAIF: u64 = 0x3c5;

@@ -22,6 +22,7 @@ const DEBUG_LINES: &[&str] = &[
     "DEBUG PASS: cpu0 switches-points",
     "DEBUG PASS: cpu0 step-el1",
     "DEBUG PASS: cpu0 step-el0",
+    "DEBUG PASS: cpu0 step-emulated",
     "DEBUG PASS: cpu0 switches-step",
     "DEBUG PASS: cpu0 brk",
     "DEBUG PASS: cpu0 oslock",

@@ -217,6 +217,21 @@ global_asm!(
     "debug_load:",
     "    ldr     x0, [x0]",
     "    ret",
+    // Instructions the hypervisor emulates (a trapped MMIO load, x0 = its address; a trapped
+    // system register read), each followed by `add x0, x0, #1; ret`: a step from the first
+    // must stop after it, not after the add.
+    ".balign 16",
+    ".global debug_emulated_load",
+    "debug_emulated_load:",
+    "    ldr     w1, [x0]",
+    "    add     x0, x0, #1",
+    "    ret",
+    ".balign 16",
+    ".global debug_emulated_sysreg",
+    "debug_emulated_sysreg:",
+    "    mrs     x1, cntp_ctl_el0",
+    "    add     x0, x0, #1",
+    "    ret",
     // EL0 versions end in `svc #0` instead of `ret`.
     ".balign 16",
     ".global debug_el0_target_a",
@@ -248,6 +263,8 @@ unsafe extern "C" {
     fn debug_target_a(x: u64) -> u64;
     fn debug_target_b(x: u64) -> u64;
     fn debug_load(addr: u64) -> u64;
+    fn debug_emulated_load(addr: u64) -> u64;
+    fn debug_emulated_sysreg(x: u64) -> u64;
     fn debug_el0_target_a();
     fn debug_el0_target_b();
     fn debug_el0_load();
@@ -261,6 +278,10 @@ pub enum Target {
     B,
     /// EL1: `ldr x0, [x0]; ret`.
     Load,
+    /// EL1: `ldr w1, [x0]; add x0, x0, #1; ret`, x0 an emulated device register.
+    EmulatedLoad,
+    /// EL1: `mrs x1, cntp_ctl_el0; add x0, x0, #1; ret` (trapped and emulated).
+    EmulatedSysreg,
     /// EL0: `nop; add; add; svc #0`.
     El0A,
     El0B,
@@ -274,6 +295,8 @@ impl Target {
             Target::A => debug_target_a as *const () as usize,
             Target::B => debug_target_b as *const () as usize,
             Target::Load => debug_load as *const () as usize,
+            Target::EmulatedLoad => debug_emulated_load as *const () as usize,
+            Target::EmulatedSysreg => debug_emulated_sysreg as *const () as usize,
             Target::El0A => debug_el0_target_a as *const () as usize,
             Target::El0B => debug_el0_target_b as *const () as usize,
             Target::El0Load => debug_el0_load as *const () as usize,

@@ -14,7 +14,9 @@
 //!              each vCPU calls all four targets and loads both words at EL1 and EL0:
 //!              exactly its own fire (EC, ELR, FAR checked)
 //!   step       MDSCR.SS + ERET with SPSR.SS at EL1 and at EL0: one step exception each,
-//!              at the second instruction; SS left set across yields never steps the other
+//!              at the second instruction, also when the first is one the hypervisor
+//!              emulates (an MMIO load, a trapped sysreg read); SS left set across yields
+//!              never steps the other
 //!   oslock     OSLAR = 1: OSLSR.OSLK reads 1; breakpoints (EL1, EL0) do not fire, BRK does,
 //!              also after yields; OSLAR = 0: they fire again
 //!   undef      DBGBCR/DBGBVR/DBGWCR one past ID_AA64DFR0_EL1's counts: UNDEFINED
@@ -369,6 +371,10 @@ fn run(cpu: usize, report: &mut Report) {
     arch::set_mdscr(MDSCR_KDE);
     let mut st1 = Expect::new("step-el1");
     let mut st0 = Expect::new("step-el0");
+    let mut stx = Expect::new("step-emulated");
+    let uartfr = elvisor_guest_rt::console::console()
+        .map_or(elvisor_guest_rt::boot::DEFAULT_UART_BASE, |c| c.base()) as u64
+        + 0x18;
     let mut sw = Switches::new(cpu);
     for round in 0..ROUNDS {
         let t = mine_el1;
@@ -377,6 +383,16 @@ fn run(cpu: usize, report: &mut Report) {
         let got = observe(|| r = arch::step_el1(t, round));
         st1.check(got, Some((EC_STEP_CUR, t.addr() as u64 + 4, false)));
         st1.bad += u64::from(r != round + 1);
+        // A step over an instruction the hypervisor emulates stops right after it too.
+        for (t, arg) in [
+            (Target::EmulatedLoad, uartfr),
+            (Target::EmulatedSysreg, round),
+        ] {
+            arch::set_mdscr(MDSCR_KDE | MDSCR_SS);
+            let got = observe(|| r = arch::step_el1(t, arg));
+            stx.check(got, Some((EC_STEP_CUR, t.addr() as u64 + 4, false)));
+            stx.bad += u64::from(r != arg + 1);
+        }
         arch::set_mdscr(MDSCR_KDE | MDSCR_SS);
         let got = observe(|| r = arch::call_el0(mine_el0, round, true));
         st0.check(
@@ -394,6 +410,7 @@ fn run(cpu: usize, report: &mut Report) {
     }
     st1.report(cpu, report);
     st0.report(cpu, report);
+    stx.report(cpu, report);
     sw.report("step", report);
     barrier(cpu, 5);
 
