@@ -376,3 +376,24 @@ fn hvc_smc_and_sysreg() {
         Action::TimerChanged
     );
 }
+
+#[test]
+fn emulated_instruction_completes_a_software_step() {
+    use crate::vm::vcpu::SPSR_SS;
+    let (mut regs, bus, mut dbg) = setup();
+    // smc #0 (trapped, ELR at the SMC) with PSTATE.SS = 1: emulated, then ELR + 4 and SS = 0,
+    // so the ERET takes the guest's step exception before the next instruction.
+    regs.spsr |= SPSR_SS;
+    regs.x[0] = 0xc300_0000;
+    assert_eq!(
+        run(&mut regs, &bus, &mut dbg, Esr(0x5e00_0000), 0),
+        Action::Resume
+    );
+    assert_eq!((regs.elr, regs.spsr & SPSR_SS), (0x4008_0004, 0));
+    // An HVC is not completed by the hypervisor (ELR is already past it, and the hardware set
+    // SPSR.SS for a stepped exception-generating instruction itself): SPSR is left alone.
+    regs.spsr |= SPSR_SS;
+    regs.x[0] = 0x8400_0000;
+    run(&mut regs, &bus, &mut dbg, Esr(0x5a00_0000), 0);
+    assert_eq!((regs.elr, regs.spsr & SPSR_SS), (0x4008_0004, SPSR_SS));
+}
