@@ -8,8 +8,9 @@
 //!
 //! A frame is checked before anything else (at least 14 bytes for the Ethernet header, at most
 //! 1514: no jumbo frames, no GSO) and dropped and counted against the sender otherwise. It is
-//! then handed to each receiving port's [`PortSink`], which copies it into one of the
-//! receiver's posted receive buffers or, with none posted, drops it and counts it against the
+//! then handed to each receiving port's [`PortSink`], which copies it straight from the
+//! sender's transmit buffers into one of the receiver's posted receive buffers (one copy per
+//! receiver, RAM to RAM: the switch itself reads only the 12 address bytes) or, with none posted, drops it and counts it against the
 //! *receiver*: a VM that does not pick up its frames loses its own frames, never another VM's,
 //! and the sender never waits.
 //!
@@ -35,6 +36,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use spin::Once;
 
 use crate::arch::aarch64::sync::Mutex;
+use crate::vdev::virtio::Request;
 
 /// A MAC address.
 pub type Mac = [u8; 6];
@@ -69,10 +71,51 @@ pub enum Delivery {
     BufferTooSmall,
 }
 
+/// A frame crossing the switch, still where the sender put it (its transmit buffers, in its
+/// VM's RAM): the switch reads the 12 address bytes of its header, and each receiver copies
+/// the frame from there into its own receive buffer in one step.
+pub trait Frame {
+    /// Length in bytes, Ethernet header included.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Copies `buf.len()` bytes at `offset` of the frame into `buf`; false if out of range.
+    fn read(&self, offset: usize, buf: &mut [u8]) -> bool;
+    /// Copies the whole frame to `offset` of `dst`'s writable part (RAM to RAM for a frame
+    /// in guest memory); false if it does not fit.
+    fn copy_to(&self, dst: &mut Request<'_>, offset: u32) -> bool;
+}
+
+/// A frame in hypervisor memory (tests, and any sender that builds frames itself).
+impl<T: AsRef<[u8]>> Frame for T {
+    fn len(&self) -> usize {
+        self.as_ref().len()
+    }
+
+    fn read(&self, offset: usize, buf: &mut [u8]) -> bool {
+        let bytes = self.as_ref();
+        match offset
+            .checked_add(buf.len())
+            .and_then(|end| bytes.get(offset..end))
+        {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn copy_to(&self, dst: &mut Request<'_>, offset: u32) -> bool {
+        dst.write(offset, self.as_ref()).is_ok()
+    }
+}
+
 /// The receiving side of a port: the NIC's receive queue, in another VM.
 pub trait PortSink: Send + Sync {
-    /// Copies `frame` (header included, no virtio-net header) into a receive buffer.
-    fn deliver(&self, frame: &[u8]) -> Delivery;
+    /// Copies `frame` (Ethernet header included, no virtio-net header) into a receive buffer.
+    fn deliver(&self, frame: &dyn Frame) -> Delivery;
 }
 
 /// Counters of one port, from the switch's point of view.
@@ -233,7 +276,7 @@ impl Switch {
 
     /// Port `from` sends `frame` (Ethernet header first, no virtio-net header). Never blocks
     /// on a receiver: each receiver takes the frame into a posted buffer or drops it.
-    pub fn send(&self, from: usize, frame: &[u8]) {
+    pub fn send(&self, from: usize, frame: &dyn Frame) {
         let Some(sender) = self.port(from) else {
             return;
         };
@@ -245,10 +288,16 @@ impl Switch {
             bump(&sender.stats.tx_oversize);
             return;
         }
+        // The addresses: the only bytes of the frame the switch itself reads.
+        let mut addrs = [0u8; 12];
+        if !frame.read(0, &mut addrs) {
+            bump(&sender.stats.tx_malformed);
+            return;
+        }
         let mut dst = [0u8; 6];
         let mut src = [0u8; 6];
-        dst.copy_from_slice(&frame[0..6]);
-        src.copy_from_slice(&frame[6..12]);
+        dst.copy_from_slice(&addrs[0..6]);
+        src.copy_from_slice(&addrs[6..12]);
         bump(&sender.stats.tx_frames);
         // The FDB lock is released here, before any receiver's lock is taken.
         match self.route(from, &dst, &src) {
@@ -283,7 +332,7 @@ impl Switch {
         }
     }
 
-    fn deliver(port: &Port, frame: &[u8]) {
+    fn deliver(port: &Port, frame: &dyn Frame) {
         let s = &port.stats;
         match port.sink.deliver(frame) {
             Delivery::Delivered => bump(&s.rx_frames),
@@ -307,7 +356,7 @@ mod tests {
     }
 
     impl PortSink for Sink {
-        fn deliver(&self, frame: &[u8]) -> Delivery {
+        fn deliver(&self, frame: &dyn Frame) -> Delivery {
             if !self.up {
                 return Delivery::NotReady;
             }
@@ -315,7 +364,9 @@ mod tests {
             if got.len() == self.room {
                 return Delivery::NoBuffer;
             }
-            got.push(frame.to_vec());
+            let mut bytes = vec![0u8; frame.len()];
+            assert!(frame.read(0, &mut bytes));
+            got.push(bytes);
             Delivery::Delivered
         }
     }

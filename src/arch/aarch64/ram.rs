@@ -206,6 +206,59 @@ impl crate::vdev::virtio::GuestMemory for GuestRamAccess {
                 unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), host as *mut u8, src.len()) };
             });
     }
+
+    fn as_any(&self) -> Option<&dyn core::any::Any> {
+        Some(self)
+    }
+
+    /// From another VM's (or this VM's) RAM: one copy, host run to host run, with no
+    /// hypervisor buffer in between (a frame crossing a virtual switch). Anything else goes
+    /// through the trait's bounce buffer.
+    fn copy_from_raw(
+        &mut self,
+        offset: u64,
+        src: &dyn crate::vdev::virtio::GuestMemory,
+        src_offset: u64,
+        len: u64,
+    ) {
+        let Some(from) = src
+            .as_any()
+            .and_then(|a| a.downcast_ref::<GuestRamAccess>())
+        else {
+            let mut bounce = [0u8; 256];
+            let mut done = 0u64;
+            while done < len {
+                let n = (len - done).min(bounce.len() as u64);
+                let buf = &mut bounce[..n as usize];
+                src.read_raw(src_offset + done, buf);
+                self.write_raw(offset + done, buf);
+                done += n;
+            }
+            return;
+        };
+        // Both sides backed first (a source block the guest never wrote reads as zeroes).
+        if !from.backing.ensure(src_offset, len) || !self.backing.ensure(offset, len) {
+            return;
+        }
+        let dst_map = &self.map;
+        from.map.for_each_run(src_offset, len, |src_host, at, n| {
+            dst_map.for_each_run(offset + at, n, |dst_host, at2, m| {
+                // SAFETY: both runs are inside VMs' RAM (for_each_run checked each range
+                // against its map), identity-mapped read/write and owned by those VMs for
+                // the hypervisor's lifetime. The guests may write these bytes meanwhile (they
+                // are the other sides of shared rings, as with DMA): the copy goes through raw
+                // pointers and no reference to guest RAM is formed. `copy`, not
+                // `copy_nonoverlapping`: two NICs of one VM may share a buffer.
+                unsafe {
+                    core::ptr::copy(
+                        (src_host + at2) as *const u8,
+                        dst_host as *mut u8,
+                        m as usize,
+                    )
+                };
+            });
+        });
+    }
 }
 
 /// Disk modules already handed out as writable regions (each may be taken once).

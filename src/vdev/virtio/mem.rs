@@ -10,6 +10,7 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
+use core::any::Any;
 
 use crate::mm::GuestPhysAddr;
 
@@ -33,6 +34,44 @@ pub trait GuestMemory {
     fn read_raw(&self, offset: u64, buf: &mut [u8]);
     /// Copies `data` to RAM offset `offset`, with the same contract as [`Self::read_raw`].
     fn write_raw(&mut self, offset: u64, data: &[u8]);
+
+    /// This memory as [`Any`], for an implementation whose [`Self::copy_from_raw`] copies
+    /// directly between two memories of its own kind. `None` (the default): copies from it go
+    /// through a bounce buffer.
+    fn as_any(&self) -> Option<&dyn Any> {
+        None
+    }
+
+    /// Copies `len` bytes from RAM offset `src_offset` of `src` to RAM offset `offset` of this
+    /// memory, with [`Self::read_raw`]'s contract for both ranges. The default goes through a
+    /// small bounce buffer on the stack; an implementation that reaches both RAMs (the
+    /// hypervisor's, two VMs' RAM) copies in one step, so a frame crossing a virtual switch is
+    /// copied once, from the sender's buffers into the receiver's.
+    fn copy_from_raw(&mut self, offset: u64, src: &dyn GuestMemory, src_offset: u64, len: u64) {
+        let mut bounce = [0u8; 256];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(bounce.len() as u64);
+            let buf = &mut bounce[..n as usize];
+            src.read_raw(src_offset + done, buf);
+            self.write_raw(offset + done, buf);
+            done += n;
+        }
+    }
+
+    /// Checked copy of `len` bytes at `src_gpa` of `src` to `gpa` (see [`Self::copy_from_raw`]).
+    fn copy_from(
+        &mut self,
+        gpa: u64,
+        src: &dyn GuestMemory,
+        src_gpa: u64,
+        len: u64,
+    ) -> Result<(), OutsideRam> {
+        let to = self.check(gpa, len)?;
+        let from = src.check(src_gpa, len)?;
+        self.copy_from_raw(to, src, from, len);
+        Ok(())
+    }
 
     /// The RAM offset of `[gpa, gpa + len)`, or an error if any byte of it is outside RAM.
     /// A zero-length range is inside RAM when `gpa` is at most its end.
@@ -145,6 +184,31 @@ impl GuestMemory for VecMemory {
         });
         if let Some(dst) = dst {
             dst.copy_from_slice(data);
+        }
+    }
+
+    fn as_any(&self) -> Option<&dyn Any> {
+        Some(self)
+    }
+
+    /// From another `VecMemory`: one slice copy, as the hypervisor's RAM-to-RAM copy.
+    fn copy_from_raw(&mut self, offset: u64, src: &dyn GuestMemory, src_offset: u64, len: u64) {
+        let range = |o: u64| -> Option<core::ops::Range<usize>> {
+            let o = usize::try_from(o).ok()?;
+            Some(o..o.checked_add(usize::try_from(len).ok()?)?)
+        };
+        let from = src.as_any().and_then(|a| a.downcast_ref::<VecMemory>());
+        match (from, range(src_offset), range(offset)) {
+            (Some(from), Some(s), Some(d)) => {
+                if let (Some(s), Some(d)) = (from.bytes.get(s), self.bytes.get_mut(d)) {
+                    d.copy_from_slice(s);
+                }
+            }
+            _ => {
+                let mut bounce = alloc::vec![0u8; usize::try_from(len).unwrap_or(0)];
+                src.read_raw(src_offset, &mut bounce);
+                self.write_raw(offset, &bounce);
+            }
         }
     }
 }

@@ -30,7 +30,7 @@ use super::mem::GuestMemory;
 use super::queue::{Request, Segment, SplitQueue};
 use super::{VirtioDevice, VirtioError, device_id, interrupt};
 use crate::arch::aarch64::sync::Mutex;
-use crate::vdev::switch::{Delivery, MAX_FRAME_BYTES, Mac, PortSink, Switch};
+use crate::vdev::switch::{Delivery, Frame, MAX_FRAME_BYTES, Mac, PortSink, Switch};
 
 /// Feature bits (§5.1.3).
 pub mod feature {
@@ -107,7 +107,7 @@ impl<M: GuestMemory + Send> RxPort<M> {
         }
     }
 
-    fn deliver_locked(&self, s: &mut RxState<M>, frame: &[u8]) -> Delivery {
+    fn deliver_locked(&self, s: &mut RxState<M>, frame: &dyn Frame) -> Delivery {
         if !s.driver_ok || s.broken {
             return Delivery::NotReady;
         }
@@ -151,8 +151,9 @@ impl<M: GuestMemory + Send> RxPort<M> {
             let mut hdr = [0u8; HDR_BYTES];
             // num_buffers: 1 (§5.1.6.4: always 1 without VIRTIO_NET_F_MRG_RXBUF).
             hdr[10] = 1;
-            // The segments were checked to be inside RAM when the chain was walked.
-            if req.write(0, &hdr).is_err() || req.write(HDR_BYTES as u32, frame).is_err() {
+            // The segments were checked to be inside RAM when the chain was walked. The frame
+            // comes straight from the sender's buffers (the one copy it makes).
+            if req.write(0, &hdr).is_err() || !frame.copy_to(&mut req, HDR_BYTES as u32) {
                 (Delivery::BufferTooSmall, 0)
             } else {
                 (Delivery::Delivered, need as u32)
@@ -174,7 +175,7 @@ impl<M: GuestMemory + Send> RxPort<M> {
 }
 
 impl<M: GuestMemory + Send> PortSink for RxPort<M> {
-    fn deliver(&self, frame: &[u8]) -> Delivery {
+    fn deliver(&self, frame: &dyn Frame) -> Delivery {
         let mut s = self.state.lock();
         self.deliver_locked(&mut s, frame)
     }
@@ -192,8 +193,6 @@ pub struct Net<M: GuestMemory> {
     config: [u8; CONFIG_BYTES],
     rx: Arc<RxPort<M>>,
     uplink: Option<(Arc<Switch>, usize)>,
-    /// One frame on its way from the sender's buffers to the switch.
-    frame: [u8; MAX_FRAME_BYTES],
     stats: NetStats,
 }
 
@@ -220,7 +219,6 @@ impl<M: GuestMemory + Send + 'static> Net<M> {
                 line,
             }),
             uplink: None,
-            frame: [0; MAX_FRAME_BYTES],
             stats: NetStats::default(),
         }
     }
@@ -256,13 +254,29 @@ impl<M: GuestMemory + Send + 'static> Net<M> {
             sw.count_tx_oversize(*port);
             return;
         }
-        // The one copy out of the sender's RAM; the switch copies it into each receiver's.
-        let frame = &mut self.frame[..len];
-        if req.read(HDR_BYTES as u32, frame).is_err() {
-            sw.count_tx_malformed(*port);
-            return;
-        }
-        sw.send(*port, frame);
+        // The frame stays in the sender's buffers; each receiver copies it from there.
+        sw.send(*port, &TxFrame { req, len });
+    }
+}
+
+/// A frame in a transmit chain: the readable part after the virtio-net header.
+struct TxFrame<'r, 'a> {
+    req: &'r Request<'a>,
+    len: usize,
+}
+
+impl Frame for TxFrame<'_, '_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn read(&self, offset: usize, buf: &mut [u8]) -> bool {
+        offset + buf.len() <= self.len && self.req.read((HDR_BYTES + offset) as u32, buf).is_ok()
+    }
+
+    fn copy_to(&self, dst: &mut Request<'_>, offset: u32) -> bool {
+        dst.copy_from(offset, self.req, HDR_BYTES as u32, self.len as u32)
+            .is_ok()
     }
 }
 

@@ -484,7 +484,7 @@ impl<'a> Request<'a> {
     }
 
     /// Reads `buf.len()` bytes at `offset` of the readable part.
-    pub fn read(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), ShortBuffer> {
+    pub fn read(&self, offset: u32, buf: &mut [u8]) -> Result<(), ShortBuffer> {
         let mut failed = false;
         let mem = &*self.mem;
         pieces(
@@ -513,6 +513,52 @@ impl<'a> Request<'a> {
             data.len(),
             |gpa, at, n| {
                 failed |= mem.write(gpa, &data[at..at + n]).is_err();
+            },
+        )?;
+        if failed { Err(ShortBuffer) } else { Ok(()) }
+    }
+}
+
+impl Request<'_> {
+    /// Copies `len` bytes at `src_offset` of `src`'s readable part to `offset` of this
+    /// request's writable part, RAM to RAM ([`GuestMemory::copy_from`]: one copy where the
+    /// two memories allow it, as between two VMs' RAM in the hypervisor). Both requests'
+    /// segments were checked to be inside their RAM when their chains were walked; a range
+    /// beyond either request's buffers fails before a byte moves.
+    pub fn copy_from(
+        &mut self,
+        offset: u32,
+        src: &Request<'_>,
+        src_offset: u32,
+        len: u32,
+    ) -> Result<(), ShortBuffer> {
+        let n = len as usize;
+        if u64::from(src_offset) + u64::from(len) > u64::from(src.readable_bytes) {
+            return Err(ShortBuffer);
+        }
+        let mut failed = false;
+        let mem = &mut *self.mem;
+        let from = &*src.mem;
+        pieces(
+            self.segs,
+            true,
+            self.writable_bytes,
+            offset,
+            n,
+            |gpa, at, m| {
+                // The source pieces of these `m` bytes (in range: checked above).
+                let _ = pieces(
+                    src.segs,
+                    false,
+                    src.readable_bytes,
+                    src_offset + at as u32,
+                    m,
+                    |src_gpa, at2, k| {
+                        failed |= mem
+                            .copy_from(gpa + at2 as u64, from, src_gpa, k as u64)
+                            .is_err();
+                    },
+                );
             },
         )?;
         if failed { Err(ShortBuffer) } else { Ok(()) }
