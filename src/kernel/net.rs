@@ -26,7 +26,7 @@ use crate::vdev::virtio::{self, VirtioMmio};
 use crate::vm::VmId;
 use crate::vm::config::{Nic, Passthrough, VmConfig, mac_string};
 
-/// Every switch, by name (filled while VMs are built, read by nothing else).
+/// Every switch, by name (filled while VMs are built; read by the shell's `info`).
 static SWITCHES: Mutex<Vec<Arc<Switch>>> = Mutex::new(Vec::new());
 
 fn switch(name: &str) -> Arc<Switch> {
@@ -112,4 +112,32 @@ pub(super) fn add_nic(
         regs: alloc::vec![PhysRange::new(PhysAddr(base.0), virtio::SLOT_SIZE)],
         irqs: alloc::vec![(intid, true)],
     })
+}
+
+/// The NICs of a VM configured as `cfg`, with their switch ports' counters, for the shell's
+/// `info` (the port is found by the NIC's MAC, unique on its switch).
+pub(super) fn nic_snaps(cfg: &VmConfig) -> Vec<crate::shell::NicSnap> {
+    let all = SWITCHES.lock();
+    cfg.nics
+        .iter()
+        .map(|nic| {
+            let found = all.iter().find(|s| s.name() == nic.switch).and_then(|sw| {
+                let n = sw.ports().position(|p| p.mac == nic.mac)?;
+                Some((n, sw.port(n)?.stats.counts()))
+            });
+            let c = found.map(|(_, c)| c).unwrap_or_default();
+            crate::shell::NicSnap {
+                mac: mac_string(&nic.mac),
+                switch: nic.switch.clone(),
+                port: found.map(|(n, _)| n),
+                tx_frames: c.tx_frames,
+                tx_malformed: c.tx_malformed,
+                tx_oversize: c.tx_oversize,
+                rx_frames: c.rx_frames,
+                rx_no_buffer: c.rx_no_buffer,
+                rx_not_ready: c.rx_not_ready,
+                rx_too_small: c.rx_too_small,
+            }
+        })
+        .collect()
 }

@@ -266,6 +266,7 @@ fn detail(vm: &Vm) -> shell::VmDetail {
                 read_only: d.read_only,
             })
             .collect(),
+        nics: super::net::nic_snaps(&vm.config),
         bootargs: vm.config.bootargs.clone(),
         input_waiting: PENDING_INPUT_BYTES.saturating_sub(room),
         resets: vm.reset_count.load(Ordering::Relaxed),

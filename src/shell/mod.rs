@@ -12,8 +12,8 @@ mod render;
 pub use command::{COMMANDS, Command, NoSuchVm, ParseError, level, level_name, parse, resolve_vm};
 pub use line::{Entered, LINE_BYTES, LineEditor};
 pub use render::{
-    CpuSnap, DeviceSnap, DiskSnap, PassthroughSnap, VcpuSnap, VmDetail, VmRun, VmSnap, cpus, help,
-    info, list,
+    CpuSnap, DeviceSnap, DiskSnap, NicSnap, PassthroughSnap, VcpuSnap, VmDetail, VmRun, VmSnap,
+    cpus, help, info, list,
 };
 
 /// The shell's prompt.

@@ -76,6 +76,21 @@ pub struct DiskSnap {
     pub read_only: bool,
 }
 
+/// A NIC (virtio-net) and its switch port's counters (`vdev::switch::PortCounts`).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct NicSnap {
+    pub mac: String,
+    pub switch: String,
+    pub port: Option<usize>,
+    pub tx_frames: u64,
+    pub tx_malformed: u64,
+    pub tx_oversize: u64,
+    pub rx_frames: u64,
+    pub rx_no_buffer: u64,
+    pub rx_not_ready: u64,
+    pub rx_too_small: u64,
+}
+
 /// One VM in detail, for `info`.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct VmDetail {
@@ -87,6 +102,7 @@ pub struct VmDetail {
     pub devices: Vec<DeviceSnap>,
     pub passthrough: Vec<PassthroughSnap>,
     pub disks: Vec<DiskSnap>,
+    pub nics: Vec<NicSnap>,
     pub bootargs: String,
     /// Console input bytes waiting for the guest.
     pub input_waiting: usize,
@@ -250,6 +266,31 @@ pub fn info(d: &VmDetail) -> String {
             disk.bytes >> 10,
             if disk.read_only { ", read-only" } else { "" }
         );
+    }
+    for n in &d.nics {
+        match n.port {
+            Some(port) => {
+                let _ = writeln!(
+                    s,
+                    "  nic {} on switch {} port {port}: sent {} frame(s) ({} malformed, {} \
+                     oversize dropped), received {} ({} dropped: no buffer {}, not ready {}, \
+                     buffer too small {})",
+                    n.mac,
+                    n.switch,
+                    n.tx_frames,
+                    n.tx_malformed,
+                    n.tx_oversize,
+                    n.rx_frames,
+                    n.rx_no_buffer + n.rx_not_ready + n.rx_too_small,
+                    n.rx_no_buffer,
+                    n.rx_not_ready,
+                    n.rx_too_small
+                );
+            }
+            None => {
+                let _ = writeln!(s, "  nic {} on switch {}: not plugged in", n.mac, n.switch);
+            }
+        }
     }
     let _ = writeln!(
         s,
@@ -428,6 +469,32 @@ mod tests {
                 bytes: 1 << 20,
                 read_only: true
             }],
+            nics: alloc::vec![
+                NicSnap {
+                    mac: "52:54:00:00:00:01".into(),
+                    switch: "lan0".into(),
+                    port: Some(1),
+                    tx_frames: 10,
+                    tx_malformed: 2,
+                    tx_oversize: 1,
+                    rx_frames: 7,
+                    rx_no_buffer: 3,
+                    rx_not_ready: 4,
+                    rx_too_small: 5,
+                },
+                NicSnap {
+                    mac: "52:54:00:00:00:02".into(),
+                    switch: "lan1".into(),
+                    port: None,
+                    tx_frames: 0,
+                    tx_malformed: 0,
+                    tx_oversize: 0,
+                    rx_frames: 0,
+                    rx_no_buffer: 0,
+                    rx_not_ready: 0,
+                    rx_too_small: 0,
+                },
+            ],
             bootargs: "hb.beats=3\u{1}".into(),
             input_waiting: 3,
             resets: 2,
@@ -445,6 +512,10 @@ mod tests {
             "device virtio-blk 0xa000400..0xa000600\n",
             "passthrough /pl031@9010000: 0x9010000..0x9011000 SPI 34",
             "disk root: 1024 KiB, read-only",
+            "  nic 52:54:00:00:00:01 on switch lan0 port 1: sent 10 frame(s) (2 malformed, 1 \
+             oversize dropped), received 7 (12 dropped: no buffer 3, not ready 4, buffer too \
+             small 5)\n",
+            "  nic 52:54:00:00:00:02 on switch lan1: not plugged in\n",
             "console: has the input, 3 byte(s) of input waiting",
             "bootargs: hb.beats=3?",
         ] {
