@@ -1259,6 +1259,8 @@ pub const CASES: &[Case] = &[
     crate::cases_virtio::VIRTIO_GICV2,
     crate::cases_virtio::LINUX_VIRTIO_GICV3,
     crate::cases_virtio::LINUX_VIRTIO_GICV2,
+    crate::cases_ext4::LINUX_EXT4_GICV3,
+    crate::cases_ext4::LINUX_EXT4_GICV2,
     crate::cases_shmem::SHMEM_GICV3,
     crate::cases_shmem::SHMEM_GICV2,
     crate::cases_net::NET_GICV3,

@@ -13,6 +13,7 @@ mod cases;
 mod cases_boot;
 mod cases_console;
 mod cases_debug;
+mod cases_ext4;
 mod cases_net;
 mod cases_power;
 mod cases_rpi4;

@@ -283,8 +283,9 @@ fn run_inner(
     let log = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
     out.log = log;
     judge(case, &out.log, &rejects, end, timeout)?;
-    if let Some(check) =
-        crate::cases::log_check(case.name).or_else(|| crate::cases_rpi4::log_check(case.name))
+    if let Some(check) = crate::cases::log_check(case.name)
+        .or_else(|| crate::cases_rpi4::log_check(case.name))
+        .or_else(|| crate::cases_ext4::log_check(case.name))
     {
         out.note = check(&out.log)?;
     }
