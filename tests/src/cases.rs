@@ -1267,6 +1267,8 @@ pub const CASES: &[Case] = &[
     crate::cases_net::NET_GICV2,
     crate::cases_net::LINUX_NET_GICV3,
     crate::cases_net::LINUX_NET_GICV2,
+    crate::cases_net::NET_HOSTILE_LINUX_GICV3,
+    crate::cases_net::NET_HOSTILE_LINUX_GICV2,
     crate::cases_power::IRQ_BUTTON_GICV3,
     crate::cases_power::IRQ_BUTTON_GICV2,
     crate::cases_power::LINUX_BUTTON_GICV3,

@@ -89,3 +89,49 @@ pub const LINUX_NET_GICV2: Case = Case {
     machine: VIRT_V2_NVHE,
     ..LINUX_NET_GICV3
 };
+
+/// The hostile NIC is abusing its device before linux-a starts its steady ping, still at it
+/// while the pings run (a round line between the two), and every ping comes back.
+const HOSTILE_LINES: &[&str] = &[
+    "net-h: virtio-net in slot 0 at 0xa000000 (SPI 16): 52:54:00:12:34:03, switch \"lan0\"",
+    "[net-h] NET HOSTILE: round 1:",
+    "[linux-a] INIT: net: pinging 10.0.0.2 30 times, one a second",
+    "[net-h] NET HOSTILE: round ",
+    "[linux-a] INIT: net: 30 pings to 10.0.0.2: 30 packets transmitted, 30 packets received",
+];
+
+pub const NET_HOSTILE_LINUX_GICV3: Case = Case {
+    name: "net-hostile-linux-gicv3",
+    about: "a hostile virtio-net driver (descriptor loops, buffers outside RAM, zero and 4 GiB lengths, queue size 6, notify before DRIVER_OK, bad receive buffers, malformed, oversize and flooding frames), round after round, on the switch where two Debian Linux VMs ping each other: every ping comes back; GICv3, VHE",
+    machine: VIRT_V3_VHE,
+    boot: Boot::Direct,
+    vms: &["linux-ping-a", "linux-ping-b", "net-hostile"],
+    bootargs: None,
+    timeout_s: 300,
+    expect: HOSTILE_LINES,
+    reject: &[
+        "Kernel panic",
+        "Internal error:",
+        "BUG:",
+        "Oops",
+        "insmod",
+        "INIT: net: FAIL",
+        "NET FAIL",
+        "linux-a virtio-net",
+        "linux-b virtio-net",
+    ],
+    exit: Exit::KillAfter(
+        "[linux-a] INIT: net: 30 pings to 10.0.0.2: 30 packets transmitted, 30 packets received",
+    ),
+    console_input: None,
+    image: Image::Normal,
+    allow: &[],
+    reject_after_exit: &[],
+};
+
+pub const NET_HOSTILE_LINUX_GICV2: Case = Case {
+    name: "net-hostile-linux-gicv2",
+    about: "the hostile virtio-net driver next to the two pinging Linux VMs, vGICv2, cortex-a72 (non-VHE)",
+    machine: VIRT_V2_NVHE,
+    ..NET_HOSTILE_LINUX_GICV3
+};

@@ -17,6 +17,9 @@
 //!    answers each with an ECHO of its own pattern to A's MAC, which A checks in turn; B
 //!    reports, then sends DONE, and A reports once DONE arrives.
 //!
+//! With MAC 52:54:00:12:34:03 it is the hostile NIC of the net-hostile-linux cases instead
+//! (`hostile`).
+//!
 //! Rings and buffers live in free guest RAM at 0x4100_0000, reached with 32-bit loads and
 //! stores (the MMU is off: Device memory). Lines start with `NET`.
 
@@ -30,6 +33,8 @@ use elvisor_guest_rt::virtio_mmio::{
     ACKNOWLEDGE, DRIVER, DRIVER_OK, F_VERSION_1, FEATURES_OK, NEEDS_RESET, reg,
 };
 use elvisor_guest_rt::{BootInfo, Report, dt};
+
+mod hostile;
 
 elvisor_guest_rt::entry!(main);
 
@@ -56,6 +61,8 @@ const TX: u16 = 1;
 
 const MAC_A: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 1];
 const MAC_B: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 2];
+/// The hostile NIC (`hostile`), next to two Linux VMs.
+const MAC_H: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 3];
 const BCAST: [u8; 6] = [0xff; 6];
 /// IEEE 802 local experimental EtherType.
 const ETHERTYPE: u16 = 0x88b5;
@@ -299,6 +306,9 @@ fn main(boot: &BootInfo) {
     nic.mac = [c0[0], c0[1], c0[2], c0[3], c1[0], c1[1]];
     let link = u16::from_le_bytes([c1[2], c1[3]]);
     let is_a = nic.mac == MAC_A;
+    if nic.mac == MAC_H {
+        hostile::run(&mut report, &mut nic);
+    }
     report.check(
         "device: virtio-net with MAC, STATUS, VERSION_1; configured MAC; link up",
         nic.r(reg::DEVICE_ID) == 1
