@@ -5,9 +5,12 @@
 use core::arch::asm;
 use core::sync::atomic::Ordering;
 
+use aarch64_cpu::asm::barrier;
 use aarch64_cpu::registers::{
     ICH_AP0R0_EL2, ICH_AP0R1_EL2, ICH_AP0R2_EL2, ICH_AP0R3_EL2, ICH_AP1R0_EL2, ICH_AP1R1_EL2,
-    ICH_AP1R2_EL2, ICH_AP1R3_EL2,
+    ICH_AP1R2_EL2, ICH_AP1R3_EL2, ICH_HCR_EL2, ICH_LR0_EL2, ICH_LR1_EL2, ICH_LR2_EL2, ICH_LR3_EL2,
+    ICH_LR4_EL2, ICH_LR5_EL2, ICH_LR6_EL2, ICH_LR7_EL2, ICH_LR8_EL2, ICH_LR9_EL2, ICH_LR10_EL2,
+    ICH_LR11_EL2, ICH_LR12_EL2, ICH_LR13_EL2, ICH_LR14_EL2, ICH_LR15_EL2, ICH_VMCR_EL2,
 };
 use tock_registers::interfaces::{Readable, Writeable};
 
@@ -26,146 +29,52 @@ fn gich() -> &'static GichRegs {
     unsafe { &*(GICH.load(Ordering::Relaxed) as *const GichRegs) }
 }
 
-macro_rules! ich_lr_access {
-    ($n:expr, read) => {{
-        let v: u64;
-        match $n {
-            0 => {
-                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
-                unsafe { asm!("mrs {}, ich_lr0_el2", out(reg) v, options(nomem, nostack)) }
-            }
-            1 => {
-                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
-                unsafe { asm!("mrs {}, ich_lr1_el2", out(reg) v, options(nomem, nostack)) }
-            }
-            2 => {
-                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
-                unsafe { asm!("mrs {}, ich_lr2_el2", out(reg) v, options(nomem, nostack)) }
-            }
-            3 => {
-                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
-                unsafe { asm!("mrs {}, ich_lr3_el2", out(reg) v, options(nomem, nostack)) }
-            }
-            4 => {
-                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
-                unsafe { asm!("mrs {}, ich_lr4_el2", out(reg) v, options(nomem, nostack)) }
-            }
-            5 => {
-                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
-                unsafe { asm!("mrs {}, ich_lr5_el2", out(reg) v, options(nomem, nostack)) }
-            }
-            6 => {
-                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
-                unsafe { asm!("mrs {}, ich_lr6_el2", out(reg) v, options(nomem, nostack)) }
-            }
-            7 => {
-                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
-                unsafe { asm!("mrs {}, ich_lr7_el2", out(reg) v, options(nomem, nostack)) }
-            }
-            8 => {
-                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
-                unsafe { asm!("mrs {}, ich_lr8_el2", out(reg) v, options(nomem, nostack)) }
-            }
-            9 => {
-                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
-                unsafe { asm!("mrs {}, ich_lr9_el2", out(reg) v, options(nomem, nostack)) }
-            }
-            10 => {
-                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
-                unsafe { asm!("mrs {}, ich_lr10_el2", out(reg) v, options(nomem, nostack)) }
-            }
-            11 => {
-                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
-                unsafe { asm!("mrs {}, ich_lr11_el2", out(reg) v, options(nomem, nostack)) }
-            }
-            12 => {
-                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
-                unsafe { asm!("mrs {}, ich_lr12_el2", out(reg) v, options(nomem, nostack)) }
-            }
-            13 => {
-                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
-                unsafe { asm!("mrs {}, ich_lr13_el2", out(reg) v, options(nomem, nostack)) }
-            }
-            14 => {
-                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
-                unsafe { asm!("mrs {}, ich_lr14_el2", out(reg) v, options(nomem, nostack)) }
-            }
-            _ => {
-                // SAFETY: reading ICH_LR<n>_EL2 has no side effects.
-                unsafe { asm!("mrs {}, ich_lr15_el2", out(reg) v, options(nomem, nostack)) }
-            }
-        }
-        v
-    }};
-    ($n:expr, write, $v:expr) => {{
-        let v: u64 = $v;
-        match $n {
-            0 => {
-                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
-                unsafe { asm!("msr ich_lr0_el2, {}", in(reg) v, options(nomem, nostack)) }
-            }
-            1 => {
-                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
-                unsafe { asm!("msr ich_lr1_el2, {}", in(reg) v, options(nomem, nostack)) }
-            }
-            2 => {
-                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
-                unsafe { asm!("msr ich_lr2_el2, {}", in(reg) v, options(nomem, nostack)) }
-            }
-            3 => {
-                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
-                unsafe { asm!("msr ich_lr3_el2, {}", in(reg) v, options(nomem, nostack)) }
-            }
-            4 => {
-                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
-                unsafe { asm!("msr ich_lr4_el2, {}", in(reg) v, options(nomem, nostack)) }
-            }
-            5 => {
-                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
-                unsafe { asm!("msr ich_lr5_el2, {}", in(reg) v, options(nomem, nostack)) }
-            }
-            6 => {
-                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
-                unsafe { asm!("msr ich_lr6_el2, {}", in(reg) v, options(nomem, nostack)) }
-            }
-            7 => {
-                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
-                unsafe { asm!("msr ich_lr7_el2, {}", in(reg) v, options(nomem, nostack)) }
-            }
-            8 => {
-                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
-                unsafe { asm!("msr ich_lr8_el2, {}", in(reg) v, options(nomem, nostack)) }
-            }
-            9 => {
-                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
-                unsafe { asm!("msr ich_lr9_el2, {}", in(reg) v, options(nomem, nostack)) }
-            }
-            10 => {
-                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
-                unsafe { asm!("msr ich_lr10_el2, {}", in(reg) v, options(nomem, nostack)) }
-            }
-            11 => {
-                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
-                unsafe { asm!("msr ich_lr11_el2, {}", in(reg) v, options(nomem, nostack)) }
-            }
-            12 => {
-                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
-                unsafe { asm!("msr ich_lr12_el2, {}", in(reg) v, options(nomem, nostack)) }
-            }
-            13 => {
-                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
-                unsafe { asm!("msr ich_lr13_el2, {}", in(reg) v, options(nomem, nostack)) }
-            }
-            14 => {
-                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
-                unsafe { asm!("msr ich_lr14_el2, {}", in(reg) v, options(nomem, nostack)) }
-            }
-            _ => {
-                // SAFETY: writing ICH_LR<n>_EL2 only changes the guest's virtual interface.
-                unsafe { asm!("msr ich_lr15_el2, {}", in(reg) v, options(nomem, nostack)) }
-            }
-        }
-    }};
+/// ICH_LR<n>_EL2 for `n` in 0..16 (the architecture's maximum, IHI 0069H §12.4.8), through
+/// aarch64-cpu's typed registers: a system register's number is part of the instruction, so
+/// the index becomes a jump to one of sixteen MRS instructions.
+fn ich_lr_read(n: usize) -> u64 {
+    match n {
+        0 => ICH_LR0_EL2.get(),
+        1 => ICH_LR1_EL2.get(),
+        2 => ICH_LR2_EL2.get(),
+        3 => ICH_LR3_EL2.get(),
+        4 => ICH_LR4_EL2.get(),
+        5 => ICH_LR5_EL2.get(),
+        6 => ICH_LR6_EL2.get(),
+        7 => ICH_LR7_EL2.get(),
+        8 => ICH_LR8_EL2.get(),
+        9 => ICH_LR9_EL2.get(),
+        10 => ICH_LR10_EL2.get(),
+        11 => ICH_LR11_EL2.get(),
+        12 => ICH_LR12_EL2.get(),
+        13 => ICH_LR13_EL2.get(),
+        14 => ICH_LR14_EL2.get(),
+        _ => ICH_LR15_EL2.get(),
+    }
+}
+
+/// Writes ICH_LR<n>_EL2 (see [`ich_lr_read`]). A list register only changes the guest's
+/// virtual interface; the write takes effect at the next exception return (IHI 0069H §12.4.8
+/// needs no ISB before an ERET).
+fn ich_lr_write(n: usize, v: u64) {
+    match n {
+        0 => ICH_LR0_EL2.set(v),
+        1 => ICH_LR1_EL2.set(v),
+        2 => ICH_LR2_EL2.set(v),
+        3 => ICH_LR3_EL2.set(v),
+        4 => ICH_LR4_EL2.set(v),
+        5 => ICH_LR5_EL2.set(v),
+        6 => ICH_LR6_EL2.set(v),
+        7 => ICH_LR7_EL2.set(v),
+        8 => ICH_LR8_EL2.set(v),
+        9 => ICH_LR9_EL2.set(v),
+        10 => ICH_LR10_EL2.set(v),
+        11 => ICH_LR11_EL2.set(v),
+        12 => ICH_LR12_EL2.set(v),
+        13 => ICH_LR13_EL2.set(v),
+        14 => ICH_LR14_EL2.set(v),
+        _ => ICH_LR15_EL2.set(v),
+    }
 }
 
 /// Reads list register `n` in its native layout (ICH_LR<n>_EL2, or GICH_LR<n> zero-extended);
@@ -175,7 +84,7 @@ pub fn read_lr(n: usize) -> u64 {
         return 0;
     }
     if version() == 3 {
-        ich_lr_access!(n, read)
+        ich_lr_read(n)
     } else {
         gich().lr.get(n).map(|r| r.get() as u64).unwrap_or(0)
     }
@@ -187,7 +96,7 @@ pub fn write_lr(n: usize, v: u64) {
         return;
     }
     if version() == 3 {
-        ich_lr_access!(n, write, v)
+        ich_lr_write(n, v)
     } else if let Some(r) = gich().lr.get(n) {
         r.set(v as u32);
     }
@@ -196,8 +105,12 @@ pub fn write_lr(n: usize, v: u64) {
 /// Writes ICH_HCR_EL2 / GICH_HCR.
 pub fn write_hcr(v: u32) {
     if version() == 3 {
-        // SAFETY: controls only the guest's virtual CPU interface and maintenance interrupts.
-        unsafe { asm!("msr ich_hcr_el2, {}", "isb", in(reg) v as u64, options(nomem, nostack)) };
+        // Controls only the guest's virtual CPU interface and maintenance interrupts. The ISB
+        // makes the new enables (UIE, TALL1) take effect before the next instruction rather
+        // than at the next context synchronization (ARM ARM D19.2.2, "Synchronization of
+        // changes to system registers").
+        ICH_HCR_EL2.set(u64::from(v));
+        barrier::isb(barrier::SY);
     } else if GICH.load(Ordering::Relaxed) != 0 {
         gich().hcr.set(v);
     }
@@ -206,10 +119,7 @@ pub fn write_hcr(v: u32) {
 /// Reads the virtual machine control register (ICH_VMCR_EL2 / GICH_VMCR).
 pub fn read_vmcr() -> u64 {
     if version() == 3 {
-        let v: u64;
-        // SAFETY: reading ICH_VMCR_EL2 has no side effects.
-        unsafe { asm!("mrs {}, ich_vmcr_el2", out(reg) v, options(nomem, nostack)) };
-        v
+        ICH_VMCR_EL2.get()
     } else {
         gich().vmcr.get() as u64
     }
@@ -218,8 +128,8 @@ pub fn read_vmcr() -> u64 {
 /// Writes the virtual machine control register.
 pub fn write_vmcr(v: u64) {
     if version() == 3 {
-        // SAFETY: guest virtual CPU interface state only.
-        unsafe { asm!("msr ich_vmcr_el2, {}", in(reg) v, options(nomem, nostack)) };
+        // Guest virtual CPU interface state only.
+        ICH_VMCR_EL2.set(v);
     } else {
         gich().vmcr.set(v as u32);
     }
