@@ -11,9 +11,6 @@ use crate::mm::PhysAddr;
 
 use super::{Cpu, EnableMethod};
 
-/// MPIDR_EL1 affinity fields: Aff3 (39:32) and Aff2..Aff0 (23:0).
-const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
-
 pub(super) fn parse_cpus(dt: &Dtb<'_>) -> Result<Vec<Cpu>, ConfigError> {
     let mut lin = lookup(dt, "/cpus").ok_or_else(|| ConfigError::new("/cpus", "", "missing"))?;
     let address_cells = cells_of(&lin, lin.last(), "#address-cells").map_err(|f| lin.error(f))?;
@@ -71,7 +68,7 @@ pub(super) fn parse_cpu(
     }
     let mpidr = cells_value(value, 0, address_cells)
         .ok_or_else(|| ConfigError::new(&path, "reg", "malformed"))?;
-    if mpidr & !MPIDR_AFFINITY_MASK != 0 {
+    if !crate::arch::aarch64::mpidr::is_affinity(mpidr) {
         return Err(ConfigError::new(
             &path,
             "reg",

@@ -134,9 +134,6 @@ impl fmt::Display for FdtGenError {
     }
 }
 
-/// MPIDR_EL1 affinity fields: Aff3 (39:32) and Aff2..Aff0 (23:0).
-const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
-
 const GIC_PHANDLE: u32 = 1;
 const CLOCK_PHANDLE: u32 = 2;
 /// The first `arm,pl061` node, the GPIO controller `gpio-keys` refers to.
@@ -178,7 +175,7 @@ fn validate(spec: &GuestFdt<'_>) -> Result<(), FdtGenError> {
         return Err(FdtGenError::NoCpus);
     }
     for (i, &mpidr) in spec.mpidrs.iter().enumerate() {
-        if mpidr & !MPIDR_AFFINITY_MASK != 0 {
+        if !crate::arch::aarch64::mpidr::is_affinity(mpidr) {
             return Err(FdtGenError::BadMpidr(mpidr));
         }
         if spec.mpidrs[..i].contains(&mpidr) {

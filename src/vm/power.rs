@@ -7,6 +7,7 @@
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use super::psci::{Error, ret};
+use crate::arch::aarch64::mpidr;
 use smccc::psci::AffinityState;
 
 const OFF: u8 = 0;
@@ -86,14 +87,11 @@ pub const AFF_ON: i64 = AffinityState::On as i64;
 pub const AFF_OFF: i64 = AffinityState::Off as i64;
 pub const AFF_ON_PENDING: i64 = AffinityState::OnPending as i64;
 
-/// The MPIDR affinity fields Aff3 [39:32], Aff2 [23:16], Aff1 [15:8], Aff0 [7:0].
-pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
-
 /// Whether a PSCI `target_cpu` / `target_affinity` argument sets only affinity bits: every
 /// other bit is RES0 in DEN0022D §5.1.4 and §5.1.5, and a call that sets one gets
 /// INVALID_PARAMETERS rather than a silently masked target.
 pub fn valid_affinity(target: u64) -> bool {
-    target & !MPIDR_AFFINITY_MASK == 0
+    mpidr::is_affinity(target)
 }
 
 /// PSCI AFFINITY_INFO(target_affinity, lowest_affinity_level) over a VM's vCPUs.
@@ -111,12 +109,8 @@ pub fn affinity_info(
     if !valid_affinity(target) {
         return ret::INVALID_PARAMETERS;
     }
-    let mask = match level {
-        0 => MPIDR_AFFINITY_MASK,
-        1 => MPIDR_AFFINITY_MASK & !0xff,
-        2 => MPIDR_AFFINITY_MASK & !0xffff,
-        3 => MPIDR_AFFINITY_MASK & !0xff_ffff,
-        _ => return ret::INVALID_PARAMETERS,
+    let Some(mask) = mpidr::level_mask(level) else {
+        return ret::INVALID_PARAMETERS;
     };
     let mut matched = false;
     let mut pending = false;

@@ -124,7 +124,7 @@ pub fn this_cpu() -> Option<&'static PerCpu> {
 
 /// MPIDR_EL1 affinity bits of this CPU.
 pub fn mpidr() -> u64 {
-    MPIDR_EL1.get() & 0xff_00ff_ffff
+    super::mpidr::affinity(MPIDR_EL1.get())
 }
 
 /// True when the CPU implements VHE (ID_AA64MMFR1_EL1.VH).

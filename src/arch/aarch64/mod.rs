@@ -1,8 +1,9 @@
 //! AArch64 support: the only home of assembly, system registers, barriers, TLB and cache
-//! maintenance. `esr`, `fatal` and `sync` also build on the host for unit tests.
+//! maintenance. `esr`, `fatal`, `mpidr` and `sync` also build on the host for unit tests.
 
 pub mod esr;
 pub mod fatal;
+pub mod mpidr;
 pub mod sync;
 
 #[cfg(target_os = "none")]
