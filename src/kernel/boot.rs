@@ -239,12 +239,10 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
         }
         // Kernel memory this VM costs beyond its RAM: vCPUs, stage-2 tables, device and vGIC
         // state, configuration (all from the heap).
-        info!(
-            "{} ({}): overhead {} bytes",
-            vm.id,
-            vm.name,
-            heap.lock().stats_alloc_actual().saturating_sub(heap_before)
-        );
+        // Measured first: inside `info!` the heap guard would be held while the line takes
+        // the console lock (the opposite of the console's own order).
+        let overhead = heap.lock().stats_alloc_actual().saturating_sub(heap_before);
+        info!("{} ({}): overhead {overhead} bytes", vm.id, vm.name);
         info!(
             "{} ({}): {} vCPU(s) on pCPU {:?}, entry {:#x}, dtb {:#x}",
             vm.id,

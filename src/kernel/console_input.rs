@@ -117,14 +117,25 @@ pub(super) fn console_input() {
         return;
     }
     loop {
-        // Room for the most this byte can release (a stopped VM's input is dropped).
-        if let Some(&vm) = vms.get(FOCUS.load(Ordering::Relaxed))
-            && running(vm)
-            && vm.mmio.lock().console_room() < ROOM_FOR_ONE_BYTE
+        // Room for the most this byte can release (a stopped VM's input is dropped). Checked,
+        // and the UART's receive interrupt masked when there is none, under the focus lock and
+        // the VM's bus lock (the documented order): a guest read that makes room is either
+        // seen by this check or comes after it, when its exit finds RX_THROTTLED set and
+        // unthrottles (console_unthrottle, under the same bus lock); a focus switch is either
+        // seen here or comes after, and unthrottles. Without the locks, a read between the
+        // check and the store left the UART masked with room in the queue: a lost wake-up.
         {
-            super::console_uart_rx(false);
-            RX_THROTTLED.store(true, Ordering::Relaxed);
-            break;
+            let _focus = FOCUS_LOCK.lock();
+            if let Some(&vm) = vms.get(FOCUS.load(Ordering::Relaxed))
+                && running(vm)
+            {
+                let bus = vm.mmio.lock();
+                if bus.console_room() < ROOM_FOR_ONE_BYTE {
+                    RX_THROTTLED.store(true, Ordering::Relaxed);
+                    super::console_uart_rx(false);
+                    break;
+                }
+            }
         }
         let Some(b) = crate::console::get_byte() else {
             break;
@@ -284,10 +295,12 @@ pub(super) fn console_unthrottle(vm: &Vm) {
 
 #[cold]
 fn console_unthrottle_slow(vm: &Vm) {
-    if FOCUS.load(Ordering::Relaxed) == usize::from(vm.id.0)
-        && vm.mmio.lock().console_room() >= ROOM_FOR_ONE_BYTE
-    {
-        RX_THROTTLED.store(false, Ordering::Relaxed);
-        super::console_uart_rx(true);
+    if FOCUS.load(Ordering::Relaxed) == usize::from(vm.id.0) {
+        // Under the bus lock, as the throttling in `console_input` (see there).
+        let bus = vm.mmio.lock();
+        if bus.console_room() >= ROOM_FOR_ONE_BYTE {
+            RX_THROTTLED.store(false, Ordering::Relaxed);
+            super::console_uart_rx(true);
+        }
     }
 }

@@ -215,7 +215,10 @@ pub fn handle_exit(v: &mut Vcpu, kind: ExitKind) -> Next {
             if esr.ec() == esr::ec::DABT_LOWER {
                 sample_device_lines(vm, v.id);
                 console_unthrottle(vm);
-                kick_all(vm, vm.vgic.lock().take_kicks());
+                // The guard is dropped before the kicks: a temporary in the call would hold the
+                // vGIC lock across them (and, on GICv2, the GIC driver lock inside it).
+                let kicks = vm.vgic.lock().take_kicks();
+                kick_all(vm, kicks);
             }
             r
         }

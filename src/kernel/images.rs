@@ -39,6 +39,9 @@ pub fn load_images(vm: &Vm, how: Reload) -> Result<(), String> {
         .initrd_offset
         .zip(vm.ramdisk)
         .map(|(off, m)| (GuestPhysAddr(vm.ram.base().0 + off), m.bytes().len() as u64));
+    // Read on its own line: in the struct literal below the guard would live (and the VM's
+    // vGIC stay locked) for the whole device-tree generation.
+    let vgic_version = vm.vgic.lock().version();
     let blob = crate::vm::fdt::generate(&GuestFdt {
         ram_base: vm.ram.base(),
         ram_bytes: vm.config.memory_bytes,
@@ -48,7 +51,7 @@ pub fn load_images(vm: &Vm, how: Reload) -> Result<(), String> {
             size_bytes: layout::UART_SIZE,
             intid: Some(layout::UART_INTID),
         }),
-        gic: Some(match vm.vgic.lock().version() {
+        gic: Some(match vgic_version {
             version @ GicVersion::V3 => GuestGic {
                 version,
                 gicd: (layout::GICD_BASE, layout::GICD_SIZE),
