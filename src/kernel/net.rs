@@ -6,7 +6,8 @@
 //! has its own accessor to that RAM (`GuestRamAccess`, which backs blocks on demand), and the
 //! receiver's interrupt is raised through [`super::shmem::set_vm_line`], the same path a
 //! doorbell takes, which kicks the receiver's CPU. Lock order: sender's bus -> switch FDB
-//! (released) ; sender's bus -> receiver's port -> receiver's RAM backing -> receiver's vGIC.
+//! (released) ; sender's bus -> receiver's port -> both VMs' RAM backing (released) ->
+//! receiver's vGIC (docs/ARCHITECTURE.md, "Globals, locks and their order").
 
 use alloc::boxed::Box;
 use alloc::format;

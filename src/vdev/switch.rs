@@ -19,7 +19,7 @@
 //!
 //! ```text
 //!  sender's bus ─┬─> switch FDB               (learn + look up, released before delivery)
-//!                └─> receiver's port ──> receiver's RAM backing ──> receiver's vGIC
+//!                └─> receiver's port ──> RAM backing (both VMs', released) ──> receiver's vGIC
 //! ```
 //!
 //! One port lock at a time: delivery to a flood set takes and releases each receiver's port
