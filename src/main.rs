@@ -5,11 +5,11 @@
 
 #[cfg(target_os = "none")]
 mod bare_metal {
-    use buddy_system_allocator::LockedHeap;
+    use elvisor::arch::aarch64::heap::KernelHeap;
 
     /// The kernel heap; its memory is the image's .heap section (see linker.ld).
     #[global_allocator]
-    static HEAP: LockedHeap<32> = LockedHeap::empty();
+    static HEAP: KernelHeap = KernelHeap::empty();
 
     /// Called by the boot code (arch/aarch64/boot.rs) with the DTB address and CurrentEL.
     #[allow(unsafe_code)] // an exported symbol: nothing else may define it

@@ -5,7 +5,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use buddy_system_allocator::LockedHeap;
+use crate::arch::aarch64::heap::KernelHeap;
 use log::{error, info, warn};
 
 use super::build::build_vm;
@@ -22,7 +22,7 @@ use crate::vm::vcpu::Vcpu;
 use crate::vm::{VcpuId, VmId};
 
 /// Boot CPU entry from `elvisor_primary_main`.
-pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static LockedHeap<32>) -> ! {
+pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static KernelHeap) -> ! {
     let dtb = ram::boot_dtb(dtb_pa);
     // Checked once, then shared by every lookup below.
     let host = dtb.and_then(platform::HostDtb::new);

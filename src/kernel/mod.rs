@@ -13,7 +13,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 
-use buddy_system_allocator::LockedHeap;
+use crate::arch::aarch64::heap::KernelHeap;
 use log::{error, info, warn};
 use spin::Once;
 
@@ -175,7 +175,7 @@ pub(super) static VMS: Once<Vec<&'static Vm>> = Once::new();
 pub(super) static CONSOLE_UART: Once<&'static Pl011> = Once::new();
 /// The kernel heap (`main.rs`'s global allocator), for the lifecycle accounting's
 /// bytes-in-use figure.
-pub(super) static HEAP: Once<&'static LockedHeap<32>> = Once::new();
+pub(super) static HEAP: Once<&'static KernelHeap> = Once::new();
 /// Root of the EL2 translation table, for the secondary CPUs.
 pub(super) static EL2_ROOT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 

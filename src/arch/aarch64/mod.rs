@@ -27,6 +27,8 @@ pub mod guest;
 #[cfg(target_os = "none")]
 pub mod handlers;
 #[cfg(target_os = "none")]
+pub mod heap;
+#[cfg(target_os = "none")]
 pub mod idregs;
 #[cfg(target_os = "none")]
 pub mod mmio;

@@ -362,7 +362,7 @@ pub fn boot_dtb(pa: u64) -> Option<&'static [u8]> {
 }
 
 /// Hands the image's heap area to the global allocator.
-pub fn init_heap(heap: &buddy_system_allocator::LockedHeap<32>) -> PhysRange {
+pub fn init_heap(heap: &super::heap::KernelHeap) -> PhysRange {
     unsafe extern "C" {
         static __heap_start: u8;
         static __heap_end: u8;
