@@ -61,7 +61,7 @@ fuzz_target!(|input: Input| {
     // A VM's vCPUs: distinct MPIDRs (as the VM builder guarantees), at most 8.
     let mut mpidrs: Vec<u64> = Vec::new();
     for &m in input.mpidrs.iter().take(8) {
-        let m = m & power::MPIDR_AFFINITY_MASK & 0x0300_0303; // small, colliding affinities
+        let m = m & elvisor::arch::aarch64::mpidr::AFFINITY_MASK & 0x0300_0303; // small, colliding affinities
         if !mpidrs.contains(&m) {
             mpidrs.push(m);
         }

@@ -229,6 +229,9 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static KernelHeap) -> ! {
         for (i, &pcpu) in vm.placement.iter().enumerate() {
             let mut v = Box::new(Vcpu::new(VcpuId(i as u16), vm.mpidrs[i]));
             v.vm = Some(vm);
+            if let Some(c) = vm.exit_counters.get(i) {
+                v.counters = c;
+            }
             v.sve = sve_len.map(super::fpu::new_sve_state);
             v.regs.host_sp = cpu::stack_top(pcpu);
             let ptr = cpu::VcpuPtr::leak(v);

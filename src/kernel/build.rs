@@ -312,6 +312,9 @@ pub(super) fn build_vm(
         power: (0..nvcpus)
             .map(|_| crate::vm::power::VcpuPower::new())
             .collect(),
+        exit_counters: (0..nvcpus)
+            .map(|_| crate::vm::vcpu::ExitCounters::new())
+            .collect(),
         parked: (0..nvcpus)
             .map(|_| core::sync::atomic::AtomicBool::new(true))
             .collect(),

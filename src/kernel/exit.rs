@@ -192,9 +192,6 @@ pub fn handle_exit(v: &mut Vcpu, kind: ExitKind) -> Next {
         // A guest acknowledge trapped to re-check passthrough lines: re-executed, no action.
         ExitKind::Sync(esr) if super::lrs::ack_trap(vm, v, esr) => return Next::Resume,
         ExitKind::Sync(esr) => {
-            // The shell's exit count: this branch only (the fast path and interrupt exits
-            // have no instructions to spare, docs/benchmarks.md).
-            vm.stats().exits.fetch_add(1, Ordering::Relaxed);
             let action = {
                 let mut ctx = ExitCtx {
                     regs: &mut v.regs,
@@ -364,6 +361,10 @@ pub(super) fn block(vm: &Vm, v: &mut Vcpu) -> bool {
             super::sched::idle_begin(&s, timer::now());
             timer::wait_for_interrupt();
             let _ = handle_irqs(&mut s, Some(v));
+            // The shell's interrupt count: a wake-up here is an interrupt for this vCPU, as
+            // one taken while it ran (counted by the exit vector).
+            let c = &v.counters.irq;
+            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
             let running = vm.state.load(Ordering::Acquire) == VmState::Running as u8;
             if !running || !vm.power[idx].is_on() || vm.power[idx].start_pending() {
                 super::sched::idle_end(&s, timer::now());

@@ -45,7 +45,6 @@ pub(super) fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) -> bool 
             continue;
         }
         if let Some(vm) = super::passthrough_owner(intid) {
-            vm.stats().irqs.fetch_add(1, Ordering::Relaxed);
             let kicks = vm
                 .vgic
                 .lock()
@@ -60,7 +59,6 @@ pub(super) fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) -> bool 
         if intid == gic::KICK_SGI {
             // Requests are read by the scheduler, unless the kick can only be news for the
             // running vCPU's vGIC state (which the flush on entry picks up).
-            log::trace!("cpu{}: kick", s.index);
             resched |= kick_needs_scheduler(s, cur.as_deref());
         } else if intid == timer::HYP_TIMER_INTID {
             timer::disarm();

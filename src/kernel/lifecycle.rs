@@ -237,8 +237,10 @@ pub(super) fn start_vm(vm: &'static Vm) -> Result<(), alloc::string::String> {
         return Err(alloc::format!("{} ({}): cannot start: {e}", vm.id, vm.name));
     }
     let stats = vm.stats();
-    stats.exits.store(0, Ordering::Relaxed);
-    stats.irqs.store(0, Ordering::Relaxed);
+    // (Its vCPUs are not running: nothing increments these meanwhile.)
+    for c in &vm.exit_counters {
+        c.clear();
+    }
     let n = stats.starts.fetch_add(1, Ordering::Relaxed) + 1;
     super::RUNNING_VMS.fetch_add(1, Ordering::AcqRel);
     vm.state.store(VmState::Running as u8, Ordering::Release);

@@ -11,7 +11,7 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 
 use crate::arch::aarch64::heap::KernelHeap;
 use log::{error, info, warn};
@@ -138,13 +138,8 @@ pub(super) static RUNNING_VMS: AtomicUsize = AtomicUsize::new(0);
 /// start by itself (`elvisor,autostart = <0>`), or someone has entered a command in the shell.
 pub(super) static KEEP_UP: AtomicBool = AtomicBool::new(false);
 
-/// Counters the shell shows for one VM (relaxed atomics, never written on the exit fast path).
+/// Counters the shell shows for one VM beyond its vCPUs' exit counts (`Vm::exit_counters`).
 pub struct VmStats {
-    /// Exits that took the full path's synchronous branch (trapped writes, WFI, PSCI, ...)
-    /// since the VM was last started; the fast path's exits are not counted (it has no room).
-    pub exits: AtomicU64,
-    /// Physical interrupts routed to the VM by the kernel (passthrough SPIs) since then.
-    pub irqs: AtomicU64,
     /// Times the VM was started: at boot, by `start` or `restart`.
     pub starts: AtomicU32,
 }
@@ -152,8 +147,6 @@ pub struct VmStats {
 impl VmStats {
     const fn new() -> Self {
         Self {
-            exits: AtomicU64::new(0),
-            irqs: AtomicU64::new(0),
             starts: AtomicU32::new(0),
         }
     }
@@ -255,6 +248,8 @@ pub struct Vm {
     pub placement: Vec<usize>,
     /// PSCI power state of each vCPU, shared by all physical CPUs.
     pub power: Vec<crate::vm::power::VcpuPower>,
+    /// Each vCPU's exit counts (`Vcpu::counters` points here), for the shell.
+    pub exit_counters: Vec<crate::vm::vcpu::ExitCounters>,
     /// Set by a vCPU's physical CPU once it has taken the vCPU off (VM stop/reset handshake).
     pub parked: Vec<core::sync::atomic::AtomicBool>,
     kernel: Module,

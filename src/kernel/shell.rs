@@ -213,8 +213,16 @@ fn snapshot(vm: &Vm) -> shell::VmSnap {
             .collect(),
         memory_bytes: vm.config.memory_bytes,
         backed_bytes: vm.ram.backed_bytes(),
-        exits: stats.exits.load(Ordering::Relaxed),
-        irqs: stats.irqs.load(Ordering::Relaxed),
+        exits: vm
+            .exit_counters
+            .iter()
+            .map(|c| c.sync.load(Ordering::Relaxed) + c.irq.load(Ordering::Relaxed))
+            .sum(),
+        irqs: vm
+            .exit_counters
+            .iter()
+            .map(|c| c.irq.load(Ordering::Relaxed))
+            .sum(),
         focus: console_input::has_focus(vm),
     }
 }

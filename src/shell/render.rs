@@ -45,9 +45,10 @@ pub struct VmSnap {
     pub memory_bytes: u64,
     /// Guest RAM backed by host RAM right now (the rest is prepared on first touch).
     pub backed_bytes: u64,
-    /// Exits the kernel's full path handled for this VM since it was last started.
+    /// Exits of this VM's vCPUs since it was last started, every kind (the fast path's too).
     pub exits: u64,
-    /// Physical interrupts routed to this VM (passthrough SPIs, console input) since then.
+    /// Physical interrupts for the VM (a kick, a timer, a passthrough SPI): taken while one
+    /// of its vCPUs ran (an exit) or waking one that waited in WFI alone on its CPU.
     pub irqs: u64,
     pub focus: bool,
 }
@@ -192,7 +193,8 @@ pub fn list(vms: &[VmSnap]) -> String {
     }
     let _ = writeln!(
         s,
-        "(* has the console; (cpuN): vCPU off; exits: full-path exits since start)"
+        "(* has the console; (cpuN): vCPU off; exits since start, all kinds; irqs: physical \
+         interrupts taken while the VM ran or that woke it)"
     );
     s
 }

@@ -124,6 +124,9 @@ pub struct VifState {
 #[repr(C)]
 pub struct Vcpu {
     pub regs: GuestRegs,
+    /// Where the exit vectors count this vCPU's exits (right after `regs.host_sp`, so the
+    /// vector loads both with one LDP; arch::aarch64::vectors).
+    pub counters: &'static ExitCounters,
     pub el1: El1Context,
     pub debug: super::sysreg::DebugShadow,
     pub id: super::VcpuId,
@@ -152,6 +155,42 @@ pub struct Vcpu {
     pub sve: Option<alloc::boxed::Box<super::sve::SveState>>,
 }
 const _: () = assert!(offset_of!(Vcpu, regs) == 0);
+const _: () = assert!(offset_of!(Vcpu, counters) == REGS_HOST_SP + 8);
+/// Offset of `counters` in [`Vcpu`], for the exit vectors.
+pub const VCPU_COUNTERS: usize = offset_of!(Vcpu, counters);
+
+/// A vCPU's exit counts, incremented by the exit vectors (one load, add and store each: only
+/// the vCPU's own CPU writes them) and read by the shell's `list` and `info` on any CPU. They
+/// live outside the [`Vcpu`] (which its CPU holds `&mut`), in the VM's counter table.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct ExitCounters {
+    /// Synchronous exits: traps, hypercalls, aborts (the fast path's too).
+    pub sync: core::sync::atomic::AtomicU64,
+    /// Asynchronous exits: physical interrupts (and the rare FIQ or SError) taken while the
+    /// vCPU ran; plus wake-ups of the vCPU waiting in WFI alone on its CPU (kernel::exit::block).
+    pub irq: core::sync::atomic::AtomicU64,
+}
+pub const COUNTERS_SYNC: usize = offset_of!(ExitCounters, sync);
+pub const COUNTERS_IRQ: usize = offset_of!(ExitCounters, irq);
+
+impl ExitCounters {
+    pub const fn new() -> Self {
+        Self {
+            sync: core::sync::atomic::AtomicU64::new(0),
+            irq: core::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Both counts back to zero (a VM start).
+    pub fn clear(&self) {
+        self.sync.store(0, core::sync::atomic::Ordering::Relaxed);
+        self.irq.store(0, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Counters for a vCPU nothing reads (host tests; a vCPU before its VM's table exists).
+pub static UNCOUNTED: ExitCounters = ExitCounters::new();
 
 impl Vcpu {
     /// A vCPU about to run from `entry` with `x0` as its first argument (the DTB for the boot
@@ -159,6 +198,7 @@ impl Vcpu {
     pub fn new(id: super::VcpuId, mpidr: u64) -> Self {
         Self {
             regs: GuestRegs::default(),
+            counters: &UNCOUNTED,
             el1: El1Context::reset(),
             debug: Default::default(),
             id,

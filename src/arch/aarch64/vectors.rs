@@ -24,7 +24,10 @@
 //! per-CPU exception stack (the kernel stack may have overflowed into its guard page),
 //! save the registers and call `elvisor_el2_fatal`, which reports and parks the CPU.
 
-use crate::vm::vcpu::{REGS_ELR, REGS_HOST_SP, REGS_SPSR, REGS_X0};
+use crate::vm::vcpu::{
+    COUNTERS_IRQ, COUNTERS_SYNC, REGS_ELR, REGS_HOST_SP, REGS_SPSR, REGS_X0, VCPU_COUNTERS,
+};
+const _: () = assert!(VCPU_COUNTERS == REGS_HOST_SP + 8);
 
 // The paired loads and stores below rely on this layout: x29, x30 adjacent, then ELR, SPSR.
 const _: () = assert!(REGS_X0 + 30 * 8 + 8 == REGS_ELR && REGS_ELR + 8 == REGS_SPSR);
@@ -85,7 +88,12 @@ core::arch::global_asm!(
     stp     x29, x30, [sp, #{x29}]
     stp     x0, x1, [sp, #{elr}]
     mov     x0, sp
-    ldr     x2, [sp, #{host_sp}]
+    // The kernel stack top and this vCPU's exit counters (`Vcpu::counters`, right after
+    // host_sp): one LDP; then the count, only this CPU writes it.
+    ldp     x2, x3, [sp, #{host_sp}]
+    ldr     x4, [x3, #{count_sync}]
+    add     x4, x4, #1
+    str     x4, [x3, #{count_sync}]
     mov     sp, x2
     mov     x29, xzr
     bl      elvisor_sync_fast
@@ -106,7 +114,10 @@ core::arch::global_asm!(
     str     x30, [sp, #{x30}]
     stp     x0, x1, [sp, #{elr}]
     mov     x0, sp
-    ldr     x2, [sp, #{host_sp}]
+    ldp     x2, x3, [sp, #{host_sp}]
+    ldr     x4, [x3, #{count_irq}]
+    add     x4, x4, #1
+    str     x4, [x3, #{count_irq}]
     mov     sp, x2
     mov     x1, #\kind
     mov     x29, xzr
@@ -310,6 +321,8 @@ elvisor_guest_resume:
     x30 = const REGS_X0 + 30 * 8,
     elr = const REGS_ELR,
     host_sp = const REGS_HOST_SP,
+    count_sync = const COUNTERS_SYNC,
+    count_irq = const COUNTERS_IRQ,
     fatal_frame = const FATAL_FRAME_BYTES,
     exit_sync = const EXIT_SYNC,
 );

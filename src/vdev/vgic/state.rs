@@ -302,6 +302,8 @@ pub struct Vgic {
     pub(super) maybe_words: Vec<u64>,
     /// Where hardware-linked level lines are re-sampled ([`Vgic::set_line_sampler`]).
     pub(super) sampler: Option<LineSampler>,
+    /// vCPU i has MPIDR i, so SGI targets need no search ([`Vgic::sgi_targets_by_index`]).
+    pub(super) mpidr_is_index: bool,
 }
 
 impl Vgic {
@@ -362,6 +364,11 @@ impl Vgic {
             maybe_words: vec![u64::MAX; (nr_private + config.nr_spis as usize).div_ceil(64 * 64)],
             typer: 0,
             sampler: None,
+            mpidr_is_index: config
+                .mpidrs
+                .iter()
+                .enumerate()
+                .all(|(i, &m)| m == i as u64),
         };
         vgic.typer = vgic.gicd_typer();
         vgic.reset();

@@ -2099,3 +2099,30 @@ fn passthrough_entry_asks_for_an_acknowledge_check() {
     g.sync(V0, &mut l);
     assert!(!g.flush(V0, &mut l).check_lines);
 }
+
+/// The SGI target shortcut for VMs whose vCPU i has MPIDR i agrees with the search over every
+/// vCPU's MPIDR, for random ICC_SGI1R values (every field, RS and the Aff fields included)
+/// and VM sizes up to the GICv3 maximum; a VM with other MPIDRs keeps the search.
+#[test]
+fn sgi_targets_by_index_equal_the_search() {
+    let mut rng = Lcg(0x5151_2024);
+    for n in [1u64, 2, 3, 15, 16, 17, 33, 64] {
+        let g = v3(n);
+        assert!(g.mpidr_is_index);
+        for _ in 0..4000 {
+            let mut value = rng.next() << 32 ^ rng.next();
+            // Often a plausible value: RS small, Aff3..Aff1 zero.
+            if rng.next().is_multiple_of(2) {
+                value &= !(0xff << 48 | 0xff << 32 | 0xff << 16 | 0xf << 44);
+                value |= (rng.next() % 5) << 44;
+            }
+            assert_eq!(
+                g.sgi_targets_by_index(value),
+                g.sgi_targets_by_search(value),
+                "{n} vCPUs, value {value:#x}"
+            );
+        }
+    }
+    assert!(!v3_with(&[0, 1, 0x100], 64).mpidr_is_index);
+    assert!(!v3_with(&[1, 0], 64).mpidr_is_index);
+}
