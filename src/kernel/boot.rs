@@ -233,6 +233,7 @@ pub fn primary_main(dtb_pa: u64, el: u64, heap: &'static KernelHeap) -> ! {
                 v.counters = c;
             }
             v.sve = sve_len.map(super::fpu::new_sve_state);
+            v.pmu = super::pmu::vcpu_state(vm);
             v.regs.host_sp = cpu::stack_top(pcpu);
             let ptr = cpu::VcpuPtr::leak(v);
             if let Some(s) = sched::sched_of(pcpu) {
@@ -320,6 +321,7 @@ fn enable_kernel_interrupts(index: usize) {
     gic::enable(VTIMER_INTID, 0xa0, true, index);
     gic::enable(timer::HYP_TIMER_INTID, 0xa0, true, index);
     gic::enable(maint, 0xa0, true, index);
+    gic::enable(crate::vm::pmu::PMU_INTID, 0xa0, true, index);
     gic::enable(gic::KICK_SGI, 0x90, false, index);
     gic::enable(gic::HALT_SGI, 0x80, false, index);
 }

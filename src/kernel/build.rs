@@ -286,7 +286,7 @@ pub(super) fn build_vm(
         cnthctl: guest::guest_cnthctl(),
         // Each VM's virtual counter starts near zero at its creation.
         cntvoff: timer::now(),
-        mdcr: guest::MDCR_EL2_GUEST,
+        mdcr: guest::MDCR_EL2_GUEST | super::pmu::mdcr_hpmn(),
         cptr: guest::guest_cptr(),
     };
     let vm: &'static Vm = Box::leak(Box::new(Vm {

@@ -68,6 +68,7 @@ pub fn fast_sync(v: &mut Vcpu, esr: Esr, full_frame: bool) -> bool {
                 timer::now,
                 idregs::read,
                 v.sve.is_some(),
+                v.pmu.pmuver,
             ) else {
                 return false;
             };
@@ -309,6 +310,7 @@ fn apply(vm: &'static Vm, v: &mut Vcpu, esr: Esr, action: Action) -> bool {
             super::sched::debug_sync(v);
             false
         }
+        Action::Pmu => super::pmu::access(vm, v, esr),
         Action::FpAccess | Action::SveAccess => {
             if super::fpu::switch(v, action == Action::SveAccess) {
                 false

@@ -80,6 +80,8 @@ pub(super) fn handle_irqs(s: &mut CpuSched, mut cur: Option<&mut Vcpu>) -> bool 
         } else if Some(intid) == uart {
             console_input();
             resched = true;
+        } else if intid == crate::vm::pmu::PMU_INTID {
+            resched |= super::pmu::irq(cur.as_deref_mut());
         } else if intid == gic::HALT_SGI {
             // Another CPU failed: park here (kernel::halt).
             super::halt::check();

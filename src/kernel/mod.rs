@@ -43,6 +43,7 @@ mod irq;
 pub mod lifecycle;
 mod lrs;
 mod net;
+mod pmu;
 pub mod ram;
 pub mod sched;
 mod shell;

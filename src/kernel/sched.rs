@@ -285,6 +285,9 @@ fn put(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
     if v.debug.live {
         debug::save(&mut v.debug, s.index);
     }
+    if v.pmu.live {
+        crate::arch::aarch64::pmu::save(&mut v.pmu);
+    }
     gic::save_vif(&mut v.vif);
     let n = gic::nr_lrs().min(v.lrs.len());
     for i in 0..n {
@@ -354,6 +357,10 @@ pub(super) fn load(s: &mut CpuSched, slot: usize, v: &mut Vcpu) {
     if v.debug.wants_hw() {
         hw.mdcr &= !guest::MDCR_EL2_TDA;
         debug::load(&mut v.debug, s.index);
+    }
+    // A PMU user's counters (vm::pmu); the others' accesses trap and load them on first use.
+    if v.pmu.user {
+        crate::arch::aarch64::pmu::load(&mut v.pmu);
     }
     guest::load_config(&hw);
     guest::load_el1(&v.el1);

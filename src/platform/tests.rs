@@ -198,6 +198,7 @@ fn vm_fixture() {
             power_button: true,
             autostart: true,
             sve_vector_bits: None,
+            pmu: true,
             shmem: Vec::new(),
             nics: Vec::new(),
         }]
@@ -519,6 +520,22 @@ fn vm_power_button() {
     assert!(!parse_ok(&button(0)).vms[0].power_button);
     assert!(parse_ok(&button(1)).vms[0].power_button);
     assert_error(&button(2), "/chosen/vm-a", "elvisor,power-button");
+}
+
+#[test]
+fn vm_pmu() {
+    let pmu = |v: u32| {
+        vm_dt(
+            &move |w| {
+                good_vm(w)?;
+                w.property_u32("elvisor,pmu", v)
+            },
+            true,
+        )
+    };
+    assert!(!parse_ok(&pmu(0)).vms[0].pmu);
+    assert!(parse_ok(&pmu(1)).vms[0].pmu);
+    assert_error(&pmu(2), "/chosen/vm-a", "elvisor,pmu");
 }
 
 #[test]

@@ -69,6 +69,9 @@ pub enum Action {
     /// A trapped debug-register write needs the hardware updated: the vCPU's first use of
     /// its debug registers (load them, stop trapping) or an OS lock change (vm::debug).
     DebugSync,
+    /// A trapped PMU register access (vm::pmu), PC not moved: the kernel performs it on the
+    /// vCPU's PMU (loading it on first use) or injects UNDEFINED in a VM without a PMU.
+    Pmu,
     /// The guest did something we cannot continue from; stop the VM with this diagnostic.
     Stop(&'static str),
     /// A translation fault on the guest's own RAM: the block is not backed yet (mm::lazy).
@@ -151,7 +154,7 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
                 // read first (with the vCPU's SVE setting); here they are those of a VM
                 // without SVE, which is always safe.
                 && let Some(v) =
-                    local_sysreg_read(&acc, ctx.ptimer, ctx.counter, ctx.id_read, false)
+                    local_sysreg_read(&acc, ctx.ptimer, ctx.counter, ctx.id_read, false, 0)
             {
                 ctx.regs.set(acc.rt, v);
                 ctx.regs.skip_instruction(4);
@@ -175,6 +178,11 @@ pub fn handle_sync(ctx: &mut ExitCtx<'_>, esr: Esr, fault: impl FnOnce() -> Faul
                     ctx.regs.skip_instruction(4);
                     return Action::Sgi { value, group1 };
                 }
+            }
+            // The PMU (vm::pmu): the kernel emulates it on the vCPU's hardware state, or
+            // injects UNDEFINED in a VM without one.
+            if super::pmu::decode(&acc).is_some() {
+                return Action::Pmu;
             }
             match sysreg::emulate(&acc, value, ctx.debug, ctx.id_read) {
                 SysRegResult::Read(v) => {
@@ -341,18 +349,15 @@ pub fn local_sysreg_read(
     counter: fn() -> u64,
     id_read: fn(u8, u8) -> u64,
     sve: bool,
+    pmuver: u8,
 ) -> Option<u64> {
     // The timer first: it is what guests read at run time; ID registers are read at boot.
     if PhysTimer::handles(acc) {
         return ptimer.access(acc, 0, counter());
     }
     if acc.op0 == 3 && acc.op1 == 0 && acc.crn == 0 && (1..=7).contains(&acc.crm) {
-        return Some(super::idregs::sanitize_vm(
-            acc.crm,
-            acc.op2,
-            id_read(acc.crm, acc.op2),
-            sve,
-        ));
+        let v = super::idregs::sanitize_vm(acc.crm, acc.op2, id_read(acc.crm, acc.op2), sve);
+        return Some(super::pmu::id_value(acc.crm, acc.op2, v, pmuver));
     }
     None
 }

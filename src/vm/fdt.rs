@@ -50,6 +50,9 @@ pub struct GuestGic {
     pub gicr_or_gicc: (GuestPhysAddr, u64),
     /// Maintenance interrupt as an INTID (a PPI, 16..32), if it is to be described.
     pub maintenance_intid: Option<u32>,
+    /// The PMU overflow interrupt as an INTID (PPI 23) if the VM has a PMU (`vm::pmu`): an
+    /// "arm,armv8-pmuv3" node is written.
+    pub pmu_intid: Option<u32>,
 }
 
 /// Everything that goes into one guest's device tree.
@@ -545,6 +548,13 @@ fn write_gic(w: &mut FdtWriter, gic: &GuestGic) -> Result<(), FdtGenError> {
     w.property_array_u32("interrupts", &cells)?;
     w.property_null("always-on")?;
     w.end_node(timer)?;
+
+    if let Some(intid) = gic.pmu_intid {
+        let pmu = w.begin_node("pmu")?;
+        w.property_string("compatible", "arm,armv8-pmuv3")?;
+        w.property_array_u32("interrupts", &[GIC_PPI, intid - 16, ppi_flags])?;
+        w.end_node(pmu)?;
+    }
     Ok(())
 }
 

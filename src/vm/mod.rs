@@ -9,6 +9,7 @@ pub mod fdt;
 pub mod idregs;
 pub mod loader;
 pub mod placement;
+pub mod pmu;
 pub mod power;
 pub mod psci;
 pub mod sched;

@@ -153,6 +153,8 @@ pub struct Vcpu {
     pub fp: FpState,
     /// SVE registers, for a vCPU of a VM with SVE (`vm::sve`); `None` otherwise.
     pub sve: Option<alloc::boxed::Box<super::sve::SveState>>,
+    /// Its PMU (`vm::pmu`; `present` false in a VM without one).
+    pub pmu: super::pmu::PmuState,
 }
 const _: () = assert!(offset_of!(Vcpu, regs) == 0);
 const _: () = assert!(offset_of!(Vcpu, counters) == REGS_HOST_SP + 8);
@@ -214,6 +216,7 @@ impl Vcpu {
             vtimer: (0, 0),
             fp: FpState::default(),
             sve: None,
+            pmu: Default::default(),
         }
     }
 
@@ -245,6 +248,7 @@ impl Vcpu {
         if let Some(s) = self.sve.as_mut() {
             s.reset();
         }
+        self.pmu.reset();
     }
 }
 

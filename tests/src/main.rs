@@ -15,6 +15,7 @@ mod cases_console;
 mod cases_debug;
 mod cases_ext4;
 mod cases_net;
+mod cases_pmu;
 mod cases_power;
 mod cases_rpi4;
 mod cases_shell;
@@ -90,6 +91,7 @@ fn main() -> ExitCode {
         .chain(cases_rpi4::VIRT_CASES)
         .chain(cases_boot::CASES)
         .chain(cases_debug::CASES)
+        .chain(cases_pmu::CASES)
         .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
         .collect();
     if selected.is_empty() {

@@ -35,6 +35,8 @@ pub mod mmio;
 #[cfg(target_os = "none")]
 pub mod mmu;
 #[cfg(target_os = "none")]
+pub mod pmu;
+#[cfg(target_os = "none")]
 pub mod ram;
 #[cfg(all(target_os = "none", feature = "selftest"))]
 pub mod selftest;

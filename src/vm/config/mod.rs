@@ -69,6 +69,9 @@ pub struct VmConfig {
     /// Property `elvisor,sve-vector-length`, in bits: `Some(0)` turns SVE off for this VM,
     /// another value caps its vector length (`vm::sve`); `None`: the CPU's largest.
     pub sve_vector_bits: Option<u32>,
+    /// Property `elvisor,pmu`, default 1: the VM gets the CPU's PMUv3 (`vm::pmu`) where there
+    /// is one; 0 gives it none (PMUVer 0, PMU registers UNDEFINED, no DT node).
+    pub pmu: bool,
     /// Shared-memory regions this VM maps (subnodes compatible "elvisor,shmem-map"), in node
     /// order; linked to the regions by [`link_shmem`].
     pub shmem: Vec<ShmemMap>,

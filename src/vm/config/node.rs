@@ -164,6 +164,18 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
         Err(problem) => return Err(err("elvisor,sve-vector-length", problem.into())),
     };
 
+    let pmu = match u32_prop(node, "elvisor,pmu") {
+        Ok(None | Some(1)) => true,
+        Ok(Some(0)) => false,
+        Ok(Some(n)) => {
+            return Err(err(
+                "elvisor,pmu",
+                format!("{n} is neither 0 (no PMU) nor 1"),
+            ));
+        }
+        Err(problem) => return Err(err("elvisor,pmu", problem.into())),
+    };
+
     let (kernel, ramdisk) = parse_modules(lin, limits)?;
     let passthrough = parse_passthrough(lin, limits)?;
     let kernel = kernel.ok_or_else(|| {
@@ -195,6 +207,7 @@ pub(crate) fn parse_vm(lin: &Lineage<'_>, limits: &VmLimits<'_>) -> Result<VmCon
         power_button,
         autostart,
         sve_vector_bits,
+        pmu,
         shmem,
         nics,
     })

@@ -271,7 +271,7 @@ fn sve_trap_and_sve_id_fields() {
     let acc = esr::sysreg_access((3 << 20) | (4 << 1) | (1 << 5) | 1);
     let mut pt = PhysTimer::default();
     for sve in [false, true] {
-        let v = local_sysreg_read(&acc, &mut pt, counter, |_, _| 1 << 32, sve);
+        let v = local_sysreg_read(&acc, &mut pt, counter, |_, _| 1 << 32, sve, 0);
         assert_eq!(v, Some(u64::from(sve) << 32), "PFR0.SVE, sve {sve}");
     }
 }

@@ -21,6 +21,7 @@ fn spec_v3() -> GuestFdt<'static> {
             gicd: (GuestPhysAddr(0x0800_0000), 0x1_0000),
             gicr_or_gicc: (GuestPhysAddr(0x080a_0000), 0x4_0000),
             maintenance_intid: Some(25),
+            pmu_intid: Some(23),
         }),
         bootargs: "console=ttyAMA0 earlycon",
         initrd: Some((GuestPhysAddr(0x4800_0000), 0x10_0000)),
@@ -39,6 +40,7 @@ fn spec_v2() -> GuestFdt<'static> {
             gicd: (GuestPhysAddr(0x0800_0000), 0x1_0000),
             gicr_or_gicc: (GuestPhysAddr(0x0801_0000), 0x1_0000),
             maintenance_intid: Some(25),
+            pmu_intid: None,
         }),
         ..spec_v3()
     }
@@ -140,6 +142,8 @@ fn gicv3_tree() {
         [1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4]
     );
     assert!(has(&fdt, "/timer", "always-on"));
+    assert_eq!(strs(&fdt, "/pmu", "compatible"), ["arm,armv8-pmuv3"]);
+    assert_eq!(cells(&fdt, "/pmu", "interrupts"), [1, 7, 4]);
 
     assert_eq!(strs(&fdt, "/apb-pclk", "compatible"), ["fixed-clock"]);
     assert_eq!(cells(&fdt, "/apb-pclk", "#clock-cells"), [0]);
@@ -297,6 +301,7 @@ fn bad_inputs_are_errors() {
         GuestFdt {
             gic: Some(GuestGic {
                 maintenance_intid: Some(33),
+                pmu_intid: None,
                 ..spec_v3().gic.unwrap()
             }),
             ..spec_v3()

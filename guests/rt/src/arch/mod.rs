@@ -14,6 +14,7 @@ pub mod gicv3;
 pub mod irq;
 pub mod mem;
 pub mod mmio;
+pub mod pmu;
 pub mod probe;
 pub mod smp;
 pub mod sysregs;
