@@ -39,6 +39,9 @@ pub(super) fn mdcr_hpmn() -> u64 {
 }
 
 /// A trapped PMU register access (`Action::Pmu`). Returns true when the scheduler must run.
+///
+/// Out of line, like [`irq`]: kept out of the exit and interrupt paths' frames.
+#[inline(never)]
 pub(super) fn access(vm: &Vm, v: &mut Vcpu, esr: Esr) -> bool {
     let acc = esr::sysreg_access(esr.iss());
     let reg = vpmu::decode(&acc);
@@ -75,6 +78,7 @@ pub(super) fn access(vm: &Vm, v: &mut Vcpu, esr: Esr) -> bool {
 /// running vCPU, a live PMU user, it raises the virtual PPI 23; the hardware enables are
 /// cleared in every case, so the level-sensitive physical line falls and cannot storm (a
 /// user's are restored when its virtual line falls, `vm::pmu::sync_irq`).
+#[inline(never)]
 pub(super) fn irq(cur: Option<&mut Vcpu>) -> bool {
     pmu::mask_irq();
     match cur {

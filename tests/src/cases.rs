@@ -1427,6 +1427,9 @@ const LINUX_LINES: &[&str] = &[
     // Seeded from the /chosen/rng-seed elvisor puts in every guest DT: the CRNG is ready at
     // once, even on a Cortex-A72 without RNDR (before, it never initialised there).
     "random: crng init done",
+    // The guest PMU (elvisor,pmu defaults to on): Linux's armv8-pmu driver probes the
+    // "arm,armv8-pmuv3" node and reads PMCR_EL0.N through the trapped emulation.
+    "hw perfevents: enabled with armv8_pmuv3",
     "INIT: nproc=2",
     "arch_timer",
     "IPI",

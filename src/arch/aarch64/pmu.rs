@@ -116,6 +116,7 @@ pub fn host_counters() -> u8 {
 
 /// Loads a PMU user's state into this CPU and marks it live: counters and types first, then
 /// the enables, overflow flags and PMCR_EL0 last (so nothing counts half loaded).
+#[inline(never)]
 pub fn load(st: &mut PmuState) {
     let mut hw = Hw;
     for i in 0..st.n {
@@ -141,6 +142,7 @@ pub fn load(st: &mut PmuState) {
 
 /// Stops the PMU (PMCR_EL0.E = 0), then saves a live user's state and leaves every counter,
 /// overflow interrupt and EL0 access disabled: a vCPU switched out stops counting.
+#[inline(never)]
 pub fn save(st: &mut PmuState) {
     let mut hw = Hw;
     let pmcr = hw.read(HwReg::Pmcr);
