@@ -321,6 +321,7 @@ fn enable_kernel_interrupts(index: usize) {
     gic::enable(VTIMER_INTID, 0xa0, true, index);
     gic::enable(timer::HYP_TIMER_INTID, 0xa0, true, index);
     gic::enable(maint, 0xa0, true, index);
+    super::pmu::init_cpu();
     gic::enable(crate::vm::pmu::PMU_INTID, 0xa0, true, index);
     gic::enable(gic::KICK_SGI, 0x90, false, index);
     gic::enable(gic::HALT_SGI, 0x80, false, index);

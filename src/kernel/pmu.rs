@@ -27,6 +27,14 @@ pub(super) fn vm_has_pmu(vm: &Vm) -> bool {
     vm.config.pmu && vpmu::guest_pmuver(idregs::read(5, 0)) != 0
 }
 
+/// At CPU bring-up: whatever firmware left in the PMU (running counters, overflow interrupts,
+/// EL0 access) is stopped before any guest runs; nothing on a CPU without PMUv3.
+pub(super) fn init_cpu() {
+    if vpmu::guest_pmuver(idregs::read(5, 0)) != 0 {
+        pmu::quiesce();
+    }
+}
+
 /// MDCR_EL2.HPMN [4:0] for guests: every event counter is the guest's (PMCR_EL0.E, not
 /// MDCR_EL2.HPME, enables them; ARM ARM D13.4). 0 where the CPU has no PMUv3 (HPMN is then
 /// unused).
@@ -45,10 +53,15 @@ pub(super) fn mdcr_hpmn() -> u64 {
 pub(super) fn access(vm: &Vm, v: &mut Vcpu, esr: Esr) -> bool {
     let acc = esr::sysreg_access(esr.iss());
     let reg = vpmu::decode(&acc);
+    let el0 = guest::from_el0(&v.regs);
     let (true, Some(reg)) = (v.pmu.present, reg) else {
         guest::inject_sync(&mut v.regs, esr::inject::undefined(esr.il()), None);
         return false;
     };
+    if el0 && !vpmu::el0_allowed(reg, acc.read, v.pmu.userenr) {
+        guest::inject_sync(&mut v.regs, esr::inject::undefined(esr.il()), None);
+        return false;
+    }
     // First use: the vCPU becomes a PMU user and its (reset) state goes into the CPU.
     if !v.pmu.live {
         v.pmu.user = true;

@@ -246,6 +246,24 @@ pub fn decode(acc: &SysRegAccess) -> Option<Reg> {
     Some(r)
 }
 
+/// Whether EL0 may access `reg` (a read, or a write) under PMUSERENR_EL0 `userenr`: EN (0)
+/// allows every EL0-accessible register, SW (1) PMSWINC_EL0 writes, CR (2) PMCCNTR_EL0 reads,
+/// ER (3) event counter reads and PMSELR_EL0 (ARM ARM D24, PMUSERENR_EL0). The EL1-only
+/// PMINTENSET/CLR_EL1 never are. The CPU checks the same before it traps to EL2 (the
+/// guest's PMUSERENR_EL0 is written through), so this only matters while the hardware value
+/// is not the guest's yet.
+pub fn el0_allowed(reg: Reg, read: bool, userenr: u64) -> bool {
+    let en = userenr & 1 != 0;
+    match reg {
+        Reg::IntenSet | Reg::IntenClr => false,
+        Reg::Swinc if !read => en || userenr & 0b10 != 0,
+        Reg::Ccntr if read => en || userenr & 0b100 != 0,
+        Reg::Evcntr(_) | Reg::Xevcntr if read => en || userenr & 0b1000 != 0,
+        Reg::Selr => en || userenr & 0b1000 != 0,
+        _ => en,
+    }
+}
+
 /// The outcome of an emulated PMU access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {

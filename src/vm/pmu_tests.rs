@@ -224,3 +224,19 @@ fn userenr_and_reset() {
     assert_eq!(guest_pmuver(0x0000_0706), PMUVER_MAX, "capped at v3p1");
     assert_eq!(guest_pmuver(0x0000_0f06), 0, "IMPLEMENTATION DEFINED PMU");
 }
+
+#[test]
+fn el0_follows_pmuserenr() {
+    assert!(!el0_allowed(Reg::Pmcr, true, 0));
+    assert!(el0_allowed(Reg::Pmcr, true, 1));
+    assert!(!el0_allowed(Reg::IntenSet, true, 0xf), "EL1 only");
+    assert!(el0_allowed(Reg::Swinc, false, 0b10));
+    assert!(el0_allowed(Reg::Ccntr, true, 0b100));
+    assert!(
+        !el0_allowed(Reg::Ccntr, false, 0b100),
+        "CR allows reads only"
+    );
+    assert!(el0_allowed(Reg::Evcntr(2), true, 0b1000));
+    assert!(el0_allowed(Reg::Selr, false, 0b1000));
+    assert!(!el0_allowed(Reg::Evtyper(2), true, 0b1110));
+}

@@ -170,6 +170,8 @@ pub fn quiesce() {
     hw.write(HwReg::CntenClr, all);
     hw.write(HwReg::IntenClr, all);
     hw.write(HwReg::Userenr, 0);
+    let pmcr = hw.read(HwReg::Pmcr);
+    hw.write(HwReg::Pmcr, pmcr & !PMCR_WRITABLE);
     isb();
 }
 
