@@ -95,6 +95,8 @@ fuzz_target!(|spec: Spec| {
         gicd: (GuestPhysAddr(d.base), d.size),
         gicr_or_gicc: (GuestPhysAddr(c.base), c.size),
         maintenance_intid: m.map(u32::from),
+        // Any value, as the maintenance interrupt's: one outside the PPIs must be refused.
+        pmu_intid: m.map(|m| u32::from(m) ^ 0x0c),
     });
     let passthrough: Vec<Passthrough> = spec
         .passthrough

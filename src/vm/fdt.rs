@@ -211,6 +211,14 @@ fn validate(spec: &GuestFdt<'_>) -> Result<(), FdtGenError> {
                 intid,
             });
         }
+        if let Some(intid) = gic.pmu_intid
+            && !(16..32).contains(&intid)
+        {
+            return Err(FdtGenError::BadIntid {
+                what: "PMU overflow interrupt (a PPI)",
+                intid,
+            });
+        }
     }
     if let Some((base, size)) = spec.initrd {
         check_region("initrd", base.as_u64(), size)?;

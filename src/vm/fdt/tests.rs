@@ -313,6 +313,19 @@ fn bad_inputs_are_errors() {
     );
     check(
         GuestFdt {
+            gic: Some(GuestGic {
+                pmu_intid: Some(7),
+                ..spec_v3().gic.unwrap()
+            }),
+            ..spec_v3()
+        },
+        FdtGenError::BadIntid {
+            what: "PMU overflow interrupt (a PPI)",
+            intid: 7,
+        },
+    );
+    check(
+        GuestFdt {
             initrd: Some((GuestPhysAddr(0x4800_0000), 0)),
             ..spec_v3()
         },
