@@ -7,6 +7,9 @@
 //! * `ipi`: the same exchange between two CPUs of one VM (or natively) with SGIs: CPU 0 sends
 //!   SGI 1 to CPU 1, which acknowledges it, EOIs and sends SGI 2 back.
 //!
+//! `doorbell-status-read` then times one read of the doorbell's STATUS register alone (a
+//! trapped MMIO access), to split the round trip into its parts.
+//!
 //! The figure is A's counter difference: both CPUs' paths plus the hypervisor's, since under
 //! `-icount` QEMU runs the CPUs one at a time and the counter counts every instruction.
 
@@ -78,6 +81,14 @@ pub fn doorbell(fdt: Option<&Fdt<'static>>) -> bool {
         1,
         format_args!("intid={intid} method=shmem-doorbell"),
     );
+    // One doorbell register access alone (STATUS, a trapped MMIO read), for the breakdown.
+    let mut reads = Stats::new();
+    for _ in 0..ROUNDS {
+        let t0 = now();
+        let _ = bell.read32(db::REG_STATUS as usize);
+        reads.add(now() - t0);
+    }
+    emit("doorbell-status-read", &reads, 1, format_args!(""));
     true
 }
 
