@@ -314,7 +314,11 @@ def report(w, configs, cfgs, io_runs, budget_gics, md_escape):
       " per request than under elvisor although the copy is free there. The likely reason (not"
       " traced): QEMU completes the request in its main loop, so each request sends the CPU"
       " through Linux's idle entry and exit, whereas elvisor completes it during the"
-      " notification's exit and the guest never waits.")
+      " notification's exit and the guest never waits. Under elvisor the Linux figures repeat"
+      " within one invocation of scripts/bench but move by under 1 % between invocations: the"
+      " host DTB that scripts/mkdtb takes from QEMU carries a fresh random `rng-seed`, from"
+      " which elvisor seeds each guest's, so the kernel's random choices differ. They have no"
+      " budget.")
     w("")
     cols = hv_cfgs + nat_cfgs
     w("| benchmark | budget | " + " | ".join(cols) + " |")
