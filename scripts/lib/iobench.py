@@ -194,7 +194,14 @@ class Runner:
         hv = self.configs[cfg][1]
         out = {}
         for run in (RUNS if hv else NATIVE_RUNS):
-            cmd = self.command(cfg, run)
+            try:
+                cmd = self.command(cfg, run)
+            except RuntimeError as e:
+                # A missing module (say build/guest-material/Image before scripts/setup).
+                out[run] = {"cmd": ["scripts/mkdtb", "..."], "log": "-", "results": {},
+                            "fails": [str(e).splitlines()[-1] if str(e) else "mkdtb failed"],
+                            "done": False, "timed_out": False, "wall": 0.0, "repeat_ok": True}
+                continue
             first, same = None, True
             for i in range(self.repeat):
                 log = os.path.join(self.work, f"io-{cfg}-{run}" + (f".{i + 1}" if i else "") + ".log")
