@@ -1482,7 +1482,7 @@ pub fn log_check(case: &str) -> Option<LogCheck> {
             }
         }),
         // hb waits in WFI, alone on cpu0, between beats a second apart: that wait is idle time.
-        "shell-gicv3" | "shell-gicv2" => Some(crate::cases_shell::lone_vcpu_idles),
+        "shell-gicv3" | "shell-gicv2" => Some(crate::cases_shell::shell_checks),
         "soak-linux-reboot" => Some(|log| {
             let n = crate::check::number_after(log, "[linux] INIT: soak: boot after reset 0 of ")
                 .ok_or("/init never said how many reboots it makes")?;

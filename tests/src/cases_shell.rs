@@ -197,9 +197,44 @@ pub fn lone_vcpu_idles(log: &str) -> Result<String, String> {
     }
 }
 
+/// `list` counts every exit and interrupt: hb, running for a few beats by the first `list`,
+/// has exits (its UART writes, WFIs, timer reads) and interrupts (its timer waking it from
+/// WFI), exits at least as many as interrupts taken in the guest.
+pub fn list_counts(log: &str) -> Result<String, String> {
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("   0 hb    running"))
+        .ok_or("`list` printed no running line for hb")?;
+    let mut words = line.split_whitespace().rev();
+    let irqs = words.next().and_then(|w| w.parse::<u64>().ok());
+    let exits = words.next().and_then(|w| w.parse::<u64>().ok());
+    match (exits, irqs) {
+        (Some(e), Some(i)) if e > 0 && i > 0 => Ok(format!("hb: {e} exits, {i} interrupts")),
+        _ => Err(format!(
+            "`list` shows no exits or no interrupts for hb: {line:?}"
+        )),
+    }
+}
+
+/// The shell cases' checks on the log: [`lone_vcpu_idles`] and [`list_counts`].
+pub fn shell_checks(log: &str) -> Result<String, String> {
+    Ok(format!("{}; {}", lone_vcpu_idles(log)?, list_counts(log)?))
+}
+
 #[cfg(test)]
 mod idle_tests {
-    use super::lone_vcpu_idles;
+    use super::{list_counts, lone_vcpu_idles};
+
+    #[test]
+    fn list_count_check_can_fail() {
+        let row = |e: u64, i: u64| {
+            format!("   0 hb    running      1: cpu0       64 MiB  {e:>10}  {i:>8}\n")
+        };
+        assert!(list_counts(&row(256, 5)).is_ok());
+        assert!(list_counts(&row(256, 0)).is_err());
+        assert!(list_counts(&row(0, 0)).is_err());
+        assert!(list_counts("nothing\n").is_err());
+    }
 
     #[test]
     fn lone_vcpu_idle_check_can_fail() {
