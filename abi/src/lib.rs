@@ -46,6 +46,8 @@ pub mod hypercall {
 ///   0x0903_0000  PL061 GPIO (emulated), 4 KiB, SPI 7: line 3 is the power button
 ///   0x0a00_0000  virtio-mmio slots, 0x200 each, SPI 16 + n
 ///   0x0b00_0000  shared-memory doorbells, 4 KiB each, SPI 48 + k (the VM's k-th mapping)
+///   0x0b10_0000  PCI ECAM (bus 0), 1 MiB, for mappings with `elvisor,pci`
+///   0x0b20_0000  their BAR0 register windows, 4 KiB each (device k: the k-th mapping)
 ///   0x4000_0000  RAM
 ///                  +0x8_0000 (TEXT_OFFSET): the image
 ///                  top - 2 MiB: the device tree
@@ -81,6 +83,13 @@ pub mod layout {
     pub const DOORBELL_INTID: u32 = 80;
     /// Most shared-memory regions one VM maps.
     pub const DOORBELL_COUNT: u64 = 8;
+    /// The emulated PCI host (`pci-host-ecam-generic`, bus 0 only) of VMs with an
+    /// ivshmem-like function: its ECAM window, then the BAR0 register windows, device k's
+    /// (the VM's k-th mapping) at `PCI_BAR0_BASE + k * PCI_BAR0_SIZE`.
+    pub const PCI_ECAM_BASE: u64 = 0x0b10_0000;
+    pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
+    pub const PCI_BAR0_BASE: u64 = 0x0b20_0000;
+    pub const PCI_BAR0_SIZE: u64 = 0x1000;
     /// Guest RAM base.
     pub const RAM_BASE: u64 = 0x4000_0000;
     /// Room reserved at the top of RAM for the device tree.

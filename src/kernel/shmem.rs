@@ -27,6 +27,7 @@ use crate::mm::pagetable::S2Kind;
 use crate::platform::Platform;
 use crate::vdev::MmioBus;
 use crate::vdev::doorbell::{Doorbell, DoorbellGroup, DoorbellLines, SharedGroup};
+use crate::vdev::pci::{Ivshmem, PciHost};
 use crate::vdev::vgic::KickSet;
 use crate::vm::config::VmConfig;
 use crate::vm::fdt::GuestShmem;
@@ -153,6 +154,7 @@ pub(super) fn attach(
     }
     let regions = regions(plat)?;
     let mut nodes = Vec::new();
+    let mut pci = PciHost::new();
     for (k, map) in cfg.shmem.iter().enumerate() {
         let bad = |property: &'static str, problem: String| VmError {
             node: map.node_path.clone(),
@@ -162,7 +164,11 @@ pub(super) fn attach(
         let Some(region) = regions.get(map.region) else {
             return Err(bad("elvisor,shmem", "not linked to a region".into()));
         };
-        let doorbell = layout::doorbell_base(k);
+        let doorbell = if map.pci {
+            GuestPhysAddr(layout::PCI_BAR0_BASE + layout::PCI_BAR0_SIZE * k as u64)
+        } else {
+            layout::doorbell_base(k)
+        };
         let intid = layout::DOORBELL_INTID + k as u32;
         if let Some(pt) = cfg
             .passthrough
@@ -189,34 +195,58 @@ pub(super) fn attach(
                 .map_err(|e| bad("elvisor,guest-address", format!("stage-2 map: {e}")))?;
             ipa += piece.size_bytes;
         }
-        bus.add(
-            doorbell,
-            Box::new(Doorbell::new(
+        let pci_device = if map.pci {
+            // The mapping is device k of the VM's PCI host: its registers are BAR0, the
+            // region (mapped just above, where BAR2 says) BAR2, its INTx the doorbell SPI.
+            let bar0 = layout::PCI_BAR0_BASE + layout::PCI_BAR0_SIZE * k as u64;
+            let f = Ivshmem::new(
                 region.group.clone(),
                 region.lines.clone(),
                 map.index,
-                map.read_only,
-            )),
-        )
-        .map_err(|_| {
-            bad(
-                "compatible",
-                "the doorbell page overlaps another device".into(),
+                bar0 as u32,
+                map.guest_address,
+                map.size_bytes,
+            );
+            if !pci.insert(k, f) {
+                return Err(bad("elvisor,pci", "no PCI slot for the mapping".into()));
+            }
+            Some(k as u32)
+        } else {
+            bus.add(
+                doorbell,
+                Box::new(Doorbell::new(
+                    region.group.clone(),
+                    region.lines.clone(),
+                    map.index,
+                    map.read_only,
+                )),
             )
-        })?;
+            .map_err(|_| {
+                bad(
+                    "compatible",
+                    "the doorbell page overlaps another device".into(),
+                )
+            })?;
+            None
+        };
         let name = plat
             .shmem
             .get(map.region)
             .map(|r| r.name.clone())
             .unwrap_or_default();
         info!(
-            "{}: shmem \"{name}\" at {:#x} ({} MiB{}), member {} of {}, doorbell at {:#x} (SPI {})",
+            "{}: shmem \"{name}\" at {:#x} ({} MiB{}), member {} of {}, {} at {:#x} (SPI {})",
             cfg.name,
             map.guest_address,
             map.size_bytes >> 20,
             if map.read_only { ", read-only" } else { "" },
             map.index,
             map.peers,
+            if map.pci {
+                "PCI ivshmem, BAR0"
+            } else {
+                "doorbell"
+            },
             doorbell.0,
             intid - 32
         );
@@ -229,7 +259,20 @@ pub(super) fn attach(
             index: map.index as u32,
             peers: map.peers as u32,
             read_only: map.read_only,
+            pci_device,
         });
+    }
+    if !pci.is_empty() {
+        bus.add(GuestPhysAddr(layout::PCI_ECAM_BASE), Box::new(pci))
+            .map_err(|_| VmError {
+                node: cfg
+                    .shmem
+                    .first()
+                    .map(|m| m.node_path.clone())
+                    .unwrap_or_default(),
+                property: "elvisor,pci",
+                problem: "the PCI host's window overlaps another device".into(),
+            })?;
     }
     Ok(nodes)
 }

@@ -48,13 +48,19 @@ pub trait DoorbellLines: Send + Sync {
 pub struct DoorbellGroup {
     /// STATUS of each member: bit i = member i rang it.
     status: Vec<u32>,
+    /// Which STATUS bits of each member drive its line: all for a doorbell page; what the
+    /// guest enabled for a PCI function (`vdev::pci::ivshmem`: its interrupt mask and INTx
+    /// Disable).
+    enabled: Vec<u32>,
 }
 
 impl DoorbellGroup {
     /// A group of `peers` members (clamped to 1..=[`MAX_PEERS`]), nothing pending.
     pub fn new(peers: usize) -> Self {
+        let n = peers.clamp(1, MAX_PEERS);
         Self {
-            status: alloc::vec![0; peers.clamp(1, MAX_PEERS)],
+            status: alloc::vec![0; n],
+            enabled: alloc::vec![u32::MAX; n],
         }
     }
 
@@ -79,13 +85,18 @@ impl DoorbellGroup {
 
     /// Clears `mask` in member `member`'s STATUS; returns its line level afterwards.
     pub fn ack(&mut self, member: usize, mask: u32) -> bool {
-        match self.status.get_mut(member) {
-            Some(s) => {
-                *s &= !mask;
-                *s != 0
-            }
-            None => false,
+        if let Some(s) = self.status.get_mut(member) {
+            *s &= !mask;
         }
+        self.level(member)
+    }
+
+    /// Sets which of member `member`'s STATUS bits drive its line; returns the level after.
+    pub fn set_enabled(&mut self, member: usize, mask: u32) -> bool {
+        if let Some(e) = self.enabled.get_mut(member) {
+            *e = mask;
+        }
+        self.level(member)
     }
 
     /// Member `member`'s STATUS.
@@ -93,9 +104,10 @@ impl DoorbellGroup {
         self.status.get(member).copied().unwrap_or(0)
     }
 
-    /// Member `member`'s line: high while its STATUS is nonzero.
+    /// Member `member`'s line: high while an enabled bit of its STATUS is set (for a
+    /// doorbell page: while STATUS is nonzero).
     pub fn level(&self, member: usize) -> bool {
-        self.status(member) != 0
+        self.status(member) & self.enabled.get(member).copied().unwrap_or(0) != 0
     }
 }
 
@@ -167,7 +179,7 @@ impl MmioDevice for Doorbell {
             abi::REG_RING => {
                 let to = usize::try_from(value).unwrap_or(usize::MAX);
                 let was = g.level(to);
-                if g.ring(self.index, to) && !was {
+                if g.ring(self.index, to) && !was && g.level(to) {
                     self.lines.set_line(to, true);
                 }
             }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod doorbell;
+pub mod pci;
 pub mod pl011;
 pub mod pl061;
 pub mod switch;

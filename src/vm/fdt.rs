@@ -295,6 +295,7 @@ pub fn generate(spec: &GuestFdt<'_>) -> Result<Vec<u8>, FdtGenError> {
     if let Some(k) = spec.kaslr_seed {
         w.property_u64("kaslr-seed", k)?;
     }
+    pci::write_chosen(&mut w, spec.shmem)?;
     w.end_node(chosen)?;
 
     let memory = w.begin_node(&format!("memory@{:x}", spec.ram_base.as_u64()))?;
@@ -404,9 +405,10 @@ pub fn generate(spec: &GuestFdt<'_>) -> Result<Vec<u8>, FdtGenError> {
         w.end_node(node)?;
     }
 
-    for shm in spec.shmem {
+    for shm in spec.shmem.iter().filter(|s| s.pci_device.is_none()) {
         write_shmem(&mut w, shm, spec.gic.is_some())?;
     }
+    pci::write_host(&mut w, spec.shmem, spec.gic.is_some())?;
 
     w.end_node(root)?;
     Ok(w.finish()?)
@@ -427,6 +429,9 @@ pub struct GuestShmem {
     pub index: u32,
     pub peers: u32,
     pub read_only: bool,
+    /// `Some(k)`: the mapping is device k of the emulated PCI host (`vdev::pci`), its
+    /// registers (BAR0) at `doorbell`, and gets no `shmem@` node ([`pci::write_host`]).
+    pub pci_device: Option<u32>,
 }
 
 /// A `shmem@<base>` node: `compatible = "elvisor,shmem", "generic-uio"` (so Linux's
@@ -566,5 +571,6 @@ fn write_gic(w: &mut FdtWriter, gic: &GuestGic) -> Result<(), FdtGenError> {
     Ok(())
 }
 
+mod pci;
 #[cfg(test)]
 mod tests;

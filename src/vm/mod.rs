@@ -76,6 +76,8 @@ pub mod layout {
     /// [`doorbell_base`]`(k)`, its level-sensitive interrupt INTID `DOORBELL_INTID + k`.
     pub use abi::{DOORBELL_COUNT, DOORBELL_INTID, DOORBELL_SIZE};
     pub use abi::{GPIO_INTID, GPIO_SIZE, POWER_BUTTON_LINE};
+    /// The emulated PCI host of VMs with `elvisor,pci` mappings (`vdev::pci`).
+    pub use abi::{PCI_BAR0_BASE, PCI_BAR0_SIZE, PCI_ECAM_BASE};
     /// The doorbell page of the VM's k-th shared-memory mapping.
     pub const fn doorbell_base(k: usize) -> GuestPhysAddr {
         GuestPhysAddr(abi::DOORBELL_BASE + abi::DOORBELL_SIZE * k as u64)

@@ -1265,6 +1265,8 @@ pub const CASES: &[Case] = &[
     crate::cases_ext4::LINUX_EXT4_GICV2,
     crate::cases_shmem::SHMEM_GICV3,
     crate::cases_shmem::SHMEM_GICV2,
+    crate::cases_ivshmem::LINUX_IVSHMEM_GICV3,
+    crate::cases_ivshmem::LINUX_IVSHMEM_GICV2,
     crate::cases_net::NET_GICV3,
     crate::cases_net::NET_GICV2,
     crate::cases_net::LINUX_NET_GICV3,

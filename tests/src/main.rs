@@ -14,6 +14,7 @@ mod cases_boot;
 mod cases_console;
 mod cases_debug;
 mod cases_ext4;
+mod cases_ivshmem;
 mod cases_net;
 mod cases_pmu;
 mod cases_power;

@@ -51,6 +51,9 @@ pub struct ShmemMap {
     pub guest_address: u64,
     /// Property `read-only`: guest writes fault (stage-2 read-only).
     pub read_only: bool,
+    /// Property `elvisor,pci`: the mapping is an ivshmem-like PCI function (`vdev::pci`)
+    /// instead of a doorbell page and a `generic-uio` node.
+    pub pci: bool,
     /// Filled in by [`link`]: the region (index into the platform's regions), its size, this
     /// VM's member index and the member count.
     pub region: usize,
@@ -161,6 +164,7 @@ fn parse_map(vm_path: &str, child: Node<'_>) -> Result<ShmemMap, ConfigError> {
         region_name,
         guest_address,
         read_only: prop(child, "read-only").is_some(),
+        pci: prop(child, "elvisor,pci").is_some(),
         region: 0,
         size_bytes: 0,
         index: 0,
@@ -186,6 +190,11 @@ fn device_windows(vm: &VmConfig) -> Vec<(PhysRange, String)> {
             abi::DOORBELL_BASE,
             abi::DOORBELL_SIZE * abi::DOORBELL_COUNT,
             "the doorbell pages"
+        ),
+        w(
+            abi::PCI_ECAM_BASE,
+            abi::PCI_BAR0_BASE + abi::PCI_BAR0_SIZE * abi::DOORBELL_COUNT - abi::PCI_ECAM_BASE,
+            "the PCI host (ECAM and BAR0 windows)"
         ),
     ];
     if vm.power_button {
@@ -254,6 +263,20 @@ pub(crate) fn link(vms: &mut [VmConfig], regions: &mut [ShmemRegion]) -> Result<
                     ),
                 ));
             };
+            // A PCI BAR is a power of two, naturally aligned (the BAR is where the region is).
+            if map.pci
+                && (!region.size_bytes.is_power_of_two()
+                    || !map.guest_address.is_multiple_of(region.size_bytes))
+            {
+                return Err(err(
+                    "elvisor,pci",
+                    format!(
+                        "a PCI BAR needs a power-of-two region size aligned to it: region \"{}\" \
+                         has {:#x} bytes at {:#x}",
+                        map.region_name, region.size_bytes, map.guest_address
+                    ),
+                ));
+            }
             let range = PhysRange::new(PhysAddr(map.guest_address), end - map.guest_address);
             if range.overlaps(&ram) {
                 return Err(err(

@@ -474,6 +474,7 @@ fn shared_memory_nodes() {
             index: 1,
             peers: 2,
             read_only: false,
+            pci_device: None,
         },
         GuestShmem {
             name: "board".into(),
@@ -484,6 +485,7 @@ fn shared_memory_nodes() {
             index: 0,
             peers: 3,
             read_only: true,
+            pci_device: None,
         },
     ];
     let blob = generate(&GuestFdt {
@@ -523,3 +525,4 @@ fn shared_memory_nodes() {
         .is_err()
     );
 }
+mod pci;
