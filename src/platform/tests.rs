@@ -1102,6 +1102,55 @@ fn shmem_regions_and_maps() {
     );
 }
 
+/// `elvisor,pci` on a mapping (vm::config::shmem, vdev::pci): parsed; the region must be a
+/// power of two and the guest address aligned to it (a BAR); the PCI host's window is kept
+/// clear of every mapping.
+#[test]
+fn shmem_pci_maps() {
+    let tree = |size: u64, ipa: u64| {
+        host_dt(true, &move |w| {
+            stdout(w)?;
+            let r = w.begin_node("shm-iv")?;
+            w.property_string("compatible", "elvisor,shmem")?;
+            w.property_u64("size", size)?;
+            w.end_node(r)?;
+            let v = w.begin_node("vm-a")?;
+            w.property_string("compatible", "elvisor,vm")?;
+            good_vm(w)?;
+            let k = w.begin_node("kernel")?;
+            w.property_string("compatible", "multiboot,kernel")?;
+            w.property_array_u64("reg", &[0x6000_0000, 0x10_0000])?;
+            w.end_node(k)?;
+            let m = w.begin_node("iv")?;
+            w.property_string("compatible", "elvisor,shmem-map")?;
+            w.property_string("elvisor,shmem", "shm-iv")?;
+            w.property_u64("elvisor,guest-address", ipa)?;
+            w.property_null("elvisor,pci")?;
+            w.end_node(m)?;
+            w.end_node(v)
+        })
+    };
+    let p = parse_ok(&tree(0x40_0000, 0x1_0040_0000));
+    assert!(p.vms[0].shmem[0].pci);
+    // Not a power of two; not aligned to the size.
+    assert_error(
+        &tree(0x60_0000, 0x2000_0000),
+        "/chosen/vm-a/iv",
+        "elvisor,pci",
+    );
+    assert_error(
+        &tree(0x40_0000, 0x2020_0000),
+        "/chosen/vm-a/iv",
+        "elvisor,pci",
+    );
+    // Over the BAR0 windows (0x0b20_0000..0x0b20_8000).
+    assert_error(
+        &tree(0x20_0000, 0x0b20_0000),
+        "/chosen/vm-a/iv",
+        "elvisor,guest-address",
+    );
+}
+
 /// NICs (vm::config::nic): parsed in node order; refused with a malformed, multicast or
 /// all-zero MAC, without a switch name, or with a MAC already on the same switch (in the same
 /// VM or an earlier one). The same MAC on two different switches is fine.
