@@ -63,6 +63,15 @@ fn repo_root() -> PathBuf {
     root.canonicalize().unwrap_or(root)
 }
 
+/// Cases that show a known, not yet fixed hypervisor bug intermittently: left out of the
+/// default run (so the suite stays a signal) and run when a filter names them. Each has its
+/// issue and reproduction in docs/ARCHITECTURE.md ("Known bugs").
+const KNOWN_BROKEN: &[(&str, &str)] = &[(
+    "linux-ivshmem-gicv2",
+    "after the 1000-round exchange, VM A sometimes never reaches `reboot: Power down` \
+     (GICv2, a loaded host; 2 of 5 runs)",
+)];
+
 fn main() -> ExitCode {
     let mut list = false;
     let mut build = false;
@@ -93,8 +102,19 @@ fn main() -> ExitCode {
         .chain(cases_boot::CASES)
         .chain(cases_debug::CASES)
         .chain(cases_pmu::CASES)
-        .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
+        .filter(|c| {
+            if filters.is_empty() {
+                !KNOWN_BROKEN.iter().any(|(name, _)| *name == c.name)
+            } else {
+                filters.iter().any(|f| c.name.contains(f.as_str()))
+            }
+        })
         .collect();
+    if filters.is_empty() {
+        for (name, why) in KNOWN_BROKEN {
+            println!("skipped {name} (known bug, run it by name): {why}");
+        }
+    }
     if selected.is_empty() {
         eprintln!("elvisor-systest: no case matches {filters:?}; see --list");
         return ExitCode::from(2);
