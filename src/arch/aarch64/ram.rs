@@ -225,15 +225,7 @@ impl crate::vdev::virtio::GuestMemory for GuestRamAccess {
             .as_any()
             .and_then(|a| a.downcast_ref::<GuestRamAccess>())
         else {
-            let mut bounce = [0u8; 256];
-            let mut done = 0u64;
-            while done < len {
-                let n = (len - done).min(bounce.len() as u64);
-                let buf = &mut bounce[..n as usize];
-                src.read_raw(src_offset + done, buf);
-                self.write_raw(offset + done, buf);
-                done += n;
-            }
+            crate::vdev::virtio::mem::bounce_copy(self, offset, src, src_offset, len);
             return;
         };
         // Both sides backed first (a source block the guest never wrote reads as zeroes).

@@ -48,15 +48,7 @@ pub trait GuestMemory {
     /// hypervisor's, two VMs' RAM) copies in one step, so a frame crossing a virtual switch is
     /// copied once, from the sender's buffers into the receiver's.
     fn copy_from_raw(&mut self, offset: u64, src: &dyn GuestMemory, src_offset: u64, len: u64) {
-        let mut bounce = [0u8; 256];
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(bounce.len() as u64);
-            let buf = &mut bounce[..n as usize];
-            src.read_raw(src_offset + done, buf);
-            self.write_raw(offset + done, buf);
-            done += n;
-        }
+        bounce_copy(self, offset, src, src_offset, len);
     }
 
     /// Checked copy of `len` bytes at `src_gpa` of `src` to `gpa` (see [`Self::copy_from_raw`]).
@@ -126,6 +118,26 @@ pub trait GuestMemory {
 
     fn write_u32(&mut self, gpa: u64, v: u32) -> Result<(), OutsideRam> {
         self.write(gpa, &v.to_le_bytes())
+    }
+}
+
+/// [`GuestMemory::copy_from_raw`] through a 256-byte buffer on the stack: the default, and the
+/// fallback of implementations that copy directly only between memories of their own kind.
+pub fn bounce_copy<M: GuestMemory + ?Sized>(
+    dst: &mut M,
+    offset: u64,
+    src: &dyn GuestMemory,
+    src_offset: u64,
+    len: u64,
+) {
+    let mut bounce = [0u8; 256];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(bounce.len() as u64);
+        let buf = &mut bounce[..n as usize];
+        src.read_raw(src_offset + done, buf);
+        dst.write_raw(offset + done, buf);
+        done += n;
     }
 }
 
@@ -204,11 +216,7 @@ impl GuestMemory for VecMemory {
                     d.copy_from_slice(s);
                 }
             }
-            _ => {
-                let mut bounce = alloc::vec![0u8; usize::try_from(len).unwrap_or(0)];
-                src.read_raw(src_offset, &mut bounce);
-                self.write_raw(offset, &bounce);
-            }
+            _ => bounce_copy(self, offset, src, src_offset, len),
         }
     }
 }
