@@ -257,7 +257,17 @@ pub(super) fn schedule(s: &mut CpuSched, mut current: Option<(usize, &mut Vcpu)>
             return s.slots[n].ptr;
         }
         // Nothing runnable: idle until an interrupt. A blocked vCPU that is still loaded
-        // keeps its virtual timer live, so its expiry wakes us.
+        // keeps its virtual timer live, so its expiry wakes us. One that is off (its VM
+        // stopped or resets, PSCI CPU_OFF) is put first: left loaded, its timer would go on
+        // firing into a VM that no longer runs, and a pending entry in its list registers
+        // keeps the virtual IRQ asserted, which ends every WFI here at once on QEMU (its WFI
+        // wakes on a virtual interrupt even at EL2), so this CPU would spin instead of idle.
+        if let Some((cs, v)) = current.as_mut()
+            && s.loaded == Some(*cs)
+            && s.rq.state(*cs) == Some(RunState::Off)
+        {
+            put(s, *cs, v);
+        }
         arm_timer(s, None, now);
         idle_begin(s, timer::now());
         timer::wait_for_interrupt();
