@@ -73,6 +73,9 @@ static FIRST_INTERRUPTED_AT: AtomicU64 = AtomicU64::new(0);
 static SPLIT_EOI: AtomicBool = AtomicBool::new(false);
 /// With SPLIT_EOI: the INTID left active for the test to deactivate.
 static HOLD_ACTIVE: AtomicU32 = AtomicU32::new(NONE);
+/// Deliveries of the virtual timer the handler still re-arms at "now" instead of masking it
+/// (see [`set_rearm_virtual`]).
+static REARM_VIRTUAL: AtomicU32 = AtomicU32::new(0);
 /// The timer INTIDs, so the handler knows which timer to mask.
 static VIRTUAL_INTID: AtomicU32 = AtomicU32::new(NONE);
 static PHYSICAL_INTID: AtomicU32 = AtomicU32::new(NONE);
@@ -118,6 +121,14 @@ pub fn count_of(intid: u32) -> usize {
 pub fn set_split_eoi(hold_active: Option<u32>) {
     HOLD_ACTIVE.store(hold_active.unwrap_or(NONE), Ordering::SeqCst);
     SPLIT_EOI.store(hold_active.is_some(), Ordering::SeqCst);
+}
+
+/// For the next `n` deliveries of the virtual timer, the handler re-arms the timer with CVAL
+/// at the current count instead of masking it: its line stays high across the EOI, as a
+/// periodic tick's does when its next deadline has already passed by the time the handler
+/// programs it. Call with IRQs masked.
+pub fn set_rearm_virtual(n: u32) {
+    REARM_VIRTUAL.store(n, Ordering::SeqCst);
 }
 
 /// The deliveries since the last reset.
@@ -274,7 +285,14 @@ fn handle() {
         return;
     }
     let intid = iar.intid();
-    let (count, timer_ctl) = if intid == VIRTUAL_INTID.load(Ordering::SeqCst) {
+    let rearm = REARM_VIRTUAL.load(Ordering::SeqCst);
+    let (count, timer_ctl) = if intid == VIRTUAL_INTID.load(Ordering::SeqCst) && rearm > 0 {
+        REARM_VIRTUAL.store(rearm - 1, Ordering::SeqCst);
+        let t = Timer::Virtual;
+        let (count, ctl) = (t.count(), t.control());
+        t.arm_at(count);
+        (count, ctl)
+    } else if intid == VIRTUAL_INTID.load(Ordering::SeqCst) {
         mask_timer(Timer::Virtual)
     } else if intid == PHYSICAL_INTID.load(Ordering::SeqCst) {
         mask_timer(Timer::Physical)

@@ -42,7 +42,10 @@ pub fn disarm() {
 /// GIC, so the kernel needs no EL2 IRQ vector. Not `nomem`: the DSB must complete the stores
 /// made before the wait (another CPU may be polling them), and the compiler must neither sink
 /// them below it nor hoist the loads that follow (what the interrupt's sender published).
+/// First the GIC is made to re-evaluate what it signals ([`super::gic::before_wait`]: a QEMU
+/// GICv2 workaround).
 pub fn wait_for_interrupt() {
+    super::gic::before_wait();
     // SAFETY: WFI only suspends execution.
     unsafe { asm!("dsb sy", "wfi", options(nostack)) };
 }

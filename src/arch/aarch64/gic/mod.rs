@@ -65,11 +65,13 @@ register_structs! {
 }
 
 register_structs! {
-    /// The GICv2 CPU-interface registers the kernel drives itself: CTLR (EOImode), IAR and
-    /// EOIR (arm-gic's accessors drop the source-CPU bits of an SGI's IAR) and DIR.
+    /// The GICv2 CPU-interface registers the kernel drives itself: CTLR (EOImode), PMR (see
+    /// [`before_wait`]), IAR and EOIR (arm-gic's accessors drop the source-CPU bits of an SGI's
+    /// IAR) and DIR.
     pub GiccExtra {
         (0x0000 => ctlr: ReadWrite<u32>),
-        (0x0004 => _r0),
+        (0x0004 => pmr: ReadWrite<u32>),
+        (0x0008 => _r0),
         (0x000c => iar: ReadOnly<u32>),
         (0x0010 => eoir: ReadWrite<u32>),
         (0x0014 => _r1),
@@ -149,8 +151,8 @@ pub fn init(info: &GicInfo, cpus: usize) -> Result<(), &'static str> {
             // priorities through the alias, not the driver); both are volatile MMIO used under
             // the same lock.
             let gicd = unsafe { &*(info.gicd.base.0 as *const GicdExtra) };
-            // SAFETY: `GiccExtra` aliases GICC only for CTLR and DIR, which the arm-gic driver
-            // never writes after `setup`; both are volatile MMIO used under the same lock.
+            // SAFETY: `GiccExtra` aliases GICC only for CTLR, PMR and DIR, which the arm-gic
+            // driver never writes after `setup` and `init_cpu`; all are volatile MMIO.
             let gicc = unsafe { &*(gicc_r.base.0 as *const GiccExtra) };
             // SAFETY: GICH from the host device tree, mapped as Device memory; only this
             // module touches it.
@@ -425,6 +427,28 @@ pub fn deactivate_raw(raw: u32) {
         3 => unsafe { asm!("msr icc_dir_el1, {}", "isb", in(reg) raw as u64, options(nostack)) },
         2 => gicc().dir.set(raw),
         _ => {}
+    }
+}
+
+/// Called right before the CPU waits for an interrupt in WFI at EL2 (the idle loop, a vCPU's
+/// in-place wait): makes a GICv2 CPU interface re-evaluate what it signals.
+///
+/// QEMU's GICv2 (hw/intc/arm_gic.c, 10.0.2) does not recompute a CPU's physical IRQ output
+/// when a guest's EOI through the virtual CPU interface deactivates a hardware-linked physical
+/// interrupt (`gic_complete_irq`'s vCPU path ends in `gic_update_virt` only). If the physical
+/// interrupt's level is high at that moment (a virtual timer the guest re-armed with a
+/// deadline already past while its interrupt was still active), it is pending and inactive
+/// but not signalled, and a WFI waiting for it sleeps until some other GIC access recomputes
+/// the outputs: forever once the other CPUs are idle too (seen as the second of two Linux
+/// VMs never powering off once the first had, docs/qemu-bugs.md). A physical CPU-interface
+/// write ends in `gic_update`, so PMR is written back with the value it holds. On hardware
+/// the write changes nothing (IHI 0048B §4.4.2) and a GIC-400 signals an interrupt as soon
+/// as its deactivation makes it eligible (§3.2.4), so the workaround only costs one Device
+/// read and write per wait, and none on GICv3, whose QEMU model does not have the bug.
+pub fn before_wait() {
+    if VERSION.load(Ordering::Relaxed) == 2 {
+        let c = gicc();
+        c.pmr.set(c.pmr.get());
     }
 }
 
