@@ -1,5 +1,12 @@
 //! The system-test cases: each one is data — a board configuration (QEMU machine arguments),
 //! a boot method, the VMs in the host device tree, and what the serial log must and must not show.
+//! A test that runs on several configurations (board × GIC × VHE) is declared once, as a
+//! [`Scenario`] listing them; [`all`] expands the lists into the cases the harness runs.
+
+use std::sync::LazyLock;
+
+use crate::matrix::Entry::{self, Matrix, Single};
+use crate::matrix::{FROM_CONFIG, Gic, Naming, Scenario, V2_NVHE, V3_NVHE, V3_VHE, Vhe};
 
 /// How the hypervisor image reaches the CPU.
 // `UBoot` is U-Boot, not "U" + the enum's name.
@@ -42,7 +49,8 @@ pub enum Exit {
     KillAfter(&'static str),
 }
 
-/// One system test.
+/// One system test: one scenario on one configuration. Most are generated from a
+/// [`Scenario`] (crate::matrix), declared once with the configurations it runs on; see [`all`].
 #[derive(Clone, Copy, Debug)]
 pub struct Case {
     pub name: &'static str,
@@ -134,6 +142,21 @@ impl Case {
     }
 }
 
+/// Every case, in the order the harness runs them and `--list` shows them: [`CASES`], then
+/// the raspi4b, boot-disk, debug and PMU lists.
+pub fn all() -> &'static [Case] {
+    static ALL: LazyLock<Vec<Case>> = LazyLock::new(|| {
+        let mut all = crate::matrix::expand(CASES);
+        all.extend(crate::cases_rpi4::CASES);
+        all.extend(crate::cases_rpi4::VIRT_CASES);
+        all.extend(crate::cases_boot::CASES);
+        all.extend(crate::matrix::expand(crate::cases_debug::CASES));
+        all.extend(crate::matrix::expand(crate::cases_pmu::CASES));
+        all
+    });
+    &ALL
+}
+
 /// Never acceptable in any log: a hypervisor panic or EL2 fault, or a failed guest check.
 pub const ALWAYS_REJECT: &[&str] = &["panicked", "PANIC", "FATAL", "FAIL"];
 
@@ -160,55 +183,6 @@ pub const VIRT_V2_NVHE: &[&str] = &[
     "2",
 ];
 
-const VIRT_V3_VHE_SMP4: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=3",
-    "-cpu",
-    "max",
-    "-m",
-    "1G",
-    "-smp",
-    "4",
-];
-const VIRT_V2_NVHE_SMP4: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=2",
-    "-cpu",
-    "cortex-a72",
-    "-m",
-    "1G",
-    "-smp",
-    "4",
-];
-
-/// `-icount shift=0,sleep=off`: one instruction per nanosecond of guest time, the idle CPU's
-/// clock jumping to its next deadline. The hostile runs' victims are judged in guest time, which
-/// a loaded host cannot stretch (TCG becomes single-threaded: slower, but deterministic).
-const VIRT_V3_VHE_ICOUNT: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=3",
-    "-cpu",
-    "max",
-    "-m",
-    "1G",
-    "-smp",
-    "2",
-    "-icount",
-    "shift=0,sleep=off",
-];
-const VIRT_V2_NVHE_ICOUNT: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=2",
-    "-cpu",
-    "cortex-a72",
-    "-m",
-    "1G",
-    "-smp",
-    "2",
-    "-icount",
-    "shift=0,sleep=off",
-];
-
 /// The last line of a halted machine: every CPU acknowledged the halt.
 const HALTED: &str = "elvisor: halted: all CPUs parked";
 /// A panic on purpose prints these words of [`ALWAYS_REJECT`].
@@ -216,22 +190,17 @@ const PANIC_WORDS: &[&str] = &["PANIC", "panicked"];
 /// A fatal exception on purpose prints this one.
 const FATAL_WORDS: &[&str] = &["FATAL"];
 
-/// A last-resort case: the selftest image, `allow`ed report words, the heartbeat guest's
-/// beats rejected after the halted line, and no clean power-off (a failed hypervisor parks).
-/// Expectations list the trigger's lines in order, ending with [`HALTED`].
+/// A last-resort case (name, about and machine from its configuration): the selftest image,
+/// `allow`ed report words, the heartbeat guest's beats rejected after the halted line, and no
+/// clean power-off (a failed hypervisor parks). Expectations list the trigger's lines in order,
+/// ending with [`HALTED`].
 const fn lastresort(
-    name: &'static str,
-    about: &'static str,
-    machine: &'static [&'static str],
     vms: &'static [&'static str],
     bootargs: Option<&'static str>,
     expect: &'static [&'static str],
     allow: &'static [&'static str],
 ) -> Case {
     Case {
-        name,
-        about,
-        machine,
         boot: Boot::Direct,
         vms,
         bootargs,
@@ -247,6 +216,7 @@ const fn lastresort(
         image: Image::Selftest,
         allow,
         reject_after_exit: &["HB: beat"],
+        ..FROM_CONFIG
     }
 }
 
@@ -262,82 +232,88 @@ macro_rules! smoke_lines {
     };
 }
 
-pub const CASES: &[Case] = &[
-    Case {
-        name: "virt-gicv3-vhe-direct",
-        about: "QEMU virt, GICv3, -cpu max (VHE), -kernel; smoke VM passes, machine powers off",
-        machine: VIRT_V3_VHE,
-        boot: Boot::Direct,
-        vms: &["smoke"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: smoke_lines!["VHE mode (E2H=1)", "GICv3"],
-        reject: &["SMOKE FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "virt-gicv2-nvhe-direct",
-        about: "QEMU virt, GICv2, -cpu cortex-a72 (no VHE), -kernel; smoke VM passes",
-        machine: VIRT_V2_NVHE,
-        boot: Boot::Direct,
-        vms: &["smoke"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: smoke_lines!["non-VHE mode (E2H=0)", "GICv2"],
-        reject: &["SMOKE FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "virt-gicv3-vhe-uboot",
-        about: "as virt-gicv3-vhe-direct, booted by U-Boot booti with its control DTB",
-        machine: VIRT_V3_VHE,
-        boot: Boot::UBoot,
-        vms: &["smoke"],
-        bootargs: None,
-        timeout_s: 90,
-        expect: smoke_lines![
-            "compatible = \"elvisor,vm\"",
-            "Starting kernel",
-            "VHE mode (E2H=1)",
-            "GICv3",
+pub const CASES: &[Entry] = &[
+    Matrix(Scenario {
+        name: "virt{cfg}-direct",
+        naming: Naming::GicVhe,
+        on: &[
+            (
+                V3_VHE,
+                "QEMU virt, GICv3, -cpu max (VHE), -kernel; smoke VM passes, machine powers off",
+            ),
+            (
+                V2_NVHE,
+                "QEMU virt, GICv2, -cpu cortex-a72 (no VHE), -kernel; smoke VM passes",
+            ),
         ],
-        reject: &["SMOKE FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "virt-gicv2-nvhe-uboot",
-        about: "as virt-gicv2-nvhe-direct, booted by U-Boot booti with its control DTB",
-        machine: VIRT_V2_NVHE,
-        boot: Boot::UBoot,
-        vms: &["smoke"],
-        bootargs: None,
-        timeout_s: 90,
-        expect: smoke_lines![
-            "compatible = \"elvisor,vm\"",
-            "Starting kernel",
-            "non-VHE mode (E2H=0)",
-            "GICv2",
+        case: Case {
+            boot: Boot::Direct,
+            vms: &["smoke"],
+            bootargs: None,
+            timeout_s: 60,
+            expect: smoke_lines!["VHE mode (E2H=1)", "GICv3"],
+            reject: &["SMOKE FAIL"],
+            exit: Exit::Status(0),
+            console_input: None,
+            image: Image::Normal,
+            allow: &[],
+            reject_after_exit: &[],
+            ..FROM_CONFIG
+        },
+        tweak: Some(|cfg, c| match cfg.gic {
+            Gic::V2 => Case {
+                expect: smoke_lines!["non-VHE mode (E2H=0)", "GICv2"],
+                ..c
+            },
+            Gic::V3 => c,
+        }),
+    }),
+    Matrix(Scenario {
+        name: "virt{cfg}-uboot",
+        naming: Naming::GicVhe,
+        on: &[
+            (
+                V3_VHE,
+                "as virt-gicv3-vhe-direct, booted by U-Boot booti with its control DTB",
+            ),
+            (
+                V2_NVHE,
+                "as virt-gicv2-nvhe-direct, booted by U-Boot booti with its control DTB",
+            ),
         ],
-        reject: &["SMOKE FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
+        case: Case {
+            boot: Boot::UBoot,
+            vms: &["smoke"],
+            bootargs: None,
+            timeout_s: 90,
+            expect: smoke_lines![
+                "compatible = \"elvisor,vm\"",
+                "Starting kernel",
+                "VHE mode (E2H=1)",
+                "GICv3",
+            ],
+            reject: &["SMOKE FAIL"],
+            exit: Exit::Status(0),
+            console_input: None,
+            image: Image::Normal,
+            allow: &[],
+            reject_after_exit: &[],
+            ..FROM_CONFIG
+        },
+        tweak: Some(|cfg, c| match cfg.gic {
+            Gic::V2 => Case {
+                expect: smoke_lines![
+                    "compatible = \"elvisor,vm\"",
+                    "Starting kernel",
+                    "non-VHE mode (E2H=0)",
+                    "GICv2",
+                ],
+                ..c
+            },
+            Gic::V3 => c,
+        }),
+    }),
+    Single(Case {
         name: "wrong-el",
         about: "virt without virtualization=on enters at EL1: the hypervisor says so and stops the machine (PSCI SYSTEM_OFF) like every other error",
         machine: &[
@@ -361,8 +337,8 @@ pub const CASES: &[Case] = &[
         image: Image::Normal,
         allow: &[],
         reject_after_exit: &[],
-    },
-    Case {
+    }),
+    Single(Case {
         name: "misaligned-load",
         about: "the image loaded 2 KiB past a 4 KiB boundary (its header's text_offset patched to 0x80800): it says where it was loaded and why it cannot run there, then powers off",
         machine: VIRT_V3_VHE,
@@ -380,8 +356,8 @@ pub const CASES: &[Case] = &[
         image: Image::Misaligned,
         allow: &[],
         reject_after_exit: &[],
-    },
-    Case {
+    }),
+    Single(Case {
         name: "bad-config",
         about: "a VM node without `memory`: one line names the node and property, no panic, and the machine powers off (PSCI) like every other stop",
         machine: VIRT_V3_VHE,
@@ -396,8 +372,8 @@ pub const CASES: &[Case] = &[
         image: Image::Normal,
         allow: &[],
         reject_after_exit: &[],
-    },
-    Case {
+    }),
+    Single(Case {
         name: "bad-config-too-big",
         about: "a VM asking for more RAM than is free: the one error line says how large a VM would fit, and the machine powers off",
         machine: VIRT_V3_VHE,
@@ -416,102 +392,82 @@ pub const CASES: &[Case] = &[
         image: Image::Normal,
         allow: &[],
         reject_after_exit: &[],
-    },
-    Case {
-        name: "irq-gicv3-vhe",
-        about: "interrupt guest on vGICv3, VHE: timers, priorities, PMR, LR overflow, EOImode=1, WFI, the virtual timer's pending state following its line",
-        machine: VIRT_V3_VHE,
-        boot: Boot::Direct,
-        vms: &["irq"],
-        bootargs: None,
-        timeout_s: 90,
-        expect: IRQ_LINES,
-        reject: &["IRQ FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "irq-gicv3-nvhe",
-        about: "interrupt guest on vGICv3 with the non-VHE path forced (elvisor.vhe=off)",
-        machine: VIRT_V3_VHE,
-        boot: Boot::Direct,
-        vms: &["irq"],
-        bootargs: Some("elvisor.vhe=off"),
-        timeout_s: 90,
-        expect: &[
-            "non-VHE mode (E2H=0), forced",
-            "IRQ PASS: vtimer-level",
-            "IRQ RESULT: passed=11 failed=0",
+    }),
+    Matrix(Scenario {
+        name: "irq{cfg}",
+        naming: Naming::GicVhe,
+        on: &[
+            (
+                V3_VHE,
+                "interrupt guest on vGICv3, VHE: timers, priorities, PMR, LR overflow, EOImode=1, WFI, the virtual timer's pending state following its line",
+            ),
+            (
+                V3_NVHE,
+                "interrupt guest on vGICv3 with the non-VHE path forced (elvisor.vhe=off)",
+            ),
+            (
+                V2_NVHE,
+                "interrupt guest on vGICv2 (GICH list registers, GICV passthrough), cortex-a72",
+            ),
         ],
-        reject: &["IRQ FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "irq-gicv2-nvhe",
-        about: "interrupt guest on vGICv2 (GICH list registers, GICV passthrough), cortex-a72",
-        machine: VIRT_V2_NVHE,
-        boot: Boot::Direct,
-        vms: &["irq"],
-        bootargs: None,
-        timeout_s: 90,
-        expect: IRQ_LINES,
-        reject: &["IRQ FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "passthrough-gicv3",
-        about: "a host PL031 passed through: its SPI reaches the guest with the HW bit, twice; EOIed before the RTC is cleared, each alarm is taken once",
-        machine: VIRT_V3_VHE,
-        boot: Boot::Direct,
-        vms: &["irq-passthrough"],
-        bootargs: None,
-        timeout_s: 90,
-        expect: &[
-            "passthrough /pl031@9010000",
-            "IRQ PASS: passthrough-rtc",
-            "IRQ PASS: passthrough-eoi-first",
-            "IRQ RESULT: passed=13 failed=0",
+        case: Case {
+            boot: Boot::Direct,
+            vms: &["irq"],
+            bootargs: None,
+            timeout_s: 90,
+            expect: IRQ_LINES,
+            reject: &["IRQ FAIL"],
+            exit: Exit::Status(0),
+            console_input: None,
+            image: Image::Normal,
+            allow: &[],
+            reject_after_exit: &[],
+            ..FROM_CONFIG
+        },
+        tweak: Some(|cfg, c| match cfg.vhe {
+            Vhe::ForcedOff => Case {
+                expect: &[
+                    "non-VHE mode (E2H=0), forced",
+                    "IRQ PASS: vtimer-level",
+                    "IRQ RESULT: passed=11 failed=0",
+                ],
+                ..c
+            },
+            Vhe::On | Vhe::Absent => c,
+        }),
+    }),
+    Matrix(Scenario {
+        name: "passthrough{cfg}",
+        naming: Naming::Gic,
+        on: &[
+            (
+                V3_VHE,
+                "a host PL031 passed through: its SPI reaches the guest with the HW bit, twice; EOIed before the RTC is cleared, each alarm is taken once",
+            ),
+            (V2_NVHE, "the PL031 passthrough on GICv2, cortex-a72"),
         ],
-        reject: &["IRQ FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "passthrough-gicv2",
-        about: "the PL031 passthrough on GICv2, cortex-a72",
-        machine: VIRT_V2_NVHE,
-        boot: Boot::Direct,
-        vms: &["irq-passthrough"],
-        bootargs: None,
-        timeout_s: 90,
-        expect: &[
-            "passthrough /pl031@9010000",
-            "IRQ PASS: passthrough-rtc",
-            "IRQ PASS: passthrough-eoi-first",
-            "IRQ RESULT: passed=13 failed=0",
-        ],
-        reject: &["IRQ FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
+        case: Case {
+            boot: Boot::Direct,
+            vms: &["irq-passthrough"],
+            bootargs: None,
+            timeout_s: 90,
+            expect: &[
+                "passthrough /pl031@9010000",
+                "IRQ PASS: passthrough-rtc",
+                "IRQ PASS: passthrough-eoi-first",
+                "IRQ RESULT: passed=13 failed=0",
+            ],
+            reject: &["IRQ FAIL"],
+            exit: Exit::Status(0),
+            console_input: None,
+            image: Image::Normal,
+            allow: &[],
+            reject_after_exit: &[],
+            ..FROM_CONFIG
+        },
+        tweak: None,
+    }),
+    Single(Case {
         name: "console-input-gicv3",
         about: "bytes typed on the console reach the guest's PL011 through the RX interrupt",
         machine: VIRT_V3_VHE,
@@ -526,8 +482,8 @@ pub const CASES: &[Case] = &[
         image: Image::Normal,
         allow: &[],
         reject_after_exit: &[],
-    },
-    Case {
+    }),
+    Single(Case {
         name: "console-input-gicv2-uboot",
         about: "console input on GICv2 after a U-Boot boot",
         machine: VIRT_V2_NVHE,
@@ -542,585 +498,546 @@ pub const CASES: &[Case] = &[
         image: Image::Normal,
         allow: &[],
         reject_after_exit: &[],
-    },
-    crate::cases_console::CONSOLE_INPUT_NOFIFO_GICV3,
-    crate::cases_console::CONSOLE_INPUT_NOFIFO_GICV2,
-    crate::cases_console::CONSOLE_FOCUS_GICV3,
-    crate::cases_console::CONSOLE_FOCUS_GICV2,
-    crate::cases_console::DEMO_GICV3,
-    crate::cases_console::DEMO_GICV2,
-    crate::cases_shell::SHELL_GICV3,
-    crate::cases_shell::SHELL_GICV2,
-    Case {
-        name: "smp-gicv3-smp2",
-        about: "a 4-vCPU VM on 2 pCPUs (shared): PSCI CPU_ON/OFF/AFFINITY_INFO, CPU_ON race, cross-vCPU SGIs",
-        machine: VIRT_V3_VHE,
-        boot: Boot::Direct,
-        vms: &["smp"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: SMP4_LINES,
-        reject: &["SMP FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "smp-gicv2-smp2",
-        about: "the 4-vCPU SMP VM on vGICv2 (GICD_SGIR IPIs), cortex-a72, 2 pCPUs",
-        machine: VIRT_V2_NVHE,
-        boot: Boot::Direct,
-        vms: &["smp"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: SMP4_LINES,
-        reject: &["SMP FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "two-vms-gicv3-smp2",
-        about: "two 2-vCPU SMP VMs sharing 2 pCPUs: both pass, lines prefixed per VM",
-        machine: VIRT_V3_VHE,
-        boot: Boot::Direct,
-        vms: &["smp2", "smp2b"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: TWO_SMP2_LINES,
-        reject: &["SMP FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "two-vms-gicv3-smp4",
-        about: "two 2-vCPU SMP VMs on 4 pCPUs, the second pinned to pCPUs 2 and 3",
-        machine: VIRT_V3_VHE_SMP4,
-        boot: Boot::Direct,
-        vms: &["smp2", "smp2b-cpu23"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: TWO_SMP2_LINES,
-        reject: &["SMP FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "two-vms-gicv2-smp2",
-        about: "two 2-vCPU SMP VMs sharing 2 pCPUs on vGICv2, cortex-a72",
-        machine: VIRT_V2_NVHE,
-        boot: Boot::Direct,
-        vms: &["smp2", "smp2b"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: TWO_SMP2_LINES,
-        reject: &["SMP FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "two-vms-gicv2-smp4",
-        about: "two 2-vCPU SMP VMs on 4 pCPUs (second pinned to 2, 3), vGICv2, cortex-a72",
-        machine: VIRT_V2_NVHE_SMP4,
-        boot: Boot::Direct,
-        vms: &["smp2", "smp2b-cpu23"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: TWO_SMP2_LINES,
-        reject: &["SMP FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "isolation-gicv3",
-        about: "a VM probing IPAs outside its RAM (other VMs' host RAM too) gets aborts; a heartbeat VM beats on",
-        machine: VIRT_V3_VHE,
-        boot: Boot::Direct,
-        vms: &["probe", "heartbeat"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: ISOLATION_LINES,
-        reject: &["PROBE FAIL", "HB FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "isolation-gicv2",
-        about: "the isolation probe next to a heartbeat VM on vGICv2, cortex-a72",
-        machine: VIRT_V2_NVHE,
-        boot: Boot::Direct,
-        vms: &["probe", "heartbeat"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: ISOLATION_LINES,
-        reject: &["PROBE FAIL", "HB FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "vm-reset-gicv3",
-        about: "one VM resets itself (PSCI SYSTEM_RESET) and finishes while another keeps beating",
-        machine: VIRT_V3_VHE,
-        boot: Boot::Direct,
-        vms: &["heartbeat-reset", "heartbeat"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: &[
-            "[hb-reset] HB: SYSTEM_RESET after beat 5",
-            "[hb-reset] HB: heartbeat: beats=10 period=100 ms reset-at=Some(5) reset-count=Some(1)",
-            "[hb-reset] HB PASS: system-reset",
-            "[hb-reset] HB RESULT: passed=2 failed=0",
-            "[hb] HB: beat 30",
-            "[hb] HB PASS: beats",
-            "[hb] HB RESULT: passed=1 failed=0",
-            "all VMs stopped; powering off",
+    }),
+    Matrix(crate::cases_console::CONSOLE_INPUT_NOFIFO),
+    Matrix(crate::cases_console::CONSOLE_FOCUS),
+    Matrix(crate::cases_console::DEMO),
+    Matrix(crate::cases_shell::SHELL),
+    Matrix(Scenario {
+        name: "smp{cfg}",
+        naming: Naming::GicSmp,
+        on: &[
+            (
+                V3_VHE,
+                "a 4-vCPU VM on 2 pCPUs (shared): PSCI CPU_ON/OFF/AFFINITY_INFO, CPU_ON race, cross-vCPU SGIs",
+            ),
+            (
+                V2_NVHE,
+                "the 4-vCPU SMP VM on vGICv2 (GICD_SGIR IPIs), cortex-a72, 2 pCPUs",
+            ),
         ],
-        reject: &["HB FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "vm-reset-gicv2",
-        about: "as vm-reset-gicv3 on GICv2, cortex-a72 (non-VHE)",
-        machine: VIRT_V2_NVHE,
-        boot: Boot::Direct,
-        vms: &["heartbeat-reset", "heartbeat"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: &[
-            "[hb-reset] HB: SYSTEM_RESET after beat 5",
-            "[hb-reset] HB: heartbeat: beats=10 period=100 ms reset-at=Some(5) reset-count=Some(1)",
-            "[hb-reset] HB PASS: system-reset",
-            "[hb-reset] HB RESULT: passed=2 failed=0",
-            "[hb] HB: beat 30",
-            "[hb] HB PASS: beats",
-            "[hb] HB RESULT: passed=1 failed=0",
-            "all VMs stopped; powering off",
+        case: Case {
+            boot: Boot::Direct,
+            vms: &["smp"],
+            bootargs: None,
+            timeout_s: 60,
+            expect: SMP4_LINES,
+            reject: &["SMP FAIL"],
+            exit: Exit::Status(0),
+            console_input: None,
+            image: Image::Normal,
+            allow: &[],
+            reject_after_exit: &[],
+            ..FROM_CONFIG
+        },
+        tweak: None,
+    }),
+    Matrix(Scenario {
+        name: "two-vms{cfg}",
+        naming: Naming::GicSmp,
+        on: &[
+            (
+                V3_VHE,
+                "two 2-vCPU SMP VMs sharing 2 pCPUs: both pass, lines prefixed per VM",
+            ),
+            (
+                V3_VHE.smp(4),
+                "two 2-vCPU SMP VMs on 4 pCPUs, the second pinned to pCPUs 2 and 3",
+            ),
+            (
+                V2_NVHE,
+                "two 2-vCPU SMP VMs sharing 2 pCPUs on vGICv2, cortex-a72",
+            ),
+            (
+                V2_NVHE.smp(4),
+                "two 2-vCPU SMP VMs on 4 pCPUs (second pinned to 2, 3), vGICv2, cortex-a72",
+            ),
         ],
-        reject: &["HB FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "leak-gicv3",
-        about: "a VM plants GIC active priorities (ICC_AP0R0_EL1 = 1), settings and DISR_EL1, then powers off; another on the same pCPU never sees them and keeps its interrupts",
-        machine: VIRT_V3_VHE,
-        boot: Boot::Direct,
-        vms: &["spy-plant", "spy-watch"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: LEAK_V3_LINES,
-        reject: &["SPY FAIL", "PLANT FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "leak-gicv3-nvhe",
-        about: "the cross-VM leak test on vGICv3 with the non-VHE path forced (elvisor.vhe=off)",
-        machine: VIRT_V3_VHE,
-        boot: Boot::Direct,
-        vms: &["spy-plant", "spy-watch"],
-        bootargs: Some("elvisor.vhe=off"),
-        timeout_s: 60,
-        expect: LEAK_V3_LINES,
-        reject: &["SPY FAIL", "PLANT FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "leak-gicv2",
-        about: "the cross-VM leak test on vGICv2 (GICC_APR, GICV settings), cortex-a72: no DISR_EL1",
-        machine: VIRT_V2_NVHE,
-        boot: Boot::Direct,
-        vms: &["spy-plant", "spy-watch"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: &[
-            "[plant] PLANT PASS: planted",
-            "[plant] PLANT RESULT: passed=1 failed=0",
-            "[spy] SPY PASS: clean-gicc-apr",
-            "[spy] SPY PASS: clean-settings",
-            "[spy] SPY PASS: vtimer-delivery",
-            "[spy] SPY PASS: irq-after-plant",
-            "[spy] SPY RESULT: passed=4 failed=0",
-            "all VMs stopped; powering off",
+        case: Case {
+            boot: Boot::Direct,
+            vms: &["smp2", "smp2b"],
+            bootargs: None,
+            timeout_s: 60,
+            expect: TWO_SMP2_LINES,
+            reject: &["SMP FAIL"],
+            exit: Exit::Status(0),
+            console_input: None,
+            image: Image::Normal,
+            allow: &[],
+            reject_after_exit: &[],
+            ..FROM_CONFIG
+        },
+        // With 4 pCPUs the second VM is pinned to the two the first does not use.
+        tweak: Some(|cfg, c| match cfg.cpus {
+            4 => Case {
+                vms: &["smp2", "smp2b-cpu23"],
+                ..c
+            },
+            _ => c,
+        }),
+    }),
+    Matrix(Scenario {
+        name: "isolation{cfg}",
+        naming: Naming::Gic,
+        on: &[
+            (
+                V3_VHE,
+                "a VM probing IPAs outside its RAM (other VMs' host RAM too) gets aborts; a heartbeat VM beats on",
+            ),
+            (
+                V2_NVHE,
+                "the isolation probe next to a heartbeat VM on vGICv2, cortex-a72",
+            ),
         ],
-        reject: &["SPY FAIL", "PLANT FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "leak-all-gicv3",
-        about: "a VM writes a tagged marker into every system register it can write (op0 2 and 3) and powers off; another on the same pCPU reads every readable one every 5 ms and never sees the tag",
-        machine: VIRT_V3_VHE,
-        boot: Boot::Direct,
-        vms: &["spy-plant-all", "spy-watch-all"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: LEAK_ALL_LINES,
-        reject: &["SPY FAIL", "PLANT FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "leak-all-gicv3-nvhe",
-        about: "the every-register leak test with the non-VHE path forced (elvisor.vhe=off)",
-        machine: VIRT_V3_VHE,
-        boot: Boot::Direct,
-        vms: &["spy-plant-all", "spy-watch-all"],
-        bootargs: Some("elvisor.vhe=off"),
-        timeout_s: 60,
-        expect: LEAK_ALL_LINES,
-        reject: &["SPY FAIL", "PLANT FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "leak-all-gicv2",
-        about: "the every-register leak test on vGICv2, cortex-a72 (no ICC_* system registers, no DISR_EL1)",
-        machine: VIRT_V2_NVHE,
-        boot: Boot::Direct,
-        vms: &["spy-plant-all", "spy-watch-all"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: LEAK_ALL_LINES,
-        reject: &["SPY FAIL", "PLANT FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "cpufeat-gicv3-vhe",
-        about: "CPU honesty, -cpu max, VHE: each feature the ID registers advertise works (SVE, MOPS, RAS, MTE insns), each one hidden UNDEFs (SME, PAuth, NMI, SCXTNUM, WFxT, MMFR3 registers)",
-        machine: VIRT_V3_VHE,
-        boot: Boot::Direct,
-        vms: &["cpufeat"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: CPUFEAT_MAX_LINES,
-        reject: &["CPUFEAT FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "cpufeat-gicv3-nvhe",
-        about: "the CPU honesty guest on -cpu max with the non-VHE path forced (elvisor.vhe=off)",
-        machine: VIRT_V3_VHE,
-        boot: Boot::Direct,
-        vms: &["cpufeat"],
-        bootargs: Some("elvisor.vhe=off"),
-        timeout_s: 60,
-        expect: CPUFEAT_MAX_LINES,
-        reject: &["CPUFEAT FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "cpufeat-gicv2",
-        about: "the CPU honesty guest on a Cortex-A72 (ARMv8.0: every optional feature absent, each must UNDEF), vGICv2",
-        machine: VIRT_V2_NVHE,
-        boot: Boot::Direct,
-        vms: &["cpufeat"],
-        bootargs: None,
-        timeout_s: 60,
-        expect: CPUFEAT_A72_LINES,
-        reject: &["CPUFEAT FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
+        case: Case {
+            boot: Boot::Direct,
+            vms: &["probe", "heartbeat"],
+            bootargs: None,
+            timeout_s: 60,
+            expect: ISOLATION_LINES,
+            reject: &["PROBE FAIL", "HB FAIL"],
+            exit: Exit::Status(0),
+            console_input: None,
+            image: Image::Normal,
+            allow: &[],
+            reject_after_exit: &[],
+            ..FROM_CONFIG
+        },
+        tweak: None,
+    }),
+    Matrix(Scenario {
+        name: "vm-reset{cfg}",
+        naming: Naming::Gic,
+        on: &[
+            (
+                V3_VHE,
+                "one VM resets itself (PSCI SYSTEM_RESET) and finishes while another keeps beating",
+            ),
+            (V2_NVHE, "as vm-reset-gicv3 on GICv2, cortex-a72 (non-VHE)"),
+        ],
+        case: Case {
+            boot: Boot::Direct,
+            vms: &["heartbeat-reset", "heartbeat"],
+            bootargs: None,
+            timeout_s: 60,
+            expect: &[
+                "[hb-reset] HB: SYSTEM_RESET after beat 5",
+                "[hb-reset] HB: heartbeat: beats=10 period=100 ms reset-at=Some(5) reset-count=Some(1)",
+                "[hb-reset] HB PASS: system-reset",
+                "[hb-reset] HB RESULT: passed=2 failed=0",
+                "[hb] HB: beat 30",
+                "[hb] HB PASS: beats",
+                "[hb] HB RESULT: passed=1 failed=0",
+                "all VMs stopped; powering off",
+            ],
+            reject: &["HB FAIL"],
+            exit: Exit::Status(0),
+            console_input: None,
+            image: Image::Normal,
+            allow: &[],
+            reject_after_exit: &[],
+            ..FROM_CONFIG
+        },
+        tweak: None,
+    }),
+    Matrix(Scenario {
+        name: "leak{cfg}",
+        naming: Naming::Gic,
+        on: &[
+            (
+                V3_VHE,
+                "a VM plants GIC active priorities (ICC_AP0R0_EL1 = 1), settings and DISR_EL1, then powers off; another on the same pCPU never sees them and keeps its interrupts",
+            ),
+            (
+                V3_NVHE,
+                "the cross-VM leak test on vGICv3 with the non-VHE path forced (elvisor.vhe=off)",
+            ),
+            (
+                V2_NVHE,
+                "the cross-VM leak test on vGICv2 (GICC_APR, GICV settings), cortex-a72: no DISR_EL1",
+            ),
+        ],
+        case: Case {
+            boot: Boot::Direct,
+            vms: &["spy-plant", "spy-watch"],
+            bootargs: None,
+            timeout_s: 60,
+            expect: LEAK_V3_LINES,
+            reject: &["SPY FAIL", "PLANT FAIL"],
+            exit: Exit::Status(0),
+            console_input: None,
+            image: Image::Normal,
+            allow: &[],
+            reject_after_exit: &[],
+            ..FROM_CONFIG
+        },
+        tweak: Some(|cfg, c| match cfg.gic {
+            Gic::V2 => Case {
+                expect: &[
+                    "[plant] PLANT PASS: planted",
+                    "[plant] PLANT RESULT: passed=1 failed=0",
+                    "[spy] SPY PASS: clean-gicc-apr",
+                    "[spy] SPY PASS: clean-settings",
+                    "[spy] SPY PASS: vtimer-delivery",
+                    "[spy] SPY PASS: irq-after-plant",
+                    "[spy] SPY RESULT: passed=4 failed=0",
+                    "all VMs stopped; powering off",
+                ],
+                ..c
+            },
+            Gic::V3 => c,
+        }),
+    }),
+    Matrix(Scenario {
+        name: "leak-all{cfg}",
+        naming: Naming::Gic,
+        on: &[
+            (
+                V3_VHE,
+                "a VM writes a tagged marker into every system register it can write (op0 2 and 3) and powers off; another on the same pCPU reads every readable one every 5 ms and never sees the tag",
+            ),
+            (
+                V3_NVHE,
+                "the every-register leak test with the non-VHE path forced (elvisor.vhe=off)",
+            ),
+            (
+                V2_NVHE,
+                "the every-register leak test on vGICv2, cortex-a72 (no ICC_* system registers, no DISR_EL1)",
+            ),
+        ],
+        case: Case {
+            boot: Boot::Direct,
+            vms: &["spy-plant-all", "spy-watch-all"],
+            bootargs: None,
+            timeout_s: 60,
+            expect: LEAK_ALL_LINES,
+            reject: &["SPY FAIL", "PLANT FAIL"],
+            exit: Exit::Status(0),
+            console_input: None,
+            image: Image::Normal,
+            allow: &[],
+            reject_after_exit: &[],
+            ..FROM_CONFIG
+        },
+        tweak: None,
+    }),
+    Matrix(Scenario {
+        name: "cpufeat{cfg}",
+        naming: Naming::GicVheOnV3,
+        on: &[
+            (
+                V3_VHE,
+                "CPU honesty, -cpu max, VHE: each feature the ID registers advertise works (SVE, MOPS, RAS, MTE insns), each one hidden UNDEFs (SME, PAuth, NMI, SCXTNUM, WFxT, MMFR3 registers)",
+            ),
+            (
+                V3_NVHE,
+                "the CPU honesty guest on -cpu max with the non-VHE path forced (elvisor.vhe=off)",
+            ),
+            (
+                V2_NVHE,
+                "the CPU honesty guest on a Cortex-A72 (ARMv8.0: every optional feature absent, each must UNDEF), vGICv2",
+            ),
+        ],
+        case: Case {
+            boot: Boot::Direct,
+            vms: &["cpufeat"],
+            bootargs: None,
+            timeout_s: 60,
+            expect: CPUFEAT_MAX_LINES,
+            reject: &["CPUFEAT FAIL"],
+            exit: Exit::Status(0),
+            console_input: None,
+            image: Image::Normal,
+            allow: &[],
+            reject_after_exit: &[],
+            ..FROM_CONFIG
+        },
+        // The Cortex-A72 has none of -cpu max's optional features.
+        tweak: Some(|cfg, c| match cfg.vhe {
+            Vhe::Absent => Case {
+                expect: CPUFEAT_A72_LINES,
+                ..c
+            },
+            Vhe::On | Vhe::ForcedOff => c,
+        }),
+    }),
     // The last-resort paths, on build/elvisor-selftest.img: CPU 0 (or 1) fails on purpose
     // 500 ms after every CPU is online, while a heartbeat VM beats on another CPU; the report
     // must say what happened, every CPU must park, and no beat may follow the halted line.
-    lastresort(
-        "lastresort-panic",
-        "a hypervisor panic on cpu0 (4 CPUs, two idle): report, backtrace, every CPU parked, the guest on cpu1 stops",
-        VIRT_V3_VHE_SMP4,
-        &["heartbeat-cpu1"],
-        Some("elvisor.selftest=panic"),
-        &[
-            "HB: beat 2",
-            "selftest: cpu0: panic now",
-            "elvisor: PANIC on cpu0: panicked at",
-            "selftest: a hypervisor panic on purpose",
-            "backtrace:",
-            "  #0  0x",
-            "halted (cpu0 failed)",
-            "halted (cpu0 failed)",
-            "halted (cpu0 failed)",
-            HALTED,
+    Matrix(Scenario {
+        name: "lastresort-panic{cfg}",
+        naming: Naming::Quiet,
+        on: &[
+            (
+                V3_VHE.smp(4),
+                "a hypervisor panic on cpu0 (4 CPUs, two idle): report, backtrace, every CPU parked, the guest on cpu1 stops",
+            ),
+            (
+                V2_NVHE.smp(4),
+                "lastresort-panic on GICv2, cortex-a72 (non-VHE): the kicks that park the others go through GICD_SGIR",
+            ),
         ],
-        PANIC_WORDS,
-    ),
-    lastresort(
-        "lastresort-panic-gicv2",
-        "lastresort-panic on GICv2, cortex-a72 (non-VHE): the kicks that park the others go through GICD_SGIR",
-        VIRT_V2_NVHE_SMP4,
-        &["heartbeat-cpu1"],
-        Some("elvisor.selftest=panic"),
-        &[
-            "HB: beat 2",
-            "selftest: cpu0: panic now",
-            "elvisor: PANIC on cpu0: panicked at",
-            "backtrace:",
-            "  #0  0x",
-            "halted (cpu0 failed)",
-            "halted (cpu0 failed)",
-            "halted (cpu0 failed)",
-            HALTED,
-        ],
-        PANIC_WORDS,
-    ),
-    lastresort(
-        "lastresort-panic-secondary",
-        "a panic on cpu1 parks the boot CPU, whose guest stops beating",
-        VIRT_V3_VHE,
-        &["heartbeat"],
-        Some("elvisor.selftest=panic-secondary"),
-        &[
-            "HB: beat 2",
-            "selftest: cpu1: panic-secondary now",
-            "elvisor: PANIC on cpu1: panicked at",
-            "backtrace:",
-            "  #0  0x",
-            "elvisor: cpu0 halted (cpu1 failed)",
-            HALTED,
-        ],
-        PANIC_WORDS,
-    ),
-    lastresort(
-        "lastresort-stack-overflow",
-        "unbounded recursion on cpu0 hits the guard page below its stack and is reported as a stack overflow",
-        VIRT_V3_VHE,
-        &["heartbeat-cpu1"],
-        Some("elvisor.selftest=stack-overflow"),
-        &[
-            "HB: beat 2",
-            "selftest: cpu0: stack-overflow now",
-            "elvisor: FATAL on cpu0: stack overflow on cpu0 (guard page at 0x",
-            "  synchronous exception: ESR_EL2=0x96",
-            "backtrace:",
-            "  #0  0x",
-            "elvisor: cpu1 halted (cpu0 failed)",
-            HALTED,
-        ],
-        FATAL_WORDS,
-    ),
-    lastresort(
-        "lastresort-stack-overflow-gicv2",
-        "lastresort-stack-overflow on GICv2, cortex-a72 (non-VHE EL2 map)",
-        VIRT_V2_NVHE,
-        &["heartbeat-cpu1"],
-        Some("elvisor.selftest=stack-overflow"),
-        &[
-            "HB: beat 2",
-            "selftest: cpu0: stack-overflow now",
-            "elvisor: FATAL on cpu0: stack overflow on cpu0 (guard page at 0x",
-            "elvisor: cpu1 halted (cpu0 failed)",
-            HALTED,
-        ],
-        FATAL_WORDS,
-    ),
-    lastresort(
-        "lastresort-write-text",
-        "a store to hypervisor text takes a permission fault, reported as a W^X violation",
-        VIRT_V3_VHE,
-        &["heartbeat-cpu1"],
-        Some("elvisor.selftest=write-text"),
-        &[
-            "HB: beat 2",
-            "selftest: cpu0: write-text now",
-            "elvisor: FATAL on cpu0: write to hypervisor text at 0x",
-            " (W^X)",
-            "  synchronous exception: ESR_EL2=0x96",
-            "backtrace:",
-            "elvisor: cpu1 halted (cpu0 failed)",
-            HALTED,
-        ],
-        FATAL_WORDS,
-    ),
-    lastresort(
-        "lastresort-write-text-gicv2",
-        "lastresort-write-text on GICv2, cortex-a72 (non-VHE EL2 map)",
-        VIRT_V2_NVHE,
-        &["heartbeat-cpu1"],
-        Some("elvisor.selftest=write-text"),
-        &[
-            "HB: beat 2",
-            "elvisor: FATAL on cpu0: write to hypervisor text at 0x",
-            " (W^X)",
-            "elvisor: cpu1 halted (cpu0 failed)",
-            HALTED,
-        ],
-        FATAL_WORDS,
-    ),
-    lastresort(
-        "lastresort-exec-data",
-        "a branch into hypervisor data takes an instruction abort, reported as a W^X violation",
-        VIRT_V3_VHE,
-        &["heartbeat-cpu1"],
-        Some("elvisor.selftest=exec-data"),
-        &[
-            "HB: beat 2",
-            "selftest: cpu0: exec-data now",
-            "elvisor: FATAL on cpu0: instruction fetch from hypervisor data at 0x",
-            " (W^X)",
-            "  synchronous exception: ESR_EL2=0x86",
-            "backtrace:",
-            "elvisor: cpu1 halted (cpu0 failed)",
-            HALTED,
-        ],
-        FATAL_WORDS,
-    ),
-    lastresort(
-        "lastresort-exec-data-gicv2",
-        "lastresort-exec-data on GICv2, cortex-a72 (non-VHE EL2 map)",
-        VIRT_V2_NVHE,
-        &["heartbeat-cpu1"],
-        Some("elvisor.selftest=exec-data"),
-        &[
-            "HB: beat 2",
-            "elvisor: FATAL on cpu0: instruction fetch from hypervisor data at 0x",
-            " (W^X)",
-            "elvisor: cpu1 halted (cpu0 failed)",
-            HALTED,
-        ],
-        FATAL_WORDS,
-    ),
-    Case {
-        name: "hostile-gicv3-vhe",
-        about: "guests/hostile, 1 vCPU, seed 0x5eed0001, 100k random ops with every register checked, under -icount; victims on pCPU 0 and 1 beat every 10 ms (<= 20 ms late in guest time) with their RAM checksummed",
-        machine: VIRT_V3_VHE_ICOUNT,
-        boot: Boot::Direct,
-        vms: &["hostile", "victim", "victim-cpu1"],
-        bootargs: None,
-        timeout_s: 120,
-        expect: HOSTILE_LINES,
-        reject: HOSTILE_REJECT,
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "hostile-gicv3-nvhe",
-        about: "the hostile run (seed 0x5eed0004) on GICv3 with the non-VHE path forced, -icount, victim on pCPU 0 and 1",
-        machine: VIRT_V3_VHE_ICOUNT,
-        boot: Boot::Direct,
-        vms: &["hostile-c", "victim", "victim-cpu1"],
-        bootargs: Some("elvisor.vhe=off"),
-        timeout_s: 120,
-        expect: HOSTILE_LINES,
-        reject: HOSTILE_REJECT,
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "hostile-gicv2-nvhe",
-        about: "the hostile run (seed 0x5eed0002) on GICv2, cortex-a72 (non-VHE), -icount, victims on pCPU 0 and 1",
-        machine: VIRT_V2_NVHE_ICOUNT,
-        boot: Boot::Direct,
-        vms: &["hostile-b", "victim", "victim-cpu1"],
-        bootargs: None,
-        timeout_s: 120,
-        expect: HOSTILE_LINES,
-        reject: HOSTILE_REJECT,
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "hostile-smp-gicv3",
-        about: "4 hostile vCPUs on 2 pCPUs attacking at once (seed 0x5eed0003, 100k ops, CPU_ON/CPU_OFF races), victim on pCPU 0 (wall time: <= 2 s late)",
+        case: lastresort(
+            &["heartbeat-cpu1"],
+            Some("elvisor.selftest=panic"),
+            &[
+                "HB: beat 2",
+                "selftest: cpu0: panic now",
+                "elvisor: PANIC on cpu0: panicked at",
+                "selftest: a hypervisor panic on purpose",
+                "backtrace:",
+                "  #0  0x",
+                "halted (cpu0 failed)",
+                "halted (cpu0 failed)",
+                "halted (cpu0 failed)",
+                HALTED,
+            ],
+            PANIC_WORDS,
+        ),
+        tweak: Some(|cfg, c| match cfg.gic {
+            Gic::V2 => Case {
+                expect: &[
+                    "HB: beat 2",
+                    "selftest: cpu0: panic now",
+                    "elvisor: PANIC on cpu0: panicked at",
+                    "backtrace:",
+                    "  #0  0x",
+                    "halted (cpu0 failed)",
+                    "halted (cpu0 failed)",
+                    "halted (cpu0 failed)",
+                    HALTED,
+                ],
+                ..c
+            },
+            Gic::V3 => c,
+        }),
+    }),
+    Single(Case {
+        name: "lastresort-panic-secondary",
+        about: "a panic on cpu1 parks the boot CPU, whose guest stops beating",
         machine: VIRT_V3_VHE,
-        boot: Boot::Direct,
-        vms: &["hostile-smp", "victim-smp"],
-        bootargs: None,
-        timeout_s: 120,
-        expect: HOSTILE_SMP_LINES,
-        reject: HOSTILE_REJECT,
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
-        name: "hostile-smp-gicv2",
-        about: "4 hostile vCPUs at once on GICv2, cortex-a72 (seed 0x5eed0005), victim on pCPU 0",
-        machine: VIRT_V2_NVHE,
-        boot: Boot::Direct,
-        vms: &["hostile-smp-b", "victim-smp"],
-        bootargs: None,
-        timeout_s: 120,
-        expect: HOSTILE_SMP_LINES,
-        reject: HOSTILE_REJECT,
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
-    },
-    Case {
+        ..lastresort(
+            &["heartbeat"],
+            Some("elvisor.selftest=panic-secondary"),
+            &[
+                "HB: beat 2",
+                "selftest: cpu1: panic-secondary now",
+                "elvisor: PANIC on cpu1: panicked at",
+                "backtrace:",
+                "  #0  0x",
+                "elvisor: cpu0 halted (cpu1 failed)",
+                HALTED,
+            ],
+            PANIC_WORDS,
+        )
+    }),
+    Matrix(Scenario {
+        name: "lastresort-stack-overflow{cfg}",
+        naming: Naming::Quiet,
+        on: &[
+            (
+                V3_VHE,
+                "unbounded recursion on cpu0 hits the guard page below its stack and is reported as a stack overflow",
+            ),
+            (
+                V2_NVHE,
+                "lastresort-stack-overflow on GICv2, cortex-a72 (non-VHE EL2 map)",
+            ),
+        ],
+        case: lastresort(
+            &["heartbeat-cpu1"],
+            Some("elvisor.selftest=stack-overflow"),
+            &[
+                "HB: beat 2",
+                "selftest: cpu0: stack-overflow now",
+                "elvisor: FATAL on cpu0: stack overflow on cpu0 (guard page at 0x",
+                "  synchronous exception: ESR_EL2=0x96",
+                "backtrace:",
+                "  #0  0x",
+                "elvisor: cpu1 halted (cpu0 failed)",
+                HALTED,
+            ],
+            FATAL_WORDS,
+        ),
+        tweak: Some(|cfg, c| match cfg.gic {
+            Gic::V2 => Case {
+                expect: &[
+                    "HB: beat 2",
+                    "selftest: cpu0: stack-overflow now",
+                    "elvisor: FATAL on cpu0: stack overflow on cpu0 (guard page at 0x",
+                    "elvisor: cpu1 halted (cpu0 failed)",
+                    HALTED,
+                ],
+                ..c
+            },
+            Gic::V3 => c,
+        }),
+    }),
+    Matrix(Scenario {
+        name: "lastresort-write-text{cfg}",
+        naming: Naming::Quiet,
+        on: &[
+            (
+                V3_VHE,
+                "a store to hypervisor text takes a permission fault, reported as a W^X violation",
+            ),
+            (
+                V2_NVHE,
+                "lastresort-write-text on GICv2, cortex-a72 (non-VHE EL2 map)",
+            ),
+        ],
+        case: lastresort(
+            &["heartbeat-cpu1"],
+            Some("elvisor.selftest=write-text"),
+            &[
+                "HB: beat 2",
+                "selftest: cpu0: write-text now",
+                "elvisor: FATAL on cpu0: write to hypervisor text at 0x",
+                " (W^X)",
+                "  synchronous exception: ESR_EL2=0x96",
+                "backtrace:",
+                "elvisor: cpu1 halted (cpu0 failed)",
+                HALTED,
+            ],
+            FATAL_WORDS,
+        ),
+        tweak: Some(|cfg, c| match cfg.gic {
+            Gic::V2 => Case {
+                expect: &[
+                    "HB: beat 2",
+                    "elvisor: FATAL on cpu0: write to hypervisor text at 0x",
+                    " (W^X)",
+                    "elvisor: cpu1 halted (cpu0 failed)",
+                    HALTED,
+                ],
+                ..c
+            },
+            Gic::V3 => c,
+        }),
+    }),
+    Matrix(Scenario {
+        name: "lastresort-exec-data{cfg}",
+        naming: Naming::Quiet,
+        on: &[
+            (
+                V3_VHE,
+                "a branch into hypervisor data takes an instruction abort, reported as a W^X violation",
+            ),
+            (
+                V2_NVHE,
+                "lastresort-exec-data on GICv2, cortex-a72 (non-VHE EL2 map)",
+            ),
+        ],
+        case: lastresort(
+            &["heartbeat-cpu1"],
+            Some("elvisor.selftest=exec-data"),
+            &[
+                "HB: beat 2",
+                "selftest: cpu0: exec-data now",
+                "elvisor: FATAL on cpu0: instruction fetch from hypervisor data at 0x",
+                " (W^X)",
+                "  synchronous exception: ESR_EL2=0x86",
+                "backtrace:",
+                "elvisor: cpu1 halted (cpu0 failed)",
+                HALTED,
+            ],
+            FATAL_WORDS,
+        ),
+        tweak: Some(|cfg, c| match cfg.gic {
+            Gic::V2 => Case {
+                expect: &[
+                    "HB: beat 2",
+                    "elvisor: FATAL on cpu0: instruction fetch from hypervisor data at 0x",
+                    " (W^X)",
+                    "elvisor: cpu1 halted (cpu0 failed)",
+                    HALTED,
+                ],
+                ..c
+            },
+            Gic::V3 => c,
+        }),
+    }),
+    Matrix(Scenario {
+        name: "hostile{cfg}",
+        naming: Naming::GicVhe,
+        on: &[
+            (
+                V3_VHE.icount(),
+                "guests/hostile, 1 vCPU, seed 0x5eed0001, 100k random ops with every register checked, under -icount; victims on pCPU 0 and 1 beat every 10 ms (<= 20 ms late in guest time) with their RAM checksummed",
+            ),
+            (
+                V3_NVHE.icount(),
+                "the hostile run (seed 0x5eed0004) on GICv3 with the non-VHE path forced, -icount, victim on pCPU 0 and 1",
+            ),
+            (
+                V2_NVHE.icount(),
+                "the hostile run (seed 0x5eed0002) on GICv2, cortex-a72 (non-VHE), -icount, victims on pCPU 0 and 1",
+            ),
+        ],
+        case: Case {
+            boot: Boot::Direct,
+            vms: &["hostile", "victim", "victim-cpu1"],
+            bootargs: None,
+            timeout_s: 120,
+            expect: HOSTILE_LINES,
+            reject: HOSTILE_REJECT,
+            exit: Exit::Status(0),
+            console_input: None,
+            image: Image::Normal,
+            allow: &[],
+            reject_after_exit: &[],
+            ..FROM_CONFIG
+        },
+        // Each configuration attacks with its own seed.
+        tweak: Some(|cfg, c| match cfg.vhe {
+            Vhe::On => c,
+            Vhe::ForcedOff => Case {
+                vms: &["hostile-c", "victim", "victim-cpu1"],
+                ..c
+            },
+            Vhe::Absent => Case {
+                vms: &["hostile-b", "victim", "victim-cpu1"],
+                ..c
+            },
+        }),
+    }),
+    Matrix(Scenario {
+        name: "hostile-smp{cfg}",
+        naming: Naming::Gic,
+        on: &[
+            (
+                V3_VHE,
+                "4 hostile vCPUs on 2 pCPUs attacking at once (seed 0x5eed0003, 100k ops, CPU_ON/CPU_OFF races), victim on pCPU 0 (wall time: <= 2 s late)",
+            ),
+            (
+                V2_NVHE,
+                "4 hostile vCPUs at once on GICv2, cortex-a72 (seed 0x5eed0005), victim on pCPU 0",
+            ),
+        ],
+        case: Case {
+            boot: Boot::Direct,
+            vms: &["hostile-smp", "victim-smp"],
+            bootargs: None,
+            timeout_s: 120,
+            expect: HOSTILE_SMP_LINES,
+            reject: HOSTILE_REJECT,
+            exit: Exit::Status(0),
+            console_input: None,
+            image: Image::Normal,
+            allow: &[],
+            reject_after_exit: &[],
+            ..FROM_CONFIG
+        },
+        // Each configuration attacks with its own seed.
+        tweak: Some(|cfg, c| match cfg.gic {
+            Gic::V2 => Case {
+                vms: &["hostile-smp-b", "victim-smp"],
+                ..c
+            },
+            Gic::V3 => c,
+        }),
+    }),
+    Single(Case {
         name: "soak-reset-1000",
         about: "lifecycle soak: a 16 MiB VM resets itself 1000 times (fresh RAM and image each boot) next to heartbeats on both CPUs; no frame or heap leak, resets not slower at the end (check::check_soak)",
         machine: VIRT_V3_VHE,
@@ -1135,8 +1052,8 @@ pub const CASES: &[Case] = &[
         image: Image::Normal,
         allow: &[],
         reject_after_exit: &[],
-    },
-    Case {
+    }),
+    Single(Case {
         name: "soak-reset-200-gicv2",
         about: "the lifecycle soak with 200 resets on GICv2, cortex-a72 (non-VHE)",
         machine: VIRT_V2_NVHE,
@@ -1151,8 +1068,8 @@ pub const CASES: &[Case] = &[
         image: Image::Normal,
         allow: &[],
         reject_after_exit: &[],
-    },
-    Case {
+    }),
+    Single(Case {
         name: "soak-linux-reboot",
         about: "lifecycle soak: Debian's Linux (1 vCPU, 64 MiB) reboots itself 100 times (reboot -f: PSCI SYSTEM_RESET) next to a heartbeat on the other CPU; no leak, reboots not slower",
         machine: VIRT_V3_VHE,
@@ -1174,8 +1091,8 @@ pub const CASES: &[Case] = &[
         image: Image::Normal,
         allow: &[],
         reject_after_exit: &[],
-    },
-    Case {
+    }),
+    Single(Case {
         name: "linux-gicv3",
         about: "Debian's arm64 Linux 6.1 with a busybox initramfs, 2 vCPUs, vGICv3, -cpu max",
         machine: VIRT_V3_VHE,
@@ -1190,8 +1107,8 @@ pub const CASES: &[Case] = &[
         image: Image::Normal,
         allow: &[],
         reject_after_exit: &[],
-    },
-    Case {
+    }),
+    Single(Case {
         name: "memory-pieces-gicv3",
         about: "Linux with 600 MiB on the 1 GiB machine (RAM in several host pieces) next to a heartbeat VM whose RAM is at a fixed host address",
         machine: VIRT_V3_VHE,
@@ -1215,8 +1132,8 @@ pub const CASES: &[Case] = &[
         image: Image::Normal,
         allow: &[],
         reject_after_exit: &[],
-    },
-    Case {
+    }),
+    Single(Case {
         name: "linux-direct-map-gicv3",
         about: "Linux whose RAM is direct-mapped (guest-physical = host-physical 0x70000000, elvisor,host-address + elvisor,direct-map); GICv3, VHE",
         machine: VIRT_V3_VHE,
@@ -1240,8 +1157,8 @@ pub const CASES: &[Case] = &[
         image: Image::Normal,
         allow: &[],
         reject_after_exit: &[],
-    },
-    Case {
+    }),
+    Single(Case {
         name: "linux-gicv2",
         about: "Debian's arm64 Linux 6.1 with a busybox initramfs, 2 vCPUs, vGICv2, cortex-a72",
         machine: VIRT_V2_NVHE,
@@ -1256,31 +1173,21 @@ pub const CASES: &[Case] = &[
         image: Image::Normal,
         allow: &[],
         reject_after_exit: &[],
-    },
-    crate::cases_virtio::VIRTIO_GICV3,
-    crate::cases_virtio::VIRTIO_GICV2,
-    crate::cases_virtio::LINUX_VIRTIO_GICV3,
-    crate::cases_virtio::LINUX_VIRTIO_GICV2,
-    crate::cases_ext4::LINUX_EXT4_GICV3,
-    crate::cases_ext4::LINUX_EXT4_GICV2,
-    crate::cases_shmem::SHMEM_GICV3,
-    crate::cases_shmem::SHMEM_GICV2,
-    crate::cases_ivshmem::LINUX_IVSHMEM_GICV3,
-    crate::cases_ivshmem::LINUX_IVSHMEM_GICV2,
-    crate::cases_net::NET_GICV3,
-    crate::cases_net::NET_GICV2,
-    crate::cases_net::LINUX_NET_GICV3,
-    crate::cases_net::LINUX_NET_GICV2,
-    crate::cases_net::NET_HOSTILE_LINUX_GICV3,
-    crate::cases_net::NET_HOSTILE_LINUX_GICV2,
-    crate::cases_power::IRQ_BUTTON_GICV3,
-    crate::cases_power::IRQ_BUTTON_GICV2,
-    crate::cases_power::LINUX_BUTTON_GICV3,
-    crate::cases_power::LINUX_BUTTON_GICV2,
-    crate::cases_sve::SVE_GICV3_VHE,
-    crate::cases_sve::SVE_GICV3_NVHE,
-    crate::cases_sve::SVE_OFF_GICV2,
-    crate::cases_sve::BAD_CONFIG_SVE,
+    }),
+    Single(crate::cases_virtio::VIRTIO_GICV3),
+    Single(crate::cases_virtio::VIRTIO_GICV2),
+    Matrix(crate::cases_virtio::LINUX_VIRTIO),
+    Matrix(crate::cases_ext4::LINUX_EXT4),
+    Matrix(crate::cases_shmem::SHMEM),
+    Matrix(crate::cases_ivshmem::LINUX_IVSHMEM),
+    Matrix(crate::cases_net::NET),
+    Matrix(crate::cases_net::LINUX_NET),
+    Matrix(crate::cases_net::NET_HOSTILE_LINUX),
+    Matrix(crate::cases_power::IRQ_BUTTON),
+    Matrix(crate::cases_power::LINUX_BUTTON),
+    Matrix(crate::cases_sve::SVE),
+    Single(crate::cases_sve::SVE_OFF_GICV2),
+    Single(crate::cases_sve::BAD_CONFIG_SVE),
 ];
 
 const IRQ_LINES: &[&str] = &[
@@ -1523,7 +1430,8 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_file_safe() {
-        for (i, a) in CASES.iter().enumerate() {
+        let all = all();
+        for (i, a) in all.iter().enumerate() {
             assert!(
                 a.name
                     .chars()
@@ -1531,17 +1439,13 @@ mod tests {
                 "{}",
                 a.name
             );
-            assert!(
-                CASES[i + 1..].iter().all(|b| b.name != a.name),
-                "{}",
-                a.name
-            );
+            assert!(all[i + 1..].iter().all(|b| b.name != a.name), "{}", a.name);
         }
     }
 
     #[test]
     fn allowed_words_come_from_always_reject_and_are_expected() {
-        for c in CASES {
+        for c in all() {
             for a in c.allow {
                 assert!(
                     ALWAYS_REJECT.contains(a),
@@ -1566,13 +1470,13 @@ mod tests {
 
     #[test]
     fn rejects_drop_only_what_the_case_allows() {
-        let c = CASES.iter().find(|c| c.name == "lastresort-panic").unwrap();
+        let c = all().iter().find(|c| c.name == "lastresort-panic").unwrap();
         let r = c.rejects();
         assert!(!r.contains(&"PANIC") && !r.contains(&"panicked"));
         assert!(r.contains(&"FATAL") && r.contains(&"FAIL"));
         assert!(r.contains(&"all VMs stopped"));
         assert_eq!(c.image, Image::Selftest);
-        let smoke = CASES.iter().find(|c| c.name.starts_with("virt-")).unwrap();
+        let smoke = all().iter().find(|c| c.name.starts_with("virt-")).unwrap();
         assert_eq!(
             smoke.rejects()[..ALWAYS_REJECT.len()],
             ALWAYS_REJECT[..],
@@ -1583,7 +1487,7 @@ mod tests {
 
     #[test]
     fn every_case_names_a_machine_and_an_expectation() {
-        for c in CASES {
+        for c in all() {
             assert!(c.machine.contains(&"-M"), "{}", c.name);
             assert!(!c.expect.is_empty(), "{}", c.name);
             if let Exit::KillAfter(p) = c.exit {

@@ -4,7 +4,8 @@
 //! script that types only after it has seen what it waits for. Hooked into
 //! [`crate::cases::CASES`] by name; the runner asks [`script`] for a case's typing.
 
-use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
+use crate::cases::{Boot, Case, Exit, Image};
+use crate::matrix::{FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_VHE};
 
 /// The default console switch key, Ctrl-] (the hypervisor's `console::DEFAULT_SWITCH_KEY`).
 const SWITCH: &str = "\x1d\x1d\x1d";
@@ -79,52 +80,61 @@ const NOFIFO_LINES: &[&str] = &[
     "all VMs stopped; powering off",
 ];
 
-pub const CONSOLE_INPUT_NOFIFO_GICV3: Case = Case {
-    name: "console-input-nofifo-gicv3",
-    about: "console input reaches a guest polling UARTFR.RXFE with its PL011 FIFO disabled (one-byte holding register); bytes it had received before its reset come back after it; GICv3, VHE",
-    machine: VIRT_V3_VHE,
-    boot: Boot::Direct,
-    vms: &["smoke-input-nofifo"],
-    bootargs: None,
-    timeout_s: 60,
-    expect: NOFIFO_LINES,
-    reject: &["SMOKE FAIL"],
-    exit: Exit::Status(0),
-    console_input: Some("hello-elvisor"),
-    image: Image::Normal,
-    allow: &[],
-    reject_after_exit: &[],
+pub const CONSOLE_INPUT_NOFIFO: Scenario = Scenario {
+    name: "console-input-nofifo{cfg}",
+    naming: Naming::Gic,
+    on: &[
+        (
+            V3_VHE,
+            "console input reaches a guest polling UARTFR.RXFE with its PL011 FIFO disabled (one-byte holding register); bytes it had received before its reset come back after it; GICv3, VHE",
+        ),
+        (
+            V2_NVHE,
+            "console input with the guest's PL011 FIFO disabled; GICv2, non-VHE",
+        ),
+    ],
+    case: Case {
+        boot: Boot::Direct,
+        vms: &["smoke-input-nofifo"],
+        bootargs: None,
+        timeout_s: 60,
+        expect: NOFIFO_LINES,
+        reject: &["SMOKE FAIL"],
+        exit: Exit::Status(0),
+        console_input: Some("hello-elvisor"),
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+        ..FROM_CONFIG
+    },
+    tweak: None,
 };
 
-pub const CONSOLE_INPUT_NOFIFO_GICV2: Case = Case {
-    name: "console-input-nofifo-gicv2",
-    about: "console input with the guest's PL011 FIFO disabled; GICv2, non-VHE",
-    machine: VIRT_V2_NVHE,
-    ..CONSOLE_INPUT_NOFIFO_GICV3
-};
-
-pub const CONSOLE_FOCUS_GICV3: Case = Case {
-    name: "console-focus-gicv3",
-    about: "two VMs on the console: the focused VM's prompt shows before Enter, echo as typed; Ctrl-] x3 switches; each VM reads exactly its own line; the focus moves on when the focused VM stops; GICv3, VHE",
-    machine: VIRT_V3_VHE,
-    boot: Boot::Direct,
-    vms: &["smoke-console-a", "smoke-console-b"],
-    bootargs: None,
-    timeout_s: 90,
-    expect: FOCUS_LINES,
-    reject: &["SMOKE FAIL"],
-    exit: Exit::Status(0),
-    console_input: None,
-    image: Image::Normal,
-    allow: &[],
-    reject_after_exit: &[],
-};
-
-pub const CONSOLE_FOCUS_GICV2: Case = Case {
-    name: "console-focus-gicv2",
-    about: "the console-focus script on GICv2, non-VHE",
-    machine: VIRT_V2_NVHE,
-    ..CONSOLE_FOCUS_GICV3
+pub const CONSOLE_FOCUS: Scenario = Scenario {
+    name: "console-focus{cfg}",
+    naming: Naming::Gic,
+    on: &[
+        (
+            V3_VHE,
+            "two VMs on the console: the focused VM's prompt shows before Enter, echo as typed; Ctrl-] x3 switches; each VM reads exactly its own line; the focus moves on when the focused VM stops; GICv3, VHE",
+        ),
+        (V2_NVHE, "the console-focus script on GICv2, non-VHE"),
+    ],
+    case: Case {
+        boot: Boot::Direct,
+        vms: &["smoke-console-a", "smoke-console-b"],
+        bootargs: None,
+        timeout_s: 90,
+        expect: FOCUS_LINES,
+        reject: &["SMOKE FAIL"],
+        exit: Exit::Status(0),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+        ..FROM_CONFIG
+    },
+    tweak: None,
 };
 
 /// scripts/run's default demo as a person uses it: Linux's shell has the console; a job is
@@ -178,33 +188,36 @@ const DEMO_LINES: &[&str] = &[
     "vm0 (linux) stopped",
 ];
 
-pub const DEMO_GICV3: Case = Case {
-    name: "demo-gicv3",
-    about: "scripts/run's default demo (demo-linux + demo-worker): Linux's shell has the console with job control (Ctrl-C interrupts, Ctrl-Z stops a job), next to a bare-metal worker VM; GICv3, VHE",
-    machine: VIRT_V3_VHE,
-    boot: Boot::Direct,
-    vms: &["demo-linux", "demo-worker"],
-    bootargs: None,
-    timeout_s: 150,
-    expect: DEMO_LINES,
-    reject: &[
-        "can't access tty",
-        "HB FAIL",
-        "Kernel panic",
-        "Internal error:",
-        "BUG:",
-        "Oops",
+pub const DEMO: Scenario = Scenario {
+    name: "demo{cfg}",
+    naming: Naming::Gic,
+    on: &[
+        (
+            V3_VHE,
+            "scripts/run's default demo (demo-linux + demo-worker): Linux's shell has the console with job control (Ctrl-C interrupts, Ctrl-Z stops a job), next to a bare-metal worker VM; GICv3, VHE",
+        ),
+        (V2_NVHE, "the default demo on GICv2, cortex-a72 (non-VHE)"),
     ],
-    exit: Exit::KillAfter("vm0 (linux) stopped"),
-    console_input: None,
-    image: Image::Normal,
-    allow: &[],
-    reject_after_exit: &[],
-};
-
-pub const DEMO_GICV2: Case = Case {
-    name: "demo-gicv2",
-    about: "the default demo on GICv2, cortex-a72 (non-VHE)",
-    machine: VIRT_V2_NVHE,
-    ..DEMO_GICV3
+    case: Case {
+        boot: Boot::Direct,
+        vms: &["demo-linux", "demo-worker"],
+        bootargs: None,
+        timeout_s: 150,
+        expect: DEMO_LINES,
+        reject: &[
+            "can't access tty",
+            "HB FAIL",
+            "Kernel panic",
+            "Internal error:",
+            "BUG:",
+            "Oops",
+        ],
+        exit: Exit::KillAfter("vm0 (linux) stopped"),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+        ..FROM_CONFIG
+    },
+    tweak: None,
 };

@@ -3,10 +3,11 @@
 //! switches, that their own hardware breakpoints, watchpoints and software steps fire at EL1
 //! and EL0 and the other's never do; BRK, the OS lock, masking of a hostile breakpoint control
 //! value and UNDEFINED breakpoint numbers beyond the ID registers' counts. GICv3 with VHE,
-//! GICv3 with the non-VHE path forced, and GICv2 on a Cortex-A72 (ARMv8.0 debug). Hooked into
-//! the case list in main.rs.
+//! GICv3 with the non-VHE path forced, and GICv2 on a Cortex-A72 (ARMv8.0 debug). Listed in
+//! [`crate::cases::all`].
 
-use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
+use crate::cases::{Boot, Case, Exit, Image};
+use crate::matrix::{Entry, FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_NVHE, V3_VHE};
 
 /// vCPU 0's checks in order, then vCPU 1's verdict (its own lines interleave anywhere) and the
 /// result.
@@ -38,19 +39,27 @@ const DEBUG_LINES: &[&str] = &[
 /// any FAIL line of either fails the run.
 const REJECT: &[&str] = &["DEBUG FAIL", "unexpected exit"];
 
-const fn case(
-    name: &'static str,
-    about: &'static str,
-    machine: &'static [&'static str],
-    bootargs: Option<&'static str>,
-) -> Case {
-    Case {
-        name,
-        about,
-        machine,
+pub const CASES: &[Entry] = &[Entry::Matrix(Scenario {
+    name: "debug{cfg}",
+    naming: Naming::GicVheOnV3,
+    on: &[
+        (
+            V3_VHE,
+            "guest self-hosted debug, -cpu max, VHE: breakpoints, watchpoints, single step (EL1, EL0), BRK, OS lock; two vCPUs on one CPU never see each other's",
+        ),
+        (
+            V3_NVHE,
+            "the debug guest on -cpu max with the non-VHE path forced (elvisor.vhe=off)",
+        ),
+        (
+            V2_NVHE,
+            "the debug guest on a Cortex-A72 (ARMv8.0 debug, 6 breakpoints, 4 watchpoints), vGICv2",
+        ),
+    ],
+    case: Case {
         boot: Boot::Direct,
         vms: &["debug"],
-        bootargs,
+        bootargs: None,
         timeout_s: 120,
         expect: DEBUG_LINES,
         reject: REJECT,
@@ -59,26 +68,7 @@ const fn case(
         image: Image::Normal,
         allow: &[],
         reject_after_exit: &[],
-    }
-}
-
-pub const CASES: &[Case] = &[
-    case(
-        "debug-gicv3-vhe",
-        "guest self-hosted debug, -cpu max, VHE: breakpoints, watchpoints, single step (EL1, EL0), BRK, OS lock; two vCPUs on one CPU never see each other's",
-        VIRT_V3_VHE,
-        None,
-    ),
-    case(
-        "debug-gicv3-nvhe",
-        "the debug guest on -cpu max with the non-VHE path forced (elvisor.vhe=off)",
-        VIRT_V3_VHE,
-        Some("elvisor.vhe=off"),
-    ),
-    case(
-        "debug-gicv2",
-        "the debug guest on a Cortex-A72 (ARMv8.0 debug, 6 breakpoints, 4 watchpoints), vGICv2",
-        VIRT_V2_NVHE,
-        None,
-    ),
-];
+        ..FROM_CONFIG
+    },
+    tweak: None,
+})];

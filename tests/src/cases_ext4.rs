@@ -5,7 +5,8 @@
 //! Hooked into [`crate::cases::CASES`] by name; [`log_check`] compares the MD5s across the two
 //! boots.
 
-use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
+use crate::cases::{Boot, Case, Exit, Image};
+use crate::matrix::{FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_VHE};
 
 /// In order: the disk placed, the first boot (mounted, the image's file checked, nothing
 /// written yet, the new file written and the reboot), the hypervisor's reset, the second boot
@@ -25,40 +26,46 @@ const LINUX_EXT4_LINES: &[&str] = &[
     "reboot: Power down",
 ];
 
-pub const LINUX_EXT4_GICV3: Case = Case {
-    name: "linux-ext4-gicv3",
-    about: "Debian's Linux mounts an ext4 image made by `mke2fs -d` (virtio-blk, 6000 KiB), checks a file's MD5, writes a file, reboots (PSCI SYSTEM_RESET) and finds it again; GICv3, VHE",
-    machine: VIRT_V3_VHE,
-    boot: Boot::Direct,
-    vms: &["linux-ext4"],
-    bootargs: None,
-    // Two Linux boots.
-    timeout_s: 240,
-    expect: LINUX_EXT4_LINES,
-    reject: &[
-        "Kernel panic",
-        "Internal error:",
-        "Unable to handle kernel",
-        "BUG:",
-        "Oops",
-        "insmod",
-        "INIT: ext4: FAIL",
-        "EXT4-fs error",
-        "device needs reset",
-        "(reset #2)",
+pub const LINUX_EXT4: Scenario = Scenario {
+    name: "linux-ext4{cfg}",
+    naming: Naming::Gic,
+    on: &[
+        (
+            V3_VHE,
+            "Debian's Linux mounts an ext4 image made by `mke2fs -d` (virtio-blk, 6000 KiB), checks a file's MD5, writes a file, reboots (PSCI SYSTEM_RESET) and finds it again; GICv3, VHE",
+        ),
+        (
+            V2_NVHE,
+            "the ext4 write-reboot-read Linux VM on vGICv2, cortex-a72 (non-VHE)",
+        ),
     ],
-    exit: Exit::Status(0),
-    console_input: None,
-    image: Image::Normal,
-    allow: &[],
-    reject_after_exit: &[],
-};
-
-pub const LINUX_EXT4_GICV2: Case = Case {
-    name: "linux-ext4-gicv2",
-    about: "the ext4 write-reboot-read Linux VM on vGICv2, cortex-a72 (non-VHE)",
-    machine: VIRT_V2_NVHE,
-    ..LINUX_EXT4_GICV3
+    case: Case {
+        boot: Boot::Direct,
+        vms: &["linux-ext4"],
+        bootargs: None,
+        // Two Linux boots.
+        timeout_s: 240,
+        expect: LINUX_EXT4_LINES,
+        reject: &[
+            "Kernel panic",
+            "Internal error:",
+            "Unable to handle kernel",
+            "BUG:",
+            "Oops",
+            "insmod",
+            "INIT: ext4: FAIL",
+            "EXT4-fs error",
+            "device needs reset",
+            "(reset #2)",
+        ],
+        exit: Exit::Status(0),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+        ..FROM_CONFIG
+    },
+    tweak: None,
 };
 
 /// The whole log after the expected lines: both boots read elvisor.bin with the same MD5 (the

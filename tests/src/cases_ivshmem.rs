@@ -5,7 +5,8 @@
 //! (busybox devmem on BAR2) with doorbells (BAR0) waited for on /dev/uio0. Both VMs must end
 //! with the same count. GICv3 with VHE and GICv2 without. Hooked into [`crate::cases::CASES`].
 
-use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
+use crate::cases::{Boot, Case, Exit, Image};
+use crate::matrix::{FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_VHE};
 
 /// The hypervisor placing the functions, each VM's binding, then both final counts.
 const LINUX_IVSHMEM_LINES: &[&str] = &[
@@ -24,34 +25,40 @@ const BOUND: &str =
     "] INIT: ivshmem: 0000:00:00.0 driver uio_pci_generic BAR0 0x000000000b200000 BAR2 0x";
 const DONE: &str = "] INIT: ivshmem: 1000 rounds, final counter 2000,";
 
-pub const LINUX_IVSHMEM_GICV3: Case = Case {
-    name: "linux-ivshmem-gicv3",
-    about: "two Debian Linux VMs share a region as an ivshmem-like PCI device (uio_pci_generic, devmem, /dev/uio0) and pass a counter back and forth 1000 times with doorbells; GICv3, VHE",
-    machine: VIRT_V3_VHE,
-    boot: Boot::Direct,
-    vms: &["linux-ivshmem-a", "linux-ivshmem-b"],
-    bootargs: None,
-    timeout_s: 600,
-    expect: LINUX_IVSHMEM_LINES,
-    reject: &[
-        "Kernel panic",
-        "Internal error:",
-        "BUG:",
-        "Oops",
-        "INIT: ivshmem: FAIL",
-        "can't claim",
-        "not assigned",
+pub const LINUX_IVSHMEM: Scenario = Scenario {
+    name: "linux-ivshmem{cfg}",
+    naming: Naming::Gic,
+    on: &[
+        (
+            V3_VHE,
+            "two Debian Linux VMs share a region as an ivshmem-like PCI device (uio_pci_generic, devmem, /dev/uio0) and pass a counter back and forth 1000 times with doorbells; GICv3, VHE",
+        ),
+        (
+            V2_NVHE,
+            "the two Linux VMs sharing a region as a PCI device, vGICv2, cortex-a72 (non-VHE)",
+        ),
     ],
-    exit: Exit::Status(0),
-    console_input: None,
-    image: Image::Normal,
-    allow: &[],
-    reject_after_exit: &[],
-};
-
-pub const LINUX_IVSHMEM_GICV2: Case = Case {
-    name: "linux-ivshmem-gicv2",
-    about: "the two Linux VMs sharing a region as a PCI device, vGICv2, cortex-a72 (non-VHE)",
-    machine: VIRT_V2_NVHE,
-    ..LINUX_IVSHMEM_GICV3
+    case: Case {
+        boot: Boot::Direct,
+        vms: &["linux-ivshmem-a", "linux-ivshmem-b"],
+        bootargs: None,
+        timeout_s: 600,
+        expect: LINUX_IVSHMEM_LINES,
+        reject: &[
+            "Kernel panic",
+            "Internal error:",
+            "BUG:",
+            "Oops",
+            "INIT: ivshmem: FAIL",
+            "can't claim",
+            "not assigned",
+        ],
+        exit: Exit::Status(0),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+        ..FROM_CONFIG
+    },
+    tweak: None,
 };

@@ -4,7 +4,8 @@
 //! is checked on arrival; a malformed and an oversize frame are dropped by the switch. GICv3
 //! with VHE and GICv2 without. Hooked into [`crate::cases::CASES`] by name.
 
-use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
+use crate::cases::{Boot, Case, Exit, Image};
+use crate::matrix::{FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_VHE};
 
 /// The NICs placed, then the checks in causal order: B hears A's broadcast before A can learn
 /// that B did; B reports the unicast exchange before it sends the DONE that A waits for.
@@ -20,28 +21,34 @@ const NET_LINES: &[&str] = &[
     "all VMs stopped; powering off",
 ];
 
-pub const NET_GICV3: Case = Case {
-    name: "net-switch-gicv3",
-    about: "virtio-net on a virtual switch between two VMs: broadcast, unicast of 60..1514-byte frames checked byte by byte, malformed and oversize frames dropped; GICv3, VHE",
-    machine: VIRT_V3_VHE,
-    boot: Boot::Direct,
-    vms: &["net-a", "net-b"],
-    bootargs: None,
-    timeout_s: 60,
-    expect: NET_LINES,
-    reject: &["NET FAIL", "device needs reset"],
-    exit: Exit::Status(0),
-    console_input: None,
-    image: Image::Normal,
-    allow: &[],
-    reject_after_exit: &[],
-};
-
-pub const NET_GICV2: Case = Case {
-    name: "net-switch-gicv2",
-    about: "the virtio-net pair on vGICv2, cortex-a72 (non-VHE)",
-    machine: VIRT_V2_NVHE,
-    ..NET_GICV3
+pub const NET: Scenario = Scenario {
+    name: "net-switch{cfg}",
+    naming: Naming::Gic,
+    on: &[
+        (
+            V3_VHE,
+            "virtio-net on a virtual switch between two VMs: broadcast, unicast of 60..1514-byte frames checked byte by byte, malformed and oversize frames dropped; GICv3, VHE",
+        ),
+        (
+            V2_NVHE,
+            "the virtio-net pair on vGICv2, cortex-a72 (non-VHE)",
+        ),
+    ],
+    case: Case {
+        boot: Boot::Direct,
+        vms: &["net-a", "net-b"],
+        bootargs: None,
+        timeout_s: 60,
+        expect: NET_LINES,
+        reject: &["NET FAIL", "device needs reset"],
+        exit: Exit::Status(0),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+        ..FROM_CONFIG
+    },
+    tweak: None,
 };
 
 /// Debian's unmodified Linux twice on one switch (linux-net-a.dtsi, linux-net-b.dtsi): its own
@@ -58,36 +65,42 @@ const LINUX_NET_LINES: &[&str] = &[
     "all VMs stopped; powering off",
 ];
 
-pub const LINUX_NET_GICV3: Case = Case {
-    name: "linux-net-gicv3",
-    about: "two Debian Linux VMs on one virtual switch with their own virtio_net: ping both ways, 64 MiB over TCP (busybox nc) with matching MD5 sums; GICv3, VHE",
-    machine: VIRT_V3_VHE,
-    boot: Boot::Direct,
-    vms: &["linux-net-a", "linux-net-b"],
-    bootargs: None,
-    timeout_s: 300,
-    expect: LINUX_NET_LINES,
-    reject: &[
-        "Kernel panic",
-        "Internal error:",
-        "BUG:",
-        "Oops",
-        "insmod",
-        "INIT: net: FAIL",
-        "device needs reset",
+pub const LINUX_NET: Scenario = Scenario {
+    name: "linux-net{cfg}",
+    naming: Naming::Gic,
+    on: &[
+        (
+            V3_VHE,
+            "two Debian Linux VMs on one virtual switch with their own virtio_net: ping both ways, 64 MiB over TCP (busybox nc) with matching MD5 sums; GICv3, VHE",
+        ),
+        (
+            V2_NVHE,
+            "the two Linux VMs on one switch, vGICv2, cortex-a72 (non-VHE)",
+        ),
     ],
-    exit: Exit::Status(0),
-    console_input: None,
-    image: Image::Normal,
-    allow: &[],
-    reject_after_exit: &[],
-};
-
-pub const LINUX_NET_GICV2: Case = Case {
-    name: "linux-net-gicv2",
-    about: "the two Linux VMs on one switch, vGICv2, cortex-a72 (non-VHE)",
-    machine: VIRT_V2_NVHE,
-    ..LINUX_NET_GICV3
+    case: Case {
+        boot: Boot::Direct,
+        vms: &["linux-net-a", "linux-net-b"],
+        bootargs: None,
+        timeout_s: 300,
+        expect: LINUX_NET_LINES,
+        reject: &[
+            "Kernel panic",
+            "Internal error:",
+            "BUG:",
+            "Oops",
+            "insmod",
+            "INIT: net: FAIL",
+            "device needs reset",
+        ],
+        exit: Exit::Status(0),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+        ..FROM_CONFIG
+    },
+    tweak: None,
 };
 
 /// The hostile NIC is abusing its device before linux-a starts its steady ping, still at it
@@ -100,38 +113,44 @@ const HOSTILE_LINES: &[&str] = &[
     "[linux-a] INIT: net: 30 pings to 10.0.0.2: 30 packets transmitted, 30 packets received",
 ];
 
-pub const NET_HOSTILE_LINUX_GICV3: Case = Case {
-    name: "net-hostile-linux-gicv3",
-    about: "a hostile virtio-net driver (descriptor loops, buffers outside RAM, zero and 4 GiB lengths, queue size 6, notify before DRIVER_OK, bad receive buffers, malformed, oversize and flooding frames), round after round, on the switch where two Debian Linux VMs ping each other: every ping comes back; GICv3, VHE",
-    machine: VIRT_V3_VHE,
-    boot: Boot::Direct,
-    vms: &["linux-ping-a", "linux-ping-b", "net-hostile"],
-    bootargs: None,
-    timeout_s: 300,
-    expect: HOSTILE_LINES,
-    reject: &[
-        "Kernel panic",
-        "Internal error:",
-        "BUG:",
-        "Oops",
-        "insmod",
-        "INIT: net: FAIL",
-        "NET FAIL",
-        "linux-a virtio-net",
-        "linux-b virtio-net",
+pub const NET_HOSTILE_LINUX: Scenario = Scenario {
+    name: "net-hostile-linux{cfg}",
+    naming: Naming::Gic,
+    on: &[
+        (
+            V3_VHE,
+            "a hostile virtio-net driver (descriptor loops, buffers outside RAM, zero and 4 GiB lengths, queue size 6, notify before DRIVER_OK, bad receive buffers, malformed, oversize and flooding frames), round after round, on the switch where two Debian Linux VMs ping each other: every ping comes back; GICv3, VHE",
+        ),
+        (
+            V2_NVHE,
+            "the hostile virtio-net driver next to the two pinging Linux VMs, vGICv2, cortex-a72 (non-VHE)",
+        ),
     ],
-    exit: Exit::KillAfter(
-        "[linux-a] INIT: net: 30 pings to 10.0.0.2: 30 packets transmitted, 30 packets received",
-    ),
-    console_input: None,
-    image: Image::Normal,
-    allow: &[],
-    reject_after_exit: &[],
-};
-
-pub const NET_HOSTILE_LINUX_GICV2: Case = Case {
-    name: "net-hostile-linux-gicv2",
-    about: "the hostile virtio-net driver next to the two pinging Linux VMs, vGICv2, cortex-a72 (non-VHE)",
-    machine: VIRT_V2_NVHE,
-    ..NET_HOSTILE_LINUX_GICV3
+    case: Case {
+        boot: Boot::Direct,
+        vms: &["linux-ping-a", "linux-ping-b", "net-hostile"],
+        bootargs: None,
+        timeout_s: 300,
+        expect: HOSTILE_LINES,
+        reject: &[
+            "Kernel panic",
+            "Internal error:",
+            "BUG:",
+            "Oops",
+            "insmod",
+            "INIT: net: FAIL",
+            "NET FAIL",
+            "linux-a virtio-net",
+            "linux-b virtio-net",
+        ],
+        exit: Exit::KillAfter(
+            "[linux-a] INIT: net: 30 pings to 10.0.0.2: 30 packets transmitted, 30 packets received",
+        ),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+        ..FROM_CONFIG
+    },
+    tweak: None,
 };

@@ -4,35 +4,11 @@
 //! across yields to "pmu-disturb", which shares physical CPU 0 and resets and reprograms its
 //! own PMU every round; "pmu-none" (elvisor,pmu = <0>, physical CPU 1) sees no PMU. Under
 //! `-icount shift=0`: QEMU counts INST_RETIRED only with precise icount. GICv3 with VHE,
-//! GICv3 with the non-VHE path forced, and GICv2 on a Cortex-A72 (PMUv3, ARMv8.0). Hooked
-//! into the case list in main.rs.
+//! GICv3 with the non-VHE path forced, and GICv2 on a Cortex-A72 (PMUv3, ARMv8.0). Listed
+//! in [`crate::cases::all`].
 
 use crate::cases::{Boot, Case, Exit, Image};
-
-const VIRT_V3_ICOUNT: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=3",
-    "-cpu",
-    "max",
-    "-m",
-    "1G",
-    "-smp",
-    "2",
-    "-icount",
-    "shift=0,sleep=off",
-];
-const VIRT_V2_A72_ICOUNT: &[&str] = &[
-    "-M",
-    "virt,virtualization=on,gic-version=2",
-    "-cpu",
-    "cortex-a72",
-    "-m",
-    "1G",
-    "-smp",
-    "2",
-    "-icount",
-    "shift=0,sleep=off",
-];
+use crate::matrix::{Entry, FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_NVHE, V3_VHE};
 
 /// The main VM's checks in order (the other VMs' lines interleave anywhere).
 const PMU_LINES: &[&str] = &[
@@ -54,19 +30,27 @@ const REJECT: &[&str] = &[
     "unexpected physical interrupt",
 ];
 
-const fn case(
-    name: &'static str,
-    about: &'static str,
-    machine: &'static [&'static str],
-    bootargs: Option<&'static str>,
-) -> Case {
-    Case {
-        name,
-        about,
-        machine,
+pub const CASES: &[Entry] = &[Entry::Matrix(Scenario {
+    name: "pmu{cfg}",
+    naming: Naming::GicVheOnV3,
+    on: &[
+        (
+            V3_VHE.icount(),
+            "PMUv3 for guests, -cpu max, VHE, -icount: cycles and instructions counted at EL1 only (not the hypervisor), overflow interrupt on PPI 23, counters kept across switches with another PMU user, a VM without a PMU gets UNDEFINED",
+        ),
+        (
+            V3_NVHE.icount(),
+            "the PMU guests on -cpu max with the non-VHE path forced (elvisor.vhe=off)",
+        ),
+        (
+            V2_NVHE.icount(),
+            "the PMU guests on a Cortex-A72 (PMUv3, ARMv8.0: no MDCR_EL2.HPMD, EL2 excluded by the filters), vGICv2",
+        ),
+    ],
+    case: Case {
         boot: Boot::Direct,
         vms: &["pmu", "pmu-disturb", "pmu-none"],
-        bootargs,
+        bootargs: None,
         timeout_s: 120,
         expect: PMU_LINES,
         reject: REJECT,
@@ -75,26 +59,7 @@ const fn case(
         image: Image::Normal,
         allow: &[],
         reject_after_exit: &[],
-    }
-}
-
-pub const CASES: &[Case] = &[
-    case(
-        "pmu-gicv3-vhe",
-        "PMUv3 for guests, -cpu max, VHE, -icount: cycles and instructions counted at EL1 only (not the hypervisor), overflow interrupt on PPI 23, counters kept across switches with another PMU user, a VM without a PMU gets UNDEFINED",
-        VIRT_V3_ICOUNT,
-        None,
-    ),
-    case(
-        "pmu-gicv3-nvhe",
-        "the PMU guests on -cpu max with the non-VHE path forced (elvisor.vhe=off)",
-        VIRT_V3_ICOUNT,
-        Some("elvisor.vhe=off"),
-    ),
-    case(
-        "pmu-gicv2",
-        "the PMU guests on a Cortex-A72 (PMUv3, ARMv8.0: no MDCR_EL2.HPMD, EL2 excluded by the filters), vGICv2",
-        VIRT_V2_A72_ICOUNT,
-        None,
-    ),
-];
+        ..FROM_CONFIG
+    },
+    tweak: None,
+})];

@@ -5,7 +5,8 @@
 //! and release; Debian's Linux registers the gpio-keys input device and powers off when its
 //! /init sees KEY_POWER. Hooked into [`crate::cases::CASES`] by name.
 
-use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
+use crate::cases::{Boot, Case, Exit, Image};
+use crate::matrix::{FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_VHE};
 
 const IRQ_BUTTON_LINES: &[&str] = &[
     "the button will be pressed",
@@ -16,28 +17,34 @@ const IRQ_BUTTON_LINES: &[&str] = &[
     "IRQ RESULT: passed=13 failed=0",
 ];
 
-pub const IRQ_BUTTON_GICV3: Case = Case {
-    name: "power-button-gicv3",
-    about: "the VM's PL061 and gpio-keys nodes, PrimeCell IDs, a press of the power button: both edges of line 3 as SPI 7, the line read through GPIODATA's address mask; GICv3, VHE",
-    machine: VIRT_V3_VHE,
-    boot: Boot::Direct,
-    vms: &["irq-power-button"],
-    bootargs: Some("elvisor.test-power-button=irq-pb@1500"),
-    timeout_s: 90,
-    expect: IRQ_BUTTON_LINES,
-    reject: &["IRQ FAIL", ": ignored"],
-    exit: Exit::Status(0),
-    console_input: None,
-    image: Image::Normal,
-    allow: &[],
-    reject_after_exit: &[],
-};
-
-pub const IRQ_BUTTON_GICV2: Case = Case {
-    name: "power-button-gicv2",
-    about: "the power-button press of power-button-gicv3 on GICv2, cortex-a72 (non-VHE)",
-    machine: VIRT_V2_NVHE,
-    ..IRQ_BUTTON_GICV3
+pub const IRQ_BUTTON: Scenario = Scenario {
+    name: "power-button{cfg}",
+    naming: Naming::Gic,
+    on: &[
+        (
+            V3_VHE,
+            "the VM's PL061 and gpio-keys nodes, PrimeCell IDs, a press of the power button: both edges of line 3 as SPI 7, the line read through GPIODATA's address mask; GICv3, VHE",
+        ),
+        (
+            V2_NVHE,
+            "the power-button press of power-button-gicv3 on GICv2, cortex-a72 (non-VHE)",
+        ),
+    ],
+    case: Case {
+        boot: Boot::Direct,
+        vms: &["irq-power-button"],
+        bootargs: Some("elvisor.test-power-button=irq-pb@1500"),
+        timeout_s: 90,
+        expect: IRQ_BUTTON_LINES,
+        reject: &["IRQ FAIL", ": ignored"],
+        exit: Exit::Status(0),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+        ..FROM_CONFIG
+    },
+    tweak: None,
 };
 
 /// Linux: the PL061 probes, gpio-keys registers its input device, /init's watcher sees
@@ -67,26 +74,32 @@ const LINUX_REJECT: &[&str] = &[
     ": ignored",
 ];
 
-pub const LINUX_BUTTON_GICV3: Case = Case {
-    name: "linux-power-button-gicv3",
-    about: "Debian's Linux shut down cleanly through the power button: gpio-keys on the VM's PL061 (gpio_keys and evdev insmod'ed), KEY_POWER seen by /init, PSCI SYSTEM_OFF; GICv3, VHE",
-    machine: VIRT_V3_VHE,
-    boot: Boot::Direct,
-    vms: &["linux-power-button"],
-    bootargs: Some("elvisor.test-power-button=linux@4000:2000"),
-    timeout_s: 150,
-    expect: LINUX_BUTTON_LINES,
-    reject: LINUX_REJECT,
-    exit: Exit::Status(0),
-    console_input: None,
-    image: Image::Normal,
-    allow: &[],
-    reject_after_exit: &[],
-};
-
-pub const LINUX_BUTTON_GICV2: Case = Case {
-    name: "linux-power-button-gicv2",
-    about: "linux-power-button-gicv3 on GICv2, cortex-a72 (non-VHE)",
-    machine: VIRT_V2_NVHE,
-    ..LINUX_BUTTON_GICV3
+pub const LINUX_BUTTON: Scenario = Scenario {
+    name: "linux-power-button{cfg}",
+    naming: Naming::Gic,
+    on: &[
+        (
+            V3_VHE,
+            "Debian's Linux shut down cleanly through the power button: gpio-keys on the VM's PL061 (gpio_keys and evdev insmod'ed), KEY_POWER seen by /init, PSCI SYSTEM_OFF; GICv3, VHE",
+        ),
+        (
+            V2_NVHE,
+            "linux-power-button-gicv3 on GICv2, cortex-a72 (non-VHE)",
+        ),
+    ],
+    case: Case {
+        boot: Boot::Direct,
+        vms: &["linux-power-button"],
+        bootargs: Some("elvisor.test-power-button=linux@4000:2000"),
+        timeout_s: 150,
+        expect: LINUX_BUTTON_LINES,
+        reject: LINUX_REJECT,
+        exit: Exit::Status(0),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+        ..FROM_CONFIG
+    },
+    tweak: None,
 };

@@ -5,8 +5,9 @@
 //! into [`crate::cases::CASES`] by name; the runner asks [`script`] (through
 //! `cases_console::script`) for the typing.
 
-use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
+use crate::cases::{Boot, Case, Exit, Image};
 use crate::cases_console::Step;
+use crate::matrix::{FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_VHE};
 
 /// The default console switch key, Ctrl-], three times.
 const SWITCH: &str = "\x1d\x1d\x1d";
@@ -150,28 +151,31 @@ const SHELL_LINES: &[&str] = &[
     "powering off (`poweroff` in the shell)",
 ];
 
-pub const SHELL_GICV3: Case = Case {
-    name: "shell-gicv3",
-    about: "the management shell through the serial console: Ctrl-] x3 reaches it; help, list, info, cpus, stop (the machine stays up), start (boots afresh), reset, mistakes and hostile lines answered in one line, a VM with elvisor,autostart = <0> started, poweroff; GICv3, VHE",
-    machine: VIRT_V3_VHE,
-    boot: Boot::Direct,
-    vms: &["shell-hb", "shell-idle"],
-    bootargs: None,
-    timeout_s: 120,
-    expect: SHELL_LINES,
-    reject: &["HB FAIL", "PANIC", "did not stop"],
-    exit: Exit::Status(0),
-    console_input: None,
-    image: Image::Normal,
-    allow: &[],
-    reject_after_exit: &[],
-};
-
-pub const SHELL_GICV2: Case = Case {
-    name: "shell-gicv2",
-    about: "the shell script on GICv2, non-VHE",
-    machine: VIRT_V2_NVHE,
-    ..SHELL_GICV3
+pub const SHELL: Scenario = Scenario {
+    name: "shell{cfg}",
+    naming: Naming::Gic,
+    on: &[
+        (
+            V3_VHE,
+            "the management shell through the serial console: Ctrl-] x3 reaches it; help, list, info, cpus, stop (the machine stays up), start (boots afresh), reset, mistakes and hostile lines answered in one line, a VM with elvisor,autostart = <0> started, poweroff; GICv3, VHE",
+        ),
+        (V2_NVHE, "the shell script on GICv2, non-VHE"),
+    ],
+    case: Case {
+        boot: Boot::Direct,
+        vms: &["shell-hb", "shell-idle"],
+        bootargs: None,
+        timeout_s: 120,
+        expect: SHELL_LINES,
+        reject: &["HB FAIL", "PANIC", "did not stop"],
+        exit: Exit::Status(0),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+        ..FROM_CONFIG
+    },
+    tweak: None,
 };
 
 /// `cpus` counts the in-place WFI of a vCPU alone on its CPU as idle: cpu0, where hb beats

@@ -4,7 +4,8 @@
 //! read-only mapping aborts without disturbing A. GICv3 with VHE and GICv2 without. Hooked into
 //! [`crate::cases::CASES`] by name.
 
-use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
+use crate::cases::{Boot, Case, Exit, Image};
+use crate::matrix::{FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_VHE};
 
 /// What both runs show: the hypervisor placing the regions and doorbells, then the VMs' checks
 /// that follow one another causally (A's message before B reads it, B's refused write before it
@@ -23,36 +24,32 @@ const SHMEM_LINES: &[&str] = &[
     "all VMs stopped; powering off",
 ];
 
-pub const SHMEM_GICV3: Case = Case {
-    name: "shmem-gicv3",
-    about: "shared memory and doorbells between two VMs: message and reply with doorbell interrupts, a read-only mapping refusing writes; GICv3, VHE",
-    machine: VIRT_V3_VHE,
-    boot: Boot::Direct,
-    vms: &["shmem-a", "shmem-b"],
-    bootargs: None,
-    timeout_s: 60,
-    expect: SHMEM_LINES,
-    reject: &["SHMEM FAIL"],
-    exit: Exit::Status(0),
-    console_input: None,
-    image: Image::Normal,
-    allow: &[],
-    reject_after_exit: &[],
-};
-
-pub const SHMEM_GICV2: Case = Case {
-    name: "shmem-gicv2",
-    about: "the shared-memory pair on vGICv2, cortex-a72 (non-VHE)",
-    machine: VIRT_V2_NVHE,
-    boot: Boot::Direct,
-    vms: &["shmem-a", "shmem-b"],
-    bootargs: None,
-    timeout_s: 60,
-    expect: SHMEM_LINES,
-    reject: &["SHMEM FAIL"],
-    exit: Exit::Status(0),
-    console_input: None,
-    image: Image::Normal,
-    allow: &[],
-    reject_after_exit: &[],
+pub const SHMEM: Scenario = Scenario {
+    name: "shmem{cfg}",
+    naming: Naming::Gic,
+    on: &[
+        (
+            V3_VHE,
+            "shared memory and doorbells between two VMs: message and reply with doorbell interrupts, a read-only mapping refusing writes; GICv3, VHE",
+        ),
+        (
+            V2_NVHE,
+            "the shared-memory pair on vGICv2, cortex-a72 (non-VHE)",
+        ),
+    ],
+    case: Case {
+        boot: Boot::Direct,
+        vms: &["shmem-a", "shmem-b"],
+        bootargs: None,
+        timeout_s: 60,
+        expect: SHMEM_LINES,
+        reject: &["SHMEM FAIL"],
+        exit: Exit::Status(0),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+        ..FROM_CONFIG
+    },
+    tweak: None,
 };

@@ -12,6 +12,7 @@
 //! anything but its own SYSTEM_OFF. "all VMs stopped" then means each ran all its checks.
 
 use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
+use crate::matrix::{FROM_CONFIG, Naming, Scenario, V3_NVHE, V3_VHE};
 
 const SVE_VMS: &[&str] = &["sve-a", "sve-b", "sve-c", "sve-none"];
 
@@ -38,38 +39,34 @@ const SVE_REJECT: &[&str] = &[
     "(sve-none): SVE",
 ];
 
-pub const SVE_GICV3_VHE: Case = Case {
-    name: "sve-gicv3-vhe",
-    about: "SVE for guests, -cpu max, VHE: two VMs' Z/P/FFR patterns survive switches on one pCPU (wfi, wfe yields, slice preemption; 512-bit cap, ZCR_EL1 changes), a third sees zeroes at its first use, a VM with SVE off gets UNDEFINED",
-    machine: VIRT_V3_VHE,
-    boot: Boot::Direct,
-    vms: SVE_VMS,
-    bootargs: None,
-    timeout_s: 120,
-    expect: SVE_LINES,
-    reject: SVE_REJECT,
-    exit: Exit::Status(0),
-    console_input: None,
-    image: Image::Normal,
-    allow: &[],
-    reject_after_exit: &[],
-};
-
-pub const SVE_GICV3_NVHE: Case = Case {
-    name: "sve-gicv3-nvhe",
-    about: "the SVE switching test with the non-VHE path forced (elvisor.vhe=off: CPTR_EL2.TZ, ZCR_EL1 by its own name)",
-    machine: VIRT_V3_VHE,
-    boot: Boot::Direct,
-    vms: SVE_VMS,
-    bootargs: Some("elvisor.vhe=off"),
-    timeout_s: 120,
-    expect: SVE_LINES,
-    reject: SVE_REJECT,
-    exit: Exit::Status(0),
-    console_input: None,
-    image: Image::Normal,
-    allow: &[],
-    reject_after_exit: &[],
+pub const SVE: Scenario = Scenario {
+    name: "sve{cfg}",
+    naming: Naming::GicVhe,
+    on: &[
+        (
+            V3_VHE,
+            "SVE for guests, -cpu max, VHE: two VMs' Z/P/FFR patterns survive switches on one pCPU (wfi, wfe yields, slice preemption; 512-bit cap, ZCR_EL1 changes), a third sees zeroes at its first use, a VM with SVE off gets UNDEFINED",
+        ),
+        (
+            V3_NVHE,
+            "the SVE switching test with the non-VHE path forced (elvisor.vhe=off: CPTR_EL2.TZ, ZCR_EL1 by its own name)",
+        ),
+    ],
+    case: Case {
+        boot: Boot::Direct,
+        vms: SVE_VMS,
+        bootargs: None,
+        timeout_s: 120,
+        expect: SVE_LINES,
+        reject: SVE_REJECT,
+        exit: Exit::Status(0),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+        ..FROM_CONFIG
+    },
+    tweak: None,
 };
 
 pub const SVE_OFF_GICV2: Case = Case {

@@ -5,6 +5,7 @@
 //! reset. Hooked into [`crate::cases::CASES`] by name.
 
 use crate::cases::{Boot, Case, Exit, Image, VIRT_V2_NVHE, VIRT_V3_VHE};
+use crate::matrix::{FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_VHE};
 
 /// What every virtio run shows, in order: the devices placed, the guest's checks of the first
 /// boot, the hypervisor's diagnostics of the hostile driver, the reset and the second boot.
@@ -94,33 +95,39 @@ const LINUX_VIRTIO_LINES: &[&str] = &[
     "reboot: Power down",
 ];
 
-pub const LINUX_VIRTIO_GICV3: Case = Case {
-    name: "linux-virtio-gicv3",
-    about: "Debian's Linux with its own virtio_mmio and virtio_blk modules on elvisor's virtio-blk: reads the disk images, writes and reads back, refused on the read-only disk; GICv3, VHE",
-    machine: VIRT_V3_VHE,
-    boot: Boot::Direct,
-    vms: &["linux-virtio"],
-    bootargs: None,
-    timeout_s: 120,
-    expect: LINUX_VIRTIO_LINES,
-    reject: &[
-        "Kernel panic",
-        "Internal error:",
-        "BUG:",
-        "Oops",
-        "insmod",
-        "VIRTIO FAIL",
+pub const LINUX_VIRTIO: Scenario = Scenario {
+    name: "linux-virtio{cfg}",
+    naming: Naming::Gic,
+    on: &[
+        (
+            V3_VHE,
+            "Debian's Linux with its own virtio_mmio and virtio_blk modules on elvisor's virtio-blk: reads the disk images, writes and reads back, refused on the read-only disk; GICv3, VHE",
+        ),
+        (
+            V2_NVHE,
+            "Debian's Linux on elvisor's virtio-blk, vGICv2, cortex-a72 (non-VHE)",
+        ),
     ],
-    exit: Exit::Status(0),
-    console_input: None,
-    image: Image::Normal,
-    allow: &[],
-    reject_after_exit: &[],
-};
-
-pub const LINUX_VIRTIO_GICV2: Case = Case {
-    name: "linux-virtio-gicv2",
-    about: "Debian's Linux on elvisor's virtio-blk, vGICv2, cortex-a72 (non-VHE)",
-    machine: VIRT_V2_NVHE,
-    ..LINUX_VIRTIO_GICV3
+    case: Case {
+        boot: Boot::Direct,
+        vms: &["linux-virtio"],
+        bootargs: None,
+        timeout_s: 120,
+        expect: LINUX_VIRTIO_LINES,
+        reject: &[
+            "Kernel panic",
+            "Internal error:",
+            "BUG:",
+            "Oops",
+            "insmod",
+            "VIRTIO FAIL",
+        ],
+        exit: Exit::Status(0),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+        ..FROM_CONFIG
+    },
+    tweak: None,
 };

@@ -1,4 +1,4 @@
-//! elvisor-systest: boots the hypervisor in QEMU for every case in [`cases::CASES`] and checks
+//! elvisor-systest: boots the hypervisor in QEMU for every case in [`cases::all`] and checks
 //! the serial log. Host-only (std); the hypervisor's target never leaks in here.
 //!
 //! ```text
@@ -24,6 +24,7 @@ mod cases_shmem;
 mod cases_sve;
 mod cases_virtio;
 mod check;
+mod matrix;
 mod runner;
 mod sys;
 
@@ -33,7 +34,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 
-use cases::{CASES, Case};
+use cases::Case;
 
 const USAGE: &str = "usage: elvisor-systest [--list] [--jobs N] [--build] [FILTER...]
   --list      list the cases (after filtering) and exit
@@ -102,13 +103,8 @@ fn main() -> ExitCode {
         }
     }
 
-    let selected: Vec<&'static Case> = CASES
+    let selected: Vec<&'static Case> = cases::all()
         .iter()
-        .chain(cases_rpi4::CASES)
-        .chain(cases_rpi4::VIRT_CASES)
-        .chain(cases_boot::CASES)
-        .chain(cases_debug::CASES)
-        .chain(cases_pmu::CASES)
         .filter(|c| {
             if filters.is_empty() {
                 !KNOWN_BROKEN.iter().any(|(name, _)| *name == c.name)
@@ -230,4 +226,19 @@ fn report_failure(o: &runner::Outcome) {
 fn usage_error(msg: &str) -> ExitCode {
     eprintln!("elvisor-systest: {msg}\n{USAGE}");
     ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{KNOWN_BROKEN, cases};
+
+    #[test]
+    fn known_broken_cases_exist() {
+        for (name, _) in KNOWN_BROKEN {
+            assert!(
+                cases::all().iter().any(|c| c.name == *name),
+                "{name} is not a case"
+            );
+        }
+    }
 }
