@@ -256,15 +256,14 @@ pub enum Entry {
 
 /// The cases of `entries`, in order.
 pub fn expand(entries: &[Entry]) -> Vec<Case> {
-    entries
-        .iter()
-        .flat_map(|e| -> Box<dyn Iterator<Item = Case> + '_> {
-            match e {
-                Entry::Single(c) => Box::new(std::iter::once(*c)),
-                Entry::Matrix(s) => Box::new(s.cases()),
-            }
-        })
-        .collect()
+    let mut cases = Vec::new();
+    for e in entries {
+        match e {
+            Entry::Single(c) => cases.push(*c),
+            Entry::Matrix(s) => cases.extend(s.cases()),
+        }
+    }
+    cases
 }
 
 /// Generated names and machines live as long as the harness: they are made once.
