@@ -1173,6 +1173,7 @@ pub const CASES: &[Entry] = &[
     }),
     Single(crate::cases_virtio::VIRTIO_GICV3),
     Single(crate::cases_virtio::VIRTIO_GICV2),
+    Matrix(crate::cases_virtio::VIRTIO_RESTART),
     Matrix(crate::cases_virtio::LINUX_VIRTIO),
     Matrix(crate::cases_ext4::LINUX_EXT4),
     Matrix(crate::cases_shmem::SHMEM),

@@ -24,9 +24,23 @@ pub fn script(case: &str) -> Option<&'static [Step]> {
     match case {
         "console-focus-gicv3" | "console-focus-gicv2" => Some(FOCUS_SCRIPT),
         "demo-gicv3" | "demo-gicv2" => Some(DEMO_SCRIPT),
+        "virtio-restart-gicv3" | "virtio-restart-gicv2" => Some(VIRTIO_RESTART_SCRIPT),
         _ => crate::cases_shell::script(case),
     }
 }
+
+/// The virtio VM stops by itself (its second boot powers off); the console input goes to
+/// the shell, which starts it again; once that run has stopped too, the machine is powered off.
+const VIRTIO_RESTART_SCRIPT: &[Step] = &[
+    Step {
+        wait: "vm0 (virtio) stopped: PSCI SYSTEM_OFF",
+        send: "start virtio\r",
+    },
+    Step {
+        wait: "vm0 (virtio) stopped: PSCI SYSTEM_OFF",
+        send: "poweroff\r",
+    },
+];
 
 /// con-a has the focus from boot: its prompt must show before anything is typed (it has no
 /// line feed). Switch to con-b: its prompt, held while it had no focus, shows; type half its

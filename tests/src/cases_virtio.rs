@@ -72,6 +72,52 @@ pub const VIRTIO_GICV2: Case = Case {
     reject_after_exit: &[],
 };
 
+/// The virtio guest run to its end (SYSTEM_OFF), then started again from the shell: its first
+/// boot finds the marker the first run left on the disk (the disk lives in host RAM across a
+/// VM's stop and start; only the machine's power-off loses it). The idle VM, never started,
+/// keeps the machine up for the shell.
+pub const VIRTIO_RESTART: Scenario = Scenario {
+    name: "virtio-restart{cfg}",
+    naming: Naming::Gic,
+    on: &[
+        (
+            V3_VHE,
+            "the virtio guest runs to its SYSTEM_OFF, is started again from the shell and finds its disk write from the first run (writes survive a VM restart); GICv3, VHE",
+        ),
+        (
+            V2_NVHE,
+            "the virtio restart on vGICv2, cortex-a72 (non-VHE)",
+        ),
+    ],
+    case: Case {
+        boot: Boot::Direct,
+        vms: &["virtio", "shell-idle"],
+        bootargs: None,
+        timeout_s: 120,
+        expect: &[
+            "VIRTIO: no marker of an earlier run on the disk: the first run since the machine booted",
+            "VIRTIO RESULT: passed=2 failed=0",
+            "vm0 (virtio) stopped: PSCI SYSTEM_OFF",
+            "console input goes to the shell, as vm0 (virtio) stopped",
+            "elvisor> start virtio\r\n",
+            "vm0 (virtio) started (start #2)",
+            "VIRTIO PASS: a disk write survives a VM reset",
+            "VIRTIO PASS: a disk write survives a VM restart",
+            "VIRTIO RESULT: passed=3 failed=0",
+            "elvisor> poweroff\r\n",
+            "powering off (`poweroff` in the shell)",
+        ],
+        reject: &["VIRTIO FAIL", "PANIC"],
+        exit: Exit::Status(0),
+        console_input: None,
+        image: Image::Normal,
+        allow: &[],
+        reject_after_exit: &[],
+        ..FROM_CONFIG
+    },
+    tweak: None,
+};
+
 /// Debian's unmodified Linux on the same two disks: its own virtio_mmio and virtio_blk
 /// drivers (modules in the initramfs) find them in the guest DT, read the sectors the disk
 /// images hold, write one and read it back after dropping the page cache, and are refused a

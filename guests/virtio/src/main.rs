@@ -19,7 +19,10 @@
 //!    DEVICE_NEEDS_RESET with a configuration-change interrupt and nothing used; after a
 //!    reset the device works again;
 //! 6. a marker written to sector 20, then PSCI SYSTEM_RESET; on the second boot the marker
-//!    must still be there (disk writes survive a VM reset), and the guest powers off.
+//!    must still be there (disk writes survive a VM reset); it leaves a second marker in sector
+//!    30 and powers off. A second boot that finds that one already there belongs to a run
+//!    started again after such a run (the shell's `start`): disk writes survive a VM restart
+//!    too.
 //!
 //! Rings and buffers live in free guest RAM at 0x4100_0000, reached with single 32/64-bit
 //! loads and stores (the MMU is off: Device memory). Lines start with `VIRTIO`.
@@ -67,6 +70,11 @@ const MARK_SECTOR: u64 = 20;
 fn pattern(o: u64, seed: u8) -> u8 {
     (((o >> 9) * 13 + (o & 0x1ff)) as u8).wrapping_add(seed)
 }
+
+/// The sector of the marker the end of a run leaves (see [`persistence`]).
+const RUN_SECTOR: u64 = 30;
+/// Its pattern's seed.
+const RUN_SEED: u8 = 0x5B;
 
 /// The marker written before the reset: `pattern` with another seed.
 const MARK_SEED: u8 = 0xA7;
@@ -657,4 +665,25 @@ fn persistence(report: &mut Report, d: &mut Dev) {
         r == Some((S_OK, 1025)) && bad.is_none(),
         format_args!("{r:?}, first bad byte {bad:?}"),
     );
+    // The end of a run leaves a marker of its own: found here, it was left by an earlier run
+    // of this VM (stopped, then started again from the shell), so the disk outlived the VM's
+    // stop and start as well as its reset.
+    d.ram.clear(DATA, 512);
+    let read = d.blk(T_IN, RUN_SECTOR, 512) == Some((S_OK, 513));
+    if read && d.ram.mismatch(DATA, 512, RUN_SECTOR, RUN_SEED).is_none() {
+        report.check(
+            "a disk write survives a VM restart",
+            true,
+            format_args!("the marker of an earlier run"),
+        );
+    } else {
+        report.note(format_args!(
+            "no marker of an earlier run on the disk: the first run since the machine booted"
+        ));
+    }
+    d.ram.fill(DATA, 512, RUN_SECTOR, RUN_SEED);
+    let r = d.blk(T_OUT, RUN_SECTOR, 512);
+    if r != Some((S_OK, 1)) {
+        report.fail("run marker", format_args!("write returned {r:?}"));
+    }
 }
