@@ -9,9 +9,9 @@
 use elvisor_guest_rt::arch::mmio::Region;
 use elvisor_guest_rt::println;
 use elvisor_guest_rt::virtio_mmio::reg;
+use elvisor_guest_rt::virtq::{self, F_NEXT, F_WRITE, Queue, RINGS_BYTES};
 use fdt::Fdt;
 
-use crate::virtq::{self, F_NEXT, F_WRITE, Queue, RINGS_BYTES};
 use crate::{Irqs, Stats, emit, now, virtio_devices};
 
 const T_IN: u32 = 0;

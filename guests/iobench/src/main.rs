@@ -23,7 +23,6 @@
 mod bell;
 mod blk;
 mod net;
-mod virtq;
 
 use elvisor_guest_rt::arch::irq::wfi;
 use elvisor_guest_rt::arch::mmio::Region;

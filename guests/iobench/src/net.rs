@@ -23,18 +23,14 @@ use elvisor_guest_rt::arch::mmio::Region;
 use elvisor_guest_rt::smp::{self, CpuBoot};
 use elvisor_guest_rt::timer::{Timer, ticks_from_us};
 use elvisor_guest_rt::virtio_mmio::reg;
+use elvisor_guest_rt::virtio_net::{F_MAC, MAX_FRAME, Nic};
+use elvisor_guest_rt::virtq;
 use elvisor_guest_rt::{arch, println};
 use fdt::Fdt;
 
-use crate::virtq::{self, F_WRITE, Queue, RINGS_BYTES};
 use crate::{Irqs, Stats, emit, now, virtio_devices};
 
-const F_MAC: u64 = 1 << 5;
-const QSIZE: u16 = 16;
-const HDR: usize = 12;
-const MAX_FRAME: usize = 1514;
 const SMALL: usize = 60;
-const BUF: usize = 0x800;
 
 const MAC_A: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 1];
 const MAC_B: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 2];
@@ -53,117 +49,51 @@ const TIMEOUT_US: u64 = 2_000_000;
 const HELLO_US: u64 = 1000;
 const HELLO_SEQ: u16 = 0xffff;
 
-/// Guest RAM for NIC k: rings of queue 0 and 1, then 16 receive and 16 transmit buffers.
+/// Guest RAM for NIC k (the driver's rings and buffers, rt::virtio_net).
 fn area(k: usize) -> usize {
     0x4100_0000 + 0x10_0000 * k
 }
 
-struct Nic {
-    dev: Region,
-    intid: u32,
-    rx: Queue,
-    tx: Queue,
-    bufs: Region,
-    tx_next: u16,
-    mac: [u8; 6],
+/// Brings `nic` up: MAC only, transmit completions polled.
+fn up(nic: &mut Nic) -> bool {
+    nic.up(F_MAC, true)
 }
 
-impl Nic {
-    fn new(dev: Region, intid: u32, k: usize) -> Option<Self> {
-        let base = area(k);
-        let c0 = dev.read32(reg::CONFIG).to_le_bytes();
-        let c1 = dev.read32(reg::CONFIG + 4).to_le_bytes();
-        Some(Self {
-            dev,
-            intid,
-            rx: Queue::new(base, QSIZE)?,
-            tx: Queue::new(base + RINGS_BYTES, QSIZE)?,
-            bufs: Region::new(base + 0x1_0000, 2 * BUF * usize::from(QSIZE))?,
-            tx_next: 0,
-            mac: [c0[0], c0[1], c0[2], c0[3], c1[0], c1[1]],
-        })
-    }
+/// Sends a `len`-byte frame (Ethernet header included) of `kind`/`seq` to `dst`; only the
+/// virtio-net header and the first 20 bytes are written.
+fn send(nic: &mut Nic, dst: [u8; 6], len: usize, kind: u8, seq: u16) -> bool {
+    let mut h = [0u8; 20];
+    h[0..6].copy_from_slice(&dst);
+    h[6..12].copy_from_slice(&nic.mac);
+    h[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
+    h[14] = kind;
+    h[16..18].copy_from_slice(&seq.to_le_bytes());
+    nic.send(&h, len)
+}
 
-    fn rx_buf(i: u16) -> usize {
-        BUF * usize::from(i)
-    }
-    fn tx_buf(i: u16) -> usize {
-        BUF * usize::from(QSIZE + i)
-    }
-
-    fn up(&mut self) -> bool {
-        if !virtq::negotiate(&self.dev, F_MAC)
-            || !self.rx.attach(&self.dev, 0, false)
-            || !self.tx.attach(&self.dev, 1, true)
-        {
-            return false;
-        }
-        for i in 0..QSIZE {
-            let addr = self.bufs.base() + Self::rx_buf(i);
-            self.rx.desc(i, addr, (HDR + MAX_FRAME) as u32, F_WRITE, 0);
-            self.rx.offer(i);
-        }
-        virtq::driver_ok(&self.dev)
-    }
-
-    /// Sends a `len`-byte frame (Ethernet header included) of `kind`/`seq` to `dst`; only the
-    /// virtio-net header and the first 20 bytes are written.
-    fn send(&mut self, dst: [u8; 6], len: usize, kind: u8, seq: u16) -> bool {
-        let deadline = now() + ticks_from_us(TIMEOUT_US);
-        while self.tx.in_flight() >= QSIZE {
-            if now() > deadline {
-                return false;
-            }
-            core::hint::spin_loop();
-        }
-        while self.tx.next_used().is_some() {}
-        let i = self.tx_next;
-        self.tx_next = (i + 1) % QSIZE;
-        let b = Self::tx_buf(i);
-        let mut h = [0u8; 32];
-        h[HDR..HDR + 6].copy_from_slice(&dst);
-        h[HDR + 6..HDR + 12].copy_from_slice(&self.mac);
-        h[HDR + 12..HDR + 14].copy_from_slice(&ETHERTYPE.to_be_bytes());
-        h[HDR + 14] = kind;
-        h[HDR + 16..HDR + 18].copy_from_slice(&seq.to_le_bytes());
-        for (k, w) in h.chunks(4).enumerate() {
-            self.bufs
-                .write32(b + 4 * k, u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
-        }
-        self.tx
-            .desc(i, self.bufs.base() + b, (HDR + len) as u32, 0, 0);
-        self.tx.offer(i);
-        self.dev.write32(reg::QUEUE_NOTIFY, 1);
-        true
-    }
-
-    /// The next received frame: (length without the virtio-net header, kind, seq); its buffer
-    /// is posted again at once.
-    fn recv(&mut self) -> Option<(usize, u8, u16)> {
-        let (head, len) = self.rx.next_used()?;
-        let head = head % QSIZE;
-        let b = Self::rx_buf(head);
+/// The next received frame: (length without the virtio-net header, kind, seq); its buffer is
+/// posted again at once. A used element that names no receive buffer reads as kind 0.
+fn recv(nic: &mut Nic) -> Option<(usize, u8, u16)> {
+    nic.recv(|f| {
+        let Ok(f) = f else {
+            return (0, 0, 0);
+        };
         // Bytes 12..19 of the frame: EtherType, kind, flag, seq.
-        let w0 = self.bufs.read32(b + HDR + 12).to_le_bytes();
-        let w1 = self.bufs.read32(b + HDR + 16).to_le_bytes();
-        self.rx.offer(head);
-        if self.rx.needs_notify() {
-            self.dev.write32(reg::QUEUE_NOTIFY, 0);
-        }
-        let n = (len as usize).saturating_sub(HDR);
-        Some((n, w0[2], u16::from_le_bytes([w1[0], w1[1]])))
-    }
+        let w0 = f.read32(12).to_le_bytes();
+        let w1 = f.read32(16).to_le_bytes();
+        (f.len(), w0[2], u16::from_le_bytes([w1[0], w1[1]]))
+    })
+}
 
-    /// Waits for a frame (until `deadline`, if any).
-    fn wait(&mut self, irqs: &Irqs, deadline: Option<u64>) -> Option<(usize, u8, u16)> {
-        loop {
-            if let Some(f) = self.recv() {
-                return Some(f);
-            }
-            let iar = irqs.wait(deadline)?;
-            virtq::ack_interrupt(&self.dev);
-            irqs.eoi(iar);
+/// Waits for a frame (until `deadline`, if any).
+fn wait(nic: &mut Nic, irqs: &Irqs, deadline: Option<u64>) -> Option<(usize, u8, u16)> {
+    loop {
+        if let Some(f) = recv(nic) {
+            return Some(f);
         }
+        let iar = irqs.wait(deadline)?;
+        virtq::ack_interrupt(&nic.dev);
+        irqs.eoi(iar);
     }
 }
 
@@ -184,7 +114,7 @@ pub fn run(fdt: Option<&Fdt<'static>>) -> bool {
         println!("BENCH FAIL: net: no virtio-net device in the device tree");
         return false;
     };
-    let Some(mut nic) = Nic::new(regs, intid, 0) else {
+    let Some(mut nic) = Nic::new(regs, area(0)) else {
         return false;
     };
     let Some(irqs) = Irqs::up(fdt, true) else {
@@ -201,12 +131,12 @@ pub fn run(fdt: Option<&Fdt<'static>>) -> bool {
             return false;
         }
     }
-    if !nic.up() {
+    if !up(&mut nic) {
         println!("BENCH FAIL: net: bring-up of {:x?} failed", nic.mac);
         return false;
     }
-    irqs.take(nic.intid);
-    println!("BENCH info net-nic mac={:x?} intid={}", nic.mac, nic.intid);
+    irqs.take(intid);
+    println!("BENCH info net-nic mac={:x?} intid={intid}", nic.mac);
     if nic.mac == MAC_B {
         return run_b(&mut nic, &irqs);
     }
@@ -223,15 +153,15 @@ static B_INTID: AtomicU64 = AtomicU64::new(0);
 fn cpu_b(boot: &CpuBoot) {
     let regs = Region::new(B_DEV.load(Ordering::SeqCst) as usize, 0x200);
     let intid = B_INTID.load(Ordering::SeqCst) as u32;
-    let Some(mut nic) = regs.and_then(|r| Nic::new(r, intid, 1)) else {
+    let Some(mut nic) = regs.and_then(|r| Nic::new(r, area(1))) else {
         return;
     };
     let Some(irqs) = Irqs::up(boot.fdt.as_ref(), false) else {
         println!("BENCH FAIL: net: CPU 1's GIC bring-up failed");
         return;
     };
-    if nic.up() {
-        irqs.take(nic.intid);
+    if up(&mut nic) {
+        irqs.take(intid);
         run_b(&mut nic, &irqs);
     }
 }
@@ -241,9 +171,9 @@ fn run_a(nic: &mut Nic, irqs: &Irqs) -> bool {
     let deadline = now() + ticks_from_us(TIMEOUT_US * 5);
     let mut up = false;
     while !up && now() < deadline {
-        nic.send(MAC_B, SMALL, PING, HELLO_SEQ);
+        send(nic, MAC_B, SMALL, PING, HELLO_SEQ);
         let until = now() + ticks_from_us(HELLO_US);
-        while let Some((_, kind, seq)) = nic.wait(irqs, Some(until)) {
+        while let Some((_, kind, seq)) = wait(nic, irqs, Some(until)) {
             if kind == PONG && seq == HELLO_SEQ {
                 up = true;
                 break;
@@ -259,9 +189,9 @@ fn run_a(nic: &mut Nic, irqs: &Irqs) -> bool {
     for round in 0..WARMUP + PINGS {
         let seq = round as u16;
         let t0 = now();
-        nic.send(MAC_B, SMALL, PING, seq);
+        send(nic, MAC_B, SMALL, PING, seq);
         loop {
-            match nic.wait(irqs, None) {
+            match wait(nic, irqs, None) {
                 Some((_, PONG, s)) if s == seq => break,
                 Some(_) => {}
                 None => {
@@ -281,13 +211,13 @@ fn run_a(nic: &mut Nic, irqs: &Irqs) -> bool {
     for w in 0..WINDOWS {
         let tw = now();
         for _ in 0..WINDOW {
-            if !nic.send(MAC_B, MAX_FRAME, DATA, w as u16) {
+            if !send(nic, MAC_B, MAX_FRAME, DATA, w as u16) {
                 println!("BENCH FAIL: net-stream: transmit queue stuck");
                 return false;
             }
         }
         loop {
-            match nic.wait(irqs, None) {
+            match wait(nic, irqs, None) {
                 Some((_, ACK, s)) if s == w as u16 => break,
                 Some(_) => {}
                 None => {
@@ -323,20 +253,20 @@ fn run_b(nic: &mut Nic, irqs: &Irqs) -> bool {
     let mut frames = 0u64;
     let mut bad = 0u64;
     while windows < WINDOWS {
-        let Some((n, kind, seq)) = nic.wait(irqs, None) else {
+        let Some((n, kind, seq)) = wait(nic, irqs, None) else {
             println!("BENCH FAIL: net: B timed out after {windows} windows, {frames} frames");
             return false;
         };
         match kind {
             PING => {
-                nic.send(MAC_A, SMALL, PONG, seq);
+                send(nic, MAC_A, SMALL, PONG, seq);
             }
             DATA => {
                 frames += 1;
                 bad += u64::from(n != MAX_FRAME);
                 in_window += 1;
                 if in_window == WINDOW {
-                    nic.send(MAC_A, SMALL, ACK, seq);
+                    send(nic, MAC_A, SMALL, ACK, seq);
                     in_window = 0;
                     windows += 1;
                 }

@@ -20,68 +20,61 @@
 
 use elvisor_guest_rt::Report;
 use elvisor_guest_rt::timer::ticks_from_us;
-use elvisor_guest_rt::virtio_mmio::{
-    ACKNOWLEDGE, DRIVER, F_VERSION_1, FEATURES_OK, NEEDS_RESET, reg,
-};
+use elvisor_guest_rt::virtio_mmio::{NEEDS_RESET, reg};
+use elvisor_guest_rt::virtio_net::{F_MAC, F_STATUS, HDR, MAX_FRAME, Nic, QSIZE, TX};
+use elvisor_guest_rt::virtq::{self, F_NEXT, F_WRITE, Queue};
 
-use super::{BCAST, F_MAC, F_STATUS, HDR, MAX_FRAME, Nic, QSIZE, RAM_AREA, RX, TX, WRITE, now};
+use super::{BCAST, now, send, up};
 
-/// VIRTQ_DESC_F_NEXT.
-const NEXT: u32 = 1;
-/// Scratch transmit area (inside the guest's ring area).
-const TX_AREA: usize = 0x2_0000;
 /// Far beyond the VM's 64 MiB of RAM.
 const OUTSIDE: usize = 0x1_0000_0000;
 
-/// Writes transmit descriptor `i`: address, length, flags and the next index.
-fn desc(nic: &Nic, i: u16, addr: usize, len: u32, flags: u32, next: u16) {
-    nic.desc(TX, i, addr, len, flags | (u32::from(next) << 16));
+/// The scratch transmit buffer (the driver's transmit buffer 0).
+fn scratch(nic: &Nic) -> usize {
+    nic.bufs.base() + Nic::tx_buf(0)
 }
 
 /// Offers transmit chain 0 and notifies.
 fn kick(nic: &mut Nic) {
-    nic.offer(TX, 0);
-    nic.w(reg::QUEUE_NOTIFY, u32::from(TX));
+    nic.tx.offer(0);
+    nic.notify(TX);
 }
 
 fn needs_reset(nic: &Nic) -> bool {
-    nic.r(reg::STATUS) & NEEDS_RESET != 0
+    nic.dev.read32(reg::STATUS) & NEEDS_RESET != 0
 }
 
 /// Resets the device and brings it up again; the driver's ring state starts over.
 fn fresh(nic: &mut Nic) -> bool {
-    nic.avail = [0; 2];
-    nic.rx_seen = 0;
-    nic.tx_used = 0;
-    nic.up()
+    up(nic)
 }
 
 /// A frame the switch takes (a broadcast nobody understands) goes out.
 fn works(nic: &mut Nic) -> bool {
-    nic.send(BCAST, 60, 9, 0, 0) && !needs_reset(nic)
+    send(nic, BCAST, 60, 9, 0, 0) && !needs_reset(nic)
 }
 
 /// Step 1: frames the switch drops and counts; the device must stay up.
 fn bad_frames(nic: &mut Nic) -> Result<(), &'static str> {
     // A chain of 5 bytes: shorter than the virtio-net header.
-    desc(nic, 0, RAM_AREA + TX_AREA, 5, 0, 0);
+    let tx_area = scratch(nic);
+    nic.tx.desc(0, tx_area, 5, 0, 0);
     kick(nic);
     // A header asking for GSO (gso_type 1, TCPv4), which was not offered.
-    nic.ram.write32(TX_AREA, 0x0000_0100);
-    desc(nic, 0, RAM_AREA + TX_AREA, (HDR + 60) as u32, 0, 0);
+    nic.bufs.write32(Nic::tx_buf(0), 0x0000_0100);
+    nic.tx.desc(0, tx_area, (HDR + 60) as u32, 0, 0);
     kick(nic);
-    nic.ram.write32(TX_AREA, 0);
+    nic.bufs.write32(Nic::tx_buf(0), 0);
     // 10 bytes of frame, and 2000.
     for len in [10usize, 2000] {
-        desc(nic, 0, RAM_AREA + TX_AREA, (HDR + len) as u32, 0, 0);
+        nic.tx.desc(0, tx_area, (HDR + len) as u32, 0, 0);
         kick(nic);
     }
-    nic.tx_used = nic.used_idx(TX);
     if needs_reset(nic) {
         return Err("a dropped frame put the device into DEVICE_NEEDS_RESET");
     }
     for seq in 0..16 {
-        if !nic.send(BCAST, MAX_FRAME, 9, 0, seq) {
+        if !send(nic, BCAST, MAX_FRAME, 9, 0, seq) {
             return Err("a broadcast frame was not used");
         }
     }
@@ -90,22 +83,23 @@ fn bad_frames(nic: &mut Nic) -> Result<(), &'static str> {
 
 /// Step 2: one broken rule; the device must need a reset, then work again after one.
 fn broken_rule(nic: &mut Nic, which: usize) -> Result<(), &'static str> {
+    let tx_area = scratch(nic);
     match which {
         0 => {
-            desc(nic, 0, RAM_AREA + TX_AREA, HDR as u32, NEXT, 1);
-            desc(nic, 1, RAM_AREA + TX_AREA, 60, NEXT, 0);
+            nic.tx.desc(0, tx_area, HDR as u32, F_NEXT, 1);
+            nic.tx.desc(1, tx_area, 60, F_NEXT, 0);
             kick(nic);
         }
         1 => {
-            desc(nic, 0, OUTSIDE, (HDR + 60) as u32, 0, 0);
+            nic.tx.desc(0, OUTSIDE, (HDR + 60) as u32, 0, 0);
             kick(nic);
         }
         2 => {
-            desc(nic, 0, RAM_AREA + TX_AREA, 0, 0, 0);
+            nic.tx.desc(0, tx_area, 0, 0, 0);
             kick(nic);
         }
         3 => {
-            desc(nic, 0, RAM_AREA + TX_AREA, 0xffff_f000, 0, 0);
+            nic.tx.desc(0, tx_area, 0xffff_f000, 0, 0);
             kick(nic);
         }
         4 => {
@@ -115,14 +109,14 @@ fn broken_rule(nic: &mut Nic, which: usize) -> Result<(), &'static str> {
         5 => {
             // A notification before DRIVER_OK, with a valid chain waiting.
             negotiate_with_tx_queue(nic, QSIZE);
-            nic.avail = [0; 2];
-            desc(nic, 0, RAM_AREA + TX_AREA, (HDR + 60) as u32, 0, 0);
+            nic.tx.desc(0, tx_area, (HDR + 60) as u32, 0, 0);
             kick(nic);
         }
         _ => {
             // Receive buffers outside RAM: found by the next frame delivered to this NIC.
             for i in 0..QSIZE {
-                nic.desc(RX, i, OUTSIDE + 0x800 * i as usize, 0x800, WRITE);
+                nic.rx
+                    .desc(i, OUTSIDE + 0x800 * i as usize, 0x800, F_WRITE, 0);
             }
             return Ok(());
         }
@@ -136,24 +130,15 @@ fn broken_rule(nic: &mut Nic, which: usize) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// From a reset to FEATURES_OK, then the transmit queue with `size` entries made ready; no
-/// DRIVER_OK.
-fn negotiate_with_tx_queue(nic: &Nic, size: u16) {
-    nic.w(reg::STATUS, 0);
-    nic.w(reg::STATUS, ACKNOWLEDGE | DRIVER);
-    let f = F_VERSION_1 | F_MAC | F_STATUS;
-    for sel in 0..2 {
-        nic.w(reg::DRIVER_FEATURES_SEL, sel);
-        nic.w(reg::DRIVER_FEATURES, (f >> (32 * sel)) as u32);
+/// From a reset to FEATURES_OK, then the transmit queue with `size` entries made ready (its
+/// rings zeroed, the driver's indices from zero); no DRIVER_OK.
+fn negotiate_with_tx_queue(nic: &mut Nic, size: u16) {
+    virtq::negotiate(&nic.dev, F_MAC | F_STATUS);
+    if size == nic.tx.size {
+        nic.tx.attach(&nic.dev, TX.into(), false);
+    } else if let Some(mut q) = Queue::new(nic.tx.base(), size) {
+        q.attach(&nic.dev, TX.into(), false);
     }
-    nic.w(reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
-    let base = RAM_AREA + super::area(TX);
-    nic.w(reg::QUEUE_SEL, u32::from(TX));
-    nic.w(reg::QUEUE_NUM, u32::from(size));
-    nic.w(reg::QUEUE_DESC_LOW, base as u32);
-    nic.w(reg::QUEUE_DRIVER_LOW, (base + 0x1000) as u32);
-    nic.w(reg::QUEUE_DEVICE_LOW, (base + 0x2000) as u32);
-    nic.w(reg::QUEUE_READY, 1);
 }
 
 /// Number of broken rules per round (the last, bad receive buffers, is checked a round later).

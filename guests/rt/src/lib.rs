@@ -19,6 +19,8 @@
 //!   the IRQ handler slot are in [`arch::irq`].
 //! - [`smp`]: secondary CPUs (PSCI CPU_ON into the runtime's entry code, a stack each), waits
 //!   between CPUs and a lock built from loads and stores (the MMU stays off: no exclusives).
+//! - [`virtio_mmio`], [`virtq`], [`virtio_net`]: the virtio-mmio registers, a split virtqueue
+//!   with device bring-up, and the virtio-net driver of guests/net and guests/iobench.
 //!
 //! A guest binary is `#![no_std] #![no_main]`, links with a linker script that provides the
 //! symbols listed in [`arch::boot`], and names its main function with [`entry!`]:
@@ -45,6 +47,8 @@ pub mod smccc;
 pub mod smp;
 pub mod timer;
 pub mod virtio_mmio;
+pub mod virtio_net;
+pub mod virtq;
 
 mod panic;
 

@@ -1,6 +1,7 @@
 //! What a virtio-mmio driver needs (virtio 1.2, section 4.2.2): the transport's register
 //! offsets, the device status bits (section 2.1) and the transport-level feature bits. Shared by
-//! the guests that drive elvisor's virtio devices (guests/virtio, guests/net).
+//! the guests that drive elvisor's virtio devices (guests/virtio, [`crate::virtq`],
+//! [`crate::virtio_net`]).
 
 /// virtio-mmio registers (§4.2.2).
 pub mod reg {

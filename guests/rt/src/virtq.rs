@@ -1,10 +1,11 @@
-//! A split virtqueue (virtio 1.2 §2.7) and virtio-mmio bring-up (§4.2.3.1), for the benchmark
-//! drivers. The MMU is off, so rings and buffers are reached with single 32-bit (and 64-bit)
+//! A split virtqueue (virtio 1.2 §2.7) and virtio-mmio bring-up (§4.2.3.1): the driver side
+//! every guest that drives a virtio device uses (guests/iobench's net and blk benchmarks, the
+//! virtio-net driver in [`crate::virtio_net`]). The MMU is off, so rings and buffers are reached with single 32-bit (and 64-bit)
 //! loads and stores through [`Region`]; 16-bit ring fields are written as read-modify-write of
 //! their word (the driver is the only writer of the available ring).
 
-use elvisor_guest_rt::arch::mmio::Region;
-use elvisor_guest_rt::virtio_mmio::{
+use crate::arch::mmio::Region;
+use crate::virtio_mmio::{
     ACKNOWLEDGE, DRIVER, DRIVER_OK, F_VERSION_1, FEATURES_OK, NEEDS_RESET, reg,
 };
 
@@ -36,12 +37,20 @@ impl Queue {
         })
     }
 
-    /// Zeroes the rings and hands them to queue `q` of `dev`; `no_interrupt` sets
-    /// VIRTQ_AVAIL_F_NO_INTERRUPT (the driver polls this queue's used ring instead).
-    pub fn attach(&self, dev: &Region, q: u32, no_interrupt: bool) -> bool {
+    /// The guest-physical address of the rings (the descriptor table).
+    pub fn base(&self) -> usize {
+        self.ram.base()
+    }
+
+    /// Zeroes the rings, starts the driver's indices over and hands the rings to queue `q` of
+    /// `dev`; `no_interrupt` sets VIRTQ_AVAIL_F_NO_INTERRUPT (the driver polls this queue's
+    /// used ring instead). Also how a driver takes the queue up again after a device reset.
+    pub fn attach(&mut self, dev: &Region, q: u32, no_interrupt: bool) -> bool {
         for o in (0..RINGS_BYTES).step_by(4) {
             self.ram.write32(o, 0);
         }
+        self.avail = 0;
+        self.used_seen = 0;
         if no_interrupt {
             self.ram.write32(AVAIL, 1);
         }
