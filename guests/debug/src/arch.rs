@@ -385,16 +385,6 @@ pub fn set_oslar(v: u64) {
     unsafe { asm!("msr oslar_el1, {}", "isb", in(reg) v, options(nostack, preserves_flags)) };
 }
 
-/// ID_AA64DFR0_EL1.
-pub fn id_aa64dfr0() -> u64 {
-    let v: u64;
-    // SAFETY: reading an ID register has no side effects.
-    unsafe {
-        asm!("mrs {}, id_aa64dfr0_el1", out(reg) v, options(nomem, nostack, preserves_flags))
-    };
-    v
-}
-
 /// Which numbered register: DBGBVR, DBGBCR, DBGWVR, DBGWCR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reg {

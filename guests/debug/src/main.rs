@@ -33,6 +33,7 @@ mod arch;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use arch::{Reg, Target};
+use elvisor_guest_rt::arch::features::IdReg;
 use elvisor_guest_rt::smp::{self, CpuBoot};
 use elvisor_guest_rt::{BootInfo, Report};
 
@@ -76,7 +77,7 @@ static CPU1_DONE: AtomicU32 = AtomicU32::new(0);
 
 fn main(_boot: &BootInfo) {
     let mut report = Report::new("DEBUG");
-    let dfr0 = arch::id_aa64dfr0();
+    let dfr0 = IdReg::Dfr0.read();
     report.note(format_args!(
         "ID_AA64DFR0_EL1={dfr0:#x}: DebugVer={} BRPs={} WRPs={} CTX_CMPs={}",
         dfr0 & 0xf,
@@ -441,7 +442,7 @@ fn run(cpu: usize, report: &mut Report) {
     barrier(cpu, 6);
 
     // --- registers beyond the advertised counts are UNDEFINED.
-    let dfr0 = arch::id_aa64dfr0();
+    let dfr0 = IdReg::Dfr0.read();
     let brps = ((dfr0 >> 12) & 0xf) as usize + 1;
     let wrps = ((dfr0 >> 20) & 0xf) as usize + 1;
     let mut undef = Expect::new("undef");

@@ -34,6 +34,7 @@
 use core::hint::black_box;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use elvisor_guest_rt::arch::features::IdReg;
 use elvisor_guest_rt::arch::{irq, pmu};
 use elvisor_guest_rt::exception::ec;
 use elvisor_guest_rt::gic::{self, Gic};
@@ -78,7 +79,7 @@ fn main(boot: &BootInfo) {
     let rounds: u64 = arg("pmu.rounds")
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    let dfr0 = pmu::id_aa64dfr0();
+    let dfr0 = IdReg::Dfr0.read();
     let pmuver = (dfr0 >> 8) & 0xf;
     let node = boot
         .fdt
@@ -166,7 +167,7 @@ fn count(report: &mut Report, event: u64) {
     // PMUv3 before v3p5 (what elvisor offers, PMUVer < 6): 32-bit event counters.
     pmu::set_pmevcntr1(u64::MAX);
     let wide = pmu::pmevcntr1();
-    let pmuver = (pmu::id_aa64dfr0() >> 8) & 0xf;
+    let pmuver = (IdReg::Dfr0.read() >> 8) & 0xf;
     let want = if pmuver < 6 { 0xffff_ffff } else { u64::MAX };
     // PMCR.P and C zero the counters.
     pmu::set_pmcr(P | C);

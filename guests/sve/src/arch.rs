@@ -55,14 +55,6 @@ pub fn vector_length() -> usize {
     vl as usize
 }
 
-/// ID_AA64ZFR0_EL1 (S3_0_C0_C4_4): the SVE instruction extensions (0 without SVE).
-pub fn id_aa64zfr0() -> u64 {
-    let v: u64;
-    // SAFETY: reading an ID register has no side effects.
-    unsafe { asm!("mrs {}, s3_0_c0_c4_4", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    v
-}
-
 /// ZCR_EL1 (S3_0_C1_C2_0).
 pub fn zcr_el1() -> u64 {
     let v: u64;

@@ -42,11 +42,6 @@ use elvisor_guest_rt::{BootInfo, Report};
 
 elvisor_guest_rt::entry!(main);
 
-/// ID_AA64ZFR0_EL1 (S3_0_C0_C4_4) is not among the runtime's `IdReg`s.
-fn zfr0() -> u64 {
-    arch::id_aa64zfr0()
-}
-
 struct Options {
     expect_sve: bool,
     vl_bits: Option<usize>,
@@ -80,19 +75,17 @@ fn main(boot: &BootInfo) {
     let opts = options(boot);
     let pfr0 = IdReg::Pfr0.read();
     let level = (pfr0 >> 32) & 0xf;
+    let zfr0 = IdReg::Zfr0.read();
     report.note(format_args!(
-        "elvisor SVE guest: PFR0.SVE={level} ZFR0={:#x} seed={} rounds={} delay={} ms",
-        zfr0(),
-        opts.seed,
-        opts.rounds,
-        opts.delay_ms
+        "elvisor SVE guest: PFR0.SVE={level} ZFR0={zfr0:#x} seed={} rounds={} delay={} ms",
+        opts.seed, opts.rounds, opts.delay_ms
     ));
 
     if !opts.expect_sve {
         report.check(
             "id",
-            level == 0 && zfr0() == 0,
-            format_args!("PFR0.SVE={level} ZFR0={:#x}: SVE advertised", zfr0()),
+            level == 0 && zfr0 == 0,
+            format_args!("PFR0.SVE={level} ZFR0={zfr0:#x}: SVE advertised"),
         );
         match feat::sve_vector_length() {
             Err(f) if f.esr.ec() == ec::UNKNOWN => report.pass("undef"),

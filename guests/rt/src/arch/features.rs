@@ -20,15 +20,20 @@ use core::arch::asm;
 
 use crate::exception::{self, Fault, Recovery};
 
-/// The ID registers the feature checks read (op0 = 3, op1 = 0, CRn = 0: readable at EL1 on
+/// The AArch64 ID registers the guests read (op0 = 3, op1 = 0, CRn = 0: readable at EL1 on
 /// every ARMv8-A CPU, reserved encodings read as zero; a hypervisor traps them with
-/// HCR_EL2.TID3 and answers what it chooses to show).
+/// HCR_EL2.TID3 and answers what it chooses to show): the one reader of them in the guests
+/// (guests/cpufeat, sve, pmu, debug).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdReg {
     /// ID_AA64PFR0_EL1 (S3_0_C0_C4_0): RAS, SVE, CSV2, ...
     Pfr0,
     /// ID_AA64PFR1_EL1 (S3_0_C0_C4_1): MTE, SME, NMI, CSV2_frac, ...
     Pfr1,
+    /// ID_AA64ZFR0_EL1 (S3_0_C0_C4_4): the SVE instruction extensions (0 without SVE).
+    Zfr0,
+    /// ID_AA64DFR0_EL1 (S3_0_C0_C5_0): DebugVer, BRPs, WRPs, PMUVer [11:8], ...
+    Dfr0,
     /// ID_AA64ISAR0_EL1 (S3_0_C0_C6_0).
     Isar0,
     /// ID_AA64ISAR1_EL1 (S3_0_C0_C6_1): pointer authentication (APA, API), LS64, ...
@@ -46,7 +51,8 @@ pub enum IdReg {
 }
 
 impl IdReg {
-    /// Every register, in encoding order.
+    /// The registers of the feature checks (guests/cpufeat prints them), in encoding order;
+    /// without [`IdReg::Zfr0`] and [`IdReg::Dfr0`], which other guests read.
     pub const ALL: [Self; 9] = [
         Self::Pfr0,
         Self::Pfr1,
@@ -64,6 +70,8 @@ impl IdReg {
         match self {
             Self::Pfr0 => "ID_AA64PFR0_EL1",
             Self::Pfr1 => "ID_AA64PFR1_EL1",
+            Self::Zfr0 => "ID_AA64ZFR0_EL1",
+            Self::Dfr0 => "ID_AA64DFR0_EL1",
             Self::Isar0 => "ID_AA64ISAR0_EL1",
             Self::Isar1 => "ID_AA64ISAR1_EL1",
             Self::Isar2 => "ID_AA64ISAR2_EL1",
@@ -91,6 +99,8 @@ impl IdReg {
         match self {
             Self::Pfr0 => read_id!("S3_0_C0_C4_0"),
             Self::Pfr1 => read_id!("S3_0_C0_C4_1"),
+            Self::Zfr0 => read_id!("S3_0_C0_C4_4"),
+            Self::Dfr0 => read_id!("S3_0_C0_C5_0"),
             Self::Isar0 => read_id!("S3_0_C0_C6_0"),
             Self::Isar1 => read_id!("S3_0_C0_C6_1"),
             Self::Isar2 => read_id!("S3_0_C0_C6_2"),

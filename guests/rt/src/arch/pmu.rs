@@ -1,6 +1,7 @@
 //! The PMUv3 registers as an EL1 guest uses them (performance monitors, ARM ARM D13), for
 //! guests/pmu. Every access is a plain `mrs`/`msr` (under elvisor each one traps and is
-//! emulated); [`try_read_pmcr`] probes whether the PMU exists at all.
+//! emulated); [`try_read_pmcr`] probes whether the PMU exists at all. ID_AA64DFR0_EL1 (PMUVer)
+//! is read through [`super::features::IdReg::Dfr0`], like every ID register.
 
 use core::arch::asm;
 
@@ -112,14 +113,4 @@ pub fn try_write_pmevtyper30(v: u64) -> Result<(), Fault> {
         )
     };
     exception::disarm().map_or(Ok(()), Err)
-}
-
-/// ID_AA64DFR0_EL1: PMUVer in bits [11:8].
-pub fn id_aa64dfr0() -> u64 {
-    let v: u64;
-    // SAFETY: reading an ID register has no side effects.
-    unsafe {
-        asm!("mrs {}, id_aa64dfr0_el1", out(reg) v, options(nomem, nostack, preserves_flags))
-    };
-    v
 }
