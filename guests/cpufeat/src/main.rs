@@ -90,8 +90,7 @@ struct Options {
 
 fn options(boot: &BootInfo) -> Options {
     let number = |key: &str, default: u64| {
-        boot.bootarg(key)
-            .and_then(|value| value.parse().ok())
+        boot.bootarg_parse(key)
             .filter(|&ms| ms > 0)
             .unwrap_or(default)
     };

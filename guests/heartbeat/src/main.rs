@@ -66,17 +66,17 @@ struct Options {
 }
 
 fn options(boot: &BootInfo) -> Options {
-    fn number<T: core::str::FromStr>(boot: &BootInfo, key: &str) -> Option<T> {
-        boot.bootarg(key).and_then(|value| value.parse().ok())
-    }
     Options {
-        beats: number(boot, "hb.beats").unwrap_or(DEFAULT_BEATS),
-        period_ms: number(boot, "hb.period-ms")
+        beats: boot.bootarg_parse("hb.beats").unwrap_or(DEFAULT_BEATS),
+        period_ms: boot
+            .bootarg_parse("hb.period-ms")
             .filter(|&ms| ms > 0)
             .unwrap_or(DEFAULT_PERIOD_MS),
-        reset_at: number(boot, "hb.reset-at"),
-        max_late_ms: number(boot, "hb.max-late-ms").unwrap_or(DEFAULT_MAX_LATE_MS),
-        checksum_kib: number(boot, "hb.checksum-kib").unwrap_or(0),
+        reset_at: boot.bootarg_parse("hb.reset-at"),
+        max_late_ms: boot
+            .bootarg_parse("hb.max-late-ms")
+            .unwrap_or(DEFAULT_MAX_LATE_MS),
+        checksum_kib: boot.bootarg_parse("hb.checksum-kib").unwrap_or(0),
     }
 }
 

@@ -76,9 +76,7 @@ fn main(boot: &BootInfo) {
     irq::mask();
     let arg = |k: &str| boot.bootarg(k);
     let role = arg("pmu.role").unwrap_or("main");
-    let rounds: u64 = arg("pmu.rounds")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+    let rounds: u64 = boot.bootarg_parse("pmu.rounds").unwrap_or(100);
     let dfr0 = IdReg::Dfr0.read();
     let pmuver = (dfr0 >> 8) & 0xf;
     let node = boot

@@ -49,8 +49,12 @@ static DATA_MARKER: AtomicU32 = AtomicU32::new(DATA_MAGIC);
 
 fn main(boot: &BootInfo) {
     let mut report = Report::new("RESETTER");
-    let resets = number(boot, "resetter.resets").unwrap_or(DEFAULT_RESETS);
-    let every = number(boot, "resetter.every").unwrap_or(DEFAULT_EVERY);
+    let resets = boot
+        .bootarg_parse("resetter.resets")
+        .unwrap_or(DEFAULT_RESETS);
+    let every = boot
+        .bootarg_parse("resetter.every")
+        .unwrap_or(DEFAULT_EVERY);
     let Some(count) = boot.reset_count else {
         report.fail(
             "resets",
@@ -117,11 +121,6 @@ fn main(boot: &BootInfo) {
         format_args!("reset-count is {count}, past the {resets} asked for"),
     );
     report.finish();
-}
-
-/// `key=N` from the bootargs.
-fn number(boot: &BootInfo, key: &str) -> Option<u32> {
-    boot.bootarg(key).and_then(|value| value.parse().ok())
 }
 
 /// The marker words: (IPA, word) in the middle of each eighth of `/memory`, `None` where that

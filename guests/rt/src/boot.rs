@@ -71,6 +71,12 @@ impl BootInfo {
             .next_back()
     }
 
+    /// `key=value` from the bootargs parsed as a `T` (a number, say); `None` if the key is
+    /// missing or its value does not parse.
+    pub fn bootarg_parse<T: core::str::FromStr>(&self, key: &str) -> Option<T> {
+        self.bootarg(key)?.parse().ok()
+    }
+
     /// The device tree's bytes as an address range, if there is a valid tree.
     pub fn dtb_range(&self) -> Option<Range<usize>> {
         let fdt = self.fdt.as_ref()?;

@@ -125,8 +125,7 @@ struct Options {
 
 fn options(boot: &BootInfo) -> Options {
     fn number(boot: &BootInfo, key: &str, default: u64) -> u64 {
-        boot.bootarg(key)
-            .and_then(|value| value.parse().ok())
+        boot.bootarg_parse(key)
             .filter(|&ms| ms > 0)
             .unwrap_or(default)
     }

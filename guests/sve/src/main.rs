@@ -52,16 +52,13 @@ struct Options {
 }
 
 fn options(boot: &BootInfo) -> Options {
-    fn number<T: core::str::FromStr>(boot: &BootInfo, key: &str) -> Option<T> {
-        boot.bootarg(key).and_then(|value| value.parse().ok())
-    }
     Options {
         expect_sve: boot.bootarg("sve.expect") != Some("none"),
-        vl_bits: number(boot, "sve.vl-bits"),
-        rounds: number(boot, "sve.rounds").unwrap_or(150),
-        seed: number(boot, "sve.seed").unwrap_or(1),
-        delay_ms: number(boot, "sve.delay-ms").unwrap_or(0),
-        zcr_test: number::<u32>(boot, "sve.zcr-test") == Some(1),
+        vl_bits: boot.bootarg_parse("sve.vl-bits"),
+        rounds: boot.bootarg_parse("sve.rounds").unwrap_or(150),
+        seed: boot.bootarg_parse("sve.seed").unwrap_or(1),
+        delay_ms: boot.bootarg_parse("sve.delay-ms").unwrap_or(0),
+        zcr_test: boot.bootarg_parse::<u32>("sve.zcr-test") == Some(1),
     }
 }
 
