@@ -35,6 +35,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use elvisor_guest_rt::arch::irq;
 use elvisor_guest_rt::gic::{self, Gic};
+use elvisor_guest_rt::gic_setup;
 use elvisor_guest_rt::smccc::psci;
 use elvisor_guest_rt::timer::{self, Timer, TimerInterrupts};
 use elvisor_guest_rt::{BootInfo, Report};
@@ -200,17 +201,13 @@ fn main(boot: &BootInfo) {
 fn bring_up(boot: &BootInfo, timers: &TimerInterrupts) -> Result<Gic, gic::GicError> {
     Timer::Virtual.stop();
     Timer::Physical.stop();
-    let gic = Gic::discover(boot.fdt.as_ref())?;
-    gic.init_distributor()?;
-    gic.wake_redistributor()?;
-    gic.init_cpu()?;
     VIRTUAL_INTID.store(timers.virtual_, Ordering::SeqCst);
     PHYSICAL_INTID.store(timers.physical, Ordering::SeqCst);
-    gic.enable(timers.virtual_);
-    gic.enable(timers.physical);
-    gic::install(&gic);
-    irq::set_handler(Some(on_irq));
-    Ok(gic)
+    gic_setup::bring_up(
+        boot.fdt.as_ref(),
+        &[timers.virtual_, timers.physical],
+        on_irq,
+    )
 }
 
 /// Sleeps in WFI until the virtual timer fires at `deadline`: `Ok(now)`; or the watchdog

@@ -14,7 +14,8 @@
 //! - [`report`]: `<PREFIX> PASS/FAIL/RESULT` lines, parsed by the QEMU system tests.
 //! - [`mem`] (= `arch::mem`): safe access to free guest RAM outside the image and the DTB.
 //! - [`dt`]: device-tree lookups by `compatible`, `reg` ranges, GIC interrupt specifiers.
-//! - [`gic`]: GICv2/GICv3 discovery, bring-up and the operations interrupt tests need.
+//! - [`gic`]: GICv2/GICv3 discovery, bring-up and the operations interrupt tests need;
+//!   [`gic_setup`]: the usual whole bring-up with the IRQ handler slot set.
 //! - [`timer`]: the EL1 virtual and physical timers and their INTIDs; IRQ masking, `wfi` and
 //!   the IRQ handler slot are in [`arch::irq`].
 //! - [`smp`]: secondary CPUs (PSCI CPU_ON into the runtime's entry code, a stack each), waits
@@ -42,6 +43,7 @@ pub mod console;
 pub mod dt;
 pub mod exception;
 pub mod gic;
+pub mod gic_setup;
 pub mod report;
 pub mod smccc;
 pub mod smp;

@@ -69,6 +69,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use elvisor_guest_rt::arch::{gicv3 as icc, irq, probe};
 use elvisor_guest_rt::exception::Fault;
 use elvisor_guest_rt::gic::{self, Gic, Version, gicc, icc_bits};
+use elvisor_guest_rt::gic_setup;
 use elvisor_guest_rt::timer::{self, CTL_ENABLE, CTL_IMASK, CTL_ISTATUS, Timer, TimerInterrupts};
 use elvisor_guest_rt::{BootInfo, Report};
 
@@ -729,15 +730,8 @@ impl Delivery {
 fn bring_up(boot: &BootInfo, timers: &TimerInterrupts) -> Result<Gic, gic::GicError> {
     Timer::Virtual.stop();
     Timer::Physical.stop();
-    let gic = Gic::discover(boot.fdt.as_ref())?;
-    gic.init_distributor()?;
-    gic.wake_redistributor()?;
-    gic.init_cpu()?;
     VIRTUAL_INTID.store(timers.virtual_, Ordering::SeqCst);
-    gic.enable(timers.virtual_);
-    gic::install(&gic);
-    irq::set_handler(Some(on_irq));
-    Ok(gic)
+    gic_setup::bring_up(boot.fdt.as_ref(), &[timers.virtual_], on_irq)
 }
 
 /// Counts a virtual timer interrupt and re-arms the timer a period from now (moving CVAL past

@@ -37,6 +37,7 @@ use elvisor_guest_rt::arch::features::{self as feat, IdReg};
 use elvisor_guest_rt::arch::irq;
 use elvisor_guest_rt::exception::ec;
 use elvisor_guest_rt::gic::{self, Gic};
+use elvisor_guest_rt::gic_setup;
 use elvisor_guest_rt::timer::{self, Timer, TimerInterrupts};
 use elvisor_guest_rt::{BootInfo, Report};
 
@@ -343,15 +344,8 @@ struct RoundFailure {
 /// Distributor and CPU interface up, the virtual timer's PPI enabled, the handler installed.
 fn bring_up(boot: &BootInfo, timers: &TimerInterrupts) -> Result<Gic, gic::GicError> {
     Timer::Virtual.stop();
-    let gic = Gic::discover(boot.fdt.as_ref())?;
-    gic.init_distributor()?;
-    gic.wake_redistributor()?;
-    gic.init_cpu()?;
     VIRTUAL_INTID.store(timers.virtual_, Ordering::SeqCst);
-    gic.enable(timers.virtual_);
-    gic::install(&gic);
-    irq::set_handler(Some(on_irq));
-    Ok(gic)
+    gic_setup::bring_up(boot.fdt.as_ref(), &[timers.virtual_], on_irq)
 }
 
 /// Sleeps until the virtual counter reaches `deadline` (IRQs masked on entry and return).
