@@ -57,6 +57,7 @@ pub struct Frame<'a> {
 
 impl Frame<'_> {
     /// Bytes of frame (without the virtio-net header).
+    #[inline]
     pub fn len(&self) -> usize {
         (self.used_len as usize).saturating_sub(HDR)
     }
@@ -67,6 +68,7 @@ impl Frame<'_> {
 
     /// The little-endian word at byte `off` of the frame (a multiple of 4, below [`BUF`] -
     /// [`HDR`]).
+    #[inline]
     pub fn read32(&self, off: usize) -> u32 {
         self.bufs.read32(self.at + off)
     }
@@ -105,11 +107,13 @@ impl Nic {
     }
 
     /// Receive buffer `i`, as an offset into [`Nic::bufs`].
+    #[inline]
     pub fn rx_buf(i: u16) -> usize {
         BUF * usize::from(i)
     }
 
     /// Transmit buffer `i`, as an offset into [`Nic::bufs`].
+    #[inline]
     pub fn tx_buf(i: u16) -> usize {
         BUF * usize::from(QSIZE + i)
     }
@@ -135,6 +139,7 @@ impl Nic {
     }
 
     /// Notifies queue `q`.
+    #[inline]
     pub fn notify(&self, q: u16) {
         self.dev.write32(reg::QUEUE_NOTIFY, q.into());
     }
@@ -142,6 +147,7 @@ impl Nic {
     /// Sends a frame of `len` bytes (Ethernet header included) whose first bytes are `frame`
     /// (the rest is whatever the transmit buffer held: callers that do not care about the
     /// payload write only its start). False if no transmit buffer came free in time.
+    #[inline]
     pub fn send(&mut self, frame: &[u8], len: usize) -> bool {
         let deadline = Timer::Virtual.count() + ticks_from_us(TX_TIMEOUT_US);
         while self.tx.in_flight() >= QSIZE {
