@@ -67,18 +67,7 @@ fn repo_root() -> PathBuf {
 /// Cases that show a known, not yet fixed hypervisor bug intermittently: left out of the
 /// default run (so the suite stays a signal) and run when a filter names them. Each has its
 /// issue and reproduction in docs/ARCHITECTURE.md ("Known bugs").
-const KNOWN_BROKEN: &[(&str, &str)] = &[
-    (
-        "linux-ivshmem-gicv2",
-        "after VM B powers off, VM A sometimes never reaches `reboot: Power down` (GICv2, a \
-         loaded host; 2 of 5 runs)",
-    ),
-    (
-        "linux-net-gicv2",
-        "the same: after VM B powers off, VM A sometimes never reaches `reboot: Power down` \
-         (GICv2; 1 of the 2 fresh-clone CI runs of 2026-12-03)",
-    ),
-];
+const KNOWN_BROKEN: &[(&str, &str)] = &[];
 
 fn main() -> ExitCode {
     let mut list = false;
