@@ -98,8 +98,26 @@ const SHELL_SCRIPT: &[Step] = &[
         wait: "log level: info",
         send: "start idle\r",
     },
+    // idle powered off with its virtual timer firing (hb.exit-armed): `cpus` now and again
+    // two of hb's beats later (1 to 2 s), for `stopped_vm_cpu_idles`.
     Step {
         wait: "vm1 (idle) stopped: PSCI SYSTEM_OFF",
+        send: "cpus\r",
+    },
+    Step {
+        wait: "(idle: time waiting",
+        send: "",
+    },
+    Step {
+        wait: "] HB: beat ",
+        send: "",
+    },
+    Step {
+        wait: "] HB: beat ",
+        send: "cpus\r",
+    },
+    Step {
+        wait: "(idle: time waiting",
         send: "poweroff\r",
     },
 ];
@@ -145,6 +163,7 @@ const SHELL_LINES: &[&str] = &[
     "log level: info",
     "vm1 (idle) started (start #1)",
     "[idle] HB: heartbeat: beats=3",
+    "[idle] HB: virtual timer left firing for the power-off",
     "[idle] HB RESULT: passed=1 failed=0",
     "vm1 (idle) stopped: PSCI SYSTEM_OFF",
     "elvisor> poweroff\r\n",
@@ -220,14 +239,81 @@ pub fn list_counts(log: &str) -> Result<String, String> {
     }
 }
 
-/// The shell cases' checks on the log: [`lone_vcpu_idles`] and [`list_counts`].
+/// After idle powered off with its virtual timer firing (hb.exit-armed), its CPU idles:
+/// between the last two `cpus` (two of hb's beats apart) cpu1 waited for interrupts most of
+/// the time. A stopped VM's vCPU left loaded kept its timer and list registers acting on the
+/// CPU, and on QEMU, whose WFI a pending virtual IRQ ends at once even at EL2, the CPU spun
+/// through its idle loop instead (0% idle).
+pub fn stopped_vm_cpu_idles(log: &str) -> Result<String, String> {
+    let samples: Vec<(f64, f64)> = log
+        .lines()
+        .filter_map(|l| {
+            let rest = l
+                .trim_start()
+                .strip_prefix("cpu1: idle/vcpu0 (off); idle ")?;
+            let (idle, rest) = rest.split_once(" s of ")?;
+            let (up, _) = rest.split_once(" s")?;
+            Some((idle.parse().ok()?, up.parse().ok()?))
+        })
+        .collect();
+    let [.., (idle1, up1), (idle2, up2)] = samples[..] else {
+        return Err(format!(
+            "want two `cpus` lines for cpu1 after idle stopped, found {}",
+            samples.len()
+        ));
+    };
+    let span = up2 - up1;
+    if span < 0.5 {
+        return Err(format!(
+            "the last two `cpus` are only {span:.1} s apart: too close to judge cpu1's idling"
+        ));
+    }
+    let share = (idle2 - idle1) / span;
+    if share >= 0.6 {
+        Ok(format!(
+            "cpu1 idle {:.0}% of the {span:.1} s after its VM stopped with its timer firing",
+            share * 100.0
+        ))
+    } else {
+        Err(format!(
+            "cpu1 idle only {:.0}% of the {span:.1} s after its VM stopped with its timer \
+             firing (a stopped vCPU still acting on its CPU?)",
+            share * 100.0
+        ))
+    }
+}
+
+/// The shell cases' checks on the log: [`lone_vcpu_idles`], [`list_counts`] and
+/// [`stopped_vm_cpu_idles`].
 pub fn shell_checks(log: &str) -> Result<String, String> {
-    Ok(format!("{}; {}", lone_vcpu_idles(log)?, list_counts(log)?))
+    Ok(format!(
+        "{}; {}; {}",
+        lone_vcpu_idles(log)?,
+        list_counts(log)?,
+        stopped_vm_cpu_idles(log)?
+    ))
 }
 
 #[cfg(test)]
 mod idle_tests {
-    use super::{list_counts, lone_vcpu_idles};
+    use super::{list_counts, lone_vcpu_idles, stopped_vm_cpu_idles};
+
+    #[test]
+    fn stopped_vm_idle_check_can_fail() {
+        let two = |a: &str, b: &str| {
+            format!(
+                "  cpu1: idle/vcpu0 (off); idle 9.0 s of 9.5 s (94%)\n  \
+                 cpu1: idle/vcpu0 (off); idle {a} s of 10.0 s (90%)\n  \
+                 cpu1: idle/vcpu0 (off); idle {b} s of 11.5 s (90%)\n"
+            )
+        };
+        assert!(stopped_vm_cpu_idles(&two("9.5", "10.9")).is_ok());
+        assert!(stopped_vm_cpu_idles(&two("9.5", "9.6")).is_err());
+        let close = "  cpu1: idle/vcpu0 (off); idle 1.0 s of 1.0 s (100%)\n  \
+                     cpu1: idle/vcpu0 (off); idle 1.1 s of 1.1 s (100%)\n";
+        assert!(stopped_vm_cpu_idles(close).is_err());
+        assert!(stopped_vm_cpu_idles("nothing\n").is_err());
+    }
 
     #[test]
     fn list_count_check_can_fail() {

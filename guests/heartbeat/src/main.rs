@@ -10,6 +10,7 @@
 //! | `hb.period-ms=P` | 100 | time between beats |
 //! | `hb.reset-at=K` | none | on the first boot (`elvisor,reset-count` 0) call PSCI SYSTEM_RESET after beat K; after the reset, run normally |
 //! | `hb.max-late-ms=L` | 2000 | a beat later than this past its deadline fails the run (the VM was starved) |
+//! | `hb.exit-armed=1` | 0 | leave the virtual timer firing (armed at "now", IRQs masked, so it stays pending) when the VM powers off: the hypervisor must not let a stopped VM's timer act on its CPU |
 //! | `hb.checksum-kib=K` | 0 | fill K KiB of free RAM (from RAM base + 32 MiB) with a seeded pattern and check it at every beat: a VM whose memory another VM or the hypervisor changes fails `memory` |
 //!
 //! ```text
@@ -64,6 +65,7 @@ struct Options {
     reset_at: Option<u32>,
     max_late_ms: u64,
     checksum_kib: u64,
+    exit_armed: bool,
 }
 
 fn options(boot: &BootInfo) -> Options {
@@ -78,6 +80,7 @@ fn options(boot: &BootInfo) -> Options {
             .bootarg_parse("hb.max-late-ms")
             .unwrap_or(DEFAULT_MAX_LATE_MS),
         checksum_kib: boot.bootarg_parse("hb.checksum-kib").unwrap_or(0),
+        exit_armed: boot.bootarg_parse::<u32>("hb.exit-armed") == Some(1),
     }
 }
 
@@ -193,6 +196,13 @@ fn main(boot: &BootInfo) {
             reset_count >= Some(1),
             format_args!("reset-count is {reset_count:?} after the reset"),
         );
+    }
+    if opts.exit_armed {
+        // Left firing through the power-off: expired at once, never taken (IRQs masked), so
+        // its interrupt is pending when the VM stops.
+        irq::mask();
+        Timer::Virtual.arm_at(Timer::Virtual.count());
+        report.note(format_args!("virtual timer left firing for the power-off"));
     }
     report.finish();
 }
