@@ -201,7 +201,6 @@ const fn lastresort(
     allow: &'static [&'static str],
 ) -> Case {
     Case {
-        boot: Boot::Direct,
         vms,
         bootargs,
         timeout_s: 30,
@@ -212,7 +211,6 @@ const fn lastresort(
             "failure inside the failure",
         ],
         exit: Exit::KillAfter(HALTED),
-        console_input: None,
         image: Image::Selftest,
         allow,
         reject_after_exit: &["HB: beat"],
@@ -247,17 +245,10 @@ pub const CASES: &[Entry] = &[
             ),
         ],
         case: Case {
-            boot: Boot::Direct,
             vms: &["smoke"],
-            bootargs: None,
             timeout_s: 60,
             expect: smoke_lines!["VHE mode (E2H=1)", "GICv3"],
             reject: &["SMOKE FAIL"],
-            exit: Exit::Status(0),
-            console_input: None,
-            image: Image::Normal,
-            allow: &[],
-            reject_after_exit: &[],
             ..FROM_CONFIG
         },
         tweak: Some(|cfg, c| match cfg.gic {
@@ -284,7 +275,6 @@ pub const CASES: &[Entry] = &[
         case: Case {
             boot: Boot::UBoot,
             vms: &["smoke"],
-            bootargs: None,
             timeout_s: 90,
             expect: smoke_lines![
                 "compatible = \"elvisor,vm\"",
@@ -293,11 +283,6 @@ pub const CASES: &[Entry] = &[
                 "GICv3",
             ],
             reject: &["SMOKE FAIL"],
-            exit: Exit::Status(0),
-            console_input: None,
-            image: Image::Normal,
-            allow: &[],
-            reject_after_exit: &[],
             ..FROM_CONFIG
         },
         tweak: Some(|cfg, c| match cfg.gic {
@@ -411,17 +396,10 @@ pub const CASES: &[Entry] = &[
             ),
         ],
         case: Case {
-            boot: Boot::Direct,
             vms: &["irq"],
-            bootargs: None,
             timeout_s: 90,
             expect: IRQ_LINES,
             reject: &["IRQ FAIL"],
-            exit: Exit::Status(0),
-            console_input: None,
-            image: Image::Normal,
-            allow: &[],
-            reject_after_exit: &[],
             ..FROM_CONFIG
         },
         tweak: Some(|cfg, c| match cfg.vhe {
@@ -447,9 +425,7 @@ pub const CASES: &[Entry] = &[
             (V2_NVHE, "the PL031 passthrough on GICv2, cortex-a72"),
         ],
         case: Case {
-            boot: Boot::Direct,
             vms: &["irq-passthrough"],
-            bootargs: None,
             timeout_s: 90,
             expect: &[
                 "passthrough /pl031@9010000",
@@ -458,11 +434,6 @@ pub const CASES: &[Entry] = &[
                 "IRQ RESULT: passed=13 failed=0",
             ],
             reject: &["IRQ FAIL"],
-            exit: Exit::Status(0),
-            console_input: None,
-            image: Image::Normal,
-            allow: &[],
-            reject_after_exit: &[],
             ..FROM_CONFIG
         },
         tweak: None,
@@ -517,17 +488,10 @@ pub const CASES: &[Entry] = &[
             ),
         ],
         case: Case {
-            boot: Boot::Direct,
             vms: &["smp"],
-            bootargs: None,
             timeout_s: 60,
             expect: SMP4_LINES,
             reject: &["SMP FAIL"],
-            exit: Exit::Status(0),
-            console_input: None,
-            image: Image::Normal,
-            allow: &[],
-            reject_after_exit: &[],
             ..FROM_CONFIG
         },
         tweak: None,
@@ -554,17 +518,10 @@ pub const CASES: &[Entry] = &[
             ),
         ],
         case: Case {
-            boot: Boot::Direct,
             vms: &["smp2", "smp2b"],
-            bootargs: None,
             timeout_s: 60,
             expect: TWO_SMP2_LINES,
             reject: &["SMP FAIL"],
-            exit: Exit::Status(0),
-            console_input: None,
-            image: Image::Normal,
-            allow: &[],
-            reject_after_exit: &[],
             ..FROM_CONFIG
         },
         // With 4 pCPUs the second VM is pinned to the two the first does not use.
@@ -590,17 +547,10 @@ pub const CASES: &[Entry] = &[
             ),
         ],
         case: Case {
-            boot: Boot::Direct,
             vms: &["probe", "heartbeat"],
-            bootargs: None,
             timeout_s: 60,
             expect: ISOLATION_LINES,
             reject: &["PROBE FAIL", "HB FAIL"],
-            exit: Exit::Status(0),
-            console_input: None,
-            image: Image::Normal,
-            allow: &[],
-            reject_after_exit: &[],
             ..FROM_CONFIG
         },
         tweak: None,
@@ -616,9 +566,7 @@ pub const CASES: &[Entry] = &[
             (V2_NVHE, "as vm-reset-gicv3 on GICv2, cortex-a72 (non-VHE)"),
         ],
         case: Case {
-            boot: Boot::Direct,
             vms: &["heartbeat-reset", "heartbeat"],
-            bootargs: None,
             timeout_s: 60,
             expect: &[
                 "[hb-reset] HB: SYSTEM_RESET after beat 5",
@@ -631,11 +579,6 @@ pub const CASES: &[Entry] = &[
                 "all VMs stopped; powering off",
             ],
             reject: &["HB FAIL"],
-            exit: Exit::Status(0),
-            console_input: None,
-            image: Image::Normal,
-            allow: &[],
-            reject_after_exit: &[],
             ..FROM_CONFIG
         },
         tweak: None,
@@ -658,17 +601,10 @@ pub const CASES: &[Entry] = &[
             ),
         ],
         case: Case {
-            boot: Boot::Direct,
             vms: &["spy-plant", "spy-watch"],
-            bootargs: None,
             timeout_s: 60,
             expect: LEAK_V3_LINES,
             reject: &["SPY FAIL", "PLANT FAIL"],
-            exit: Exit::Status(0),
-            console_input: None,
-            image: Image::Normal,
-            allow: &[],
-            reject_after_exit: &[],
             ..FROM_CONFIG
         },
         tweak: Some(|cfg, c| match cfg.gic {
@@ -706,17 +642,10 @@ pub const CASES: &[Entry] = &[
             ),
         ],
         case: Case {
-            boot: Boot::Direct,
             vms: &["spy-plant-all", "spy-watch-all"],
-            bootargs: None,
             timeout_s: 60,
             expect: LEAK_ALL_LINES,
             reject: &["SPY FAIL", "PLANT FAIL"],
-            exit: Exit::Status(0),
-            console_input: None,
-            image: Image::Normal,
-            allow: &[],
-            reject_after_exit: &[],
             ..FROM_CONFIG
         },
         tweak: None,
@@ -739,17 +668,10 @@ pub const CASES: &[Entry] = &[
             ),
         ],
         case: Case {
-            boot: Boot::Direct,
             vms: &["cpufeat"],
-            bootargs: None,
             timeout_s: 60,
             expect: CPUFEAT_MAX_LINES,
             reject: &["CPUFEAT FAIL"],
-            exit: Exit::Status(0),
-            console_input: None,
-            image: Image::Normal,
-            allow: &[],
-            reject_after_exit: &[],
             ..FROM_CONFIG
         },
         // The Cortex-A72 has none of -cpu max's optional features.
@@ -975,17 +897,10 @@ pub const CASES: &[Entry] = &[
             ),
         ],
         case: Case {
-            boot: Boot::Direct,
             vms: &["hostile", "victim", "victim-cpu1"],
-            bootargs: None,
             timeout_s: 120,
             expect: HOSTILE_LINES,
             reject: HOSTILE_REJECT,
-            exit: Exit::Status(0),
-            console_input: None,
-            image: Image::Normal,
-            allow: &[],
-            reject_after_exit: &[],
             ..FROM_CONFIG
         },
         // Each configuration attacks with its own seed.
@@ -1015,17 +930,10 @@ pub const CASES: &[Entry] = &[
             ),
         ],
         case: Case {
-            boot: Boot::Direct,
             vms: &["hostile-smp", "victim-smp"],
-            bootargs: None,
             timeout_s: 120,
             expect: HOSTILE_SMP_LINES,
             reject: HOSTILE_REJECT,
-            exit: Exit::Status(0),
-            console_input: None,
-            image: Image::Normal,
-            allow: &[],
-            reject_after_exit: &[],
             ..FROM_CONFIG
         },
         // Each configuration attacks with its own seed.
@@ -1106,17 +1014,10 @@ pub const CASES: &[Entry] = &[
             ),
         ],
         case: Case {
-            boot: Boot::Direct,
             vms: &["linux"],
-            bootargs: None,
             timeout_s: 120,
             expect: LINUX_LINES,
             reject: LINUX_REJECT,
-            exit: Exit::Status(0),
-            console_input: None,
-            image: Image::Normal,
-            allow: &[],
-            reject_after_exit: &[],
             ..FROM_CONFIG
         },
         tweak: None,

@@ -4,7 +4,7 @@
 //! script that types only after it has seen what it waits for. Hooked into
 //! [`crate::cases::CASES`] by name; the runner asks [`script`] for a case's typing.
 
-use crate::cases::{Boot, Case, Exit, Image};
+use crate::cases::{Case, Exit};
 use crate::matrix::{FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_VHE};
 
 /// The default console switch key, Ctrl-] (the hypervisor's `console::DEFAULT_SWITCH_KEY`).
@@ -108,17 +108,11 @@ pub const CONSOLE_INPUT_NOFIFO: Scenario = Scenario {
         ),
     ],
     case: Case {
-        boot: Boot::Direct,
         vms: &["smoke-input-nofifo"],
-        bootargs: None,
         timeout_s: 60,
         expect: NOFIFO_LINES,
         reject: &["SMOKE FAIL"],
-        exit: Exit::Status(0),
         console_input: Some("hello-elvisor"),
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
         ..FROM_CONFIG
     },
     tweak: None,
@@ -135,17 +129,10 @@ pub const CONSOLE_FOCUS: Scenario = Scenario {
         (V2_NVHE, "the console-focus script on GICv2, non-VHE"),
     ],
     case: Case {
-        boot: Boot::Direct,
         vms: &["smoke-console-a", "smoke-console-b"],
-        bootargs: None,
         timeout_s: 90,
         expect: FOCUS_LINES,
         reject: &["SMOKE FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
         ..FROM_CONFIG
     },
     tweak: None,
@@ -213,9 +200,7 @@ pub const DEMO: Scenario = Scenario {
         (V2_NVHE, "the default demo on GICv2, cortex-a72 (non-VHE)"),
     ],
     case: Case {
-        boot: Boot::Direct,
         vms: &["demo-linux", "demo-worker"],
-        bootargs: None,
         timeout_s: 150,
         expect: DEMO_LINES,
         reject: &[
@@ -227,10 +212,6 @@ pub const DEMO: Scenario = Scenario {
             "Oops",
         ],
         exit: Exit::KillAfter("vm0 (linux) stopped"),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
         ..FROM_CONFIG
     },
     tweak: None,

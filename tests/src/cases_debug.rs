@@ -6,7 +6,7 @@
 //! GICv3 with the non-VHE path forced, and GICv2 on a Cortex-A72 (ARMv8.0 debug). Listed in
 //! [`crate::cases::all`].
 
-use crate::cases::{Boot, Case, Exit, Image};
+use crate::cases::Case;
 use crate::matrix::{Entry, FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_NVHE, V3_VHE};
 
 /// vCPU 0's checks in order, then vCPU 1's verdict (its own lines interleave anywhere) and the
@@ -57,17 +57,10 @@ pub const CASES: &[Entry] = &[Entry::Matrix(Scenario {
         ),
     ],
     case: Case {
-        boot: Boot::Direct,
         vms: &["debug"],
-        bootargs: None,
         timeout_s: 120,
         expect: DEBUG_LINES,
         reject: REJECT,
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
         ..FROM_CONFIG
     },
     tweak: None,

@@ -5,7 +5,7 @@
 //! Hooked into [`crate::cases::CASES`] by name; [`log_check`] compares the MD5s across the two
 //! boots.
 
-use crate::cases::{Boot, Case, Exit, Image};
+use crate::cases::Case;
 use crate::matrix::{FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_VHE};
 
 /// In order: the disk placed, the first boot (mounted, the image's file checked, nothing
@@ -40,9 +40,7 @@ pub const LINUX_EXT4: Scenario = Scenario {
         ),
     ],
     case: Case {
-        boot: Boot::Direct,
         vms: &["linux-ext4"],
-        bootargs: None,
         // Two Linux boots.
         timeout_s: 240,
         expect: LINUX_EXT4_LINES,
@@ -58,11 +56,6 @@ pub const LINUX_EXT4: Scenario = Scenario {
             "device needs reset",
             "(reset #2)",
         ],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
         ..FROM_CONFIG
     },
     tweak: None,

@@ -5,7 +5,7 @@
 //! (busybox devmem on BAR2) with doorbells (BAR0) waited for on /dev/uio0. Both VMs must end
 //! with the same count. GICv3 with VHE and GICv2 without. Hooked into [`crate::cases::CASES`].
 
-use crate::cases::{Boot, Case, Exit, Image};
+use crate::cases::Case;
 use crate::matrix::{FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_VHE};
 
 /// The hypervisor placing the functions, each VM's binding, then both final counts.
@@ -39,9 +39,7 @@ pub const LINUX_IVSHMEM: Scenario = Scenario {
         ),
     ],
     case: Case {
-        boot: Boot::Direct,
         vms: &["linux-ivshmem-a", "linux-ivshmem-b"],
-        bootargs: None,
         timeout_s: 600,
         expect: LINUX_IVSHMEM_LINES,
         reject: &[
@@ -53,11 +51,6 @@ pub const LINUX_IVSHMEM: Scenario = Scenario {
             "can't claim",
             "not assigned",
         ],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
         ..FROM_CONFIG
     },
     tweak: None,

@@ -4,7 +4,7 @@
 //! is checked on arrival; a malformed and an oversize frame are dropped by the switch. GICv3
 //! with VHE and GICv2 without. Hooked into [`crate::cases::CASES`] by name.
 
-use crate::cases::{Boot, Case, Exit, Image};
+use crate::cases::{Case, Exit};
 use crate::matrix::{FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_VHE};
 
 /// The NICs placed, then the checks in causal order: B hears A's broadcast before A can learn
@@ -35,17 +35,10 @@ pub const NET: Scenario = Scenario {
         ),
     ],
     case: Case {
-        boot: Boot::Direct,
         vms: &["net-a", "net-b"],
-        bootargs: None,
         timeout_s: 60,
         expect: NET_LINES,
         reject: &["NET FAIL", "device needs reset"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
         ..FROM_CONFIG
     },
     tweak: None,
@@ -79,9 +72,7 @@ pub const LINUX_NET: Scenario = Scenario {
         ),
     ],
     case: Case {
-        boot: Boot::Direct,
         vms: &["linux-net-a", "linux-net-b"],
-        bootargs: None,
         timeout_s: 300,
         expect: LINUX_NET_LINES,
         reject: &[
@@ -93,11 +84,6 @@ pub const LINUX_NET: Scenario = Scenario {
             "INIT: net: FAIL",
             "device needs reset",
         ],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
         ..FROM_CONFIG
     },
     tweak: None,
@@ -127,9 +113,7 @@ pub const NET_HOSTILE_LINUX: Scenario = Scenario {
         ),
     ],
     case: Case {
-        boot: Boot::Direct,
         vms: &["linux-ping-a", "linux-ping-b", "net-hostile"],
-        bootargs: None,
         timeout_s: 300,
         expect: HOSTILE_LINES,
         reject: &[
@@ -146,10 +130,6 @@ pub const NET_HOSTILE_LINUX: Scenario = Scenario {
         exit: Exit::KillAfter(
             "[linux-a] INIT: net: 30 pings to 10.0.0.2: 30 packets transmitted, 30 packets received",
         ),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
         ..FROM_CONFIG
     },
     tweak: None,

@@ -7,7 +7,7 @@
 //! GICv3 with the non-VHE path forced, and GICv2 on a Cortex-A72 (PMUv3, ARMv8.0). Listed
 //! in [`crate::cases::all`].
 
-use crate::cases::{Boot, Case, Exit, Image};
+use crate::cases::Case;
 use crate::matrix::{Entry, FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_NVHE, V3_VHE};
 
 /// The main VM's checks in order (the other VMs' lines interleave anywhere).
@@ -48,17 +48,10 @@ pub const CASES: &[Entry] = &[Entry::Matrix(Scenario {
         ),
     ],
     case: Case {
-        boot: Boot::Direct,
         vms: &["pmu", "pmu-disturb", "pmu-none"],
-        bootargs: None,
         timeout_s: 120,
         expect: PMU_LINES,
         reject: REJECT,
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
         ..FROM_CONFIG
     },
     tweak: None,

@@ -5,7 +5,7 @@
 //! and release; Debian's Linux registers the gpio-keys input device and powers off when its
 //! /init sees KEY_POWER. Hooked into [`crate::cases::CASES`] by name.
 
-use crate::cases::{Boot, Case, Exit, Image};
+use crate::cases::Case;
 use crate::matrix::{FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_VHE};
 
 const IRQ_BUTTON_LINES: &[&str] = &[
@@ -31,17 +31,11 @@ pub const IRQ_BUTTON: Scenario = Scenario {
         ),
     ],
     case: Case {
-        boot: Boot::Direct,
         vms: &["irq-power-button"],
         bootargs: Some("elvisor.test-power-button=irq-pb@1500"),
         timeout_s: 90,
         expect: IRQ_BUTTON_LINES,
         reject: &["IRQ FAIL", ": ignored"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
         ..FROM_CONFIG
     },
     tweak: None,
@@ -88,17 +82,11 @@ pub const LINUX_BUTTON: Scenario = Scenario {
         ),
     ],
     case: Case {
-        boot: Boot::Direct,
         vms: &["linux-power-button"],
         bootargs: Some("elvisor.test-power-button=linux@4000:2000"),
         timeout_s: 150,
         expect: LINUX_BUTTON_LINES,
         reject: LINUX_REJECT,
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
         ..FROM_CONFIG
     },
     tweak: None,

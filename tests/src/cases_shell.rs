@@ -5,7 +5,7 @@
 //! into [`crate::cases::CASES`] by name; the runner asks [`script`] (through
 //! `cases_console::script`) for the typing.
 
-use crate::cases::{Boot, Case, Exit, Image};
+use crate::cases::Case;
 use crate::cases_console::Step;
 use crate::matrix::{FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_VHE};
 
@@ -181,17 +181,10 @@ pub const SHELL: Scenario = Scenario {
         (V2_NVHE, "the shell script on GICv2, non-VHE"),
     ],
     case: Case {
-        boot: Boot::Direct,
         vms: &["shell-hb", "shell-idle"],
-        bootargs: None,
         timeout_s: 120,
         expect: SHELL_LINES,
         reject: &["HB FAIL", "PANIC", "did not stop"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
         ..FROM_CONFIG
     },
     tweak: None,

@@ -4,7 +4,7 @@
 //! read-only mapping aborts without disturbing A. GICv3 with VHE and GICv2 without. Hooked into
 //! [`crate::cases::CASES`] by name.
 
-use crate::cases::{Boot, Case, Exit, Image};
+use crate::cases::Case;
 use crate::matrix::{FROM_CONFIG, Naming, Scenario, V2_NVHE, V3_VHE};
 
 /// What both runs show: the hypervisor placing the regions and doorbells, then the VMs' checks
@@ -38,17 +38,10 @@ pub const SHMEM: Scenario = Scenario {
         ),
     ],
     case: Case {
-        boot: Boot::Direct,
         vms: &["shmem-a", "shmem-b"],
-        bootargs: None,
         timeout_s: 60,
         expect: SHMEM_LINES,
         reject: &["SHMEM FAIL"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
         ..FROM_CONFIG
     },
     tweak: None,

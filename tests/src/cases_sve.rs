@@ -53,17 +53,10 @@ pub const SVE: Scenario = Scenario {
         ),
     ],
     case: Case {
-        boot: Boot::Direct,
         vms: SVE_VMS,
-        bootargs: None,
         timeout_s: 120,
         expect: SVE_LINES,
         reject: SVE_REJECT,
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
         ..FROM_CONFIG
     },
     tweak: None,

@@ -90,9 +90,7 @@ pub const VIRTIO_RESTART: Scenario = Scenario {
         ),
     ],
     case: Case {
-        boot: Boot::Direct,
         vms: &["virtio", "shell-idle"],
-        bootargs: None,
         timeout_s: 120,
         expect: &[
             "VIRTIO: no marker of an earlier run on the disk: the first run since the machine booted",
@@ -108,11 +106,6 @@ pub const VIRTIO_RESTART: Scenario = Scenario {
             "powering off (`poweroff` in the shell)",
         ],
         reject: &["VIRTIO FAIL", "PANIC"],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
         ..FROM_CONFIG
     },
     tweak: None,
@@ -155,9 +148,7 @@ pub const LINUX_VIRTIO: Scenario = Scenario {
         ),
     ],
     case: Case {
-        boot: Boot::Direct,
         vms: &["linux-virtio"],
-        bootargs: None,
         timeout_s: 120,
         expect: LINUX_VIRTIO_LINES,
         reject: &[
@@ -168,11 +159,6 @@ pub const LINUX_VIRTIO: Scenario = Scenario {
             "insmod",
             "VIRTIO FAIL",
         ],
-        exit: Exit::Status(0),
-        console_input: None,
-        image: Image::Normal,
-        allow: &[],
-        reject_after_exit: &[],
         ..FROM_CONFIG
     },
     tweak: None,

@@ -200,7 +200,10 @@ pub struct Scenario {
     pub tweak: Option<fn(Config, Case) -> Case>,
 }
 
-/// The fields of a [`Scenario::case`] that each configuration fills in.
+/// The base of every [`Scenario::case`] (`..FROM_CONFIG`): the fields each configuration fills
+/// in (name, `about`, machine), and the usual values of the rest (direct boot, no bootargs,
+/// exit status 0, no console input, the normal image, nothing allowed or rejected after exit),
+/// so a scenario spells out only what differs.
 pub const FROM_CONFIG: Case = Case {
     name: "",
     about: "",
