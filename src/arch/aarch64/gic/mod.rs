@@ -193,7 +193,7 @@ pub fn init_cpu(cpu: usize) {
                 }
             }
             arm_gic::gicv3::GicCpuInterface::enable_system_register_el2(true);
-            arm_gic::gicv3::GicCpuInterface::set_priority_mask(0xff);
+            arm_gic::gicv3::GicCpuInterface::set_priority_mask(PMR_ALL);
             let ctlr: u64;
             // SAFETY: reads this CPU's physical interface control register; no side effects.
             unsafe { asm!("mrs {}, icc_ctlr_el1", out(reg) ctlr, options(nomem, nostack)) };
@@ -235,7 +235,7 @@ pub fn init_cpu(cpu: usize) {
                 m.store(mask as u8, Ordering::Relaxed);
             }
             log::debug!("cpu{cpu}: GICv2 CPU interface mask {mask:#x}");
-            gic.set_priority_mask(0xff);
+            gic.set_priority_mask(PMR_ALL);
             gicc.ctlr.set(GICC_CTLR_EL2);
             NR_LRS.store(((gich.vtr.get() & 0x3f) + 1) as usize, Ordering::Relaxed);
             write_hcr(HCR_EN);
@@ -441,16 +441,19 @@ pub fn deactivate_raw(raw: u32) {
 /// but not signalled, and a WFI waiting for it sleeps until some other GIC access recomputes
 /// the outputs: forever once the other CPUs are idle too (seen as the second of two Linux
 /// VMs never powering off once the first had, docs/qemu-bugs.md). A physical CPU-interface
-/// write ends in `gic_update`, so PMR is written back with the value it holds. On hardware
-/// the write changes nothing (IHI 0048B §4.4.2) and a GIC-400 signals an interrupt as soon
-/// as its deactivation makes it eligible (§3.2.4), so the workaround only costs one Device
-/// read and write per wait, and none on GICv3, whose QEMU model does not have the bug.
+/// write ends in `gic_update`, so PMR is written again with the value `init_cpu` gave it (it
+/// never changes). On hardware the write changes nothing (IHI 0048B §4.4.2) and a GIC-400
+/// signals an interrupt as soon as its deactivation makes it eligible (§3.2.4), so the
+/// workaround only costs one Device write per wait, and nothing on GICv3, whose QEMU model
+/// does not have the bug.
 pub fn before_wait() {
     if VERSION.load(Ordering::Relaxed) == 2 {
-        let c = gicc();
-        c.pmr.set(c.pmr.get());
+        gicc().pmr.set(u32::from(PMR_ALL));
     }
 }
+
+/// The physical priority mask of every CPU: every priority passes.
+const PMR_ALL: u8 = 0xff;
 
 /// Whether SPI `intid` is pending at the physical distributor (GICD_ISPENDR). For a
 /// level-sensitive SPI that the hypervisor acknowledged and left active (forwarded with the HW
